@@ -1,0 +1,51 @@
+// Command hello is a small static program for trying kiln: it greets,
+// prints its arguments and the guest it runs in, and exits with the status
+// given by -exit. With -sleep it waits first, and reports a SIGTERM it gets
+// before exiting with -exit; -signal makes it kill itself with a signal.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+)
+
+func main() {
+	exit := flag.Int("exit", 0, "exit status")
+	sleep := flag.Duration("sleep", 0, "wait this long before exiting")
+	sig := flag.Int("signal", 0, "end by sending this signal to itself")
+	env := flag.String("env", "", "print the value of this environment variable")
+	flag.Parse()
+	host, _ := os.Hostname()
+	uptime, _ := os.ReadFile("/proc/uptime")
+	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
+	wd, _ := os.Getwd()
+	fmt.Printf("hello from %s (kernel %s, uptime %ss)\n", host, strings.TrimSpace(string(kernel)), strings.Fields(string(uptime)+" ?")[0])
+	fmt.Printf("args: %q\n", flag.Args())
+	fmt.Printf("uid=%d gid=%d cwd=%s cpus=%d\n", os.Getuid(), os.Getgid(), wd, runtime.NumCPU())
+	if *env != "" {
+		fmt.Printf("%s=%s\n", *env, os.Getenv(*env))
+	}
+	fmt.Fprintf(os.Stderr, "this line went to stderr\n")
+	if *sleep > 0 {
+		term := make(chan os.Signal, 1)
+		signal.Notify(term, syscall.SIGTERM)
+		fmt.Println("sleeping")
+		select {
+		case s := <-term:
+			fmt.Printf("got %v, exiting\n", s)
+		case <-time.After(*sleep):
+		}
+	}
+	if *sig > 0 {
+		signal.Reset()
+		syscall.Kill(os.Getpid(), syscall.Signal(*sig))
+		time.Sleep(time.Second)
+	}
+	os.Exit(*exit)
+}

@@ -1,0 +1,202 @@
+// Package agent is the protocol between the host and kiln-init, the guest's
+// PID 1. It is the only package shared by host-side and guest-side code.
+//
+// Three channels carry it, each a plain byte stream so that any transport
+// works (virtio-serial ports on QEMU, vsock on Firecracker):
+//
+//   - the spec: a JSON Spec at SpecPath inside the initramfs, written by the
+//     host before boot (not on the kernel cmdline, which is size-limited);
+//   - the status port (PortStatus): JSON lines from the guest (Record), backed
+//     on the host by a file so that the exit status survives even when nobody
+//     on the host is listening at that moment;
+//   - the control port (PortControl): JSON lines from the host (Request),
+//     asking the guest to stop or to signal its program.
+//
+// The program's stdout and stderr go to their own ports (PortStdout,
+// PortStderr) untouched, so that its output is kept apart from the kernel's
+// serial console.
+package agent
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+)
+
+// Version is the protocol version. It is written in every Spec and Record;
+// a peer that sees a newer major version it does not know refuses it.
+const Version = 1
+
+// Names of the virtio-serial ports (the name attribute the guest reads from
+// /sys/class/virtio-ports/*/name).
+const (
+	PortStatus  = "kiln.exit"
+	PortControl = "kiln.agent"
+	PortStdout  = "kiln.stdout"
+	PortStderr  = "kiln.stderr"
+)
+
+// SpecPath is where kiln-init finds its Spec inside the initramfs.
+const SpecPath = "/kiln/spec.json"
+
+// Spec is what the host asks kiln-init to run.
+type Spec struct {
+	Version int `json:"version"`
+	// Args is the program and its arguments; Args[0] is looked up in PATH
+	// of Env when it has no slash.
+	Args []string `json:"args"`
+	// Env is the program's environment, KEY=VALUE.
+	Env []string `json:"env,omitempty"`
+	// WorkingDir is the program's working directory, created when missing
+	// (as docker does for WORKDIR). Empty means /.
+	WorkingDir string `json:"workingDir,omitempty"`
+	// UID and GID the program runs as. AdditionalGIDs are its supplementary
+	// groups.
+	UID            uint32   `json:"uid"`
+	GID            uint32   `json:"gid"`
+	AdditionalGIDs []uint32 `json:"additionalGids,omitempty"`
+	// Hostname of the guest.
+	Hostname string `json:"hostname,omitempty"`
+	// Rlimits applied to the program.
+	Rlimits []Rlimit `json:"rlimits,omitempty"`
+	// Modules are kernel module paths inside the initramfs, in the order
+	// they must be loaded (dependencies first).
+	Modules []string `json:"modules,omitempty"`
+	// StopSignal is sent to the program on a graceful stop; 0 means SIGTERM.
+	StopSignal int `json:"stopSignal,omitempty"`
+}
+
+// Rlimit is one resource limit, by its name as in `ulimit` (nofile, nproc,
+// core, memlock, stack, ...).
+type Rlimit struct {
+	Name string `json:"name"`
+	Soft uint64 `json:"soft"`
+	Hard uint64 `json:"hard"`
+}
+
+// Record kinds written by the guest on the status port.
+const (
+	// KindStarted: the program has been started (readiness). Uptime is the
+	// guest's uptime when kiln-init began, in seconds.
+	KindStarted = "started"
+	// KindExit: the program ended. ExitCode follows shell convention:
+	// the status, or 128+signal when a signal killed it.
+	KindExit = "exit"
+	// KindError: kiln-init could not run the program (bad spec, missing
+	// program, ...). ExitCode is 127 for a missing program, 126 for one
+	// that cannot be executed, 125 otherwise, as docker reports them.
+	KindError = "error"
+)
+
+// Record is one line on the status port.
+type Record struct {
+	Version  int     `json:"version"`
+	Kind     string  `json:"kind"`
+	PID      int     `json:"pid,omitempty"`
+	Uptime   float64 `json:"uptime,omitempty"`
+	ExitCode int     `json:"exitCode"`
+	Signal   int     `json:"signal,omitempty"`
+	Error    string  `json:"error,omitempty"`
+}
+
+// Control operations sent by the host on the control port.
+const (
+	// OpStop asks kiln-init for a graceful stop: Signal (0: the spec's
+	// StopSignal) to the program, GraceMillis to exit, then SIGKILL, then
+	// power-off.
+	OpStop = "stop"
+	// OpSignal delivers Signal to the program.
+	OpSignal = "signal"
+)
+
+// Request is one line on the control port.
+type Request struct {
+	Version     int    `json:"version"`
+	Op          string `json:"op"`
+	Signal      int    `json:"signal,omitempty"`
+	GraceMillis int64  `json:"graceMillis,omitempty"`
+}
+
+// ExitCodeFor returns the shell-convention exit code for a program that
+// exited with status (when signal is 0) or was killed by signal.
+func ExitCodeFor(status, signal int) int {
+	if signal > 0 {
+		return 128 + signal
+	}
+	return status
+}
+
+// WriteLine writes v as one JSON line.
+func WriteLine(w io.Writer, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("encoding %T: %w", v, err)
+	}
+	b = append(b, '\n')
+	if _, err := w.Write(b); err != nil {
+		return fmt.Errorf("writing %T: %w", v, err)
+	}
+	return nil
+}
+
+// ParseRecords parses the status port's content: JSON lines, the last of
+// which may be cut short (the guest died mid-write) and is then ignored.
+// Lines from an unknown protocol version are an error.
+func ParseRecords(data []byte) ([]Record, error) {
+	var out []Record
+	for len(data) > 0 {
+		i := 0
+		for i < len(data) && data[i] != '\n' {
+			i++
+		}
+		line := data[:i]
+		complete := i < len(data)
+		if i < len(data) {
+			data = data[i+1:]
+		} else {
+			data = nil
+		}
+		if len(line) == 0 {
+			continue
+		}
+		var r Record
+		if err := json.Unmarshal(line, &r); err != nil {
+			if !complete {
+				break
+			}
+			return out, fmt.Errorf("parsing status record %q: %w", line, err)
+		}
+		if r.Version != Version {
+			return out, fmt.Errorf("status record has protocol version %d, this kiln speaks %d", r.Version, Version)
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// Validate reports whether s can be run.
+func (s *Spec) Validate() error {
+	if s.Version != Version {
+		return fmt.Errorf("spec has protocol version %d, kiln-init speaks %d", s.Version, Version)
+	}
+	if len(s.Args) == 0 || s.Args[0] == "" {
+		return fmt.Errorf("spec has no program to run (args is empty)")
+	}
+	for _, r := range s.Rlimits {
+		if _, ok := RlimitResources[r.Name]; !ok {
+			return fmt.Errorf("unknown rlimit %q", r.Name)
+		}
+		if r.Soft > r.Hard {
+			return fmt.Errorf("rlimit %s: soft limit %d is above hard limit %d", r.Name, r.Soft, r.Hard)
+		}
+	}
+	return nil
+}
+
+// RlimitResources maps rlimit names (as docker's --ulimit takes them) to
+// Linux RLIMIT_* numbers.
+var RlimitResources = map[string]int{
+	"cpu": 0, "fsize": 1, "data": 2, "stack": 3, "core": 4, "rss": 5,
+	"nproc": 6, "nofile": 7, "memlock": 8, "as": 9, "locks": 10,
+	"sigpending": 11, "msgqueue": 12, "nice": 13, "rtprio": 14, "rttime": 15,
+}

@@ -1,0 +1,284 @@
+// Package runtime turns what a user asks to run into a VM and drives it: it
+// prepares the VM's state directory and initrd, starts it on a VMM backend,
+// watches that it boots, stops it gracefully through the guest agent and
+// reads back the program's exit status.
+package runtime
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"kiln.dev/kiln/internal/agent"
+	"kiln.dev/kiln/internal/errdefs"
+	"kiln.dev/kiln/internal/kernel"
+	"kiln.dev/kiln/internal/vmm"
+	"kiln.dev/kiln/internal/vmm/qemu"
+)
+
+// Runtime creates and runs VMs under one kiln root.
+type Runtime struct {
+	root     string
+	kernels  *kernel.Store
+	log      *slog.Logger
+	host     vmm.Host
+	limits   HostLimits
+	initPath string
+	qemuBin  string
+}
+
+// Option configures a Runtime.
+type Option func(*Runtime)
+
+// WithLogger sets the logger (default: discard).
+func WithLogger(l *slog.Logger) Option { return func(r *Runtime) { r.log = l } }
+
+// WithInit sets the kiln-init binary (default: FindInit).
+func WithInit(path string) Option { return func(r *Runtime) { r.initPath = path } }
+
+// WithQEMU sets the QEMU binary (default: from PATH).
+func WithQEMU(path string) Option { return func(r *Runtime) { r.qemuBin = path } }
+
+// WithHost replaces the host that accelerator detection and limits look at.
+func WithHost(h vmm.Host, l HostLimits) Option {
+	return func(r *Runtime) { r.host, r.limits = h, l }
+}
+
+// New returns the runtime for the kiln root.
+func New(root string, opts ...Option) (*Runtime, error) {
+	r := &Runtime{
+		root:    root,
+		kernels: kernel.NewStore(root),
+		log:     slog.New(slog.DiscardHandler),
+		host:    vmm.RealHost,
+		limits:  ThisHost(),
+	}
+	for _, o := range opts {
+		o(r)
+	}
+	if err := os.MkdirAll(r.vmsDir(), 0o700); err != nil {
+		return nil, fmt.Errorf("creating kiln root %s: %w", root, err)
+	}
+	return r, nil
+}
+
+// Kernels returns the runtime's kernel store.
+func (r *Runtime) Kernels() *kernel.Store { return r.kernels }
+
+func (r *Runtime) vmsDir() string   { return filepath.Join(r.root, "vms") }
+func (r *Runtime) cacheDir() string { return filepath.Join(r.root, "cache") }
+
+// InitEnv names the environment variable that overrides where kiln-init is.
+const InitEnv = "KILN_INIT"
+
+// FindInit returns the kiln-init binary: $KILN_INIT, else kiln-init beside
+// the running executable, else from PATH.
+func FindInit() (string, error) {
+	if p := os.Getenv(InitEnv); p != "" {
+		if _, err := os.Stat(p); err != nil {
+			return "", fmt.Errorf("kiln-init from $%s: %w", InitEnv, errdefs.ErrUnavailable)
+		}
+		return p, nil
+	}
+	if exe, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(exe), "kiln-init")
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+	}
+	if p, err := exec.LookPath("kiln-init"); err == nil {
+		return p, nil
+	}
+	return "", fmt.Errorf("kiln-init not found beside kiln, in PATH or in $%s (build it with make, or run scripts/setup): %w", InitEnv, errdefs.ErrUnavailable)
+}
+
+// ChooseAccel resolves the accelerator for a request, for run and doctor.
+func (r *Runtime) ChooseAccel(a vmm.Accel) (vmm.AccelChoice, error) {
+	return r.host.ChooseAccel(a)
+}
+
+// Names of the files in a VM's directory that the runtime owns.
+const (
+	initrdFile = "initrd"
+	statusFile = "status.jsonl"
+	stdoutFile = "stdout.log"
+	stderrFile = "stderr.log"
+	agentSock  = "agent.sock"
+	specFile   = "vm.json"
+)
+
+// Create prepares a VM for spec: it validates the spec, resolves the kernel,
+// QEMU and kiln-init, and writes the VM's directory and initrd. Nothing runs
+// until Start. On error nothing is left behind.
+func (r *Runtime) Create(ctx context.Context, spec Spec) (vm *VM, err error) {
+	if err := spec.Validate(r.limits); err != nil {
+		return nil, err
+	}
+	if err := CheckProgram(spec.Program); err != nil {
+		return nil, err
+	}
+	accel, err := r.host.ChooseAccel(spec.Accel)
+	if err != nil {
+		return nil, errdefs.Invalid(err.Error())
+	}
+	k, err := r.kernels.Resolve(spec.Kernel)
+	if err != nil {
+		if errors.Is(err, kernel.ErrNotFound) {
+			return nil, fmt.Errorf("no guest kernel %q: build one with `kiln kernel build` (or run scripts/setup), or give --kernel: %w", kernelName(spec.Kernel), errdefs.ErrUnavailable)
+		}
+		return nil, fmt.Errorf("guest kernel: %w", errors.Join(err, errdefs.ErrInvalidArgument))
+	}
+	qemuBin, err := qemu.FindBinary(r.qemuBin)
+	if err != nil {
+		return nil, errors.Join(err, errdefs.ErrUnavailable)
+	}
+	initPath := r.initPath
+	if initPath == "" {
+		if initPath, err = FindInit(); err != nil {
+			return nil, err
+		}
+	}
+	base, err := kernel.BaseInitramfs(r.cacheDir(), initPath, k)
+	if err != nil {
+		return nil, fmt.Errorf("preparing initramfs: %w", err)
+	}
+	id, err := newID()
+	if err != nil {
+		return nil, err
+	}
+	if spec.Name == "" {
+		spec.Name = id[:12]
+	}
+	dir := filepath.Join(r.vmsDir(), id)
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating VM directory: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			os.RemoveAll(dir)
+		}
+	}()
+	guestProg := "/usr/local/bin/" + filepath.Base(spec.Program)
+	as := r.agentSpec(&spec, k, guestProg)
+	specJSON, err := json.Marshal(as)
+	if err != nil {
+		return nil, fmt.Errorf("encoding guest spec: %w", err)
+	}
+	initrd := filepath.Join(dir, initrdFile)
+	files := []kernel.File{{Path: guestProg, Mode: 0o755, Source: spec.Program}}
+	if err := kernel.WriteInitrd(initrd, base, agent.SpecPath, specJSON, files); err != nil {
+		return nil, err
+	}
+	cfg := vmm.Config{
+		ID:        id,
+		Dir:       dir,
+		Kernel:    k.Path,
+		Initrd:    initrd,
+		Cmdline:   qemu.Cmdline(accel.Accel, tscKHz()),
+		MemoryMiB: spec.MemoryMiB,
+		CPUs:      spec.CPUs,
+		Accel:     accel.Accel,
+		Binary:    qemuBin,
+		Ports: []vmm.Port{
+			{Name: agent.PortStatus, File: filepath.Join(dir, statusFile)},
+			{Name: agent.PortStdout, File: filepath.Join(dir, stdoutFile)},
+			{Name: agent.PortStderr, File: filepath.Join(dir, stderrFile)},
+			{Name: agent.PortControl, Socket: filepath.Join(dir, agentSock)},
+		},
+	}
+	for _, p := range cfg.Ports {
+		if p.File != "" {
+			if err := os.WriteFile(p.File, nil, 0o600); err != nil {
+				return nil, fmt.Errorf("creating %s: %w", filepath.Base(p.File), err)
+			}
+		}
+	}
+	m, err := qemu.New(cfg, qemu.WithLogger(r.log))
+	if err != nil {
+		return nil, err
+	}
+	b, err := json.MarshalIndent(struct {
+		ID     string  `json:"id"`
+		Spec   Spec    `json:"spec"`
+		Kernel string  `json:"kernel"`
+		Accel  string  `json:"accel"`
+		Guest  any     `json:"guest"`
+	}{ID: id, Spec: spec, Kernel: k.Path, Accel: string(accel.Accel), Guest: as}, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("encoding VM record: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, specFile), b, 0o600); err != nil {
+		return nil, fmt.Errorf("writing VM record: %w", err)
+	}
+	return &VM{ID: id, Name: spec.Name, Dir: dir, Spec: spec, Accel: accel, Kernel: k, cfg: cfg, machine: m, log: r.log}, nil
+}
+
+func kernelName(ref string) string {
+	if ref == "" {
+		return kernel.DefaultName
+	}
+	return ref
+}
+
+// agentSpec is what kiln-init is told to run.
+func (r *Runtime) agentSpec(s *Spec, k *kernel.Kernel, guestProg string) *agent.Spec {
+	uid, gid, _ := ParseUser(s.User) // checked by Validate
+	args := s.Entrypoint
+	if len(args) == 0 {
+		args = []string{guestProg}
+	}
+	args = append(append([]string{}, args...), s.Cmd...)
+	home := "/root"
+	if uid != 0 {
+		home = "/"
+	}
+	env := []string{"PATH=" + DefaultPath, "HOSTNAME=" + s.Name, "HOME=" + home}
+	env = append(env, s.Env...)
+	return &agent.Spec{
+		Version:    agent.Version,
+		Args:       args,
+		Env:        env,
+		WorkingDir: s.WorkingDir,
+		UID:        uid,
+		GID:        gid,
+		Hostname:   s.Name,
+		Rlimits:    s.Rlimits,
+		Modules:    kernel.GuestModules(k),
+		StopSignal: s.StopSignal,
+	}
+}
+
+func newID() (string, error) {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("making VM ID: %w", err)
+	}
+	return hex.EncodeToString(b), nil
+}
+
+// tscKHz returns the host's TSC frequency in kHz from /proc/cpuinfo, or 0.
+func tscKHz() int {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if ok && strings.TrimSpace(k) == "cpu MHz" {
+			mhz, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			if err == nil {
+				return int(mhz * 1000)
+			}
+		}
+	}
+	return 0
+}

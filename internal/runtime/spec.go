@@ -1,0 +1,299 @@
+package runtime
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"kiln.dev/kiln/internal/agent"
+	"kiln.dev/kiln/internal/errdefs"
+	"kiln.dev/kiln/internal/vmm"
+)
+
+// Defaults for a VM.
+const (
+	DefaultMemoryMiB   = 256
+	MinMemoryMiB       = 64
+	DefaultBootTimeout = 60 * time.Second
+	DefaultStopGrace   = 10 * time.Second
+	// DefaultPath is the PATH a program gets unless its env sets one, as in
+	// docker.
+	DefaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+)
+
+// Spec is what a user asks kiln to run. The zero value of each optional
+// field means the default.
+type Spec struct {
+	// Name is the VM's name; "" gets one made from its ID.
+	Name string `json:"name,omitempty"`
+	// Program is the host path of a static executable the VM runs (bare
+	// mode): it is placed at /usr/local/bin/<base name> in the guest.
+	Program string `json:"program"`
+	// Entrypoint replaces the program as what is executed (as docker's
+	// --entrypoint); Cmd are the arguments.
+	Entrypoint []string `json:"entrypoint,omitempty"`
+	Cmd        []string `json:"cmd,omitempty"`
+	// Env is KEY=VALUE, added to the defaults (PATH, HOSTNAME, HOME).
+	Env        []string `json:"env,omitempty"`
+	WorkingDir string   `json:"workingDir,omitempty"`
+	// User is uid[:gid], numeric: a bare VM has no /etc/passwd.
+	User      string         `json:"user,omitempty"`
+	MemoryMiB int            `json:"memoryMiB,omitempty"`
+	CPUs      int            `json:"cpus,omitempty"`
+	Kernel    string         `json:"kernel,omitempty"`
+	Accel     vmm.Accel      `json:"accel,omitempty"`
+	Rlimits   []agent.Rlimit `json:"rlimits,omitempty"`
+	// BootTimeout bounds the time from QEMU's start to kiln-init starting
+	// the program; a VM that misses it is a failed boot.
+	BootTimeout time.Duration `json:"bootTimeout,omitempty"`
+	StopSignal  int           `json:"stopSignal,omitempty"`
+}
+
+// HostLimits are the bounds a Spec is checked against.
+type HostLimits struct {
+	MemoryMiB int
+	CPUs      int
+}
+
+// ThisHost returns the limits of this machine.
+func ThisHost() HostLimits {
+	return HostLimits{MemoryMiB: hostMemoryMiB(), CPUs: runtime.NumCPU()}
+}
+
+func hostMemoryMiB() int {
+	f, err := os.Open("/proc/meminfo")
+	if err != nil {
+		return math.MaxInt32
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "MemTotal:"); ok {
+			kb, err := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
+			if err == nil {
+				return kb / 1024
+			}
+		}
+	}
+	return math.MaxInt32
+}
+
+var nameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
+
+// ValidateName reports whether name can name a VM.
+func ValidateName(name string) error {
+	if !nameRE.MatchString(name) {
+		return errdefs.Invalid(fmt.Sprintf("invalid VM name %q: use 1-63 letters, digits, '_', '.' or '-', starting with a letter or digit", name))
+	}
+	return nil
+}
+
+// Validate checks s against the host's limits and fills in defaults.
+func (s *Spec) Validate(h HostLimits) error {
+	if s.Name != "" {
+		if err := ValidateName(s.Name); err != nil {
+			return err
+		}
+	}
+	if s.Program == "" {
+		return errdefs.Invalid("no program to run")
+	}
+	if s.MemoryMiB == 0 {
+		s.MemoryMiB = DefaultMemoryMiB
+	}
+	if s.MemoryMiB < MinMemoryMiB || s.MemoryMiB > h.MemoryMiB {
+		return errdefs.Invalid(fmt.Sprintf("invalid memory %s: allowed %dm to %dm (this host's memory)", FormatMiB(s.MemoryMiB), MinMemoryMiB, h.MemoryMiB))
+	}
+	if s.CPUs == 0 {
+		s.CPUs = 1
+	}
+	if s.CPUs < 1 || s.CPUs > h.CPUs {
+		return errdefs.Invalid(fmt.Sprintf("invalid cpus %d: allowed 1 to %d (this host's CPUs)", s.CPUs, h.CPUs))
+	}
+	for _, e := range s.Env {
+		k, _, ok := strings.Cut(e, "=")
+		if !ok || k == "" || strings.ContainsAny(k, "\x00") {
+			return errdefs.Invalid(fmt.Sprintf("invalid environment entry %q: want KEY=VALUE", e))
+		}
+	}
+	if s.WorkingDir != "" && !path.IsAbs(s.WorkingDir) {
+		return errdefs.Invalid(fmt.Sprintf("invalid working directory %q: must be an absolute path", s.WorkingDir))
+	}
+	if _, _, err := ParseUser(s.User); err != nil {
+		return err
+	}
+	a, err := vmm.ParseAccel(string(s.Accel))
+	if err != nil {
+		return errdefs.Invalid(err.Error())
+	}
+	s.Accel = a
+	if s.BootTimeout == 0 {
+		s.BootTimeout = DefaultBootTimeout
+	}
+	if s.BootTimeout < 0 {
+		return errdefs.Invalid(fmt.Sprintf("invalid boot timeout %s: must be positive", s.BootTimeout))
+	}
+	for _, r := range s.Rlimits {
+		if _, ok := agent.RlimitResources[r.Name]; !ok {
+			return errdefs.Invalid(fmt.Sprintf("invalid ulimit %q: unknown resource", r.Name))
+		}
+		if r.Soft > r.Hard {
+			return errdefs.Invalid(fmt.Sprintf("invalid ulimit %s=%d:%d: soft limit above hard limit", r.Name, r.Soft, r.Hard))
+		}
+	}
+	return nil
+}
+
+// ParseMemory parses a docker-style size: a number with an optional unit
+// b, k, m, g or t (binary multiples; default bytes), returned in MiB.
+func ParseMemory(s string) (int, error) {
+	bad := func() (int, error) {
+		return 0, errdefs.Invalid(fmt.Sprintf("invalid memory %q: want a size like 256m or 1g (units b, k, m, g, t)", s))
+	}
+	t := strings.ToLower(strings.TrimSpace(s))
+	t = strings.TrimSuffix(t, "ib")
+	t = strings.TrimSuffix(t, "b")
+	if t == "" {
+		return bad()
+	}
+	mult := 1.0
+	switch t[len(t)-1] {
+	case 'k':
+		mult = 1 << 10
+	case 'm':
+		mult = 1 << 20
+	case 'g':
+		mult = 1 << 30
+	case 't':
+		mult = 1 << 40
+	}
+	if mult != 1 {
+		t = t[:len(t)-1]
+	}
+	v, err := strconv.ParseFloat(t, 64)
+	if err != nil || v < 0 || math.IsInf(v, 0) || math.IsNaN(v) {
+		return bad()
+	}
+	mib := v * mult / (1 << 20)
+	if mib > math.MaxInt32 {
+		return math.MaxInt32, nil
+	}
+	if mib > 0 && mib < 1 {
+		return 0, errdefs.Invalid(fmt.Sprintf("invalid memory %q: below 1m", s))
+	}
+	return int(mib), nil
+}
+
+// FormatMiB formats a size in MiB the way ParseMemory reads it.
+func FormatMiB(mib int) string {
+	if mib > 0 && mib%1024 == 0 {
+		return strconv.Itoa(mib/1024) + "g"
+	}
+	return strconv.Itoa(mib) + "m"
+}
+
+// ParseUser parses uid[:gid] (numeric). "" is root.
+func ParseUser(s string) (uid, gid uint32, err error) {
+	if s == "" {
+		return 0, 0, nil
+	}
+	u, g, hasG := strings.Cut(s, ":")
+	uv, err := strconv.ParseUint(u, 10, 32)
+	if err != nil {
+		return 0, 0, errdefs.Invalid(fmt.Sprintf("invalid user %q: a bare VM has no user database, use a numeric uid[:gid]", s))
+	}
+	gv := uv
+	if hasG {
+		gv, err = strconv.ParseUint(g, 10, 32)
+		if err != nil {
+			return 0, 0, errdefs.Invalid(fmt.Sprintf("invalid user %q: a bare VM has no group database, use a numeric uid[:gid]", s))
+		}
+	}
+	return uint32(uv), uint32(gv), nil
+}
+
+// ParseEnv resolves -e values: KEY=VALUE as is, a bare KEY takes the host's
+// value (and is dropped when the host has none), as docker does.
+func ParseEnv(entries []string, lookup func(string) (string, bool)) ([]string, error) {
+	var out []string
+	for _, e := range entries {
+		k, _, hasValue := strings.Cut(e, "=")
+		if k == "" || strings.ContainsAny(k, " \t\x00") {
+			return nil, errdefs.Invalid(fmt.Sprintf("invalid environment variable %q: want KEY=VALUE or KEY", e))
+		}
+		if hasValue {
+			out = append(out, e)
+			continue
+		}
+		if v, ok := lookup(k); ok {
+			out = append(out, k+"="+v)
+		}
+	}
+	return out, nil
+}
+
+// ParseEnvFile reads a docker --env-file: one KEY=VALUE or KEY per line,
+// blank lines and lines starting with # ignored.
+func ParseEnvFile(r io.Reader, name string, lookup func(string) (string, bool)) ([]string, error) {
+	var entries []string
+	sc := bufio.NewScanner(r)
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimLeft(sc.Text(), " \t")
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		k, _, _ := strings.Cut(line, "=")
+		if k == "" || strings.ContainsAny(k, " \t") {
+			return nil, errdefs.Invalid(fmt.Sprintf("invalid line %d in env file %s: %q: want KEY=VALUE", n, name, line))
+		}
+		entries = append(entries, line)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("reading env file %s: %w", name, err)
+	}
+	return ParseEnv(entries, lookup)
+}
+
+// ParseUlimit parses a docker --ulimit value: name=soft[:hard].
+func ParseUlimit(s string) (agent.Rlimit, error) {
+	bad := func(why string) (agent.Rlimit, error) {
+		return agent.Rlimit{}, errdefs.Invalid(fmt.Sprintf("invalid ulimit %q: %s", s, why))
+	}
+	name, val, ok := strings.Cut(s, "=")
+	if !ok {
+		return bad("want name=soft[:hard]")
+	}
+	if _, ok := agent.RlimitResources[name]; !ok {
+		return bad("unknown resource " + name)
+	}
+	softS, hardS, hasHard := strings.Cut(val, ":")
+	soft, err := parseLimit(softS)
+	if err != nil {
+		return bad("soft limit is not a number or unlimited")
+	}
+	hard := soft
+	if hasHard {
+		if hard, err = parseLimit(hardS); err != nil {
+			return bad("hard limit is not a number or unlimited")
+		}
+	}
+	if soft > hard {
+		return bad("soft limit above hard limit")
+	}
+	return agent.Rlimit{Name: name, Soft: soft, Hard: hard}, nil
+}
+
+func parseLimit(s string) (uint64, error) {
+	if s == "unlimited" || s == "-1" {
+		return math.MaxUint64, nil
+	}
+	return strconv.ParseUint(s, 10, 64)
+}

@@ -1,0 +1,324 @@
+package runtime
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"kiln.dev/kiln/internal/agent"
+	"kiln.dev/kiln/internal/errdefs"
+	"kiln.dev/kiln/internal/follow"
+	"kiln.dev/kiln/internal/kernel"
+	"kiln.dev/kiln/internal/unixsock"
+	"kiln.dev/kiln/internal/vmm"
+	"kiln.dev/kiln/internal/vmm/qemu"
+)
+
+// VM is one VM made by Create.
+type VM struct {
+	ID     string
+	Name   string
+	Dir    string
+	Spec   Spec
+	Accel  vmm.AccelChoice
+	Kernel *kernel.Kernel
+
+	cfg     vmm.Config
+	machine vmm.VMM
+	log     *slog.Logger
+
+	// mu guards the fields below.
+	mu sync.Mutex
+	// started is closed when kiln-init reports the program started.
+	started  chan struct{}
+	record   *agent.Record // the started record
+	bootFail bool          // the boot deadline passed first
+	watching chan struct{} // closed when the status watcher has ended
+}
+
+// Stdout and Stderr return the host files the program's output lands in.
+func (vm *VM) Stdout() string { return filepath.Join(vm.Dir, stdoutFile) }
+
+// Stderr: see Stdout.
+func (vm *VM) Stderr() string { return filepath.Join(vm.Dir, stderrFile) }
+
+// Console returns the host file holding the guest's serial console.
+func (vm *VM) Console() string { return filepath.Join(vm.Dir, qemu.ConsoleLog) }
+
+// Info describes the VM's monitor process.
+func (vm *VM) Info() vmm.Info { return vm.machine.Info() }
+
+// Start boots the VM. It returns once QEMU is up; the program starts later
+// (Started). A VM that does not reach kiln-init within the spec's boot
+// timeout is killed and Wait reports a failed boot.
+func (vm *VM) Start(ctx context.Context) error {
+	fl, err := follow.Open(filepath.Join(vm.Dir, statusFile), 0)
+	if err != nil {
+		return fmt.Errorf("watching VM status: %w", err)
+	}
+	vm.mu.Lock()
+	vm.started = make(chan struct{})
+	vm.watching = make(chan struct{})
+	vm.mu.Unlock()
+	if err := vm.machine.Start(ctx); err != nil {
+		fl.Stop()
+		close(vm.watching)
+		return fmt.Errorf("starting VM %s: %w", vm.Name, err)
+	}
+	go vm.watch(fl)
+	return nil
+}
+
+// watch reads status records as the guest writes them, closes started on
+// the first "started" record, and enforces the boot deadline.
+func (vm *VM) watch(fl *follow.Follower) {
+	defer close(vm.watching)
+	lines := &lineWriter{fn: func(line []byte) {
+		recs, err := agent.ParseRecords(line)
+		if err != nil || len(recs) == 0 {
+			return
+		}
+		if recs[0].Kind == agent.KindStarted {
+			vm.mu.Lock()
+			if vm.record == nil {
+				r := recs[0]
+				vm.record = &r
+				close(vm.started)
+			}
+			vm.mu.Unlock()
+		}
+	}}
+	copied := make(chan error, 1)
+	go func() { copied <- fl.Copy(lines) }()
+	exited := make(chan struct{})
+	go func() {
+		_ = vm.machine.Wait(context.Background())
+		close(exited)
+	}()
+	vm.mu.Lock()
+	started := vm.started
+	vm.mu.Unlock()
+	deadline := time.NewTimer(vm.Spec.BootTimeout)
+	defer deadline.Stop()
+	for {
+		select {
+		case <-started:
+			started = nil // never select on it again
+			deadline.Stop()
+			continue
+		case <-deadline.C:
+			vm.mu.Lock()
+			late := vm.record == nil
+			vm.bootFail = late
+			vm.mu.Unlock()
+			if late {
+				vm.log.Warn("boot deadline passed: killing VM", "vm", vm.ID, "timeout", vm.Spec.BootTimeout)
+				_ = vm.machine.Kill()
+			}
+			continue
+		case <-exited:
+		}
+		break
+	}
+	fl.Stop()
+	<-copied
+}
+
+// Started returns a channel closed once the program has started.
+func (vm *VM) Started() <-chan struct{} {
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	if vm.record != nil {
+		c := make(chan struct{})
+		close(c)
+		return c
+	}
+	return vm.started
+}
+
+// Exit is how a VM's run ended.
+type Exit struct {
+	// Code is the program's exit code in shell convention (128+n for a
+	// signal), or what kiln-init reported (126, 127) when it could not run
+	// it, or 137 when the VM was killed before the program ended.
+	Code int
+	// Signal killed the program, when not 0.
+	Signal int
+	// Uptime is the guest's uptime in seconds when kiln-init started.
+	Uptime float64
+	// Err is set when the program did not run to its end: the boot failed
+	// (errdefs.ErrBootFailed), kiln-init reported an error, or the VM was
+	// killed.
+	Err error
+}
+
+// Wait waits for the VM to end and returns how its program ended.
+func (vm *VM) Wait(ctx context.Context) (*Exit, error) {
+	if err := vm.machine.Wait(ctx); err != nil {
+		return nil, err
+	}
+	vm.mu.Lock()
+	watching := vm.watching
+	vm.mu.Unlock()
+	if watching != nil {
+		<-watching
+	}
+	return vm.exit()
+}
+
+func (vm *VM) exit() (*Exit, error) {
+	data, err := os.ReadFile(filepath.Join(vm.Dir, statusFile))
+	if err != nil {
+		return nil, fmt.Errorf("reading VM status: %w", err)
+	}
+	recs, err := agent.ParseRecords(data)
+	if err != nil {
+		return nil, err
+	}
+	e := &Exit{}
+	started := false
+	for _, r := range recs {
+		switch r.Kind {
+		case agent.KindStarted:
+			started, e.Uptime = true, r.Uptime
+		case agent.KindExit:
+			e.Code, e.Signal = r.ExitCode, r.Signal
+			return e, nil
+		case agent.KindError:
+			e.Code, e.Err = r.ExitCode, errors.New(r.Error)
+			return e, nil
+		}
+	}
+	vm.mu.Lock()
+	bootFail := vm.bootFail
+	vm.mu.Unlock()
+	console := lastLines(vm.Console(), 8)
+	switch {
+	case bootFail:
+		e.Code = 125
+		e.Err = fmt.Errorf("VM %s did not reach kiln-init within %s (accelerator %s); last console lines: %s: %w",
+			vm.Name, vm.Spec.BootTimeout, vm.Accel.Accel, console, errdefs.ErrBootFailed)
+	case !started:
+		e.Code = 125
+		e.Err = fmt.Errorf("VM %s ended before its program started; last console lines: %s: %w", vm.Name, console, errdefs.ErrBootFailed)
+	default:
+		e.Code = 137
+		e.Err = fmt.Errorf("VM %s was killed before its program ended", vm.Name)
+	}
+	return e, nil
+}
+
+// Stop stops the VM gracefully: the guest agent sends the program its stop
+// signal and kills it after grace; if the VM has not ended by grace plus a
+// margin, the VMM backend stops it (QMP quit, SIGTERM, SIGKILL). The error
+// wraps vmm.ErrTimeout when the VM had to be forced.
+func (vm *VM) Stop(ctx context.Context, grace time.Duration) error {
+	if !vm.machine.Info().Running {
+		return nil
+	}
+	conn, err := vm.dialAgent()
+	if err == nil {
+		defer conn.Close()
+		err = agent.WriteLine(conn, agent.Request{Version: agent.Version, Op: agent.OpStop, GraceMillis: grace.Milliseconds()})
+	}
+	if err != nil {
+		vm.log.Debug("guest agent unreachable", "vm", vm.ID, "err", err)
+	} else {
+		wctx, cancel := context.WithTimeout(ctx, grace+5*time.Second)
+		werr := vm.machine.Wait(wctx)
+		cancel()
+		if werr == nil {
+			return nil
+		}
+	}
+	if err := vm.machine.Stop(ctx); err != nil && !errors.Is(err, vmm.ErrTimeout) {
+		return err
+	}
+	return fmt.Errorf("VM %s did not stop within %s: %w", vm.Name, grace, vmm.ErrTimeout)
+}
+
+// Signal delivers sig to the program through the guest agent.
+func (vm *VM) Signal(sig int) error {
+	conn, err := vm.dialAgent()
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	return agent.WriteLine(conn, agent.Request{Version: agent.Version, Op: agent.OpSignal, Signal: sig})
+}
+
+func (vm *VM) dialAgent() (net.Conn, error) {
+	var c net.Conn
+	err := unixsock.WithPath(filepath.Join(vm.Dir, agentSock), func(p string) error {
+		var err error
+		c, err = net.DialTimeout("unix", p, 2*time.Second)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("connecting to guest agent: %w", err)
+	}
+	return c, nil
+}
+
+// Kill ends the VM at once.
+func (vm *VM) Kill() error { return vm.machine.Kill() }
+
+// Remove kills the VM if it still runs and deletes its directory.
+func (vm *VM) Remove() error {
+	if vm.machine.Info().Running {
+		if err := vm.machine.Kill(); err != nil {
+			return fmt.Errorf("removing VM %s: %w", vm.Name, err)
+		}
+	}
+	if err := os.RemoveAll(vm.Dir); err != nil {
+		return fmt.Errorf("removing VM %s: %w", vm.Name, err)
+	}
+	return nil
+}
+
+// lineWriter calls fn for each complete line written to it.
+type lineWriter struct {
+	buf []byte
+	fn  func([]byte)
+}
+
+func (w *lineWriter) Write(p []byte) (int, error) {
+	w.buf = append(w.buf, p...)
+	for {
+		i := bytes.IndexByte(w.buf, '\n')
+		if i < 0 {
+			return len(p), nil
+		}
+		w.fn(w.buf[:i+1])
+		w.buf = w.buf[i+1:]
+	}
+}
+
+// lastLines returns the last n non-empty lines of a file joined by " | ".
+func lastLines(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "(no console output)"
+	}
+	var lines []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	if len(lines) == 0 {
+		return "(no console output)"
+	}
+	return strings.Join(lines, " | ")
+}
