@@ -54,6 +54,7 @@ func run() int {
 	status, err := openPort(agent.PortStatus)
 	if err != nil {
 		logf("opening status port: %v", err)
+		diagnose()
 		if specErr != nil {
 			logf("%v", specErr)
 		}
@@ -153,9 +154,16 @@ func readSpec() (*agent.Spec, error) {
 	return &s, nil
 }
 
-// loadModules loads kernel modules in the given (dependency) order.
-// Compressed modules are handed to the kernel to decompress.
+// loadModules loads kernel modules in the given (dependency) order, with the
+// parameters the kernel command line gives them ("virtio_mmio.device=…"):
+// the kernel applies those to built-in code only, and modprobe, which passes
+// them to loadable modules, is not in the guest. Compressed modules are
+// handed to the kernel to decompress.
 func loadModules(paths []string) error {
+	if len(paths) == 0 {
+		return nil
+	}
+	cmdline, _ := os.ReadFile("/proc/cmdline")
 	for _, p := range paths {
 		f, err := os.Open(p)
 		if err != nil {
@@ -165,13 +173,37 @@ func loadModules(paths []string) error {
 		if strings.HasSuffix(p, ".xz") || strings.HasSuffix(p, ".zst") || strings.HasSuffix(p, ".gz") {
 			flags = unix.MODULE_INIT_COMPRESSED_FILE
 		}
-		err = unix.FinitModule(int(f.Fd()), "", flags)
+		params := moduleParams(string(cmdline), moduleName(p))
+		err = unix.FinitModule(int(f.Fd()), params, flags)
 		f.Close()
 		if err != nil && !errors.Is(err, unix.EEXIST) {
 			return fmt.Errorf("loading module %s: %w", filepath.Base(p), err)
 		}
 	}
 	return nil
+}
+
+// moduleName returns the kernel's name for a module file: the base name
+// without its extensions, with '-' as '_'.
+func moduleName(p string) string {
+	base := filepath.Base(p)
+	if i := strings.Index(base, ".ko"); i >= 0 {
+		base = base[:i]
+	}
+	return strings.ReplaceAll(base, "-", "_")
+}
+
+// moduleParams returns the "param=value" words of cmdline that are
+// addressed to module (as "module.param=value"), space-separated.
+func moduleParams(cmdline, module string) string {
+	var out []string
+	for _, w := range strings.Fields(cmdline) {
+		name, rest, ok := strings.Cut(w, ".")
+		if ok && strings.ReplaceAll(name, "-", "_") == module && rest != "" {
+			out = append(out, rest)
+		}
+	}
+	return strings.Join(out, " ")
 }
 
 // openPort opens the virtio-serial port with the given name. Ports are found
@@ -202,6 +234,24 @@ func findPort(name string) (*os.File, error) {
 		return os.OpenFile(filepath.Join("/dev", filepath.Base(d)), os.O_RDWR, 0)
 	}
 	return nil, fmt.Errorf("no virtio-serial port named %q", name)
+}
+
+// diagnose prints to the console what the guest has, when the host's
+// channel to kiln-init is missing: the command line, the loaded modules and
+// the virtio devices.
+func diagnose() {
+	for _, f := range []string{"/proc/cmdline", "/proc/modules"} {
+		if b, err := os.ReadFile(f); err == nil {
+			logf("%s: %s", f, strings.Join(strings.Fields(string(b)), " "))
+		}
+	}
+	devs, _ := filepath.Glob("/sys/bus/virtio/devices/*/device")
+	var ids []string
+	for _, d := range devs {
+		b, _ := os.ReadFile(d)
+		ids = append(ids, filepath.Base(filepath.Dir(d))+"="+strings.TrimSpace(string(b)))
+	}
+	logf("virtio devices: %s", strings.Join(ids, " "))
 }
 
 // setup applies the VM-wide parts of the spec: hostname, rlimits, working

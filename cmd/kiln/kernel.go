@@ -72,6 +72,7 @@ the initramfs, and kiln-init loads them in dependency order.`,
 	}
 	c.Flags().StringVar(&o.Name, "name", kernel.DefaultName, "name to store the kernel under")
 	c.Flags().StringVar(&o.ModulesDir, "modules", "", "the kernel's module directory (/lib/modules/<version>)")
+	c.Flags().StringVar(&o.Config, "config", "", "the kernel's build config (default: config-<version> beside a vmlinuz-<version>)")
 	return c
 }
 

@@ -34,6 +34,11 @@ type ImportOptions struct {
 	ModulesDir string
 	// Modules are the module names to load; nil means GuestModuleNames.
 	Modules []string
+	// Config is the kernel's build config (Debian's /boot/config-<version>);
+	// "" looks for config-<version> beside a vmlinuz-<version> image. It
+	// tells whether the kernel needs ACPI to find its devices; without it,
+	// kiln assumes a distribution kernel and boots it with ACPI.
+	Config string
 }
 
 // Import copies a kernel image (and the modules it needs from ModulesDir,
@@ -46,6 +51,10 @@ func (s *Store) Import(o ImportOptions) (k *Kernel, err error) {
 		return nil, err
 	}
 	if err := checkKernelImage(o.Path); err != nil {
+		return nil, err
+	}
+	acpi, err := needsACPI(o.Config, o.Path)
+	if err != nil {
 		return nil, err
 	}
 	var mods []string
@@ -81,6 +90,7 @@ func (s *Store) Import(o ImportOptions) (k *Kernel, err error) {
 		Key:     hashStrings("import", o.Path, time.Now().String()),
 		Created: time.Now().UTC(),
 		Size:    size,
+		ACPI:    acpi,
 	}
 	if len(mods) > 0 {
 		if err := os.Mkdir(filepath.Join(tmp, "modules"), 0o755); err != nil {
@@ -98,6 +108,30 @@ func (s *Store) Import(o ImportOptions) (k *Kernel, err error) {
 		return nil, err
 	}
 	return k, nil
+}
+
+// needsACPI reads the kernel's config (config, or config-<version> beside a
+// vmlinuz-<version> image) and reports whether the kernel lacks
+// VIRTIO_MMIO_CMDLINE_DEVICES and so must find virtio-mmio devices through
+// ACPI. With no config to read it answers true: distribution kernels have
+// ACPI, and a kernel that lists devices on its cmdline wants a config given.
+func needsACPI(config, image string) (bool, error) {
+	if config == "" {
+		base := filepath.Base(image)
+		for _, prefix := range []string{"vmlinuz-", "vmlinux-", "bzImage-"} {
+			if v, ok := strings.CutPrefix(base, prefix); ok {
+				config = filepath.Join(filepath.Dir(image), "config-"+v)
+			}
+		}
+		if _, err := os.Stat(config); config == "" || err != nil {
+			return true, nil
+		}
+	}
+	b, err := os.ReadFile(config)
+	if err != nil {
+		return false, fmt.Errorf("reading kernel config: %w", err)
+	}
+	return !strings.Contains(string(b), "\nCONFIG_VIRTIO_MMIO_CMDLINE_DEVICES=y\n"), nil
 }
 
 // checkKernelImage accepts an ELF vmlinux or an x86 bzImage ("HdrS" at

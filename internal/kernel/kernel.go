@@ -42,7 +42,11 @@ type Kernel struct {
 	Origin string `json:"origin"`
 	// Key identifies what it was made from; for a built kernel, the source
 	// version and the config fragment's hash.
-	Key     string    `json:"key"`
+	Key string `json:"key"`
+	// ACPI says the kernel finds its virtio-mmio devices through ACPI
+	// tables rather than the command line (virtio_mmio.device=), as
+	// distribution kernels built without VIRTIO_MMIO_CMDLINE_DEVICES do.
+	ACPI    bool      `json:"acpi,omitempty"`
 	Created time.Time `json:"created"`
 	Size    int64     `json:"size"`
 }

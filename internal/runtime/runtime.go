@@ -187,6 +187,7 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (vm *VM, err error) {
 		MemoryMiB: spec.MemoryMiB,
 		CPUs:      spec.CPUs,
 		Accel:     accel.Accel,
+		ACPI:      k.ACPI,
 		Binary:    qemuBin,
 		Ports: []vmm.Port{
 			{Name: agent.PortStatus, File: filepath.Join(dir, statusFile)},

@@ -94,6 +94,9 @@ type Config struct {
 	CPUs      int
 	// Accel must be resolved (kvm or tcg), not auto.
 	Accel Accel
+	// ACPI gives the guest ACPI tables, where it finds its devices; without
+	// them the devices are listed on the kernel command line.
+	ACPI bool
 	Ports []Port
 	// Binary is the monitor executable; "" lets the backend find it.
 	Binary string

@@ -28,8 +28,9 @@ func ProcessName(id string) string { return "kiln-" + id }
 // Argv returns the QEMU command line for c (which must be valid). It is a
 // pure function of its input, so the exact strings are tested as a table.
 //
-// The machine is microvm with acpi=off: the guest kernel then finds the
-// virtio-mmio devices on its command line, where QEMU appends them. No
+// The machine is microvm, with acpi=off unless the kernel needs ACPI: the
+// guest kernel then finds the virtio-mmio devices on its command line, where
+// QEMU appends them. No
 // device is created implicitly (-nodefaults, -nic none); the serial console
 // goes to a file; the listeners for QMP and socket ports are made by kiln
 // before QEMU starts and handed over as descriptors, so nothing races to
@@ -39,10 +40,14 @@ func Argv(binary string, c *vmm.Config) []string {
 	if c.Accel == vmm.AccelKVM {
 		cpu = "host"
 	}
+	acpi := "off"
+	if c.ACPI {
+		acpi = "on"
+	}
 	a := []string{
 		binary,
 		"-name", ProcessName(c.ID),
-		"-M", "microvm,acpi=off,rtc=on,pit=on,pic=on,isa-serial=on",
+		"-M", "microvm,acpi=" + acpi + ",rtc=on,pit=on,pic=on,isa-serial=on",
 		"-accel", string(c.Accel),
 		"-cpu", cpu,
 		"-m", strconv.Itoa(c.MemoryMiB) + "M",
