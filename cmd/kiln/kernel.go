@@ -116,4 +116,3 @@ func newKernelRmCmd(g *globals) *cobra.Command {
 		},
 	}
 }
-

@@ -25,7 +25,7 @@ func main() {
 	uptime, _ := os.ReadFile("/proc/uptime")
 	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
 	wd, _ := os.Getwd()
-	fmt.Printf("hello from %s (kernel %s, uptime %ss)\n", host, strings.TrimSpace(string(kernel)), strings.Fields(string(uptime)+" ?")[0])
+	fmt.Printf("hello from %s (kernel %s, uptime %ss)\n", host, strings.TrimSpace(string(kernel)), strings.Fields(string(uptime) + " ?")[0])
 	fmt.Printf("args: %q\n", flag.Args())
 	fmt.Printf("uid=%d gid=%d cwd=%s cpus=%d\n", os.Getuid(), os.Getgid(), wd, runtime.NumCPU())
 	if *env != "" {

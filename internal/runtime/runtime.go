@@ -208,11 +208,11 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (vm *VM, err error) {
 		return nil, err
 	}
 	b, err := json.MarshalIndent(struct {
-		ID     string  `json:"id"`
-		Spec   Spec    `json:"spec"`
-		Kernel string  `json:"kernel"`
-		Accel  string  `json:"accel"`
-		Guest  any     `json:"guest"`
+		ID     string `json:"id"`
+		Spec   Spec   `json:"spec"`
+		Kernel string `json:"kernel"`
+		Accel  string `json:"accel"`
+		Guest  any    `json:"guest"`
 	}{ID: id, Spec: spec, Kernel: k.Path, Accel: string(accel.Accel), Guest: as}, "", "  ")
 	if err != nil {
 		return nil, fmt.Errorf("encoding VM record: %w", err)

@@ -96,7 +96,7 @@ type Config struct {
 	Accel Accel
 	// ACPI gives the guest ACPI tables, where it finds its devices; without
 	// them the devices are listed on the kernel command line.
-	ACPI bool
+	ACPI  bool
 	Ports []Port
 	// Binary is the monitor executable; "" lets the backend find it.
 	Binary string
