@@ -19,6 +19,20 @@ var (
 	ErrBootFailed = errors.New("boot failed")
 )
 
+// Mark returns err classified as kind (errors.Is(Mark(err, kind), kind)),
+// with err's message unchanged.
+func Mark(err, kind error) error {
+	if err == nil {
+		return nil
+	}
+	return &marked{err: err, kind: kind}
+}
+
+type marked struct{ err, kind error }
+
+func (m *marked) Error() string   { return m.err.Error() }
+func (m *marked) Unwrap() []error { return []error{m.err, m.kind} }
+
 // Invalid wraps msg as an ErrInvalidArgument.
 func Invalid(msg string) error { return &wrapped{msg: msg, err: ErrInvalidArgument} }
 

@@ -135,11 +135,11 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (vm *VM, err error) {
 		if errors.Is(err, kernel.ErrNotFound) {
 			return nil, fmt.Errorf("no guest kernel %q: build one with `kiln kernel build` (or run scripts/setup), or give --kernel: %w", kernelName(spec.Kernel), errdefs.ErrUnavailable)
 		}
-		return nil, fmt.Errorf("guest kernel: %w", errors.Join(err, errdefs.ErrInvalidArgument))
+		return nil, errdefs.Mark(fmt.Errorf("guest kernel: %w", err), errdefs.ErrInvalidArgument)
 	}
 	qemuBin, err := qemu.FindBinary(r.qemuBin)
 	if err != nil {
-		return nil, errors.Join(err, errdefs.ErrUnavailable)
+		return nil, errdefs.Mark(err, errdefs.ErrUnavailable)
 	}
 	initPath := r.initPath
 	if initPath == "" {
@@ -242,8 +242,7 @@ func (r *Runtime) agentSpec(s *Spec, k *kernel.Kernel, guestProg string) *agent.
 	if uid != 0 {
 		home = "/"
 	}
-	env := []string{"PATH=" + DefaultPath, "HOSTNAME=" + s.Name, "HOME=" + home}
-	env = append(env, s.Env...)
+	env := MergeEnv([]string{"PATH=" + DefaultPath, "HOSTNAME=" + s.Name, "HOME=" + home}, s.Env)
 	return &agent.Spec{
 		Version:    agent.Version,
 		Args:       args,

@@ -240,6 +240,28 @@ func ParseEnv(entries []string, lookup func(string) (string, bool)) ([]string, e
 	return out, nil
 }
 
+// MergeEnv returns base with each KEY=VALUE of over applied in order: a
+// later value replaces an earlier one in place, new keys are appended. The
+// result has each key once (a program's getenv may take either of two).
+func MergeEnv(base, over []string) []string {
+	out := append([]string{}, base...)
+	index := map[string]int{}
+	for i, e := range out {
+		k, _, _ := strings.Cut(e, "=")
+		index[k] = i
+	}
+	for _, e := range over {
+		k, _, _ := strings.Cut(e, "=")
+		if i, ok := index[k]; ok {
+			out[i] = e
+			continue
+		}
+		index[k] = len(out)
+		out = append(out, e)
+	}
+	return out
+}
+
 // ParseEnvFile reads a docker --env-file: one KEY=VALUE or KEY per line,
 // blank lines and lines starting with # ignored.
 func ParseEnvFile(r io.Reader, name string, lookup func(string) (string, bool)) ([]string, error) {

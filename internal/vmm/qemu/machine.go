@@ -73,7 +73,7 @@ func FindBinary(bin string) (string, error) {
 	}
 	p, err := exec.LookPath(bin)
 	if err != nil {
-		return "", fmt.Errorf("QEMU (%s) not found: install it with apt-get install qemu-system-x86, or run scripts/setup: %w", bin, vmm.ErrUnavailable)
+		return "", fmt.Errorf("QEMU (%s) not found: install it with apt-get install qemu-system-x86, or run scripts/setup (%w)", bin, vmm.ErrUnavailable)
 	}
 	return p, nil
 }
@@ -150,6 +150,15 @@ func (m *Machine) Start(ctx context.Context) (err error) {
 		return fmt.Errorf("writing pidfile: %w", err)
 	}
 	if err := m.ping(ctx, done); err != nil {
+		// A QEMU that dies at start-up may drop the QMP connection a moment
+		// before its exit is seen; give the exit a bounded chance to show,
+		// so the error carries what QEMU printed.
+		t := time.NewTimer(2 * time.Second)
+		defer t.Stop()
+		select {
+		case <-done:
+		case <-t.C:
+		}
 		select {
 		case <-done:
 			return fmt.Errorf("QEMU exited during start-up: %s: %w", lastLines(filepath.Join(m.cfg.Dir, StderrLog), 5), err)

@@ -1,0 +1,176 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"kiln.dev/kiln/internal/kernel"
+)
+
+// These tests drive the built kiln binary as a user would, booting real VMs.
+// They need QEMU and a guest kernel (scripts/setup provides both) and skip
+// with the fix when either is missing.
+
+var (
+	binDir   string // kiln, kiln-init and hello, built by TestMain
+	buildErr error
+)
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "kiln-test-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binDir = dir
+	buildErr = buildBinaries(dir)
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func buildBinaries(dir string) error {
+	builds := []struct {
+		out, pkg string
+		static   bool
+	}{
+		{"kiln", "kiln.dev/kiln/cmd/kiln", false},
+		{"kiln-init", "kiln.dev/kiln/cmd/kiln-init", true},
+		{"hello", "kiln.dev/kiln/examples/hello", true},
+	}
+	for _, b := range builds {
+		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, b.out), b.pkg)
+		cmd.Env = os.Environ()
+		if b.static {
+			cmd.Env = append(cmd.Env, "CGO_ENABLED=0")
+		}
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("building %s: %v\n%s", b.pkg, err, out)
+		}
+	}
+	return nil
+}
+
+// testKernel returns the guest kernel the tests boot: $KILN_TEST_KERNEL, or
+// the default kernel of the default kiln root (what scripts/setup builds).
+func testKernel(t *testing.T) string {
+	t.Helper()
+	if p := os.Getenv("KILN_TEST_KERNEL"); p != "" {
+		return p
+	}
+	k, err := kernel.NewStore(defaultRoot()).Get(kernel.DefaultName)
+	if err != nil {
+		t.Skipf("no guest kernel (%v): run scripts/setup (or `kiln kernel build`), or set KILN_TEST_KERNEL", err)
+	}
+	return k.Path
+}
+
+func requireQEMU(t *testing.T) {
+	t.Helper()
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		t.Skip("qemu-system-x86_64 not found: run scripts/setup (apt-get install qemu-system-x86)")
+	}
+}
+
+// env is one test's kiln: its own root and the test kernel.
+type env struct {
+	t      *testing.T
+	root   string
+	kernel string
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	requireQEMU(t)
+	e := &env{t: t, root: t.TempDir(), kernel: testKernel(t)}
+	t.Cleanup(func() {
+		if pids := qemuUnder(e.root); len(pids) > 0 {
+			t.Errorf("QEMU processes left running under %s: %v", e.root, pids)
+			for _, p := range pids {
+				_ = exec.Command("kill", "-9", fmt.Sprint(p)).Run()
+			}
+		}
+	})
+	return e
+}
+
+// result is one finished kiln command.
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+func (r result) String() string {
+	return fmt.Sprintf("exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+}
+
+func (e *env) command(ctx context.Context, args ...string) *exec.Cmd {
+	all := append([]string{"--root", e.root}, args...)
+	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "kiln"), all...)
+	cmd.Env = append(os.Environ(), "KILN_ROOT="+e.root)
+	return cmd
+}
+
+// kiln runs a kiln command to its end (bounded, so a hang fails the test
+// rather than the whole run).
+func (e *env) kiln(args ...string) result {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := e.command(ctx, args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		e.t.Fatalf("running kiln %v: %v", args, err)
+	}
+	return result{code, out.String(), errb.String()}
+}
+
+// run is `kiln run --kernel K ARGS...`.
+func (e *env) run(args ...string) result {
+	e.t.Helper()
+	return e.kiln(append([]string{"run", "--kernel", e.kernel}, args...)...)
+}
+
+func (e *env) hello() string { return filepath.Join(binDir, "hello") }
+
+// vmDirs lists the VM directories under the root.
+func (e *env) vmDirs() []string {
+	ents, _ := os.ReadDir(filepath.Join(e.root, "vms"))
+	var out []string
+	for _, d := range ents {
+		out = append(out, d.Name())
+	}
+	return out
+}
+
+// qemuUnder returns the PIDs of QEMU processes whose command line mentions
+// root (their files live there).
+func qemuUnder(root string) []int {
+	var pids []int
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err != nil || !bytes.Contains(b, []byte("qemu-system")) || !bytes.Contains(b, []byte(root+"/")) {
+			continue
+		}
+		var pid int
+		fmt.Sscanf(strings.TrimPrefix(p, "/proc/"), "%d", &pid)
+		pids = append(pids, pid)
+	}
+	return pids
+}

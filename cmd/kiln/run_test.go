@@ -1,0 +1,262 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func TestRunPrintsOutputAndExitsWithProgramStatus(t *testing.T) {
+	e := newEnv(t)
+	r := e.run("--rm", e.hello(), "-exit", "3", "a", "b c")
+	if r.code != 3 {
+		t.Fatalf("want exit 3:\n%s", r)
+	}
+	if !strings.Contains(r.stdout, `args: ["a" "b c"]`) {
+		t.Errorf("stdout lacks the program's arguments:\n%s", r)
+	}
+	if !strings.Contains(r.stderr, "this line went to stderr") || strings.Contains(r.stdout, "this line went to stderr") {
+		t.Errorf("the program's stderr is not kept apart from its stdout:\n%s", r)
+	}
+	if got := strings.Count(r.stderr, "warning:"); got > 1 {
+		t.Errorf("want at most one warning, got %d:\n%s", got, r.stderr)
+	}
+	if d := e.vmDirs(); len(d) != 0 {
+		t.Errorf("--rm left VM directories: %v", d)
+	}
+}
+
+func TestRunKeepsVMStateWithoutRm(t *testing.T) {
+	e := newEnv(t)
+	r := e.run("--name", "kept", e.hello())
+	if r.code != 0 {
+		t.Fatalf("want exit 0:\n%s", r)
+	}
+	dirs := e.vmDirs()
+	if len(dirs) != 1 {
+		t.Fatalf("want one VM directory, got %v", dirs)
+	}
+	out, err := os.ReadFile(filepath.Join(e.root, "vms", dirs[0], "stdout.log"))
+	if err != nil || !strings.Contains(string(out), "hello from kept") {
+		t.Errorf("stdout.log = %q, %v; want the program's output", out, err)
+	}
+}
+
+func TestRunExitCodeOfSignal(t *testing.T) {
+	e := newEnv(t)
+	for _, c := range []struct {
+		sig  string
+		want int
+	}{{"9", 137}, {"15", 143}} {
+		r := e.run("--rm", e.hello(), "-signal", c.sig)
+		if r.code != c.want {
+			t.Errorf("killed by signal %s: want exit %d:\n%s", c.sig, c.want, r)
+		}
+	}
+}
+
+func TestRunAppliesEnvWorkdirUserAndName(t *testing.T) {
+	e := newEnv(t)
+	envFile := filepath.Join(t.TempDir(), "app.env")
+	if err := os.WriteFile(envFile, []byte("# comment\nFROMFILE=yes\n\nFOO=overridden-later\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("KILN_TEST_PASSTHROUGH", "from-host")
+	r := e.run("--rm", "--name", "web", "--memory", "128m", "--cpus", "2",
+		"--env-file", envFile, "-e", "FOO=bar", "-e", "KILN_TEST_PASSTHROUGH",
+		"-w", "/srv/app", "-u", "1000:1001", e.hello(), "-env", "FOO")
+	if r.code != 0 {
+		t.Fatalf("want exit 0:\n%s", r)
+	}
+	for _, want := range []string{"hello from web", "FOO=bar", "uid=1000 gid=1001 cwd=/srv/app cpus=2"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("stdout lacks %q:\n%s", want, r)
+		}
+	}
+	r = e.run("--rm", "--env-file", envFile, "-e", "KILN_TEST_PASSTHROUGH", e.hello(), "-env", "KILN_TEST_PASSTHROUGH")
+	if !strings.Contains(r.stdout, "KILN_TEST_PASSTHROUGH=from-host") {
+		t.Errorf("-e KEY did not pass the host's value:\n%s", r)
+	}
+	r = e.run("--rm", "--env-file", envFile, e.hello(), "-env", "FROMFILE")
+	if !strings.Contains(r.stdout, "FROMFILE=yes") {
+		t.Errorf("--env-file not applied:\n%s", r)
+	}
+}
+
+func TestRunEntrypointNotFoundInGuestExits127(t *testing.T) {
+	e := newEnv(t)
+	r := e.run("--rm", "--entrypoint", "/no/such/program", e.hello())
+	if r.code != 127 {
+		t.Fatalf("want exit 127:\n%s", r)
+	}
+	if !strings.Contains(r.stderr, "/no/such/program") {
+		t.Errorf("stderr does not name the missing program:\n%s", r)
+	}
+}
+
+func TestRunStopsGracefullyOnSIGTERM(t *testing.T) {
+	e := newEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := e.command(ctx, "run", "--rm", "--kernel", e.kernel, "--time", "20", e.hello(), "-sleep", "10m", "-exit", "7")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	var mu sync.Mutex
+	sleeping := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		sc := bufio.NewScanner(stdout)
+		once := sync.Once{}
+		for sc.Scan() {
+			mu.Lock()
+			out.WriteString(sc.Text() + "\n")
+			mu.Unlock()
+			if sc.Text() == "sleeping" {
+				once.Do(func() { close(sleeping) })
+			}
+		}
+	}()
+	select {
+	case <-sleeping:
+	case <-done:
+		t.Fatalf("kiln run ended before the program slept; stderr:\n%s", stderr.String())
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	<-done
+	err = cmd.Wait()
+	code := 0
+	if err != nil {
+		code = cmd.ProcessState.ExitCode()
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if code != 7 {
+		t.Errorf("want exit 7 (the program's own, after it handled SIGTERM), got %d\nstdout:\n%s\nstderr:\n%s", code, out.String(), stderr.String())
+	}
+	if !strings.Contains(out.String(), "got terminated") {
+		t.Errorf("the program did not get SIGTERM:\n%s", out.String())
+	}
+}
+
+func TestRunBootDeadlineReportsFailedBoot(t *testing.T) {
+	e := newEnv(t)
+	r := e.run("--rm", "--boot-timeout", "1ms", e.hello())
+	if r.code != 125 {
+		t.Fatalf("want exit 125:\n%s", r)
+	}
+	if !strings.Contains(r.stderr, "did not reach kiln-init within 1ms") {
+		t.Errorf("stderr does not report the failed boot:\n%s", r)
+	}
+}
+
+func TestRunBadInputFailsCleanly(t *testing.T) {
+	e := newEnv(t)
+	dir := t.TempDir()
+	text := filepath.Join(dir, "notes.txt")
+	if err := os.WriteFile(text, []byte("not a program\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name string
+		args []string
+		env  []string
+		want string // a regexp the one error line must match
+	}{
+		{"missing program", []string{"run", "--kernel", e.kernel, filepath.Join(dir, "nope")}, nil, `program .*/nope`},
+		{"not an ELF", []string{"run", "--kernel", e.kernel, text}, nil, `notes.txt is not an ELF executable`},
+		{"dynamically linked", []string{"run", "--kernel", e.kernel, "/bin/ls"}, nil, `dynamically linked \(needs /lib64/ld-linux-x86-64.so.2\)`},
+		{"unknown flag", []string{"run", "--bogus", e.hello()}, nil, `unknown flag: --bogus`},
+		{"memory 0", []string{"run", "--kernel", e.kernel, "--memory", "0", e.hello()}, nil, `invalid memory "0"`},
+		{"memory 1t", []string{"run", "--kernel", e.kernel, "--memory", "1t", e.hello()}, nil, `invalid memory 1024g: allowed 64m to \d+m`},
+		{"memory junk", []string{"run", "--kernel", e.kernel, "--memory", "lots", e.hello()}, nil, `invalid memory "lots"`},
+		{"cpus 0", []string{"run", "--kernel", e.kernel, "--cpus", "0", e.hello()}, nil, `invalid cpus -1|invalid cpus 0`},
+		{"relative workdir", []string{"run", "--kernel", e.kernel, "-w", "srv", e.hello()}, nil, `invalid working directory "srv"`},
+		{"bad accel", []string{"run", "--kernel", e.kernel, "--accel", "warp", e.hello()}, nil, `invalid accelerator "warp"`},
+		{"bad name", []string{"run", "--kernel", e.kernel, "--name", "../x", e.hello()}, nil, `invalid VM name "../x"`},
+		{"missing kernel name", []string{"run", "--kernel", "nosuchkernel", e.hello()}, nil, `no guest kernel "nosuchkernel"`},
+		{"missing kernel path", []string{"run", "--kernel", filepath.Join(dir, "vmlinux"), e.hello()}, nil, `kernel image: .*vmlinux`},
+		{"QEMU dies at start", []string{"run", "--kernel", text, e.hello()}, nil, `QEMU exited during start-up: .*qemu`},
+		{"QEMU not installed", []string{"run", "--kernel", e.kernel, e.hello()}, []string{"PATH=" + dir}, `QEMU \(qemu-system-x86_64\) not found: install it`},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			cmd := e.command(context.Background(), c.args...)
+			cmd.Env = append(cmd.Env, c.env...)
+			var out, errb strings.Builder
+			cmd.Stdout, cmd.Stderr = &out, &errb
+			_ = cmd.Run()
+			if code := cmd.ProcessState.ExitCode(); code != 125 {
+				t.Errorf("want exit 125, got %d\nstderr: %s", code, errb.String())
+			}
+			lines := strings.Split(strings.TrimSpace(errb.String()), "\n")
+			var errLines []string
+			for _, l := range lines {
+				if !strings.Contains(l, "warning:") {
+					errLines = append(errLines, l)
+				}
+			}
+			if len(errLines) != 1 || !regexp.MustCompile(c.want).MatchString(errLines[0]) {
+				t.Errorf("want one error line matching %q, got:\n%s", c.want, errb.String())
+			}
+			if d := e.vmDirs(); len(d) != 0 {
+				t.Errorf("left VM directories behind: %v", d)
+			}
+		})
+	}
+}
+
+func TestRunManyAtOnce(t *testing.T) {
+	e := newEnv(t)
+	const n = 4
+	var wg sync.WaitGroup
+	results := make([]result, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			results[i] = e.run("--rm", e.hello(), "-exit", "5")
+		}()
+	}
+	wg.Wait()
+	for i, r := range results {
+		if r.code != 5 || !strings.Contains(r.stdout, "hello from") {
+			t.Errorf("VM %d of %d booted in parallel: want exit 5 and its greeting:\n%s", i, n, r)
+		}
+	}
+}
+
+func TestDoctorExplainsAccelerator(t *testing.T) {
+	e := newEnv(t)
+	r := e.kiln("doctor")
+	if !regexp.MustCompile(`(?m)^OK\s+accelerator\s+(kvm|tcg): `).MatchString(r.stdout) {
+		t.Fatalf("doctor does not report the accelerator:\n%s", r)
+	}
+	if _, err := os.Stat("/sys/module/kvm_pvm"); err == nil && !strings.Contains(r.stdout, "PVM") {
+		t.Errorf("on a PVM host doctor must say KVM is PVM:\n%s", r)
+	}
+	if !regexp.MustCompile(`(?m)^OK\s+qemu\s+/`).MatchString(r.stdout) {
+		t.Errorf("doctor does not report QEMU:\n%s", r)
+	}
+	// The test root has no kernel: doctor fails that check and says how to fix it.
+	if r.code != 1 || !regexp.MustCompile(`(?m)^FAIL\s+kernel`).MatchString(r.stdout) || !strings.Contains(r.stdout, "kiln kernel build") {
+		t.Errorf("doctor on a root without a kernel: want exit 1 and the fix:\n%s", r)
+	}
+}
