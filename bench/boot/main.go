@@ -1,0 +1,183 @@
+// Command boot measures how long a VM takes from start to exit when booted
+// through `kiln run`, against a hand-written minimal qemu-system-x86_64
+// command line booting the same kernel, initrd and program (one that exits
+// at once). It prints both medians, their ratio and the guest's uptime when
+// kiln-init started.
+//
+//	go run ./bench/boot [-n 7] [-kiln bin/kiln] [-kernel PATH]
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+func main() {
+	n := flag.Int("n", 7, "runs of each kind (at least 5)")
+	kiln := flag.String("kiln", "bin/kiln", "the kiln binary")
+	prog := flag.String("program", "bin/hello", "a static program that exits at once")
+	kernel := flag.String("kernel", "", "guest kernel (default: the default root's default kernel)")
+	flag.Parse()
+	if err := run(*n, *kiln, *prog, *kernel); err != nil {
+		fmt.Fprintln(os.Stderr, "bench/boot:", err)
+		os.Exit(1)
+	}
+}
+
+type sample struct {
+	wall   time.Duration
+	uptime float64 // guest uptime at kiln-init start, seconds
+}
+
+func run(n int, kiln, prog, kernel string) error {
+	if n < 5 {
+		return fmt.Errorf("-n %d: use at least 5 runs", n)
+	}
+	if kernel == "" {
+		kernel = "/var/lib/kiln/kernels/default/vmlinux"
+	}
+	root, err := os.MkdirTemp("", "kiln-bench-boot-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(root)
+
+	// One kiln run (kept) makes the initrd the raw runs boot: the same
+	// kiln-init, spec and program.
+	if _, err := kilnRun(kiln, root, kernel, prog, true); err != nil {
+		return fmt.Errorf("preparing: %w", err)
+	}
+	vms, _ := filepath.Glob(filepath.Join(root, "vms", "*"))
+	if len(vms) != 1 {
+		return fmt.Errorf("preparing: want one VM directory, got %d", len(vms))
+	}
+	initrd := filepath.Join(root, "initrd")
+	if err := os.Rename(filepath.Join(vms[0], "initrd"), initrd); err != nil {
+		return err
+	}
+	os.RemoveAll(vms[0])
+
+	var kilnS, rawS []sample
+	for i := 0; i < n; i++ { // interleaved, so drift in host load hits both
+		s, err := kilnRun(kiln, root, kernel, prog, false)
+		if err != nil {
+			return err
+		}
+		kilnS = append(kilnS, s)
+		s, err = rawRun(root, kernel, initrd)
+		if err != nil {
+			return err
+		}
+		rawS = append(rawS, s)
+	}
+	km, rm := median(kilnS), median(rawS)
+	fmt.Printf("boot to exit, median of %d (program exits at once):\n", n)
+	fmt.Printf("  raw qemu-system-x86_64: %7.0f ms  (guest uptime at kiln-init: %.2f s)\n", ms(rm.wall), rm.uptime)
+	fmt.Printf("  kiln run:               %7.0f ms  (guest uptime at kiln-init: %.2f s)\n", ms(km.wall), km.uptime)
+	fmt.Printf("  ratio kiln/raw:         %7.3f  (goal <= 1.10)\n", float64(km.wall)/float64(rm.wall))
+	return nil
+}
+
+// kilnRun times one `kiln run` and reads the guest's uptime from the VM's
+// status file; the VM directory is removed unless keep.
+func kilnRun(kiln, root, kernel, prog string, keep bool) (sample, error) {
+	start := time.Now()
+	cmd := exec.Command(kiln, "--root", root, "run", "--kernel", kernel, prog)
+	out, err := cmd.CombinedOutput()
+	wall := time.Since(start)
+	if err != nil {
+		return sample{}, fmt.Errorf("kiln run: %w\n%s", err, out)
+	}
+	vms, _ := filepath.Glob(filepath.Join(root, "vms", "*"))
+	var up float64
+	for _, d := range vms {
+		up = uptimeFrom(filepath.Join(d, "status.jsonl"))
+		if !keep {
+			os.RemoveAll(d)
+		}
+	}
+	return sample{wall, up}, nil
+}
+
+// rawRun boots the initrd with the minimal QEMU command line that runs it:
+// the machine, the kernel and the three virtio-serial ports kiln-init writes
+// (status, stdout, stderr), nothing else. The guest sees the same hardware
+// and command line as under kiln (machine options, max_ports: QEMU's default
+// of 31 ports makes the guest set up 64 virtqueues, which costs boot time
+// under TCG), so the ratio measures kiln's own overhead on the host.
+func rawRun(root, kernel, initrd string) (sample, error) {
+	dir, err := os.MkdirTemp(root, "raw-")
+	if err != nil {
+		return sample{}, err
+	}
+	defer os.RemoveAll(dir)
+	status := filepath.Join(dir, "status")
+	args := []string{
+		"-M", "microvm,acpi=off,rtc=on,pit=on,pic=on,isa-serial=on", "-accel", "tcg", "-cpu", "max", "-m", "256M",
+		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+		"-kernel", kernel, "-initrd", initrd,
+		// The same guest command line kiln gives, so that only the host side
+		// differs.
+		"-append", "console=ttyS0 reboot=t panic=-1 quiet 8250.nr_uarts=1 tsc_early_khz=" + strconv.Itoa(tscKHz()) + " tsc=reliable",
+		"-device", "virtio-serial-device,max_ports=5",
+		"-chardev", "file,id=s,path=" + status, "-device", "virtserialport,chardev=s,name=kiln.exit",
+		"-chardev", "file,id=o,path=" + filepath.Join(dir, "out"), "-device", "virtserialport,chardev=o,name=kiln.stdout",
+		"-chardev", "file,id=e,path=" + filepath.Join(dir, "err"), "-device", "virtserialport,chardev=e,name=kiln.stderr",
+	}
+	start := time.Now()
+	out, err := exec.Command("qemu-system-x86_64", args...).CombinedOutput()
+	wall := time.Since(start)
+	if err != nil {
+		return sample{}, fmt.Errorf("qemu: %w\n%s", err, out)
+	}
+	return sample{wall, uptimeFrom(status)}, nil
+}
+
+func uptimeFrom(path string) float64 {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var r struct {
+			Kind   string  `json:"kind"`
+			Uptime float64 `json:"uptime"`
+		}
+		if json.Unmarshal(sc.Bytes(), &r) == nil && r.Kind == "started" {
+			return r.Uptime
+		}
+	}
+	return 0
+}
+
+func median(s []sample) sample {
+	w := append([]sample{}, s...)
+	sort.Slice(w, func(i, j int) bool { return w[i].wall < w[j].wall })
+	u := append([]sample{}, s...)
+	sort.Slice(u, func(i, j int) bool { return u[i].uptime < u[j].uptime })
+	return sample{w[len(w)/2].wall, u[len(u)/2].uptime}
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+func tscKHz() int {
+	b, _ := os.ReadFile("/proc/cpuinfo")
+	for _, line := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "cpu MHz" {
+			f, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return int(f * 1000)
+		}
+	}
+	return 0
+}
