@@ -19,6 +19,7 @@ demo: setup
 	./bin/kiln run --rm --memory 128m bin/hello -exit 3 from a microVM; echo "kiln run exited with $$?"
 
 test: setup
+	./scripts/fetch-test-kernel
 	$(GO) vet ./...
 	$(GO) test -race -count=1 ./...
 
