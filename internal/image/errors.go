@@ -1,0 +1,52 @@
+package image
+
+import "errors"
+
+// The sentinel errors below classify every error this package returns, so
+// that callers (the daemon maps them to HTTP status codes in one place) test
+// them with errors.Is instead of matching strings. Errors are wrapped with
+// context ("pulling alpine: fetching layer sha256:…: …") around exactly one
+// of these where a class applies.
+var (
+	// ErrNotFound means the image, tag, blob or platform asked for does not
+	// exist in the store or in the registry.
+	ErrNotFound = errors.New("not found")
+
+	// ErrInvalidArgument means the caller passed something malformed: a bad
+	// reference, platform or path, or a layer tar that breaks the rules
+	// (an entry escaping the root, an absurd size).
+	ErrInvalidArgument = errors.New("invalid argument")
+
+	// ErrAmbiguous means an ID prefix matched more than one image. It wraps
+	// ErrInvalidArgument, so callers that only know that class still work.
+	ErrAmbiguous = &classError{msg: "ambiguous image reference", class: ErrInvalidArgument}
+
+	// ErrConflict means the operation clashes with the current state.
+	ErrConflict = errors.New("conflict")
+
+	// ErrCorrupt means content did not match its digest or size, or a stored
+	// file could not be parsed: the data was damaged in transit or at rest.
+	ErrCorrupt = errors.New("corrupt content")
+
+	// ErrUnsupported means the content is valid but this package does not
+	// handle it: a foreign or unknown layer media type, a schema 1 manifest,
+	// an image for another platform, an unknown tar entry type.
+	ErrUnsupported = errors.New("unsupported")
+
+	// ErrUnauthorized means the registry refused the credentials (or the
+	// lack of them).
+	ErrUnauthorized = errors.New("unauthorized")
+
+	// ErrUnavailable means a host tool this package needs (tar2sqfs) is
+	// missing; the message names the Debian package to install.
+	ErrUnavailable = errors.New("unavailable")
+)
+
+// classError is a sentinel that is also a member of a broader class.
+type classError struct {
+	msg   string
+	class error
+}
+
+func (e *classError) Error() string { return e.msg }
+func (e *classError) Unwrap() error { return e.class }
