@@ -203,24 +203,68 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (vm *VM, err error) {
 			}
 		}
 	}
-	m, err := qemu.New(cfg, qemu.WithLogger(r.log))
-	if err != nil {
+	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	b, err := json.MarshalIndent(struct {
-		ID     string `json:"id"`
-		Spec   Spec   `json:"spec"`
-		Kernel string `json:"kernel"`
-		Accel  string `json:"accel"`
-		Guest  any    `json:"guest"`
-	}{ID: id, Spec: spec, Kernel: k.Path, Accel: string(accel.Accel), Guest: as}, "", "  ")
+	rec := vmRecord{ID: id, Spec: spec, Accel: accel, Kernel: k, Config: cfg, Guest: as}
+	b, err := json.MarshalIndent(rec, "", "  ")
 	if err != nil {
 		return nil, fmt.Errorf("encoding VM record: %w", err)
 	}
 	if err := os.WriteFile(filepath.Join(dir, specFile), b, 0o600); err != nil {
 		return nil, fmt.Errorf("writing VM record: %w", err)
 	}
-	return &VM{ID: id, Name: spec.Name, Dir: dir, Spec: spec, Accel: accel, Kernel: k, cfg: cfg, machine: m, log: r.log}, nil
+	return rec.vm(r.log), nil
+}
+
+// vmRecord is what a VM's directory says about it (vm.json): enough to
+// start it again or to reattach to it after a restart of kiln.
+type vmRecord struct {
+	ID     string          `json:"id"`
+	Spec   Spec            `json:"spec"`
+	Accel  vmm.AccelChoice `json:"accel"`
+	Kernel *kernel.Kernel  `json:"kernel"`
+	Config vmm.Config      `json:"config"`
+	Guest  *agent.Spec     `json:"guest"`
+}
+
+func (rec *vmRecord) vm(log *slog.Logger) *VM {
+	return &VM{ID: rec.ID, Name: rec.Spec.Name, Dir: rec.Config.Dir, Spec: rec.Spec, Accel: rec.Accel, Kernel: rec.Kernel, cfg: rec.Config, log: log}
+}
+
+// Load returns the VM whose directory is dir, as Create left it. Its
+// monitor is not attached: call Attach to take over a running VM, or Start.
+func (r *Runtime) Load(dir string) (*VM, error) {
+	b, err := os.ReadFile(filepath.Join(dir, specFile))
+	if err != nil {
+		return nil, fmt.Errorf("reading VM record: %w", err)
+	}
+	var rec vmRecord
+	if err := json.Unmarshal(b, &rec); err != nil {
+		return nil, fmt.Errorf("parsing VM record %s: %w", filepath.Join(dir, specFile), err)
+	}
+	if rec.Config.Dir != dir {
+		return nil, fmt.Errorf("VM record in %s names directory %s: %w", dir, rec.Config.Dir, errdefs.ErrInvalidArgument)
+	}
+	return rec.vm(r.log), nil
+}
+
+// VMDir returns the directory of the VM with the given ID.
+func (r *Runtime) VMDir(id string) string { return filepath.Join(r.vmsDir(), id) }
+
+// VMIDs lists the IDs of the VM directories under the root.
+func (r *Runtime) VMIDs() ([]string, error) {
+	ents, err := os.ReadDir(r.vmsDir())
+	if err != nil {
+		return nil, fmt.Errorf("listing VM directories: %w", err)
+	}
+	var ids []string
+	for _, e := range ents {
+		if e.IsDir() {
+			ids = append(ids, e.Name())
+		}
+	}
+	return ids, nil
 }
 
 func kernelName(ref string) string {

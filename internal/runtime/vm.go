@@ -31,12 +31,14 @@ type VM struct {
 	Accel  vmm.AccelChoice
 	Kernel *kernel.Kernel
 
-	cfg     vmm.Config
-	machine vmm.VMM
-	log     *slog.Logger
+	cfg vmm.Config
+	log *slog.Logger
 
 	// mu guards the fields below.
 	mu sync.Mutex
+	// machine is the monitor of the current (or last) run; a new one is
+	// made for every Start.
+	machine vmm.VMM
 	// started is closed when kiln-init reports the program started.
 	started  chan struct{}
 	record   *agent.Record // the started record
@@ -54,32 +56,90 @@ func (vm *VM) Stderr() string { return filepath.Join(vm.Dir, stderrFile) }
 func (vm *VM) Console() string { return filepath.Join(vm.Dir, qemu.ConsoleLog) }
 
 // Info describes the VM's monitor process.
-func (vm *VM) Info() vmm.Info { return vm.machine.Info() }
-
-// Start boots the VM. It returns once QEMU is up; the program starts later
-// (Started). A VM that does not reach kiln-init within the spec's boot
-// timeout is killed and Wait reports a failed boot.
-func (vm *VM) Start(ctx context.Context) error {
-	fl, err := follow.Open(filepath.Join(vm.Dir, statusFile), 0)
-	if err != nil {
-		return fmt.Errorf("watching VM status: %w", err)
+func (vm *VM) Info() vmm.Info {
+	m := vm.current()
+	if m == nil {
+		return vmm.Info{Backend: "qemu", Accel: vm.cfg.Accel}
 	}
+	return m.Info()
+}
+
+// current returns the monitor of the current run, or nil before the first.
+func (vm *VM) current() vmm.VMM {
 	vm.mu.Lock()
-	vm.started = make(chan struct{})
-	vm.watching = make(chan struct{})
-	vm.mu.Unlock()
-	if err := vm.machine.Start(ctx); err != nil {
+	defer vm.mu.Unlock()
+	return vm.machine
+}
+
+// Start boots the VM (again, if it ran before: the status of the last run
+// is discarded, output is appended). It returns once QEMU is up; the
+// program starts later (Started). A VM that does not reach kiln-init within
+// the spec's boot timeout is killed and Wait reports a failed boot.
+func (vm *VM) Start(ctx context.Context) error {
+	if m := vm.current(); m != nil && m.Info().Running {
+		return fmt.Errorf("VM %s is already running: %w", vm.Name, errdefs.ErrConflict)
+	}
+	if err := os.WriteFile(filepath.Join(vm.Dir, statusFile), nil, 0o600); err != nil {
+		return fmt.Errorf("resetting VM status: %w", err)
+	}
+	m, err := qemu.New(vm.cfg, qemu.WithLogger(vm.log))
+	if err != nil {
+		return err
+	}
+	fl, err := vm.begin(m)
+	if err != nil {
+		return err
+	}
+	if err := m.Start(ctx); err != nil {
 		fl.Stop()
+		vm.mu.Lock()
 		close(vm.watching)
+		vm.mu.Unlock()
 		return fmt.Errorf("starting VM %s: %w", vm.Name, err)
 	}
-	go vm.watch(fl)
+	go vm.watch(m, fl)
 	return nil
 }
 
+// begin makes m the current monitor and opens the status file to watch.
+func (vm *VM) begin(m vmm.VMM) (*follow.Follower, error) {
+	fl, err := follow.Open(filepath.Join(vm.Dir, statusFile), 0)
+	if err != nil {
+		return nil, fmt.Errorf("watching VM status: %w", err)
+	}
+	vm.mu.Lock()
+	vm.machine = m
+	vm.record = nil
+	vm.bootFail = false
+	vm.started = make(chan struct{})
+	vm.watching = make(chan struct{})
+	vm.mu.Unlock()
+	return fl, nil
+}
+
+// Attach takes over the VM's running QEMU, started earlier by this or
+// another kiln process. It returns an error wrapping vmm.ErrNotRunning when
+// the VM is not running.
+func (vm *VM) Attach() error {
+	m, err := qemu.Attach(vm.cfg, qemu.WithLogger(vm.log))
+	if err != nil {
+		return err
+	}
+	fl, err := vm.begin(m)
+	if err != nil {
+		return err
+	}
+	go vm.watch(m, fl)
+	return nil
+}
+
+// LastExit reads how the last run ended from the status the guest left,
+// for a VM that ended while no kiln process watched it.
+func (vm *VM) LastExit() (*Exit, error) { return vm.exit() }
+
 // watch reads status records as the guest writes them, closes started on
 // the first "started" record, and enforces the boot deadline.
-func (vm *VM) watch(fl *follow.Follower) {
+func (vm *VM) watch(m vmm.VMM, fl *follow.Follower) {
 	defer close(vm.watching)
 	lines := &lineWriter{fn: func(line []byte) {
 		recs, err := agent.ParseRecords(line)
@@ -100,7 +160,7 @@ func (vm *VM) watch(fl *follow.Follower) {
 	go func() { copied <- fl.Copy(lines) }()
 	exited := make(chan struct{})
 	go func() {
-		_ = vm.machine.Wait(context.Background())
+		_ = m.Wait(context.Background())
 		close(exited)
 	}()
 	vm.mu.Lock()
@@ -121,7 +181,7 @@ func (vm *VM) watch(fl *follow.Follower) {
 			vm.mu.Unlock()
 			if late {
 				vm.log.Warn("boot deadline passed: killing VM", "vm", vm.ID, "timeout", vm.Spec.BootTimeout)
-				_ = vm.machine.Kill()
+				_ = m.Kill()
 			}
 			continue
 		case <-exited:
@@ -162,7 +222,11 @@ type Exit struct {
 
 // Wait waits for the VM to end and returns how its program ended.
 func (vm *VM) Wait(ctx context.Context) (*Exit, error) {
-	if err := vm.machine.Wait(ctx); err != nil {
+	m := vm.current()
+	if m == nil {
+		return nil, fmt.Errorf("VM %s has not run: %w", vm.Name, vmm.ErrNotRunning)
+	}
+	if err := m.Wait(ctx); err != nil {
 		return nil, err
 	}
 	vm.mu.Lock()
@@ -221,7 +285,8 @@ func (vm *VM) exit() (*Exit, error) {
 // margin, the VMM backend stops it (QMP quit, SIGTERM, SIGKILL). The error
 // wraps vmm.ErrTimeout when the VM had to be forced.
 func (vm *VM) Stop(ctx context.Context, grace time.Duration) error {
-	if !vm.machine.Info().Running {
+	m := vm.current()
+	if m == nil || !m.Info().Running {
 		return nil
 	}
 	conn, err := vm.dialAgent()
@@ -233,13 +298,13 @@ func (vm *VM) Stop(ctx context.Context, grace time.Duration) error {
 		vm.log.Debug("guest agent unreachable", "vm", vm.ID, "err", err)
 	} else {
 		wctx, cancel := context.WithTimeout(ctx, grace+5*time.Second)
-		werr := vm.machine.Wait(wctx)
+		werr := m.Wait(wctx)
 		cancel()
 		if werr == nil {
 			return nil
 		}
 	}
-	if err := vm.machine.Stop(ctx); err != nil && !errors.Is(err, vmm.ErrTimeout) {
+	if err := m.Stop(ctx); err != nil && !errors.Is(err, vmm.ErrTimeout) {
 		return err
 	}
 	return fmt.Errorf("VM %s did not stop within %s: %w", vm.Name, grace, vmm.ErrTimeout)
@@ -269,12 +334,21 @@ func (vm *VM) dialAgent() (net.Conn, error) {
 }
 
 // Kill ends the VM at once.
-func (vm *VM) Kill() error { return vm.machine.Kill() }
+func (vm *VM) Kill() error {
+	m := vm.current()
+	if m == nil {
+		return nil
+	}
+	if err := m.Kill(); err != nil && !errors.Is(err, vmm.ErrNotRunning) {
+		return err
+	}
+	return nil
+}
 
 // Remove kills the VM if it still runs and deletes its directory.
 func (vm *VM) Remove() error {
-	if vm.machine.Info().Running {
-		if err := vm.machine.Kill(); err != nil {
+	if m := vm.current(); m != nil && m.Info().Running {
+		if err := m.Kill(); err != nil {
 			return fmt.Errorf("removing VM %s: %w", vm.Name, err)
 		}
 	}
