@@ -131,7 +131,12 @@ func needsACPI(config, image string) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("reading kernel config: %w", err)
 	}
-	return !strings.Contains(string(b), "\nCONFIG_VIRTIO_MMIO_CMDLINE_DEVICES=y\n"), nil
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.TrimSpace(line) == "CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES=y" {
+			return false, nil
+		}
+	}
+	return true, nil
 }
 
 // checkKernelImage accepts an ELF vmlinux or an x86 bzImage ("HdrS" at

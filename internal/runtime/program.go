@@ -14,7 +14,7 @@ import (
 func CheckProgram(path string) error {
 	st, err := os.Stat(path)
 	if err != nil {
-		return fmt.Errorf("program %s: %w", path, errdefs.ErrInvalidArgument)
+		return errdefs.Mark(fmt.Errorf("program: %w", err), errdefs.ErrInvalidArgument)
 	}
 	if !st.Mode().IsRegular() {
 		return fmt.Errorf("program %s is not a regular file: %w", path, errdefs.ErrInvalidArgument)

@@ -202,7 +202,6 @@ func TestCheckProgram(t *testing.T) {
 // TestCheckProgramMissingSaysWhy: "program ./x: invalid argument" does not
 // tell the user the file is not there.
 func TestCheckProgramMissingSaysWhy(t *testing.T) {
-	t.Skip("BUG: CheckProgram (program.go:17) drops the stat error, so a missing program is reported only as \"program X: invalid argument\"")
 	p := filepath.Join(t.TempDir(), "hello")
 	err := CheckProgram(p)
 	if err == nil || !strings.Contains(err.Error(), "no such file") {

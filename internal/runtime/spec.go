@@ -210,7 +210,9 @@ func ParseUser(s string) (uid, gid uint32, err error) {
 	if err != nil {
 		return 0, 0, errdefs.Invalid(fmt.Sprintf("invalid user %q: a bare VM has no user database, use a numeric uid[:gid]", s))
 	}
-	gv := uv
+	// Without a group, gid 0, as docker gives a uid that has no passwd
+	// entry (a bare VM has none).
+	gv := uint64(0)
 	if hasG {
 		gv, err = strconv.ParseUint(g, 10, 32)
 		if err != nil {

@@ -49,7 +49,7 @@ func (h Host) ChooseAccel(requested Accel) (AccelChoice, error) {
 	case AccelTCG:
 		return AccelChoice{Accel: AccelTCG, Reason: "TCG requested (--accel tcg)"}, nil
 	case AccelKVM:
-		if kvmErr != nil && !errors.Is(kvmErr, errPVM) {
+		if kvmErr != nil && !errors.Is(kvmErr, errPVM) && !errors.Is(kvmErr, errUnknownKVM) {
 			return AccelChoice{}, fmt.Errorf("--accel kvm: %w", kvmErr)
 		}
 		c := AccelChoice{Accel: AccelKVM, Reason: "KVM requested (--accel kvm)"}
@@ -70,6 +70,8 @@ func (h Host) ChooseAccel(requested Accel) (AccelChoice, error) {
 	return AccelChoice{}, fmt.Errorf("invalid accelerator %q: use kvm, tcg or auto", requested)
 }
 
+var errUnknownKVM = errors.New("/dev/kvm is not backed by kvm_intel or kvm_amd, so kiln cannot tell whether it boots a stock kernel")
+
 var errPVM = errors.New("/dev/kvm is PVM (module kvm_pvm), which cannot boot kiln's stock guest kernel")
 
 // kvmUsable reports why KVM cannot run kiln's kernel, or nil when it can.
@@ -84,7 +86,7 @@ func (h Host) kvmUsable() error {
 		return errPVM
 	}
 	if !h.Exists("/sys/module/kvm_intel") && !h.Exists("/sys/module/kvm_amd") {
-		return errors.New("/dev/kvm is not backed by kvm_intel or kvm_amd, so kiln cannot tell whether it boots a stock kernel")
+		return errUnknownKVM
 	}
 	return nil
 }
