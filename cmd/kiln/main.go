@@ -68,7 +68,8 @@ func newRootCmd() *cobra.Command {
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return fmt.Errorf("%w (see '%s --help')", err, c.CommandPath())
 	})
-	root.AddCommand(newRunCmd(g), newDoctorCmd(g), newKernelCmd(g))
+	root.AddCommand(newRunCmd(g), newDoctorCmd(g), newKernelCmd(g), newDaemonCmd(g))
+	root.AddCommand(vmCommands(g)...)
 	return root
 }
 

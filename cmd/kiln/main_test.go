@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"syscall"
 	"context"
 	"fmt"
 	"os"
@@ -94,6 +95,7 @@ func newEnv(t *testing.T) *env {
 	requireQEMU(t)
 	e := &env{t: t, root: t.TempDir(), kernel: testKernel(t)}
 	t.Cleanup(func() {
+		e.stopDaemon()
 		if pids := qemuUnder(e.root); len(pids) > 0 {
 			t.Errorf("QEMU processes left running under %s: %v", e.root, pids)
 			for _, p := range pids {
@@ -102,6 +104,39 @@ func newEnv(t *testing.T) *env {
 		}
 	})
 	return e
+}
+
+// daemonPID returns the PID of the root's daemon, or 0.
+func (e *env) daemonPID() int {
+	b, err := os.ReadFile(filepath.Join(e.root, "run", "kiln.pid"))
+	if err != nil {
+		return 0
+	}
+	var pid int
+	fmt.Sscanf(string(b), "%d", &pid)
+	return pid
+}
+
+// stopDaemon ends the root's daemon (started on demand by the CLI), if any,
+// and waits for it to be gone.
+func (e *env) stopDaemon() {
+	pid := e.daemonPID()
+	if pid == 0 {
+		return
+	}
+	p, err := os.FindProcess(pid)
+	if err != nil {
+		return
+	}
+	_ = p.Signal(syscall.SIGTERM)
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if p.Signal(syscall.Signal(0)) != nil {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	_ = p.Kill()
 }
 
 // result is one finished kiln command.

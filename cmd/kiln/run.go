@@ -7,13 +7,15 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"sync"
+	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 
-	"kiln.dev/kiln/internal/follow"
+	"kiln.dev/kiln/api"
+	"kiln.dev/kiln/client"
 	"kiln.dev/kiln/internal/runtime"
 	"kiln.dev/kiln/internal/vmm"
 )
@@ -33,13 +35,16 @@ type runFlags struct {
 	ulimits     []string
 	stopTimeout int
 	bootTimeout time.Duration
+	detach      bool
+	restart     string
+	logOpts     []string
 }
 
 func newRunCmd(g *globals) *cobra.Command {
 	f := &runFlags{}
 	c := &cobra.Command{
 		Use:   "run [flags] PROGRAM [ARG...]",
-		Short: "Boot a VM that runs one static program, and wait for it",
+		Short: "Boot a VM that runs one static program",
 		Long: `Boot a microVM whose only job is PROGRAM, a static x86-64 Linux executable
 on this host. Its stdout and stderr are printed as it runs, and kiln exits with
 its exit status (128+n when signal n killed it). Ctrl-C or SIGTERM stop the VM
@@ -65,6 +70,9 @@ gracefully: the program gets SIGTERM, then SIGKILL after --time seconds.`,
 	fl.StringArrayVar(&f.ulimits, "ulimit", nil, "resource limit, name=soft[:hard] (e.g. nofile=1024:4096)")
 	fl.IntVarP(&f.stopTimeout, "time", "t", int(runtime.DefaultStopGrace/time.Second), "seconds the program has to exit after a stop signal")
 	fl.DurationVar(&f.bootTimeout, "boot-timeout", runtime.DefaultBootTimeout, "how long the VM may take to start its program")
+	fl.BoolVarP(&f.detach, "detach", "d", false, "run the VM in the background and print its ID")
+	fl.StringVar(&f.restart, "restart", "no", "restart policy: no, on-failure[:max-retries], always, unless-stopped")
+	fl.StringArrayVar(&f.logOpts, "log-opt", nil, "log option: max-size=10m, max-file=3")
 	return c
 }
 
@@ -127,16 +135,59 @@ func specFromFlags(f *runFlags, args []string) (runtime.Spec, error) {
 	return s, nil
 }
 
+// apiConfig turns the command line's spec into the daemon's create
+// request. Host paths become absolute: the daemon does not share our
+// working directory.
+func apiConfig(spec runtime.Spec, f *runFlags) (api.VMConfig, error) {
+	prog := spec.Program
+	if prog != "" {
+		abs, err := filepath.Abs(prog)
+		if err != nil {
+			return api.VMConfig{}, fmt.Errorf("resolving program path: %w", err)
+		}
+		prog = abs
+	}
+	kernel := spec.Kernel
+	if strings.Contains(kernel, "/") {
+		abs, err := filepath.Abs(kernel)
+		if err != nil {
+			return api.VMConfig{}, fmt.Errorf("resolving kernel path: %w", err)
+		}
+		kernel = abs
+	}
+	policy, err := runtime.ParseRestartPolicy(f.restart)
+	if err != nil {
+		return api.VMConfig{}, err
+	}
+	logCfg, err := runtime.ParseLogOpts(f.logOpts)
+	if err != nil {
+		return api.VMConfig{}, err
+	}
+	c := api.VMConfig{
+		Name: spec.Name, Program: prog, Entrypoint: spec.Entrypoint, Cmd: spec.Cmd, Env: spec.Env,
+		WorkingDir: spec.WorkingDir, User: spec.User, MemoryMiB: spec.MemoryMiB, CPUs: spec.CPUs,
+		Kernel: kernel, Accel: string(spec.Accel), BootTimeout: api.Duration(spec.BootTimeout),
+		Restart:     api.RestartPolicy{Name: policy.Name, MaxRetries: policy.MaxRetries},
+		AutoRemove:  f.rm,
+		Log:         api.LogConfig{MaxSize: logCfg.MaxSize, MaxFiles: logCfg.MaxFiles},
+		StopTimeout: f.stopTimeout,
+	}
+	for _, r := range spec.Rlimits {
+		c.Ulimits = append(c.Ulimits, api.Ulimit{Name: r.Name, Soft: r.Soft, Hard: r.Hard})
+	}
+	return c, nil
+}
+
 func runRun(cmd *cobra.Command, g *globals, f *runFlags, args []string) error {
 	spec, err := specFromFlags(f, args)
 	if err != nil {
 		return err
 	}
-	stderr := cmd.ErrOrStderr()
-	rt, err := runtime.New(g.root, runtime.WithLogger(g.logger(stderr)))
+	cfg, err := apiConfig(spec, f)
 	if err != nil {
 		return err
 	}
+	stdout, stderr := cmd.OutOrStdout(), cmd.ErrOrStderr()
 	// Catch Ctrl-C and SIGTERM before anything starts, so that none is lost
 	// between boot and the handler.
 	sigs := make(chan os.Signal, 4)
@@ -144,40 +195,65 @@ func runRun(cmd *cobra.Command, g *globals, f *runFlags, args []string) error {
 	defer signal.Stop(sigs)
 
 	ctx := context.Background()
-	vm, err := rt.Create(ctx, spec)
+	c, err := connect(ctx, g, stderr)
 	if err != nil {
 		return err
 	}
-	if vm.Accel.Warning != "" {
-		fmt.Fprintf(stderr, "kiln: warning: %s\n", vm.Accel.Warning)
+	created, err := c.Create(ctx, cfg)
+	if err != nil {
+		return err
 	}
-	var outputs sync.WaitGroup
-	var followers []*follow.Follower
-	for _, o := range []struct {
-		path string
-		w    io.Writer
-	}{{vm.Stdout(), cmd.OutOrStdout()}, {vm.Stderr(), stderr}} {
-		fl, err := follow.Open(o.path, 0)
-		if err != nil {
-			vm.Remove()
+	for _, w := range created.Warnings {
+		fmt.Fprintf(stderr, "kiln: warning: %s\n", w)
+	}
+	if f.detach {
+		if err := c.Start(ctx, created.ID); err != nil {
+			_ = c.Remove(ctx, created.ID, true)
 			return err
 		}
-		followers = append(followers, fl)
-		outputs.Add(1)
-		go func(w io.Writer) {
-			defer outputs.Done()
-			_ = fl.Copy(w)
-		}(o.w)
+		fmt.Fprintln(stdout, created.ID)
+		return nil
 	}
-	stopOutputs := func() {
-		for _, fl := range followers {
-			fl.Stop()
-		}
-		outputs.Wait()
+	return attach(ctx, c, created.ID, f, sigs, stdout, stderr)
+}
+
+// attach starts a created VM and stays with it: its output is printed as it
+// comes, Ctrl-C or SIGTERM stop it gracefully (twice: kill it), and kiln
+// exits with the program's exit code.
+func attach(ctx context.Context, c *client.Client, id string, f *runFlags, sigs <-chan os.Signal, stdout, stderr io.Writer) error {
+	// The wait is in place before the VM starts, so its end is seen even
+	// when it is removed (--rm) the moment it ends.
+	type waited struct {
+		r   api.WaitResponse
+		err error
 	}
-	if err := vm.Start(ctx); err != nil {
-		stopOutputs()
-		vm.Remove()
+	waitc := make(chan waited, 1)
+	registered := make(chan struct{})
+	go func() {
+		r, err := c.Wait(ctx, id, true, func() { close(registered) })
+		waitc <- waited{r, err}
+	}()
+	select {
+	case <-registered:
+	case w := <-waitc:
+		_ = c.Remove(ctx, id, true)
+		return w.err
+	}
+	logsDone := make(chan error, 1)
+	go func() {
+		logsDone <- c.Logs(ctx, id, client.LogOptions{Follow: true, Tail: -1}, func(e api.LogEntry) error {
+			w := stdout
+			if e.Stream == "stderr" {
+				w = stderr
+			}
+			_, err := io.WriteString(w, e.Line)
+			return err
+		})
+	}()
+	if err := c.Start(ctx, id); err != nil {
+		// A VM that could not start is not kept: `kiln run` leaves nothing
+		// behind when it fails.
+		_ = c.Remove(ctx, id, true)
 		return err
 	}
 	grace := time.Duration(f.stopTimeout) * time.Second
@@ -185,33 +261,28 @@ func runRun(cmd *cobra.Command, g *globals, f *runFlags, args []string) error {
 		stopping := false
 		for sig := range sigs {
 			if stopping {
-				fmt.Fprintf(stderr, "kiln: %v again: killing VM %s\n", sig, vm.Name)
-				_ = vm.Kill()
+				fmt.Fprintf(stderr, "kiln: %v again: killing the VM\n", sig)
+				_ = c.Kill(context.Background(), id, "KILL")
 				continue
 			}
 			stopping = true
 			go func() {
-				if err := vm.Stop(context.Background(), grace); err != nil && !errors.Is(err, vmm.ErrTimeout) {
-					fmt.Fprintf(stderr, "kiln: stopping VM %s: %v\n", vm.Name, err)
+				if err := c.Stop(context.Background(), id, &grace); err != nil && !errors.Is(err, client.ErrNotFound) {
+					fmt.Fprintf(stderr, "kiln: stopping the VM: %v\n", err)
 				}
 			}()
 		}
 	}()
-	exit, err := vm.Wait(ctx)
-	stopOutputs()
-	if f.rm {
-		if rerr := vm.Remove(); rerr != nil {
-			fmt.Fprintf(stderr, "kiln: %v\n", rerr)
-		}
+	w := <-waitc
+	<-logsDone
+	if w.err != nil {
+		return w.err
 	}
-	if err != nil {
-		return err
+	if w.r.Error != "" {
+		fmt.Fprintf(stderr, "kiln: %s\n", w.r.Error)
 	}
-	if exit.Err != nil {
-		fmt.Fprintf(stderr, "kiln: %v\n", exit.Err)
-	}
-	if exit.Code != 0 {
-		return &exitCode{exit.Code}
+	if w.r.ExitCode != 0 {
+		return &exitCode{w.r.ExitCode}
 	}
 	return nil
 }

@@ -396,3 +396,14 @@ func lastLines(path string, n int) string {
 	}
 	return strings.Join(lines, " | ")
 }
+
+// BootUptime returns the guest's uptime when kiln-init started, once the
+// program has started (0 before).
+func (vm *VM) BootUptime() float64 {
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	if vm.record == nil {
+		return 0
+	}
+	return vm.record.Uptime
+}

@@ -1,0 +1,148 @@
+// Package api holds the types of kiln's REST API, version 1, shared by the
+// daemon and its Go client. The API is JSON over a unix socket under
+// /v1/; api/openapi.yaml describes it.
+package api
+
+import (
+	"time"
+)
+
+// Version is the API version, the first path element of every route.
+const Version = "v1"
+
+// RestartPolicy is a VM's restart policy, as docker's.
+type RestartPolicy struct {
+	// Name is "no", "on-failure", "always" or "unless-stopped".
+	Name string `json:"name"`
+	// MaxRetries bounds on-failure restarts; 0 means no bound.
+	MaxRetries int `json:"maxRetries,omitempty"`
+}
+
+// LogConfig bounds a VM's stored logs.
+type LogConfig struct {
+	// MaxSize is the size in bytes of one log file before it is rotated;
+	// 0 means 10 MiB.
+	MaxSize int64 `json:"maxSize,omitempty"`
+	// MaxFiles is how many files (the current one included) are kept;
+	// 0 means 3.
+	MaxFiles int `json:"maxFiles,omitempty"`
+}
+
+// Ulimit is one resource limit.
+type Ulimit struct {
+	Name string `json:"name"`
+	Soft uint64 `json:"soft"`
+	Hard uint64 `json:"hard"`
+}
+
+// VMConfig is what a client asks the daemon to create.
+type VMConfig struct {
+	Name string `json:"name,omitempty"`
+	// Program is the host path of a static executable, read by the daemon
+	// when the VM is created.
+	Program     string        `json:"program"`
+	Entrypoint  []string      `json:"entrypoint,omitempty"`
+	Cmd         []string      `json:"cmd,omitempty"`
+	Env         []string      `json:"env,omitempty"`
+	WorkingDir  string        `json:"workingDir,omitempty"`
+	User        string        `json:"user,omitempty"`
+	MemoryMiB   int           `json:"memoryMiB,omitempty"`
+	CPUs        int           `json:"cpus,omitempty"`
+	Kernel      string        `json:"kernel,omitempty"`
+	Accel       string        `json:"accel,omitempty"`
+	Ulimits     []Ulimit      `json:"ulimits,omitempty"`
+	Restart     RestartPolicy `json:"restart"`
+	AutoRemove  bool          `json:"autoRemove,omitempty"`
+	Log         LogConfig     `json:"log"`
+	StopTimeout int           `json:"stopTimeout,omitempty"` // seconds; 0 means 10
+	BootTimeout Duration      `json:"bootTimeout,omitempty"`
+}
+
+// Duration is a time.Duration that travels as a string ("1m30s").
+type Duration time.Duration
+
+// MarshalText implements encoding.TextMarshaler.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	*d = Duration(v)
+	return err
+}
+
+// CreateResponse answers a create.
+type CreateResponse struct {
+	ID       string   `json:"id"`
+	Name     string   `json:"name"`
+	Warnings []string `json:"warnings,omitempty"`
+}
+
+// VMState is a VM's observed state.
+type VMState struct {
+	// Status is created, starting, running, stopping, restarting, exited
+	// or dead.
+	Status       string    `json:"status"`
+	Running      bool      `json:"running"`
+	PID          int       `json:"pid"`
+	ExitCode     int       `json:"exitCode"`
+	Error        string    `json:"error,omitempty"`
+	StartedAt    time.Time `json:"startedAt,omitzero"`
+	FinishedAt   time.Time `json:"finishedAt,omitzero"`
+	RestartCount int       `json:"restartCount"`
+	// BootUptime is the guest's uptime (seconds) when its program started.
+	BootUptime float64 `json:"bootUptime,omitempty"`
+}
+
+// VM is a VM as inspect shows it.
+type VM struct {
+	ID      string    `json:"id"`
+	Name    string    `json:"name"`
+	Created time.Time `json:"created"`
+	Config  VMConfig  `json:"config"`
+	State   VMState   `json:"state"`
+	// Desired is "running" or "stopped": what the daemon keeps the VM at.
+	Desired string `json:"desired"`
+	Dir     string `json:"dir"`
+	Accel   string `json:"accel"`
+	Kernel  string `json:"kernel"`
+}
+
+// WaitResponse answers a wait.
+type WaitResponse struct {
+	ExitCode int    `json:"exitCode"`
+	Error    string `json:"error,omitempty"`
+}
+
+// LogEntry is one line of a VM's output.
+type LogEntry struct {
+	// Stream is "stdout", "stderr" or "console".
+	Stream string    `json:"stream"`
+	Time   time.Time `json:"time"`
+	Line   string    `json:"log"`
+}
+
+// Event is something that happened to a VM: created, started, died,
+// restarted, stopped, removed.
+type Event struct {
+	Time   time.Time         `json:"time"`
+	ID     string            `json:"id"`
+	Name   string            `json:"name"`
+	Action string            `json:"action"`
+	Attrs  map[string]string `json:"attrs,omitempty"`
+}
+
+// Error is the body of every error response.
+type Error struct {
+	Message string `json:"message"`
+}
+
+// Info answers /v1/info.
+type Info struct {
+	Version string `json:"version"`
+	Root    string `json:"root"`
+	PID     int    `json:"pid"`
+	Accel   string `json:"accel"`
+	VMs     int    `json:"vms"`
+	Running int    `json:"running"`
+}

@@ -1,0 +1,150 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+
+	"kiln.dev/kiln/client"
+	"kiln.dev/kiln/internal/daemon"
+)
+
+// readyFDEnv names the descriptor a daemon started by the CLI reports
+// readiness on, so the CLI waits for it without polling.
+const readyFDEnv = "KILN_READY_FD"
+
+func newDaemonCmd(g *globals) *cobra.Command {
+	var allow []int
+	c := &cobra.Command{
+		Use:   "daemon",
+		Short: "Run the kiln daemon in the foreground (for systemd; the CLI starts one on demand)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			log := g.logger(cmd.ErrOrStderr())
+			if g.logLevel == "warn" {
+				log = (&globals{logLevel: "info"}).logger(cmd.ErrOrStderr())
+			}
+			ready := func() {
+				_ = os.WriteFile(filepath.Join(g.root, "run", "kiln.pid"), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o600)
+				if fd, err := strconv.Atoi(os.Getenv(readyFDEnv)); err == nil {
+					f := os.NewFile(uintptr(fd), "ready")
+					fmt.Fprintln(f, "ready")
+					f.Close()
+				}
+			}
+			defer os.Remove(filepath.Join(g.root, "run", "kiln.pid"))
+			return daemon.Run(ctx, daemon.Config{Root: g.root, AllowUIDs: allow, Logger: log}, ready)
+		},
+	}
+	c.Flags().IntSliceVar(&allow, "allow-uid", nil, "also accept API requests from this uid")
+	return c
+}
+
+// connect returns a client of the root's daemon, starting one in the
+// background when none answers (unless KILN_NO_AUTOSTART=1).
+func connect(ctx context.Context, g *globals, stderr interface{ Write([]byte) (int, error) }) (*client.Client, error) {
+	c := client.New(daemon.SocketPath(g.root))
+	err := c.Ping(ctx)
+	if err == nil {
+		return c, nil
+	}
+	if !errors.Is(err, client.ErrNoDaemon) {
+		return nil, err
+	}
+	if os.Getenv("KILN_NO_AUTOSTART") == "1" {
+		return nil, fmt.Errorf("%w (KILN_NO_AUTOSTART=1: start one with `kiln --root %s daemon`)", err, g.root)
+	}
+	// One CLI at a time starts the daemon; the others find it answering.
+	if err := os.MkdirAll(g.root, 0o711); err != nil {
+		return nil, fmt.Errorf("creating kiln root: %w", err)
+	}
+	lock, err := os.OpenFile(filepath.Join(g.root, "autostart.lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("opening autostart lock: %w", err)
+	}
+	defer lock.Close()
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
+		return nil, fmt.Errorf("taking autostart lock: %w", err)
+	}
+	if c.Ping(ctx) == nil {
+		return c, nil
+	}
+	pid, err := startDaemon(g)
+	if err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(stderr, "kiln: started a daemon for %s (pid %d, log %s)\n", g.root, pid, filepath.Join(g.root, "daemon.log"))
+	return c, c.Ping(ctx)
+}
+
+// startDaemon starts `kiln daemon` for the root in its own session and
+// waits until it reports ready on a pipe (or exits, with its last words).
+func startDaemon(g *globals) (int, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return 0, fmt.Errorf("finding kiln to start a daemon: %w", err)
+	}
+	if err := os.MkdirAll(g.root, 0o711); err != nil {
+		return 0, fmt.Errorf("creating kiln root: %w", err)
+	}
+	logPath := filepath.Join(g.root, "daemon.log")
+	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return 0, fmt.Errorf("opening daemon log: %w", err)
+	}
+	defer logf.Close()
+	r, w, err := os.Pipe()
+	if err != nil {
+		return 0, fmt.Errorf("making readiness pipe: %w", err)
+	}
+	defer r.Close()
+	cmd := exec.Command(exe, "--root", g.root, "--log-level", "info", "daemon")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.ExtraFiles = []*os.File{w}
+	cmd.Env = append(os.Environ(), readyFDEnv+"=3")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		w.Close()
+		return 0, fmt.Errorf("starting daemon: %w", err)
+	}
+	w.Close()
+	pid := cmd.Process.Pid
+	go cmd.Wait() // reap it should it die; a running daemon outlives us
+	line := make(chan string, 1)
+	go func() {
+		s, _ := bufio.NewReader(r).ReadString('\n')
+		line <- s
+	}()
+	select {
+	case s := <-line:
+		if strings.TrimSpace(s) == "ready" {
+			return pid, nil
+		}
+	case <-time.After(time.Minute):
+		return 0, fmt.Errorf("the daemon started for %s did not become ready within a minute: see %s", g.root, logPath)
+	}
+	return 0, fmt.Errorf("the daemon started for %s exited: %s", g.root, lastLogLine(logPath))
+}
+
+func lastLogLine(p string) string {
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return "see " + p
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	return lines[len(lines)-1]
+}

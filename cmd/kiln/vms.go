@@ -1,0 +1,449 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"text/template"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"kiln.dev/kiln/api"
+	"kiln.dev/kiln/client"
+)
+
+func vmCommands(g *globals) []*cobra.Command {
+	return []*cobra.Command{
+		newPsCmd(g), newInspectCmd(g), newLogsCmd(g), newStopCmd(g), newStartCmd(g),
+		newRestartCmd(g), newKillCmd(g), newRmCmd(g), newWaitCmd(g), newEventsCmd(g),
+	}
+}
+
+// psRow is one line of `kiln ps`, and what --format templates see.
+type psRow struct {
+	ID       string `json:"ID"`
+	Name     string `json:"Name"`
+	Command  string `json:"Command"`
+	Created  string `json:"Created"`
+	Status   string `json:"Status"`
+	State    string `json:"State"`
+	ExitCode int    `json:"ExitCode"`
+	Restarts int    `json:"Restarts"`
+}
+
+func newPsCmd(g *globals) *cobra.Command {
+	var all, quiet bool
+	var format string
+	var filters []string
+	c := &cobra.Command{
+		Use:     "ps",
+		Aliases: []string{"ls", "list"},
+		Short:   "List VMs (running ones; -a for all)",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			match, err := parseFilters(filters)
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			cl, err := connect(ctx, g, cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			vms, err := cl.List(ctx)
+			if err != nil {
+				return err
+			}
+			var rows []psRow
+			for _, v := range vms {
+				if !all && !v.State.Running && len(filters) == 0 {
+					continue
+				}
+				if !match(v) {
+					continue
+				}
+				rows = append(rows, rowOf(v))
+			}
+			return printRows(cmd.OutOrStdout(), rows, quiet, format)
+		},
+	}
+	c.Flags().BoolVarP(&all, "all", "a", false, "show every VM, not only running ones")
+	c.Flags().BoolVarP(&quiet, "quiet", "q", false, "only print IDs")
+	c.Flags().StringVar(&format, "format", "", "output format: table, json, or a Go template like '{{.Name}} {{.State}}'")
+	c.Flags().StringArrayVarP(&filters, "filter", "f", nil, "filter: state=running|exited|…, name=NAME, id=PREFIX")
+	return c
+}
+
+// parseFilters parses --filter key=value; several values of one key match
+// any of them, several keys must all match, as docker's.
+func parseFilters(fs []string) (func(api.VM) bool, error) {
+	want := map[string][]string{}
+	for _, f := range fs {
+		k, v, ok := strings.Cut(f, "=")
+		if !ok || (k != "state" && k != "status" && k != "name" && k != "id") {
+			return nil, fmt.Errorf("invalid filter %q: use state=STATE, name=NAME or id=PREFIX", f)
+		}
+		if k == "status" {
+			k = "state"
+		}
+		want[k] = append(want[k], v)
+	}
+	return func(v api.VM) bool {
+		for k, vals := range want {
+			ok := false
+			for _, val := range vals {
+				switch k {
+				case "state":
+					ok = ok || v.State.Status == val
+				case "name":
+					ok = ok || strings.Contains(v.Name, val)
+				case "id":
+					ok = ok || strings.HasPrefix(v.ID, val)
+				}
+			}
+			if !ok {
+				return false
+			}
+		}
+		return true
+	}, nil
+}
+
+func rowOf(v api.VM) psRow {
+	cmd := strings.Join(append(append([]string{}, v.Config.Entrypoint...), v.Config.Cmd...), " ")
+	if len(v.Config.Entrypoint) == 0 {
+		cmd = strings.TrimSpace(baseName(v.Config.Program) + " " + strings.Join(v.Config.Cmd, " "))
+	}
+	return psRow{
+		ID: v.ID[:12], Name: v.Name, Command: cmd, Created: ago(v.Created) + " ago",
+		Status: statusText(v), State: v.State.Status, ExitCode: v.State.ExitCode, Restarts: v.State.RestartCount,
+	}
+}
+
+func baseName(p string) string {
+	if i := strings.LastIndex(p, "/"); i >= 0 {
+		return p[i+1:]
+	}
+	return p
+}
+
+// statusText reads as docker's STATUS column.
+func statusText(v api.VM) string {
+	s := v.State
+	switch s.Status {
+	case "running":
+		return "Up " + ago(s.StartedAt)
+	case "stopping":
+		return "Stopping"
+	case "restarting":
+		return fmt.Sprintf("Restarting (%d) %s ago", s.ExitCode, ago(s.FinishedAt))
+	case "exited":
+		return fmt.Sprintf("Exited (%d) %s ago", s.ExitCode, ago(s.FinishedAt))
+	case "created":
+		return "Created"
+	case "dead":
+		return "Dead"
+	}
+	return s.Status
+}
+
+func ago(t time.Time) string {
+	if t.IsZero() {
+		return "?"
+	}
+	d := time.Since(t)
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%d seconds", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%d minutes", int(d.Minutes()))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%d hours", int(d.Hours()))
+	}
+	return fmt.Sprintf("%d days", int(d.Hours()/24))
+}
+
+func printRows(w io.Writer, rows []psRow, quiet bool, format string) error {
+	switch {
+	case quiet:
+		for _, r := range rows {
+			fmt.Fprintln(w, r.ID)
+		}
+		return nil
+	case format == "json":
+		enc := json.NewEncoder(w)
+		for _, r := range rows {
+			if err := enc.Encode(r); err != nil {
+				return err
+			}
+		}
+		return nil
+	case format != "" && format != "table":
+		return execTemplate(w, format, rows)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 3, ' ', 0)
+	fmt.Fprintln(tw, "VM ID\tNAME\tCOMMAND\tCREATED\tSTATUS")
+	for _, r := range rows {
+		cmd := r.Command
+		if len(cmd) > 30 {
+			cmd = cmd[:29] + "…"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%q\t%s\t%s\n", r.ID, r.Name, cmd, r.Created, r.Status)
+	}
+	return tw.Flush()
+}
+
+func execTemplate[T any](w io.Writer, format string, items []T) error {
+	tmpl, err := template.New("format").Funcs(template.FuncMap{
+		"json": func(v any) (string, error) { b, err := json.Marshal(v); return string(b), err },
+	}).Parse(format)
+	if err != nil {
+		return fmt.Errorf("invalid --format template %q: %w", format, err)
+	}
+	for _, it := range items {
+		if err := tmpl.Execute(w, it); err != nil {
+			return fmt.Errorf("applying --format template: %w", err)
+		}
+		fmt.Fprintln(w)
+	}
+	return nil
+}
+
+func newInspectCmd(g *globals) *cobra.Command {
+	var format string
+	c := &cobra.Command{
+		Use:   "inspect [--format TEMPLATE] VM...",
+		Short: "Show VMs in detail, as JSON or through a Go template ('{{.State.ExitCode}}')",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			cl, err := connect(ctx, g, cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			var vms []api.VM
+			var errs []error
+			for _, a := range args {
+				v, err := cl.Inspect(ctx, a)
+				if err != nil {
+					errs = append(errs, err)
+					continue
+				}
+				vms = append(vms, v)
+			}
+			out := cmd.OutOrStdout()
+			if format != "" {
+				if err := execTemplate(out, format, vms); err != nil {
+					return err
+				}
+			} else {
+				b, _ := json.MarshalIndent(vms, "", "    ")
+				fmt.Fprintln(out, string(b))
+			}
+			return errors.Join(errs...)
+		},
+	}
+	c.Flags().StringVarP(&format, "format", "f", "", "Go template applied to each VM")
+	return c
+}
+
+func newLogsCmd(g *globals) *cobra.Command {
+	var o client.LogOptions
+	var tail string
+	var timestamps bool
+	c := &cobra.Command{
+		Use:   "logs [flags] VM",
+		Short: "Show a VM's output (stdout and stderr); --console for its serial console",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			o.Tail = -1
+			if tail != "all" && tail != "" {
+				if _, err := fmt.Sscanf(tail, "%d", &o.Tail); err != nil || o.Tail < 0 {
+					return fmt.Errorf("invalid --tail %q: want a number of lines or all", tail)
+				}
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			cl, err := connect(ctx, g, cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			stdout, stderr := cmd.OutOrStdout(), cmd.ErrOrStderr()
+			err = cl.Logs(ctx, args[0], o, func(e api.LogEntry) error {
+				w := stdout
+				if e.Stream == "stderr" {
+					w = stderr
+				}
+				if timestamps && !e.Time.IsZero() {
+					fmt.Fprintf(w, "%s ", e.Time.Format(time.RFC3339Nano))
+				}
+				_, err := io.WriteString(w, e.Line)
+				return err
+			})
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		},
+	}
+	c.Flags().BoolVarP(&o.Follow, "follow", "f", false, "keep printing output as it comes, across restarts of the VM")
+	c.Flags().StringVarP(&tail, "tail", "n", "all", "only the last N lines")
+	c.Flags().StringVar(&o.Since, "since", "", "only lines since a time (RFC 3339, Unix seconds) or a duration ago (10m)")
+	c.Flags().StringVar(&o.Until, "until", "", "only lines before a time or a duration ago")
+	c.Flags().BoolVarP(&timestamps, "timestamps", "t", false, "show each line's time")
+	c.Flags().BoolVar(&o.Console, "console", false, "show the serial console (kernel and kiln-init) instead")
+	return c
+}
+
+// eachVM runs fn for every named VM, printing the name of each one done
+// (as docker does) and failing with all the errors met.
+func eachVM(g *globals, use, short string, fn func(ctx context.Context, cl *client.Client, ref string) error) *cobra.Command {
+	return &cobra.Command{
+		Use:   use,
+		Short: short,
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			cl, err := connect(ctx, g, cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			var errs []error
+			for _, a := range args {
+				if err := fn(ctx, cl, a); err != nil {
+					errs = append(errs, err)
+					continue
+				}
+				fmt.Fprintln(cmd.OutOrStdout(), a)
+			}
+			return errors.Join(errs...)
+		},
+	}
+}
+
+func newStopCmd(g *globals) *cobra.Command {
+	var secs int
+	c := eachVM(g, "stop [-t SECONDS] VM...", "Stop VMs gracefully: the program gets its stop signal, then SIGKILL after -t seconds",
+		func(ctx context.Context, cl *client.Client, ref string) error {
+			var grace *time.Duration
+			if secs >= 0 {
+				d := time.Duration(secs) * time.Second
+				grace = &d
+			}
+			return cl.Stop(ctx, ref, grace)
+		})
+	c.Flags().IntVarP(&secs, "time", "t", -1, "seconds to wait before killing the program (default: the VM's --time)")
+	return c
+}
+
+func newStartCmd(g *globals) *cobra.Command {
+	return eachVM(g, "start VM...", "Start stopped VMs", func(ctx context.Context, cl *client.Client, ref string) error {
+		return cl.Start(ctx, ref)
+	})
+}
+
+func newRestartCmd(g *globals) *cobra.Command {
+	var secs int
+	c := eachVM(g, "restart [-t SECONDS] VM...", "Stop and start VMs", func(ctx context.Context, cl *client.Client, ref string) error {
+		var grace *time.Duration
+		if secs >= 0 {
+			d := time.Duration(secs) * time.Second
+			grace = &d
+		}
+		return cl.Restart(ctx, ref, grace)
+	})
+	c.Flags().IntVarP(&secs, "time", "t", -1, "seconds to wait before killing the program (default: the VM's --time)")
+	return c
+}
+
+func newKillCmd(g *globals) *cobra.Command {
+	var sig string
+	c := eachVM(g, "kill [-s SIGNAL] VM...", "Send a signal to VMs' programs (default KILL)", func(ctx context.Context, cl *client.Client, ref string) error {
+		return cl.Kill(ctx, ref, sig)
+	})
+	c.Flags().StringVarP(&sig, "signal", "s", "KILL", "signal to send (name like HUP or number)")
+	return c
+}
+
+func newRmCmd(g *globals) *cobra.Command {
+	var force bool
+	c := eachVM(g, "rm [-f] VM...", "Remove VMs (-f: also running ones, killing them)", func(ctx context.Context, cl *client.Client, ref string) error {
+		return cl.Remove(ctx, ref, force)
+	})
+	c.Flags().BoolVarP(&force, "force", "f", false, "kill and remove running VMs")
+	return c
+}
+
+func newWaitCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "wait VM...",
+		Short: "Wait for VMs to end and print their exit codes",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			cl, err := connect(ctx, g, cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			var errs []error
+			for _, a := range args {
+				r, err := cl.Wait(ctx, a, false, nil)
+				if err != nil {
+					errs = append(errs, err)
+					continue
+				}
+				fmt.Fprintln(cmd.OutOrStdout(), r.ExitCode)
+			}
+			return errors.Join(errs...)
+		},
+	}
+}
+
+func newEventsCmd(g *globals) *cobra.Command {
+	var since, until, format string
+	c := &cobra.Command{
+		Use:   "events [--since T] [--until T]",
+		Short: "Stream VM events: created, started, died, restarted, stopped, killed, removed",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			cl, err := connect(ctx, g, cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			err = cl.Events(ctx, since, until, func(e api.Event) error {
+				if format == "json" {
+					return json.NewEncoder(out).Encode(e)
+				}
+				var attrs []string
+				for k, v := range e.Attrs {
+					attrs = append(attrs, k+"="+v)
+				}
+				a := ""
+				if len(attrs) > 0 {
+					a = " (" + strings.Join(attrs, ", ") + ")"
+				}
+				_, err := fmt.Fprintf(out, "%s vm %s %s name=%s%s\n", e.Time.Local().Format(time.RFC3339Nano), e.Action, e.ID[:12], e.Name, a)
+				return err
+			})
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		},
+	}
+	c.Flags().StringVar(&since, "since", "", "show events since a time (RFC 3339, Unix seconds) or a duration ago (10m)")
+	c.Flags().StringVar(&until, "until", "", "stop at this time (then exit)")
+	c.Flags().StringVar(&format, "format", "", "json: one JSON object per event")
+	return c
+}

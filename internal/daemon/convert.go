@@ -1,0 +1,83 @@
+package daemon
+
+import (
+	"strings"
+	"time"
+
+	"kiln.dev/kiln/api"
+	"kiln.dev/kiln/internal/agent"
+	"kiln.dev/kiln/internal/runtime"
+	"kiln.dev/kiln/internal/state"
+	"kiln.dev/kiln/internal/vmm"
+)
+
+// fromAPI turns a create request into the runtime's spec and options.
+// Validation happens in the runtime, which names the bad field.
+func fromAPI(c *api.VMConfig) (runtime.Spec, runtime.Options, error) {
+	spec := runtime.Spec{
+		Name:        c.Name,
+		Program:     c.Program,
+		Entrypoint:  c.Entrypoint,
+		Cmd:         c.Cmd,
+		Env:         c.Env,
+		WorkingDir:  c.WorkingDir,
+		User:        c.User,
+		MemoryMiB:   c.MemoryMiB,
+		CPUs:        c.CPUs,
+		Kernel:      c.Kernel,
+		Accel:       vmm.Accel(c.Accel),
+		BootTimeout: time.Duration(c.BootTimeout),
+	}
+	for _, u := range c.Ulimits {
+		spec.Rlimits = append(spec.Rlimits, agent.Rlimit{Name: u.Name, Soft: u.Soft, Hard: u.Hard})
+	}
+	opts := runtime.Options{
+		Restart:    runtime.RestartPolicy{Name: c.Restart.Name, MaxRetries: c.Restart.MaxRetries},
+		AutoRemove: c.AutoRemove,
+		Log:        runtime.LogConfig{MaxSize: c.Log.MaxSize, MaxFiles: c.Log.MaxFiles},
+		StopGrace:  time.Duration(c.StopTimeout) * time.Second,
+	}
+	if c.StopTimeout == 0 {
+		opts.StopGrace = 0
+	}
+	return spec, opts, nil
+}
+
+func toAPI(v *runtime.View) api.VM {
+	s := v.Spec
+	c := api.VMConfig{
+		Name: s.Name, Program: s.Program, Entrypoint: s.Entrypoint, Cmd: s.Cmd, Env: s.Env,
+		WorkingDir: s.WorkingDir, User: s.User, MemoryMiB: s.MemoryMiB, CPUs: s.CPUs, Kernel: s.Kernel,
+		Accel:       string(s.Accel),
+		Restart:     api.RestartPolicy{Name: v.Options.Restart.Name, MaxRetries: v.Options.Restart.MaxRetries},
+		AutoRemove:  v.Options.AutoRemove,
+		Log:         api.LogConfig{MaxSize: v.Options.Log.MaxSize, MaxFiles: v.Options.Log.MaxFiles},
+		StopTimeout: int(v.Options.StopGrace / time.Second),
+		BootTimeout: api.Duration(s.BootTimeout),
+	}
+	for _, r := range s.Rlimits {
+		c.Ulimits = append(c.Ulimits, api.Ulimit{Name: r.Name, Soft: r.Soft, Hard: r.Hard})
+	}
+	r := v.Record
+	return api.VM{
+		ID: r.ID, Name: r.Name, Created: r.Created, Config: c, Desired: r.Desired,
+		Dir: v.Dir, Accel: string(v.Accel), Kernel: v.Kernel,
+		State: api.VMState{
+			Status: r.Status, Running: r.Status == state.StatusRunning || r.Status == state.StatusStopping,
+			PID: r.PID, ExitCode: r.ExitCode, Error: r.Error, StartedAt: r.StartedAt, FinishedAt: r.FinishedAt,
+			RestartCount: r.RestartCount, BootUptime: r.BootUptime,
+		},
+	}
+}
+
+func eventToAPI(e state.Event) api.Event {
+	out := api.Event{Time: e.Time, ID: e.VMID, Name: e.Name, Action: e.Action}
+	if e.Attrs != "" {
+		out.Attrs = map[string]string{}
+		for _, kv := range strings.Split(e.Attrs, ",") {
+			k, v, _ := strings.Cut(kv, "=")
+			out.Attrs[k] = v
+		}
+	}
+	return out
+}

@@ -1,0 +1,178 @@
+// Package daemon is kiln's daemon: the REST API (api/, version 1) over a
+// unix socket, in front of the runtime's supervisor. The socket is 0600 in a
+// 0700 directory, and requests from another uid than the daemon's (checked
+// with SO_PEERCRED) or carrying an Origin header are refused.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"kiln.dev/kiln/internal/errdefs"
+	"kiln.dev/kiln/internal/runtime"
+	"kiln.dev/kiln/internal/state"
+	"kiln.dev/kiln/internal/unixsock"
+)
+
+// Config configures the daemon.
+type Config struct {
+	// Root is the kiln root it serves.
+	Root string
+	// AllowUIDs are uids besides the daemon's own that may use the API.
+	AllowUIDs []int
+	Logger    *slog.Logger
+}
+
+// SocketPath returns the API socket of the kiln root.
+func SocketPath(root string) string { return filepath.Join(root, "run", "kiln.sock") }
+
+// Daemon serves one kiln root.
+type Daemon struct {
+	cfg  Config
+	db   *state.Store
+	rt   *runtime.Runtime
+	sup  *runtime.Supervisor
+	log  *slog.Logger
+	uid  int
+	lock *os.File
+}
+
+// ErrRunning is returned when another daemon already serves the root.
+var ErrRunning = errors.New("a kiln daemon is already running for this root")
+
+// Run serves the API until ctx is done. ready, if not nil, is called once
+// the socket accepts requests. VMs keep running after Run returns.
+func Run(ctx context.Context, cfg Config, ready func()) error {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	d := &Daemon{cfg: cfg, log: cfg.Logger, uid: os.Geteuid()}
+	if err := os.MkdirAll(cfg.Root, 0o711); err != nil {
+		return fmt.Errorf("creating kiln root: %w", err)
+	}
+	lock, err := os.OpenFile(filepath.Join(cfg.Root, "daemon.lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("opening daemon lock: %w", err)
+	}
+	defer lock.Close()
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		return fmt.Errorf("%s (%s): %w", ErrRunning, cfg.Root, errdefs.ErrConflict)
+	}
+	d.lock = lock
+	db, err := state.Open(filepath.Join(cfg.Root, "state.db"))
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	d.db = db
+	rt, err := runtime.New(cfg.Root, runtime.WithLogger(d.log))
+	if err != nil {
+		return err
+	}
+	d.rt = rt
+	d.sup = runtime.NewSupervisor(rt, db, d.log)
+	defer d.sup.Close()
+	if err := d.sup.Reconcile(ctx); err != nil {
+		return fmt.Errorf("reconciling state: %w", err)
+	}
+	ln, err := listen(SocketPath(cfg.Root))
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{
+		Handler:           d.routes(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			return context.WithValue(ctx, peerKey{}, peerUID(c))
+		},
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	d.log.Info("kiln daemon serving", "root", cfg.Root, "socket", SocketPath(cfg.Root), "pid", os.Getpid())
+	if ready != nil {
+		ready()
+	}
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		return fmt.Errorf("serving API: %w", err)
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(sctx)
+	return nil
+}
+
+// listen makes the API socket, 0600 in a 0700 directory.
+func listen(path string) (net.Listener, error) {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating runtime dir: %w", err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("restricting runtime dir: %w", err)
+	}
+	os.Remove(path) // a stale socket: the daemon lock says no one serves it
+	var ln net.Listener
+	err := unixsock.WithPath(path, func(p string) error {
+		var err error
+		ln, err = net.Listen("unix", p)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listening on %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("restricting %s: %w", path, err)
+	}
+	return ln, nil
+}
+
+type peerKey struct{}
+
+// peerUID returns the uid of the process at the other end of c, or -1.
+func peerUID(c net.Conn) int {
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		return -1
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return -1
+	}
+	uid := -1
+	_ = raw.Control(func(fd uintptr) {
+		cred, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+		if err == nil {
+			uid = int(cred.Uid)
+		}
+	})
+	return uid
+}
+
+// guard refuses requests from other uids and from browsers.
+func (d *Daemon) guard(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Origin") != "" {
+			writeError(w, http.StatusForbidden, "requests with an Origin header are refused: the kiln API is not for browsers")
+			return
+		}
+		uid, _ := r.Context().Value(peerKey{}).(int)
+		if uid != d.uid && !slices.Contains(d.cfg.AllowUIDs, uid) {
+			writeError(w, http.StatusForbidden, fmt.Sprintf("uid %d may not use this kiln daemon (it runs as uid %d; start it with --allow-uid %d to allow)", uid, d.uid, uid))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}

@@ -1,0 +1,439 @@
+package daemon
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"kiln.dev/kiln/api"
+	"kiln.dev/kiln/internal/errdefs"
+	"kiln.dev/kiln/internal/runtime"
+	"kiln.dev/kiln/internal/state"
+)
+
+// maxBody bounds request bodies; a VM config is a few KiB.
+const maxBody = 1 << 20
+
+func (d *Daemon) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/ping", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /v1/info", d.info)
+	mux.HandleFunc("POST /v1/vms", d.create)
+	mux.HandleFunc("GET /v1/vms", d.list)
+	mux.HandleFunc("GET /v1/vms/{ref}", d.inspect)
+	mux.HandleFunc("POST /v1/vms/{ref}/start", d.start)
+	mux.HandleFunc("POST /v1/vms/{ref}/stop", d.stop)
+	mux.HandleFunc("POST /v1/vms/{ref}/restart", d.restart)
+	mux.HandleFunc("POST /v1/vms/{ref}/kill", d.kill)
+	mux.HandleFunc("POST /v1/vms/{ref}/wait", d.wait)
+	mux.HandleFunc("DELETE /v1/vms/{ref}", d.remove)
+	mux.HandleFunc("GET /v1/vms/{ref}/logs", d.logs)
+	mux.HandleFunc("GET /v1/events", d.events)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s (this daemon serves /%s/)", r.Method, r.URL.Path, api.Version))
+	})
+	return d.guard(mux)
+}
+
+// statusOf maps kiln's sentinel errors to HTTP status codes, in one place.
+func statusOf(err error) int {
+	switch {
+	case errors.Is(err, errdefs.ErrInvalidArgument):
+		return http.StatusBadRequest
+	case errors.Is(err, errdefs.ErrNotFound):
+		return http.StatusNotFound
+	case errors.Is(err, errdefs.ErrConflict):
+		return http.StatusConflict
+	case errors.Is(err, errdefs.ErrUnavailable):
+		return http.StatusServiceUnavailable
+	}
+	return http.StatusInternalServerError
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, code int, msg string) {
+	writeJSON(w, code, api.Error{Message: msg})
+}
+
+func (d *Daemon) fail(w http.ResponseWriter, err error) {
+	code := statusOf(err)
+	if code == http.StatusInternalServerError {
+		d.log.Warn("request failed", "err", err)
+	}
+	writeError(w, code, err.Error())
+}
+
+// decode reads a JSON body strictly: bounded, no unknown fields.
+func decode(w http.ResponseWriter, r *http.Request, v any) error {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return fmt.Errorf("request body is over %d bytes: %w", maxBody, errdefs.ErrInvalidArgument)
+		}
+		return fmt.Errorf("malformed JSON in request body: %s: %w", err.Error(), errdefs.ErrInvalidArgument)
+	}
+	if dec.More() {
+		return fmt.Errorf("malformed JSON in request body: more than one value: %w", errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
+func (d *Daemon) info(w http.ResponseWriter, r *http.Request) {
+	views, err := d.sup.List(r.Context())
+	if err != nil {
+		d.fail(w, err)
+		return
+	}
+	info := api.Info{Version: api.Version, Root: d.cfg.Root, PID: os.Getpid(), VMs: len(views)}
+	for _, v := range views {
+		if v.Record.Status == state.StatusRunning {
+			info.Running++
+		}
+	}
+	if c, err := d.rt.ChooseAccel(""); err == nil {
+		info.Accel = string(c.Accel)
+	}
+	writeJSON(w, http.StatusOK, info)
+}
+
+func (d *Daemon) create(w http.ResponseWriter, r *http.Request) {
+	var c api.VMConfig
+	if err := decode(w, r, &c); err != nil {
+		d.fail(w, err)
+		return
+	}
+	spec, opts, err := fromAPI(&c)
+	if err != nil {
+		d.fail(w, err)
+		return
+	}
+	v, warnings, err := d.sup.Create(r.Context(), spec, opts)
+	if err != nil {
+		d.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, api.CreateResponse{ID: v.Record.ID, Name: v.Record.Name, Warnings: warnings})
+}
+
+func (d *Daemon) list(w http.ResponseWriter, r *http.Request) {
+	views, err := d.sup.List(r.Context())
+	if err != nil {
+		d.fail(w, err)
+		return
+	}
+	out := []api.VM{}
+	for _, v := range views {
+		out = append(out, toAPI(v))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (d *Daemon) inspect(w http.ResponseWriter, r *http.Request) {
+	v, err := d.sup.Get(r.Context(), r.PathValue("ref"))
+	if err != nil {
+		d.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, toAPI(v))
+}
+
+func (d *Daemon) start(w http.ResponseWriter, r *http.Request) {
+	if err := d.sup.Start(r.Context(), r.PathValue("ref")); err != nil {
+		d.fail(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// graceParam reads ?t=SECONDS; absent means the VM's own stop timeout (-1).
+func graceParam(r *http.Request) (time.Duration, error) {
+	t := r.URL.Query().Get("t")
+	if t == "" {
+		return -1, nil
+	}
+	n, err := strconv.Atoi(t)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("invalid stop timeout %q: want whole seconds, 0 or more: %w", t, errdefs.ErrInvalidArgument)
+	}
+	return time.Duration(n) * time.Second, nil
+}
+
+func (d *Daemon) stop(w http.ResponseWriter, r *http.Request) {
+	grace, err := graceParam(r)
+	if err == nil {
+		err = d.sup.Stop(r.Context(), r.PathValue("ref"), grace)
+	}
+	if err != nil {
+		d.fail(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (d *Daemon) restart(w http.ResponseWriter, r *http.Request) {
+	grace, err := graceParam(r)
+	if err == nil {
+		err = d.sup.Restart(r.Context(), r.PathValue("ref"), grace)
+	}
+	if err != nil {
+		d.fail(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (d *Daemon) kill(w http.ResponseWriter, r *http.Request) {
+	name := r.URL.Query().Get("signal")
+	if name == "" {
+		name = "KILL"
+	}
+	sig, err := ParseSignal(name)
+	if err == nil {
+		err = d.sup.Kill(r.Context(), r.PathValue("ref"), sig)
+	}
+	if err != nil {
+		d.fail(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// ParseSignal parses a signal by name (KILL, SIGKILL, sigusr1) or number.
+func ParseSignal(s string) (syscall.Signal, error) {
+	if n, err := strconv.Atoi(s); err == nil {
+		if n < 1 || n > 64 {
+			return 0, fmt.Errorf("invalid signal %q: numbers go from 1 to 64: %w", s, errdefs.ErrInvalidArgument)
+		}
+		return syscall.Signal(n), nil
+	}
+	name := strings.ToUpper(s)
+	if !strings.HasPrefix(name, "SIG") {
+		name = "SIG" + name
+	}
+	if sig := unix.SignalNum(name); sig != 0 {
+		return sig, nil
+	}
+	return 0, fmt.Errorf("invalid signal %q: use a name like TERM, HUP, USR1 or a number: %w", s, errdefs.ErrInvalidArgument)
+}
+
+// wait answers with the exit code when the VM's run ends. The status line
+// goes out as soon as the wait is in place, so a client can wait on the next
+// run (condition=next-exit) and only then start the VM.
+func (d *Daemon) wait(w http.ResponseWriter, r *http.Request) {
+	next := r.URL.Query().Get("condition") == "next-exit"
+	var started bool
+	code, msg, err := d.sup.Wait(r.Context(), r.PathValue("ref"), next, func() {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusOK)
+		if f, ok := w.(http.Flusher); ok {
+			f.Flush()
+		}
+		started = true
+	})
+	if err != nil {
+		if !started {
+			d.fail(w, err)
+		}
+		return
+	}
+	_ = json.NewEncoder(w).Encode(api.WaitResponse{ExitCode: code, Error: msg})
+}
+
+func (d *Daemon) remove(w http.ResponseWriter, r *http.Request) {
+	force := r.URL.Query().Get("force") == "1" || r.URL.Query().Get("force") == "true"
+	if err := d.sup.Remove(r.Context(), r.PathValue("ref"), force); err != nil {
+		d.fail(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// timeParam reads a time as RFC 3339, Unix seconds, or a duration ago
+// ("10m"), as docker's --since does.
+func timeParam(r *http.Request, key string) (time.Time, error) {
+	v := r.URL.Query().Get(key)
+	if v == "" {
+		return time.Time{}, nil
+	}
+	if d, err := time.ParseDuration(v); err == nil {
+		return time.Now().Add(-d), nil
+	}
+	if n, err := strconv.ParseFloat(v, 64); err == nil {
+		return time.Unix(0, int64(n*1e9)), nil
+	}
+	if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
+		return t, nil
+	}
+	return time.Time{}, fmt.Errorf("invalid %s %q: want a duration (10m), Unix seconds or an RFC 3339 time: %w", key, v, errdefs.ErrInvalidArgument)
+}
+
+// streamer writes newline-delimited JSON, flushing after each value.
+type streamer struct {
+	w  http.ResponseWriter
+	bw *bufio.Writer
+	fl http.Flusher
+}
+
+func newStreamer(w http.ResponseWriter) *streamer {
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.WriteHeader(http.StatusOK)
+	fl, _ := w.(http.Flusher)
+	return &streamer{w: w, bw: bufio.NewWriter(w), fl: fl}
+}
+
+func (s *streamer) send(v any, flush bool) error {
+	if err := json.NewEncoder(s.bw).Encode(v); err != nil {
+		return err
+	}
+	if flush {
+		if err := s.bw.Flush(); err != nil {
+			return err
+		}
+		if s.fl != nil {
+			s.fl.Flush()
+		}
+	}
+	return nil
+}
+
+func (d *Daemon) logs(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	ref := r.PathValue("ref")
+	if q.Get("console") == "1" {
+		p, err := d.sup.Console(r.Context(), ref)
+		if err != nil {
+			d.fail(w, err)
+			return
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			d.fail(w, fmt.Errorf("reading console: %w", err))
+			return
+		}
+		defer f.Close()
+		w.Header().Set("Content-Type", "text/plain")
+		_, _ = io.Copy(w, f)
+		return
+	}
+	lq := runtime.LogQuery{Tail: -1, Follow: q.Get("follow") == "1"}
+	var err error
+	if lq.Since, err = timeParam(r, "since"); err == nil {
+		lq.Until, err = timeParam(r, "until")
+	}
+	if t := q.Get("tail"); t != "" && t != "all" && err == nil {
+		lq.Tail, err = strconv.Atoi(t)
+		if err != nil || lq.Tail < 0 {
+			err = fmt.Errorf("invalid tail %q: want a number of lines or all: %w", t, errdefs.ErrInvalidArgument)
+		}
+	}
+	if err != nil {
+		d.fail(w, err)
+		return
+	}
+	entries, live, cancel, err := d.sup.Logs(r.Context(), ref, lq)
+	if err != nil {
+		d.fail(w, err)
+		return
+	}
+	defer cancel()
+	s := newStreamer(w)
+	for i, e := range entries {
+		if s.send(api.LogEntry{Stream: e.Stream, Time: e.Time, Line: e.Line}, i == len(entries)-1) != nil {
+			return
+		}
+	}
+	if err := s.bw.Flush(); err != nil || live == nil {
+		return
+	}
+	if s.fl != nil {
+		s.fl.Flush()
+	}
+	for {
+		select {
+		case e, ok := <-live:
+			if !ok {
+				return
+			}
+			if s.send(api.LogEntry{Stream: e.Stream, Time: e.Time, Line: e.Line}, len(live) == 0) != nil {
+				return
+			}
+		case <-r.Context().Done():
+			return
+		}
+	}
+}
+
+func (d *Daemon) events(w http.ResponseWriter, r *http.Request) {
+	since, err := timeParam(r, "since")
+	var until time.Time
+	if err == nil {
+		until, err = timeParam(r, "until")
+	}
+	if err != nil {
+		d.fail(w, err)
+		return
+	}
+	follow := r.URL.Query().Get("follow") != "0" && until.IsZero()
+	var live <-chan state.Event
+	cancel := func() {}
+	if follow {
+		live, cancel = d.sup.Subscribe()
+	}
+	defer cancel()
+	var past []state.Event
+	if !since.IsZero() || !until.IsZero() {
+		if past, err = d.db.Events(r.Context(), since, until); err != nil {
+			d.fail(w, err)
+			return
+		}
+	}
+	s := newStreamer(w)
+	var last int64
+	for _, e := range past {
+		last = e.Seq
+		if s.send(eventToAPI(e), false) != nil {
+			return
+		}
+	}
+	if s.bw.Flush() != nil || !follow {
+		return
+	}
+	if s.fl != nil {
+		s.fl.Flush()
+	}
+	for {
+		select {
+		case e, ok := <-live:
+			if !ok {
+				return
+			}
+			if e.Seq <= last {
+				continue // already sent from the store
+			}
+			if s.send(eventToAPI(e), true) != nil {
+				return
+			}
+		case <-r.Context().Done():
+			return
+		}
+	}
+}
