@@ -168,7 +168,10 @@ func (d *Daemon) guard(next http.Handler) http.Handler {
 			writeError(w, http.StatusForbidden, "requests with an Origin header are refused: the kiln API is not for browsers")
 			return
 		}
-		uid, _ := r.Context().Value(peerKey{}).(int)
+		uid, ok := r.Context().Value(peerKey{}).(int)
+		if !ok {
+			uid = -1 // unknown: never taken for root
+		}
 		if uid != d.uid && !slices.Contains(d.cfg.AllowUIDs, uid) {
 			writeError(w, http.StatusForbidden, fmt.Sprintf("uid %d may not use this kiln daemon (it runs as uid %d; start it with --allow-uid %d to allow)", uid, d.uid, uid))
 			return

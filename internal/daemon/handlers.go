@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"os"
 	"strconv"
@@ -91,8 +92,8 @@ func decode(w http.ResponseWriter, r *http.Request, v any) error {
 		}
 		return fmt.Errorf("malformed JSON in request body: %s: %w", err.Error(), errdefs.ErrInvalidArgument)
 	}
-	if dec.More() {
-		return fmt.Errorf("malformed JSON in request body: more than one value: %w", errdefs.ErrInvalidArgument)
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return fmt.Errorf("malformed JSON in request body: more than one value, or garbage after it: %w", errdefs.ErrInvalidArgument)
 	}
 	return nil
 }
@@ -274,11 +275,14 @@ func timeParam(r *http.Request, key string) (time.Time, error) {
 	if v == "" {
 		return time.Time{}, nil
 	}
+	if n, err := strconv.ParseFloat(v, 64); err == nil {
+		if math.IsNaN(n) || math.IsInf(n, 0) || math.Abs(n) > 1e10 {
+			return time.Time{}, fmt.Errorf("invalid %s %q: Unix seconds out of range: %w", key, v, errdefs.ErrInvalidArgument)
+		}
+		return time.Unix(0, int64(n*1e9)), nil
+	}
 	if d, err := time.ParseDuration(v); err == nil {
 		return time.Now().Add(-d), nil
-	}
-	if n, err := strconv.ParseFloat(v, 64); err == nil {
-		return time.Unix(0, int64(n*1e9)), nil
 	}
 	if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
 		return t, nil

@@ -105,6 +105,15 @@ func startCollector(dir string, cfg LogConfig, log *slog.Logger) (*collector, er
 	return c, nil
 }
 
+// closedCollector stands in for a VM whose output cannot be collected (its
+// directory is gone or broken): it reads what dir still holds, if anything,
+// and collects nothing.
+func closedCollector(dir string) *collector {
+	c := &collector{dir: dir, cfg: LogConfig{MaxFiles: DefaultLogMaxFiles}, closed: true, subs: map[chan LogEntry]struct{}{}, done: make(chan struct{})}
+	close(c.done)
+	return c
+}
+
 func (c *collector) loop() {
 	defer close(c.done)
 	buf := make([]byte, 4096)
@@ -135,7 +144,8 @@ func (c *collector) Sync() {
 
 // take reads stream i from its offset to the end. Preconditions: c.mu held.
 func (c *collector) take(i int) error {
-	f, err := os.Open(rawFile(c.dir, i))
+	// Read-write: punching holes needs a writable descriptor.
+	f, err := os.OpenFile(rawFile(c.dir, i), os.O_RDWR, 0)
 	if err != nil {
 		return err
 	}
@@ -154,11 +164,14 @@ func (c *collector) take(i int) error {
 	pending := append(c.partial[i], data...)
 	for len(pending) > 0 {
 		n := bytes.IndexByte(pending, '\n') + 1
-		if n == 0 {
-			if len(pending) < maxLine {
-				break
-			}
+		switch {
+		case n == 0 && len(pending) < maxLine:
+			n = -1 // an unfinished line: wait for the rest
+		case n == 0 || n > maxLine:
 			n = maxLine
+		}
+		if n < 0 {
+			break
 		}
 		if err := c.emit(LogEntry{Stream: streams[i], Time: now, Line: string(pending[:n])}); err != nil {
 			return err

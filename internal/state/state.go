@@ -59,6 +59,18 @@ func Open(path string) (*Store, error) {
 			return nil, err
 		}
 	}
+	// SQLite gives its -wal and -shm files the database file's mode, and
+	// the WAL holds VM records: make the file 0600 before SQLite does.
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("opening state database %s: %w", path, err)
+	}
+	f.Close()
+	for _, p := range []string{path, path + "-wal", path + "-shm"} {
+		if err := os.Chmod(p, 0o600); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("restricting %s: %w", p, err)
+		}
+	}
 	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=busy_timeout(5000)&_pragma=journal_mode(WAL)&_pragma=foreign_keys(1)&_txlock=immediate")
 	if err != nil {
 		return nil, fmt.Errorf("opening state database %s: %w", path, err)
@@ -69,10 +81,6 @@ func Open(path string) (*Store, error) {
 	if _, err := db.Exec(schema); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("preparing state database %s: %w", path, err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("restricting state database: %w", err)
 	}
 	return &Store{db: db}, nil
 }
