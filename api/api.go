@@ -39,8 +39,18 @@ type Ulimit struct {
 type VMConfig struct {
 	Name string `json:"name,omitempty"`
 	// Program is the host path of a static executable, read by the daemon
-	// when the VM is created.
-	Program     string        `json:"program"`
+	// when the VM is created. Exactly one of Program and Image is set.
+	Program string `json:"program,omitempty"`
+	// Image is an OCI image reference (or ID) to run.
+	Image string `json:"image,omitempty"`
+	// Mode is "full" (the image's root filesystem), "binary" (only its
+	// static ELF) or "" (the image's dev.kiln.mode label decides).
+	Mode string `json:"mode,omitempty"`
+	// Pull is missing (default), always or never.
+	Pull     string `json:"pull,omitempty"`
+	Insecure bool   `json:"insecure,omitempty"`
+	// DiskMiB is the size of the VM's writable disk (sparse).
+	DiskMiB     int           `json:"diskMiB,omitempty"`
 	Entrypoint  []string      `json:"entrypoint,omitempty"`
 	Cmd         []string      `json:"cmd,omitempty"`
 	Env         []string      `json:"env,omitempty"`
@@ -56,6 +66,21 @@ type VMConfig struct {
 	Log         LogConfig     `json:"log"`
 	StopTimeout int           `json:"stopTimeout,omitempty"` // seconds; 0 means 10
 	BootTimeout Duration      `json:"bootTimeout,omitempty"`
+	// Network is "user" (QEMU user-mode networking, the default when
+	// empty) or "none".
+	Network string `json:"network,omitempty"`
+	// Ports are the ports to publish; a HostPort of 0 asks for an
+	// ephemeral port, picked at each start.
+	Ports []PortMapping `json:"ports,omitempty"`
+}
+
+// PortMapping is a published port: HostIP:HostPort on the host reaches
+// GuestPort in the VM.
+type PortMapping struct {
+	HostIP    string `json:"hostIP,omitempty"` // "" means 0.0.0.0
+	HostPort  int    `json:"hostPort,omitempty"`
+	GuestPort int    `json:"guestPort"`
+	Protocol  string `json:"protocol"` // tcp or udp
 }
 
 // Duration is a time.Duration that travels as a string ("1m30s").
@@ -106,6 +131,13 @@ type VM struct {
 	Dir     string `json:"dir"`
 	Accel   string `json:"accel"`
 	Kernel  string `json:"kernel"`
+	// ImageID is the ID of the image the VM runs, if any.
+	ImageID string `json:"imageID,omitempty"`
+	// ExposedPorts are the ports the image's config exposes ("80/tcp").
+	ExposedPorts []string `json:"exposedPorts,omitempty"`
+	// Ports are the published ports of the running VM, resolved: every
+	// host address and port as the host listens on it.
+	Ports []PortMapping `json:"ports,omitempty"`
 }
 
 // WaitResponse answers a wait.

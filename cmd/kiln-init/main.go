@@ -64,6 +64,17 @@ func run() int {
 	if specErr != nil {
 		return reportError(status, 125, specErr)
 	}
+	if spec.Root != nil {
+		if err := switchRoot(spec.Root); err != nil {
+			return reportError(status, 125, err)
+		}
+	}
+	if err := setupNetwork(spec); err != nil {
+		return reportError(status, 125, fmt.Errorf("configuring the network: %w", err))
+	}
+	if err := applyUser(spec); err != nil {
+		return reportError(status, 125, err)
+	}
 	if err := setup(spec); err != nil {
 		return reportError(status, 125, err)
 	}

@@ -2,13 +2,13 @@ package main
 
 import (
 	"bytes"
-	"syscall"
 	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -47,7 +47,11 @@ func buildBinaries(dir string) error {
 		{"hello", "kiln.dev/kiln/examples/hello", true},
 	}
 	for _, b := range builds {
-		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, b.out), b.pkg)
+		args := []string{"build", "-o", filepath.Join(dir, b.out)}
+		if raceEnabled && !b.static {
+			args = append(args, "-race")
+		}
+		cmd := exec.Command("go", append(args, b.pkg)...)
 		cmd.Env = os.Environ()
 		if b.static {
 			cmd.Env = append(cmd.Env, "CGO_ENABLED=0")

@@ -16,6 +16,8 @@ import (
 
 	"kiln.dev/kiln/api"
 	"kiln.dev/kiln/client"
+	"kiln.dev/kiln/internal/errdefs"
+	"kiln.dev/kiln/internal/network"
 	"kiln.dev/kiln/internal/runtime"
 	"kiln.dev/kiln/internal/vmm"
 )
@@ -35,20 +37,28 @@ type runFlags struct {
 	ulimits     []string
 	stopTimeout int
 	bootTimeout time.Duration
+	pull        string
+	mode        string
+	diskSize    string
+	insecure    bool
 	detach      bool
 	restart     string
 	logOpts     []string
+	publish     []string
+	network     string
 }
 
 func newRunCmd(g *globals) *cobra.Command {
 	f := &runFlags{}
 	c := &cobra.Command{
-		Use:   "run [flags] PROGRAM [ARG...]",
-		Short: "Boot a VM that runs one static program",
-		Long: `Boot a microVM whose only job is PROGRAM, a static x86-64 Linux executable
-on this host. Its stdout and stderr are printed as it runs, and kiln exits with
-its exit status (128+n when signal n killed it). Ctrl-C or SIGTERM stop the VM
-gracefully: the program gets SIGTERM, then SIGKILL after --time seconds.`,
+		Use:   "run [flags] IMAGE|PROGRAM [ARG...]",
+		Short: "Boot a VM that runs an OCI image or one static program",
+		Long: `Boot a microVM that runs IMAGE (an OCI image, pulled when missing, its config
+honoured as docker does) or PROGRAM (a static x86-64 Linux executable on this
+host, the VM's only program). Its stdout and stderr are printed as it runs,
+and kiln exits with its exit status (128+n when signal n killed it). Ctrl-C or
+SIGTERM stop the VM gracefully: the program gets its stop signal, then SIGKILL
+after --time seconds. With -d the VM runs in the background.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runRun(cmd, g, f, args)
@@ -70,13 +80,21 @@ gracefully: the program gets SIGTERM, then SIGKILL after --time seconds.`,
 	fl.StringArrayVar(&f.ulimits, "ulimit", nil, "resource limit, name=soft[:hard] (e.g. nofile=1024:4096)")
 	fl.IntVarP(&f.stopTimeout, "time", "t", int(runtime.DefaultStopGrace/time.Second), "seconds the program has to exit after a stop signal")
 	fl.DurationVar(&f.bootTimeout, "boot-timeout", runtime.DefaultBootTimeout, "how long the VM may take to start its program")
+	fl.StringVar(&f.pull, "pull", runtime.PullMissing, "when to pull the image: missing, always or never")
+	fl.StringVar(&f.mode, "mode", "", "how to run the image: full (its root filesystem) or binary (only its static binary); default: the image's "+runtime.ModeLabel+" label, else full")
+	fl.BoolVar(&f.insecure, "insecure", false, "allow pulling the image over plain HTTP from a registry not on loopback")
+	fl.StringVar(&f.diskSize, "disk-size", "", "size of the VM's writable disk for an image (sparse), e.g. 2g (default 10g)")
 	fl.BoolVarP(&f.detach, "detach", "d", false, "run the VM in the background and print its ID")
 	fl.StringVar(&f.restart, "restart", "no", "restart policy: no, on-failure[:max-retries], always, unless-stopped")
 	fl.StringArrayVar(&f.logOpts, "log-opt", nil, "log option: max-size=10m, max-file=3")
+	fl.StringArrayVarP(&f.publish, "publish", "p", nil, "publish a VM port on the host: [ip:][hostPort[-end]]:guestPort[-end][/tcp|/udp] (no host port: an ephemeral one, see kiln port)")
+	fl.StringVar(&f.network, "network", network.ModeUser, "network: user (QEMU user-mode, NAT, published ports forwarded by QEMU) or none (loopback only)")
 	return c
 }
 
-// specFromFlags turns the command line into a runtime.Spec.
+// specFromFlags turns the command line into a runtime.Spec. The first
+// argument is a program when it is a file on this host (or reads as a path:
+// "/…", "./…", "../…"), and an image otherwise.
 func specFromFlags(f *runFlags, args []string) (runtime.Spec, error) {
 	s := runtime.Spec{
 		Name:        f.name,
@@ -88,6 +106,21 @@ func specFromFlags(f *runFlags, args []string) (runtime.Spec, error) {
 		Kernel:      f.kernel,
 		Accel:       vmm.Accel(f.accel),
 		BootTimeout: f.bootTimeout,
+	}
+	if isImageArg(args[0]) {
+		s.Program, s.Image, s.Pull, s.Mode, s.Insecure = "", args[0], f.pull, f.mode, f.insecure
+		if f.diskSize != "" {
+			mib, err := runtime.ParseMemory(f.diskSize)
+			if err != nil {
+				return s, errdefs.Invalid(fmt.Sprintf("invalid disk size %q: want a size like 2g or 512m", f.diskSize))
+			}
+			if mib == 0 {
+				return s, errdefs.Invalid(fmt.Sprintf("invalid disk size %q: must be at least %dm", f.diskSize, runtime.MinDiskMiB))
+			}
+			s.DiskMiB = mib
+		}
+	} else if f.mode != "" || f.diskSize != "" {
+		return s, errdefs.Invalid(fmt.Sprintf("--mode and --disk-size apply to images, and %s is a file on this host", args[0]))
 	}
 	if f.cpus == 0 {
 		s.CPUs = -1 // 0 means "default" to Validate; on the command line it is an error
@@ -132,6 +165,15 @@ func specFromFlags(f *runFlags, args []string) (runtime.Spec, error) {
 	if f.stopTimeout < 0 {
 		return s, fmt.Errorf("invalid --time %d: must be 0 or more seconds", f.stopTimeout)
 	}
+	if s.Network, err = network.ParseMode(f.network); err != nil {
+		return s, err
+	}
+	if s.Ports, err = network.ParsePorts(f.publish); err != nil {
+		return s, err
+	}
+	if s.Network == network.ModeNone && len(s.Ports) > 0 {
+		return s, errdefs.Invalid(fmt.Sprintf("cannot publish %s: --network none gives the VM no network", f.publish[0]))
+	}
 	return s, nil
 }
 
@@ -164,13 +206,18 @@ func apiConfig(spec runtime.Spec, f *runFlags) (api.VMConfig, error) {
 		return api.VMConfig{}, err
 	}
 	c := api.VMConfig{
-		Name: spec.Name, Program: prog, Entrypoint: spec.Entrypoint, Cmd: spec.Cmd, Env: spec.Env,
+		Name: spec.Name, Program: prog, Image: spec.Image, Mode: spec.Mode, Pull: spec.Pull, Insecure: spec.Insecure, DiskMiB: spec.DiskMiB,
+		Entrypoint: spec.Entrypoint, Cmd: spec.Cmd, Env: spec.Env,
 		WorkingDir: spec.WorkingDir, User: spec.User, MemoryMiB: spec.MemoryMiB, CPUs: spec.CPUs,
 		Kernel: kernel, Accel: string(spec.Accel), BootTimeout: api.Duration(spec.BootTimeout),
 		Restart:     api.RestartPolicy{Name: policy.Name, MaxRetries: policy.MaxRetries},
 		AutoRemove:  f.rm,
 		Log:         api.LogConfig{MaxSize: logCfg.MaxSize, MaxFiles: logCfg.MaxFiles},
 		StopTimeout: f.stopTimeout,
+		Network:     spec.Network,
+	}
+	for _, p := range spec.Ports {
+		c.Ports = append(c.Ports, api.PortMapping{HostIP: p.HostIP, HostPort: p.HostPort, GuestPort: p.GuestPort, Protocol: p.Protocol})
 	}
 	for _, r := range spec.Rlimits {
 		c.Ulimits = append(c.Ulimits, api.Ulimit{Name: r.Name, Soft: r.Soft, Hard: r.Hard})
@@ -181,6 +228,11 @@ func apiConfig(spec runtime.Spec, f *runFlags) (api.VMConfig, error) {
 func runRun(cmd *cobra.Command, g *globals, f *runFlags, args []string) error {
 	spec, err := specFromFlags(f, args)
 	if err != nil {
+		return err
+	}
+	// The daemon cannot stream pull progress, so a missing image is pulled
+	// here, with progress on stderr, before the VM is created.
+	if err := pullForRun(context.Background(), g, &spec, cmd.ErrOrStderr()); err != nil {
 		return err
 	}
 	cfg, err := apiConfig(spec, f)
@@ -285,4 +337,13 @@ func attach(ctx context.Context, c *client.Client, id string, f *runFlags, sigs 
 		return &exitCode{w.r.ExitCode}
 	}
 	return nil
+}
+
+// isImageArg reports whether run's first argument names an image rather
+// than a program on this host.
+func isImageArg(arg string) bool {
+	if _, err := os.Stat(arg); err == nil {
+		return false
+	}
+	return !strings.HasPrefix(arg, "/") && !strings.HasPrefix(arg, "./") && !strings.HasPrefix(arg, "../") && arg != "." && arg != ".."
 }

@@ -31,6 +31,7 @@ func vmCommands(g *globals) []*cobra.Command {
 type psRow struct {
 	ID       string `json:"ID"`
 	Name     string `json:"Name"`
+	Image    string `json:"Image"` // the image, or the program's host path
 	Command  string `json:"Command"`
 	Created  string `json:"Created"`
 	Status   string `json:"Status"`
@@ -119,13 +120,21 @@ func parseFilters(fs []string) (func(api.VM) bool, error) {
 
 func rowOf(v api.VM) psRow {
 	cmd := strings.Join(append(append([]string{}, v.Config.Entrypoint...), v.Config.Cmd...), " ")
-	if len(v.Config.Entrypoint) == 0 {
+	if len(v.Config.Entrypoint) == 0 && v.Config.Program != "" {
 		cmd = strings.TrimSpace(baseName(v.Config.Program) + " " + strings.Join(v.Config.Cmd, " "))
 	}
 	return psRow{
-		ID: v.ID[:12], Name: v.Name, Command: cmd, Created: ago(v.Created) + " ago",
+		ID: v.ID[:12], Name: v.Name, Image: imageOf(v), Command: cmd, Created: ago(v.Created) + " ago",
 		Status: statusText(v), State: v.State.Status, ExitCode: v.State.ExitCode, Restarts: v.State.RestartCount,
 	}
+}
+
+// imageOf is what a VM runs: its image, or its program's host path.
+func imageOf(v api.VM) string {
+	if v.Config.Image != "" {
+		return v.Config.Image
+	}
+	return v.Config.Program
 }
 
 func baseName(p string) string {
@@ -190,13 +199,17 @@ func printRows(w io.Writer, rows []psRow, quiet bool, format string) error {
 		return execTemplate(w, format, rows)
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 3, ' ', 0)
-	fmt.Fprintln(tw, "VM ID\tNAME\tCOMMAND\tCREATED\tSTATUS")
+	fmt.Fprintln(tw, "VM ID\tNAME\tIMAGE\tCOMMAND\tCREATED\tSTATUS")
 	for _, r := range rows {
 		cmd := r.Command
 		if len(cmd) > 30 {
 			cmd = cmd[:29] + "…"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%q\t%s\t%s\n", r.ID, r.Name, cmd, r.Created, r.Status)
+		img := r.Image
+		if len(img) > 40 {
+			img = "…" + img[len(img)-39:]
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%q\t%s\t%s\n", r.ID, r.Name, img, cmd, r.Created, r.Status)
 	}
 	return tw.Flush()
 }
@@ -329,16 +342,20 @@ func eachVM(g *globals, use, short string, fn func(ctx context.Context, cl *clie
 	}
 }
 
+// graceOf turns a -t flag into a grace period; negative means the VM's own.
+func graceOf(secs int) *time.Duration {
+	if secs < 0 {
+		return nil
+	}
+	d := time.Duration(secs) * time.Second
+	return &d
+}
+
 func newStopCmd(g *globals) *cobra.Command {
 	var secs int
 	c := eachVM(g, "stop [-t SECONDS] VM...", "Stop VMs gracefully: the program gets its stop signal, then SIGKILL after -t seconds",
 		func(ctx context.Context, cl *client.Client, ref string) error {
-			var grace *time.Duration
-			if secs >= 0 {
-				d := time.Duration(secs) * time.Second
-				grace = &d
-			}
-			return cl.Stop(ctx, ref, grace)
+			return cl.Stop(ctx, ref, graceOf(secs))
 		})
 	c.Flags().IntVarP(&secs, "time", "t", -1, "seconds to wait before killing the program (default: the VM's --time)")
 	return c
@@ -353,12 +370,7 @@ func newStartCmd(g *globals) *cobra.Command {
 func newRestartCmd(g *globals) *cobra.Command {
 	var secs int
 	c := eachVM(g, "restart [-t SECONDS] VM...", "Stop and start VMs", func(ctx context.Context, cl *client.Client, ref string) error {
-		var grace *time.Duration
-		if secs >= 0 {
-			d := time.Duration(secs) * time.Second
-			grace = &d
-		}
-		return cl.Restart(ctx, ref, grace)
+		return cl.Restart(ctx, ref, graceOf(secs))
 	})
 	c.Flags().IntVarP(&secs, "time", "t", -1, "seconds to wait before killing the program (default: the VM's --time)")
 	return c

@@ -7,6 +7,7 @@ package main
 import (
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"os/signal"
 	"runtime"
@@ -20,6 +21,8 @@ func main() {
 	sleep := flag.Duration("sleep", 0, "wait this long before exiting")
 	sig := flag.Int("signal", 0, "end by sending this signal to itself")
 	env := flag.String("env", "", "print the value of this environment variable")
+	lines := flag.Int("lines", 0, "print this many numbered lines")
+	ifaces := flag.Bool("ifaces", false, "print the guest's network interfaces and their addresses")
 	flag.Parse()
 	host, _ := os.Hostname()
 	uptime, _ := os.ReadFile("/proc/uptime")
@@ -31,7 +34,13 @@ func main() {
 	if *env != "" {
 		fmt.Printf("%s=%s\n", *env, os.Getenv(*env))
 	}
+	if *ifaces {
+		printInterfaces()
+	}
 	fmt.Fprintf(os.Stderr, "this line went to stderr\n")
+	for i := 1; i <= *lines; i++ {
+		fmt.Printf("line %d of %d\n", i, *lines)
+	}
 	if *sleep > 0 {
 		term := make(chan os.Signal, 1)
 		signal.Notify(term, syscall.SIGTERM)
@@ -48,4 +57,26 @@ func main() {
 		time.Sleep(time.Second)
 	}
 	os.Exit(*exit)
+}
+
+// printInterfaces prints one line per network interface: "iface NAME
+// up|down ADDR...".
+func printInterfaces() {
+	ifs, err := net.Interfaces()
+	if err != nil {
+		fmt.Printf("interfaces: %v\n", err)
+		return
+	}
+	for _, ifi := range ifs {
+		state := "down"
+		if ifi.Flags&net.FlagUp != 0 {
+			state = "up"
+		}
+		var addrs []string
+		as, _ := ifi.Addrs()
+		for _, a := range as {
+			addrs = append(addrs, a.String())
+		}
+		fmt.Printf("iface %s %s %s\n", ifi.Name, state, strings.Join(addrs, " "))
+	}
 }

@@ -21,6 +21,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/netip"
 )
 
 // Version is the protocol version. It is written in every Spec and Record;
@@ -64,6 +65,54 @@ type Spec struct {
 	Modules []string `json:"modules,omitempty"`
 	// StopSignal is sent to the program on a graceful stop; 0 means SIGTERM.
 	StopSignal int `json:"stopSignal,omitempty"`
+	// Root, when set, makes kiln-init assemble the program's root
+	// filesystem from two disks and switch to it before running the
+	// program: the image's read-only root as the lower layer of an
+	// overlayfs, the VM's own disk as its writable upper layer.
+	Root *RootSpec `json:"root,omitempty"`
+	// User, when set, is who the program runs as, as docker's --user takes
+	// it: a name or uid, optionally ":" and a group name or gid. kiln-init
+	// resolves it against /etc/passwd and /etc/group of the program's root
+	// (numeric ids need no entry) and adds the user's supplementary groups;
+	// it then replaces UID, GID and AdditionalGIDs. A user without a
+	// passwd entry gets gid 0, as in docker.
+	User string `json:"user,omitempty"`
+	// Network, when set, is the guest's network interface to configure:
+	// kiln-init brings it up with its static address and default route,
+	// and writes /etc/resolv.conf. Without it the guest has loopback only.
+	// Either way kiln-init writes /etc/hosts and /etc/hostname.
+	Network *Network `json:"network,omitempty"`
+}
+
+// Network is the configuration of the guest's one interface.
+type Network struct {
+	// Interface is the kernel's name for it ("eth0").
+	Interface string `json:"interface"`
+	// Address is the interface's IPv4 address with its prefix length
+	// ("10.0.2.15/24").
+	Address string `json:"address"`
+	// Gateway is the IPv4 address of the default route; "" means none.
+	Gateway string `json:"gateway,omitempty"`
+	// DNS are the name servers for /etc/resolv.conf.
+	DNS []string `json:"dns,omitempty"`
+}
+
+// RootSpec says where kiln-init finds the disks of the program's root.
+type RootSpec struct {
+	// Lower is the read-only disk holding the image's root filesystem.
+	Lower Disk `json:"lower"`
+	// Upper is the VM's writable disk; the overlay's upper and work
+	// directories are made on it.
+	Upper Disk `json:"upper"`
+}
+
+// Disk is a block device the guest finds by its serial number (read from
+// /sys/block/*/serial: there is no udev in the guest).
+type Disk struct {
+	Serial string `json:"serial"`
+	// FSType is the filesystem on the disk, as mount(2) names it
+	// ("squashfs", "ext4").
+	FSType string `json:"fsType"`
 }
 
 // Rlimit is one resource limit, by its name as in `ulimit` (nofile, nproc,
@@ -181,6 +230,32 @@ func (s *Spec) Validate() error {
 	}
 	if len(s.Args) == 0 || s.Args[0] == "" {
 		return fmt.Errorf("spec has no program to run (args is empty)")
+	}
+	if r := s.Root; r != nil {
+		for _, d := range []struct {
+			what string
+			Disk
+		}{{"lower", r.Lower}, {"upper", r.Upper}} {
+			if d.Serial == "" || d.FSType == "" {
+				return fmt.Errorf("spec root: %s disk needs a serial and a filesystem type", d.what)
+			}
+		}
+		if r.Lower.Serial == r.Upper.Serial {
+			return fmt.Errorf("spec root: lower and upper disks have the same serial %q", r.Lower.Serial)
+		}
+	}
+	if n := s.Network; n != nil {
+		if n.Interface == "" {
+			return fmt.Errorf("spec network: no interface")
+		}
+		if p, err := netip.ParsePrefix(n.Address); err != nil || !p.Addr().Is4() {
+			return fmt.Errorf("spec network: address %q: want an IPv4 address with a prefix length", n.Address)
+		}
+		for _, a := range append([]string{n.Gateway}, n.DNS...) {
+			if ip, err := netip.ParseAddr(a); a != "" && (err != nil || !ip.Is4()) {
+				return fmt.Errorf("spec network: %q is not an IPv4 address", a)
+			}
+		}
 	}
 	for _, r := range s.Rlimits {
 		if _, ok := RlimitResources[r.Name]; !ok {

@@ -6,6 +6,7 @@ import (
 
 	"kiln.dev/kiln/api"
 	"kiln.dev/kiln/internal/agent"
+	"kiln.dev/kiln/internal/network"
 	"kiln.dev/kiln/internal/runtime"
 	"kiln.dev/kiln/internal/state"
 	"kiln.dev/kiln/internal/vmm"
@@ -17,6 +18,11 @@ func fromAPI(c *api.VMConfig) (runtime.Spec, runtime.Options, error) {
 	spec := runtime.Spec{
 		Name:        c.Name,
 		Program:     c.Program,
+		Image:       c.Image,
+		Mode:        c.Mode,
+		Pull:        c.Pull,
+		Insecure:    c.Insecure,
+		DiskMiB:     c.DiskMiB,
 		Entrypoint:  c.Entrypoint,
 		Cmd:         c.Cmd,
 		Env:         c.Env,
@@ -27,6 +33,8 @@ func fromAPI(c *api.VMConfig) (runtime.Spec, runtime.Options, error) {
 		Kernel:      c.Kernel,
 		Accel:       vmm.Accel(c.Accel),
 		BootTimeout: time.Duration(c.BootTimeout),
+		Network:     c.Network,
+		Ports:       portsFromAPI(c.Ports),
 	}
 	for _, u := range c.Ulimits {
 		spec.Rlimits = append(spec.Rlimits, agent.Rlimit{Name: u.Name, Soft: u.Soft, Hard: u.Hard})
@@ -46,7 +54,8 @@ func fromAPI(c *api.VMConfig) (runtime.Spec, runtime.Options, error) {
 func toAPI(v *runtime.View) api.VM {
 	s := v.Spec
 	c := api.VMConfig{
-		Name: s.Name, Program: s.Program, Entrypoint: s.Entrypoint, Cmd: s.Cmd, Env: s.Env,
+		Name: s.Name, Program: s.Program, Image: s.Image, Mode: s.Mode, Pull: s.Pull, Insecure: s.Insecure, DiskMiB: s.DiskMiB,
+		Entrypoint: s.Entrypoint, Cmd: s.Cmd, Env: s.Env,
 		WorkingDir: s.WorkingDir, User: s.User, MemoryMiB: s.MemoryMiB, CPUs: s.CPUs, Kernel: s.Kernel,
 		Accel:       string(s.Accel),
 		Restart:     api.RestartPolicy{Name: v.Options.Restart.Name, MaxRetries: v.Options.Restart.MaxRetries},
@@ -54,6 +63,8 @@ func toAPI(v *runtime.View) api.VM {
 		Log:         api.LogConfig{MaxSize: v.Options.Log.MaxSize, MaxFiles: v.Options.Log.MaxFiles},
 		StopTimeout: int(v.Options.StopGrace / time.Second),
 		BootTimeout: api.Duration(s.BootTimeout),
+		Network:     s.Network,
+		Ports:       portsToAPI(s.Ports),
 	}
 	for _, r := range s.Rlimits {
 		c.Ulimits = append(c.Ulimits, api.Ulimit{Name: r.Name, Soft: r.Soft, Hard: r.Hard})
@@ -61,13 +72,30 @@ func toAPI(v *runtime.View) api.VM {
 	r := v.Record
 	return api.VM{
 		ID: r.ID, Name: r.Name, Created: r.Created, Config: c, Desired: r.Desired,
-		Dir: v.Dir, Accel: string(v.Accel), Kernel: v.Kernel,
+		Dir: v.Dir, Accel: string(v.Accel), Kernel: v.Kernel, ImageID: s.ImageID, ExposedPorts: s.ExposedPorts,
+		Ports: portsToAPI(v.Ports),
 		State: api.VMState{
 			Status: r.Status, Running: r.Status == state.StatusRunning || r.Status == state.StatusStopping,
 			PID: r.PID, ExitCode: r.ExitCode, Error: r.Error, StartedAt: r.StartedAt, FinishedAt: r.FinishedAt,
 			RestartCount: r.RestartCount, BootUptime: r.BootUptime,
 		},
 	}
+}
+
+func portsFromAPI(ps []api.PortMapping) []network.PortMapping {
+	var out []network.PortMapping
+	for _, p := range ps {
+		out = append(out, network.PortMapping{HostIP: p.HostIP, HostPort: p.HostPort, GuestPort: p.GuestPort, Protocol: p.Protocol})
+	}
+	return out
+}
+
+func portsToAPI(ps []network.PortMapping) []api.PortMapping {
+	var out []api.PortMapping
+	for _, p := range ps {
+		out = append(out, api.PortMapping{HostIP: p.HostIP, HostPort: p.HostPort, GuestPort: p.GuestPort, Protocol: p.Protocol})
+	}
+	return out
 }
 
 func eventToAPI(e state.Event) api.Event {

@@ -21,6 +21,7 @@ import (
 	"kiln.dev/kiln/internal/agent"
 	"kiln.dev/kiln/internal/errdefs"
 	"kiln.dev/kiln/internal/kernel"
+	"kiln.dev/kiln/internal/network"
 	"kiln.dev/kiln/internal/vmm"
 	"kiln.dev/kiln/internal/vmm/qemu"
 )
@@ -34,6 +35,7 @@ type Runtime struct {
 	limits   HostLimits
 	initPath string
 	qemuBin  string
+	images   imageStores // see image.go
 }
 
 // Option configures a Runtime.
@@ -114,6 +116,9 @@ const (
 	stderrFile = "stderr.log"
 	agentSock  = "agent.sock"
 	specFile   = "vm.json"
+	// portsFile holds the published ports as resolved for the current
+	// (or last) run: written at each start, read by inspect and port.
+	portsFile = "ports.json"
 )
 
 // Create prepares a VM for spec: it validates the spec, resolves the kernel,
@@ -123,8 +128,10 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (vm *VM, err error) {
 	if err := spec.Validate(r.limits); err != nil {
 		return nil, err
 	}
-	if err := CheckProgram(spec.Program); err != nil {
-		return nil, err
+	if spec.Image == "" {
+		if err := CheckProgram(spec.Program); err != nil {
+			return nil, err
+		}
 	}
 	accel, err := r.host.ChooseAccel(spec.Accel)
 	if err != nil {
@@ -151,6 +158,10 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (vm *VM, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("preparing initramfs: %w", err)
 	}
+	img, err := r.resolveImage(ctx, &spec) // nil for a program
+	if err != nil {
+		return nil, err
+	}
 	id, err := newID()
 	if err != nil {
 		return nil, err
@@ -168,13 +179,27 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (vm *VM, err error) {
 		}
 	}()
 	guestProg := "/usr/local/bin/" + filepath.Base(spec.Program)
-	as := r.agentSpec(&spec, k, guestProg)
+	files := []kernel.File{{Path: guestProg, Mode: 0o755, Source: spec.Program}}
+	var drives []vmm.Drive
+	if img != nil {
+		if files, drives, err = img.attach(ctx, dir, &spec); err != nil {
+			return nil, err
+		}
+	}
+	as := r.agentSpec(&spec, k, guestProg, img)
+	var nic *vmm.NetConfig
+	if spec.Network == network.ModeUser {
+		nic = &vmm.NetConfig{Mode: vmm.NetUser, MAC: network.MAC(id)}
+		as.Network = &agent.Network{
+			Interface: network.UserInterface, Address: network.UserGuestCIDR,
+			Gateway: network.UserGateway, DNS: []string{network.UserDNS},
+		}
+	}
 	specJSON, err := json.Marshal(as)
 	if err != nil {
 		return nil, fmt.Errorf("encoding guest spec: %w", err)
 	}
 	initrd := filepath.Join(dir, initrdFile)
-	files := []kernel.File{{Path: guestProg, Mode: 0o755, Source: spec.Program}}
 	if err := kernel.WriteInitrd(initrd, base, agent.SpecPath, specJSON, files); err != nil {
 		return nil, err
 	}
@@ -195,6 +220,8 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (vm *VM, err error) {
 			{Name: agent.PortStderr, File: filepath.Join(dir, stderrFile)},
 			{Name: agent.PortControl, Socket: filepath.Join(dir, agentSock)},
 		},
+		Drives: drives,
+		Net:    nic,
 	}
 	for _, p := range cfg.Ports {
 		if p.File != "" {
@@ -274,8 +301,12 @@ func kernelName(ref string) string {
 	return ref
 }
 
-// agentSpec is what kiln-init is told to run.
-func (r *Runtime) agentSpec(s *Spec, k *kernel.Kernel, guestProg string) *agent.Spec {
+// agentSpec is what kiln-init is told to run: guestProg, or img when it is
+// not nil.
+func (r *Runtime) agentSpec(s *Spec, k *kernel.Kernel, guestProg string, img *imagePlan) *agent.Spec {
+	if img != nil {
+		return img.agentSpec(s, k)
+	}
 	uid, gid, _ := ParseUser(s.User) // checked by Validate
 	args := s.Entrypoint
 	if len(args) == 0 {

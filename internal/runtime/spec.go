@@ -13,8 +13,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
+
 	"kiln.dev/kiln/internal/agent"
 	"kiln.dev/kiln/internal/errdefs"
+	"kiln.dev/kiln/internal/network"
 	"kiln.dev/kiln/internal/vmm"
 )
 
@@ -55,7 +58,61 @@ type Spec struct {
 	// the program; a VM that misses it is a failed boot.
 	BootTimeout time.Duration `json:"bootTimeout,omitempty"`
 	StopSignal  int           `json:"stopSignal,omitempty"`
+	// Network is the VM's network mode: network.ModeUser ("" too; QEMU
+	// user-mode networking) or network.ModeNone (no interface).
+	Network string `json:"network,omitempty"`
+	// Ports are the published ports; a HostPort of 0 is picked at each
+	// start. They need a network.
+	Ports []network.PortMapping `json:"ports,omitempty"`
+
+	// Image is an OCI image (a reference, an ID or an ID prefix) to run
+	// instead of Program; exactly one of them is set. Its config is
+	// honoured as docker does; the fields above override it.
+	Image string `json:"image,omitempty"`
+	// Mode is how an image runs: ModeFull (its root filesystem, with a
+	// writable layer), ModeBinary (only the static ELF the image is for,
+	// booted like a Program), or "" to let the image's ModeLabel decide
+	// (full when it has none).
+	Mode string `json:"mode,omitempty"`
+	// Pull is when Create pulls Image: PullMissing ("" too), PullAlways or
+	// PullNever.
+	Pull string `json:"pull,omitempty"`
+	// Insecure allows a pull over plain HTTP from a registry that is not on
+	// loopback.
+	Insecure bool `json:"insecure,omitempty"`
+	// DiskMiB is the size of the VM's writable disk in full mode (a sparse
+	// file: it takes only what the guest writes); 0 means DefaultDiskMiB.
+	DiskMiB int `json:"diskMiB,omitempty"`
+
+	// ImageID and ExposedPorts are filled in by Create from the image: its
+	// ID (the config digest, which VMs using the image are found by) and
+	// the ports its config exposes ("80/tcp").
+	ImageID      string   `json:"imageID,omitempty"`
+	ExposedPorts []string `json:"exposedPorts,omitempty"`
 }
+
+// Image modes (Spec.Mode).
+const (
+	ModeFull   = "full"
+	ModeBinary = "binary"
+	// ModeLabel is the image label that picks the mode when Spec.Mode is
+	// empty ("binary" or "full").
+	ModeLabel = "dev.kiln.mode"
+)
+
+// Pull policies (Spec.Pull).
+const (
+	PullMissing = "missing"
+	PullAlways  = "always"
+	PullNever   = "never"
+)
+
+// Disk sizes, in MiB.
+const (
+	DefaultDiskMiB = 10 << 10
+	MinDiskMiB     = 16
+	MaxDiskMiB     = 16 << 20 // ext4's limit with 4 KiB blocks
+)
 
 // HostLimits are the bounds a Spec is checked against.
 type HostLimits struct {
@@ -103,8 +160,14 @@ func (s *Spec) Validate(h HostLimits) error {
 			return err
 		}
 	}
-	if s.Program == "" {
-		return errdefs.Invalid("no program to run")
+	switch {
+	case s.Program == "" && s.Image == "":
+		return errdefs.Invalid("no program or image to run")
+	case s.Program != "" && s.Image != "":
+		return errdefs.Invalid("give a program or an image to run, not both")
+	}
+	if err := s.validateImage(); err != nil {
+		return err
 	}
 	if s.MemoryMiB == 0 {
 		s.MemoryMiB = DefaultMemoryMiB
@@ -127,7 +190,11 @@ func (s *Spec) Validate(h HostLimits) error {
 	if s.WorkingDir != "" && !path.IsAbs(s.WorkingDir) {
 		return errdefs.Invalid(fmt.Sprintf("invalid working directory %q: must be an absolute path", s.WorkingDir))
 	}
-	if _, _, err := ParseUser(s.User); err != nil {
+	if s.Image != "" {
+		if err := ValidateImageUser(s.User); err != nil {
+			return err
+		}
+	} else if _, _, err := ParseUser(s.User); err != nil {
 		return err
 	}
 	a, err := vmm.ParseAccel(string(s.Accel))
@@ -140,6 +207,17 @@ func (s *Spec) Validate(h HostLimits) error {
 	}
 	if s.BootTimeout < 0 {
 		return errdefs.Invalid(fmt.Sprintf("invalid boot timeout %s: must be positive", s.BootTimeout))
+	}
+	mode, err := network.ParseMode(s.Network)
+	if err != nil {
+		return err
+	}
+	s.Network = mode
+	if err := network.Validate(s.Ports); err != nil {
+		return err
+	}
+	if mode == network.ModeNone && len(s.Ports) > 0 {
+		return errdefs.Invalid(fmt.Sprintf("cannot publish port %s: --network none gives the VM no network", s.Ports[0].Key()))
 	}
 	for _, r := range s.Rlimits {
 		if _, ok := agent.RlimitResources[r.Name]; !ok {
@@ -199,6 +277,73 @@ func FormatMiB(mib int) string {
 	}
 	return strconv.Itoa(mib) + "m"
 }
+
+// validateImage checks the image fields and fills in their defaults.
+func (s *Spec) validateImage() error {
+	if s.Image == "" {
+		if s.Mode != "" || s.Pull != "" || s.DiskMiB != 0 {
+			return errdefs.Invalid("--mode, --pull and --disk-size apply to images only")
+		}
+		return nil
+	}
+	if err := ValidateImageRef(s.Image); err != nil {
+		return err
+	}
+	switch s.Mode {
+	case "", ModeFull, ModeBinary:
+	default:
+		return errdefs.Invalid(fmt.Sprintf("invalid mode %q: use full or binary", s.Mode))
+	}
+	switch s.Pull {
+	case "":
+		s.Pull = PullMissing
+	case PullMissing, PullAlways, PullNever:
+	default:
+		return errdefs.Invalid(fmt.Sprintf("invalid pull policy %q: use missing, always or never", s.Pull))
+	}
+	if s.DiskMiB == 0 {
+		s.DiskMiB = DefaultDiskMiB
+	}
+	if s.DiskMiB < MinDiskMiB || s.DiskMiB > MaxDiskMiB {
+		return errdefs.Invalid(fmt.Sprintf("invalid disk size %s: allowed %dm to %s", FormatMiB(s.DiskMiB), MinDiskMiB, FormatMiB(MaxDiskMiB)))
+	}
+	return nil
+}
+
+var (
+	imageIDRE   = regexp.MustCompile(`^(sha256:)?[0-9a-f]{1,64}$`)
+	userPartRE  = regexp.MustCompile(`^[A-Za-z0-9_.][A-Za-z0-9_.-]*\$?$`)
+	maxUserPart = 256
+)
+
+// ValidateImageRef reports whether ref can name an image: a reference
+// ("app", "app:v1", "host:5000/team/app@sha256:…") or an image ID or ID
+// prefix ("sha256:ab12…", "ab12…").
+func ValidateImageRef(ref string) error {
+	if imageIDRE.MatchString(ref) {
+		return nil
+	}
+	if _, err := name.ParseReference(ref); err != nil {
+		return errdefs.Invalid(fmt.Sprintf("invalid image reference %q (and no such file on this host): %s", ref, err.Error()))
+	}
+	return nil
+}
+
+// ValidateImageUser checks a --user for an image VM: user[:group], each a
+// name or a numeric id, resolved in the guest against the image's
+// /etc/passwd and /etc/group. "" is the image's user.
+func ValidateImageUser(s string) error {
+	if s == "" {
+		return nil
+	}
+	u, g, hasG := strings.Cut(s, ":")
+	if !validUserPart(u) || (hasG && !validUserPart(g)) {
+		return errdefs.Invalid(fmt.Sprintf("invalid user %q: want user[:group], each a name or a number", s))
+	}
+	return nil
+}
+
+func validUserPart(p string) bool { return len(p) <= maxUserPart && userPartRE.MatchString(p) }
 
 // ParseUser parses uid[:gid] (numeric). "" is root.
 func ParseUser(s string) (uid, gid uint32, err error) {

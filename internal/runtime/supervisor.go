@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"kiln.dev/kiln/internal/errdefs"
+	"kiln.dev/kiln/internal/network"
 	"kiln.dev/kiln/internal/state"
 	"kiln.dev/kiln/internal/vmm"
 	"kiln.dev/kiln/internal/vmm/qemu"
@@ -85,6 +86,9 @@ type View struct {
 	Dir     string
 	Accel   vmm.Accel
 	Kernel  string
+	// Ports are the published ports as resolved for the current run; nil
+	// when the VM is not running.
+	Ports []network.PortMapping
 }
 
 func (m *managed) view() *View {
@@ -93,6 +97,9 @@ func (m *managed) view() *View {
 		v.Dir, v.Accel = m.vm.Dir, m.vm.Accel.Accel
 		if m.vm.Kernel != nil {
 			v.Kernel = m.vm.Kernel.Path
+		}
+		if m.runDone != nil {
+			v.Ports = m.vm.Ports()
 		}
 	}
 	return v
@@ -609,8 +616,7 @@ func (s *Supervisor) adopt(rec *state.VM) {
 		m.rec.Status, m.rec.Desired, m.rec.PID = state.StatusDead, state.DesiredStopped, 0
 		m.rec.Error = fmt.Sprintf("VM directory is missing or broken (%v): remove the VM", err)
 		s.save(m)
-		m.logs = &collector{closed: true, done: make(chan struct{}), subs: map[chan LogEntry]struct{}{}}
-		close(m.logs.done)
+		m.logs = closedCollector(s.rt.VMDir(rec.ID))
 		m.mu.Unlock()
 		return
 	}
@@ -619,8 +625,7 @@ func (s *Supervisor) adopt(rec *state.VM) {
 		m.logs = logs
 	} else {
 		s.log.Warn("collecting logs", "vm", rec.ID, "err", err)
-		m.logs = &collector{closed: true, done: make(chan struct{}), subs: map[chan LogEntry]struct{}{}}
-		close(m.logs.done)
+		m.logs = closedCollector(vm.Dir)
 	}
 	wasRunning := rec.Status == state.StatusRunning || rec.Status == state.StatusStarting || rec.Status == state.StatusStopping
 	if err := vm.Attach(); err == nil {

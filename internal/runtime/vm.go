@@ -3,6 +3,7 @@ package runtime
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -17,6 +18,7 @@ import (
 	"kiln.dev/kiln/internal/errdefs"
 	"kiln.dev/kiln/internal/follow"
 	"kiln.dev/kiln/internal/kernel"
+	"kiln.dev/kiln/internal/network"
 	"kiln.dev/kiln/internal/unixsock"
 	"kiln.dev/kiln/internal/vmm"
 	"kiln.dev/kiln/internal/vmm/qemu"
@@ -82,7 +84,11 @@ func (vm *VM) Start(ctx context.Context) error {
 	if err := os.WriteFile(filepath.Join(vm.Dir, statusFile), nil, 0o600); err != nil {
 		return fmt.Errorf("resetting VM status: %w", err)
 	}
-	m, err := qemu.New(vm.cfg, qemu.WithLogger(vm.log))
+	cfg, err := vm.resolvePorts()
+	if err != nil {
+		return err
+	}
+	m, err := qemu.New(cfg, qemu.WithLogger(vm.log))
 	if err != nil {
 		return err
 	}
@@ -99,6 +105,61 @@ func (vm *VM) Start(ctx context.Context) error {
 	}
 	go vm.watch(m, fl)
 	return nil
+}
+
+// resolvePorts returns the VM's config for this start, with its published
+// ports resolved on the host now (a restart may find a port taken, and
+// picks ephemeral ports anew), and records them in the VM directory.
+func (vm *VM) resolvePorts() (vmm.Config, error) {
+	cfg := vm.cfg
+	var bound []network.PortMapping
+	if cfg.Net != nil && len(vm.Spec.Ports) > 0 {
+		var err error
+		if bound, err = network.Resolve(vm.Spec.Ports); err != nil {
+			return cfg, fmt.Errorf("publishing ports of VM %s: %w", vm.Name, err)
+		}
+		nic := *cfg.Net
+		nic.Forwards = nil
+		for _, p := range bound {
+			nic.Forwards = append(nic.Forwards, vmm.Forward{Protocol: p.Protocol, HostIP: p.HostIP, HostPort: p.HostPort, GuestPort: p.GuestPort})
+		}
+		cfg.Net = &nic
+	}
+	if err := writePorts(vm.Dir, bound); err != nil {
+		return cfg, err
+	}
+	return cfg, nil
+}
+
+// writePorts records the resolved ports of a run (write-temp-then-rename:
+// a reader sees the old list or the new one).
+func writePorts(dir string, ports []network.PortMapping) error {
+	b, err := json.Marshal(ports)
+	if err != nil {
+		return fmt.Errorf("encoding published ports: %w", err)
+	}
+	tmp := filepath.Join(dir, portsFile+".tmp")
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return fmt.Errorf("recording published ports: %w", err)
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, portsFile)); err != nil {
+		return fmt.Errorf("recording published ports: %w", err)
+	}
+	return nil
+}
+
+// Ports returns the published ports as resolved for the current or last
+// run (nil before the first run or without published ports).
+func (vm *VM) Ports() []network.PortMapping {
+	b, err := os.ReadFile(filepath.Join(vm.Dir, portsFile))
+	if err != nil {
+		return nil
+	}
+	var ps []network.PortMapping
+	if json.Unmarshal(b, &ps) != nil {
+		return nil
+	}
+	return ps
 }
 
 // begin makes m the current monitor and opens the status file to watch.

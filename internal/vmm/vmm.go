@@ -8,6 +8,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"regexp"
+	"strings"
 	"time"
 )
 
@@ -79,6 +81,27 @@ type Port struct {
 	Socket string
 }
 
+// Drive is a raw disk image shown to the guest as a virtio block device.
+// The guest finds it by Serial (in /sys/block/vd*/serial), not by the order
+// of its /dev/vd* name.
+type Drive struct {
+	// ID names the drive on the monitor's command line; unique in a VM,
+	// a letter then letters, digits, '-', '_' or '.'.
+	ID string
+	// Path is the host file holding the disk image.
+	Path string
+	// ReadOnly attaches the disk read-only: the guest cannot write it, so
+	// many VMs may share the file.
+	ReadOnly bool
+	// Serial is the disk's serial number as the guest sees it: at most
+	// MaxSerial bytes of printable ASCII without commas.
+	Serial string
+}
+
+// MaxSerial is the length of a virtio-blk serial number
+// (VIRTIO_BLK_ID_BYTES); the guest sees no more than this.
+const MaxSerial = 20
+
 // Config describes a VM to a backend.
 type Config struct {
 	// ID names the VM; the monitor process carries it on its command line
@@ -98,6 +121,10 @@ type Config struct {
 	// them the devices are listed on the kernel command line.
 	ACPI  bool
 	Ports []Port
+	// Drives are the VM's disks, in the order the backend attaches them.
+	Drives []Drive
+	// Net is the VM's network interface; nil means none.
+	Net *NetConfig `json:",omitempty"`
 	// Binary is the monitor executable; "" lets the backend find it.
 	Binary string
 	// StopTimeout bounds each escalation step of Stop; 0 means 3 s.
@@ -123,6 +150,85 @@ func (c *Config) Validate() error {
 	for _, p := range c.Ports {
 		if (p.File == "") == (p.Socket == "") {
 			return fmt.Errorf("vm config: port %q needs exactly one of file and socket", p.Name)
+		}
+	}
+	ids := map[string]bool{}
+	for _, d := range c.Drives {
+		if err := d.validate(); err != nil {
+			return err
+		}
+		if ids[d.ID] {
+			return fmt.Errorf("vm config: drive ID %q used twice", d.ID)
+		}
+		ids[d.ID] = true
+	}
+	if c.Net != nil {
+		return c.Net.validate()
+	}
+	return nil
+}
+
+// NetConfig is a VM's one network interface, shown to the guest as a
+// virtio-net device (eth0).
+type NetConfig struct {
+	// Mode is NetUser; a bridge mode (a TAP device) is to come.
+	Mode string
+	// MAC is the interface's address, "52:54:00:xx:xx:xx".
+	MAC string
+	// Forwards are user-mode port forwards from the host into the guest,
+	// resolved: every HostIP and HostPort set.
+	Forwards []Forward `json:",omitempty"`
+}
+
+// NetUser is user-mode networking: the monitor itself NATs the guest's
+// traffic and listens on the host for the forwards.
+const NetUser = "user"
+
+// Forward sends connections to HostIP:HostPort on the host to GuestPort on
+// the guest's interface.
+type Forward struct {
+	Protocol  string // "tcp" or "udp"
+	HostIP    string
+	HostPort  int
+	GuestPort int
+}
+
+var macRE = regexp.MustCompile(`^[0-9a-f]{2}(:[0-9a-f]{2}){5}$`)
+
+func (n *NetConfig) validate() error {
+	if n.Mode != NetUser {
+		return fmt.Errorf("vm config: network mode %q: only %q is supported", n.Mode, NetUser)
+	}
+	if !macRE.MatchString(n.MAC) {
+		return fmt.Errorf("vm config: MAC %q: want six lower-case hex pairs separated by ':'", n.MAC)
+	}
+	for _, f := range n.Forwards {
+		switch {
+		case f.Protocol != "tcp" && f.Protocol != "udp":
+			return fmt.Errorf("vm config: forward protocol %q: want tcp or udp", f.Protocol)
+		case f.HostIP == "" || strings.ContainsAny(f.HostIP, ",:-"):
+			return fmt.Errorf("vm config: forward host address %q: want an IPv4 address", f.HostIP)
+		case f.HostPort < 1 || f.HostPort > 65535 || f.GuestPort < 1 || f.GuestPort > 65535:
+			return fmt.Errorf("vm config: forward %d->%d: ports must be 1-65535", f.HostPort, f.GuestPort)
+		}
+	}
+	return nil
+}
+
+var driveIDRE = regexp.MustCompile(`^[a-zA-Z][a-zA-Z0-9_.-]{0,31}$`)
+
+func (d *Drive) validate() error {
+	switch {
+	case !driveIDRE.MatchString(d.ID):
+		return fmt.Errorf("vm config: drive ID %q: want a letter, then up to 31 letters, digits, '-', '_' or '.'", d.ID)
+	case d.Path == "":
+		return fmt.Errorf("vm config: drive %q has no path", d.ID)
+	case len(d.Serial) > MaxSerial:
+		return fmt.Errorf("vm config: drive %q: serial %q is longer than %d bytes", d.ID, d.Serial, MaxSerial)
+	}
+	for _, c := range d.Serial {
+		if c <= ' ' || c > '~' || c == ',' {
+			return fmt.Errorf("vm config: drive %q: serial %q: want printable ASCII without spaces or commas", d.ID, d.Serial)
 		}
 	}
 	return nil

@@ -60,12 +60,12 @@ func Argv(binary string, c *vmm.Config) []string {
 	}
 	a = append(a,
 		"-append", c.Cmdline,
-		"-chardev", "file,id=console,path="+filepath.Join(c.Dir, ConsoleLog)+",append=on",
+		"-chardev", "file,id=console,path="+optValue(filepath.Join(c.Dir, ConsoleLog))+",append=on",
 		"-serial", "chardev:console",
 		"-chardev", fmt.Sprintf("socket,id=qmp,fd=%d,server=on,wait=off", qmpFD),
 		"-mon", "chardev=qmp,mode=control",
-		"-nic", "none",
 	)
+	a = append(a, netArgs(c.Net)...)
 	if len(c.Ports) > 0 {
 		a = append(a, "-device", "virtio-serial-device,max_ports="+strconv.Itoa(len(c.Ports)+1))
 	}
@@ -73,15 +73,63 @@ func Argv(binary string, c *vmm.Config) []string {
 	for i, p := range c.Ports {
 		id := "port" + strconv.Itoa(i)
 		if p.File != "" {
-			a = append(a, "-chardev", "file,id="+id+",path="+p.File+",append=on")
+			a = append(a, "-chardev", "file,id="+id+",path="+optValue(p.File)+",append=on")
 		} else {
 			fd++
 			a = append(a, "-chardev", fmt.Sprintf("socket,id=%s,fd=%d,server=on,wait=off", id, fd))
 		}
 		a = append(a, "-device", "virtserialport,chardev="+id+",name="+p.Name)
 	}
+	for _, d := range c.Drives {
+		a = append(a, driveArgs(d)...)
+	}
 	return a
 }
+
+// netArgs gives the VM its network interface: none ("-nic none", as
+// -nodefaults alone would still leave a default NIC on some machines), or a
+// virtio-net device on a user-mode (slirp) backend whose hostfwd rules are
+// the published ports. A forward with no guest address goes to slirp's
+// first DHCP address, 10.0.2.15, which kiln-init gives eth0 statically.
+func netArgs(n *vmm.NetConfig) []string {
+	if n == nil {
+		return []string{"-nic", "none"}
+	}
+	netdev := "user,id=net0"
+	for _, f := range n.Forwards {
+		netdev += ",hostfwd=" + optValue(fmt.Sprintf("%s:%s:%d-:%d", f.Protocol, f.HostIP, f.HostPort, f.GuestPort))
+	}
+	return []string{
+		"-netdev", netdev,
+		"-device", "virtio-net-device,netdev=net0,mac=" + optValue(n.MAC),
+	}
+}
+
+// driveArgs attaches d as a virtio-blk device on virtio-mmio. A read-only
+// drive (an image's root filesystem, shared by every VM of the image) goes
+// through the host page cache, so VMs of one image share its cached pages;
+// a writable one (a VM's own disk) too, with the guest's flushes honoured
+// (cache=writeback is QEMU's safe default, unlike cache=unsafe).
+func driveArgs(d vmm.Drive) []string {
+	opts := "file=" + escapeOpt(d.Path) + ",if=none,id=" + d.ID + ",format=raw"
+	if d.ReadOnly {
+		opts += ",readonly=on"
+	}
+	opts += ",cache=writeback"
+	dev := "virtio-blk-device,drive=" + d.ID
+	if d.Serial != "" {
+		dev += ",serial=" + d.Serial
+	}
+	return []string{"-drive", opts, "-device", dev}
+}
+
+// escapeOpt escapes a value inside a QEMU option list, where a comma
+// separates options and ",," stands for a literal comma.
+func escapeOpt(s string) string { return strings.ReplaceAll(s, ",", ",,") }
+
+// optValue escapes a value inside a QEMU option list, where a comma
+// separates options and ",," stands for a literal comma.
+func optValue(s string) string { return strings.ReplaceAll(s, ",", ",,") }
 
 // Cmdline returns the guest kernel command line. Under TCG the guest is told
 // the host's TSC frequency (khz > 0): on a busy host it otherwise often

@@ -349,8 +349,40 @@ func Attach(cfg vmm.Config, opts ...Option) (*Machine, error) {
 }
 
 // FindProcess returns the PID of VM id's QEMU from the pidfile in dir, after
-// checking that the process is alive and is that VM's QEMU.
+// checking that the process is alive and is that VM's QEMU. When the
+// pidfile is missing or wrong, it looks for the process by its -name mark,
+// so a damaged pidfile never leaves a running VM untracked (and rewrites
+// the pidfile when it finds it).
 func FindProcess(dir, id string) (int, error) {
+	pid, err := fromPIDFile(dir, id)
+	if err == nil {
+		return pid, nil
+	}
+	if pid, serr := scanProcesses(id); serr == nil {
+		_ = writeFileAtomic(filepath.Join(dir, PIDFile), []byte(strconv.Itoa(pid)+"\n"))
+		return pid, nil
+	}
+	return 0, err
+}
+
+// scanProcesses finds the QEMU whose command line carries -name kiln-<id>.
+func scanProcesses(id string) (int, error) {
+	mark := "\x00-name\x00" + ProcessName(id) + "\x00"
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err != nil || !strings.Contains(string(b), mark) {
+			continue
+		}
+		pid, err := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+		if err == nil {
+			return pid, nil
+		}
+	}
+	return 0, vmm.ErrNotRunning
+}
+
+func fromPIDFile(dir, id string) (int, error) {
 	b, err := os.ReadFile(filepath.Join(dir, PIDFile))
 	if errors.Is(err, os.ErrNotExist) {
 		return 0, fmt.Errorf("VM %s has no pidfile: %w", id, vmm.ErrNotRunning)

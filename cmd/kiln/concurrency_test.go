@@ -1,0 +1,80 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// Parallel runs, stops and removals on many VMs, rm -f of VMs that are
+// still booting and stop of VMs that are exiting on their own: every
+// command ends (no deadlock), nothing is left (no QEMU, directory or
+// record), and a race-built daemon reports no data race.
+func TestConcurrentLifecycle(t *testing.T) {
+	e := newEnv(t)
+	e.kiln("ps") // one daemon for all
+	const n = 6
+	var wg sync.WaitGroup
+	errs := make(chan string, 4*n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			name := fmt.Sprintf("vm%d", i)
+			args := []string{"run", "-d", "--kernel", e.kernel, "--name", name, e.hello()}
+			switch i % 3 {
+			case 0: // long-running: stopped, then removed
+				args = append(args, "-sleep", "10m")
+			case 1: // removed with -f while it boots
+			case 2: // exits on its own while being stopped
+				args = append(args, "-exit", "3")
+			}
+			if r := e.kiln(args...); r.code != 0 {
+				errs <- fmt.Sprintf("%s: run: %s", name, r)
+				return
+			}
+			switch i % 3 {
+			case 0:
+				e.awaitLog(name, "sleeping", 1)
+				if r := e.kiln("stop", name); r.code != 0 {
+					errs <- fmt.Sprintf("%s: stop: %s", name, r)
+				}
+				if r := e.kiln("rm", name); r.code != 0 {
+					errs <- fmt.Sprintf("%s: rm: %s", name, r)
+				}
+			case 1:
+				if r := e.kiln("rm", "-f", name); r.code != 0 {
+					errs <- fmt.Sprintf("%s: rm -f while booting: %s", name, r)
+				}
+			case 2:
+				if r := e.kiln("stop", name); r.code != 0 {
+					errs <- fmt.Sprintf("%s: stop while exiting: %s", name, r)
+				}
+				if r := e.kiln("rm", "-f", name); r.code != 0 {
+					errs <- fmt.Sprintf("%s: rm: %s", name, r)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if r := e.kiln("ps", "-a", "-q"); strings.TrimSpace(r.stdout) != "" {
+		t.Errorf("VMs left after removal:\n%s", r)
+	}
+	if d := e.vmDirs(); len(d) != 0 {
+		t.Errorf("VM directories left: %v", d)
+	}
+	if pids := qemuUnder(e.root); len(pids) != 0 {
+		t.Errorf("QEMU processes left: %v", pids)
+	}
+	e.stopDaemon()
+	if b, _ := os.ReadFile(filepath.Join(e.root, "daemon.log")); strings.Contains(string(b), "DATA RACE") {
+		t.Errorf("the daemon reported a data race:\n%s", b)
+	}
+}

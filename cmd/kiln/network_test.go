@@ -1,0 +1,405 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
+)
+
+// Network tests run their daemon, and so its VMs' QEMU forwards, inside a
+// network namespace the test creates and removes: the first kiln command
+// runs under `ip netns exec`, which makes the daemon it starts live there;
+// later commands reach that daemon over its unix socket. Traffic goes only
+// to 127.0.0.1 inside the namespace, from helper processes (this test binary
+// re-executed under `ip netns exec`, see init).
+
+// helperEnv selects a helper mode when this test binary is re-executed;
+// helperArgs carries its arguments, separated by newlines.
+const (
+	helperEnv     = "KILN_NET_HELPER"
+	helperArgsEnv = "KILN_NET_HELPER_ARGS"
+)
+
+func init() {
+	mode := os.Getenv(helperEnv)
+	if mode == "" {
+		return
+	}
+	args := strings.Split(os.Getenv(helperArgsEnv), "\n")
+	if err := runHelper(mode, args); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+// runHelper is the client side of the network tests, run in the namespace:
+//
+//	get URL            print the body of an HTTP GET (retried while the
+//	                   forward resets: QEMU accepts before the guest listens)
+//	udp ADDR MESSAGE   send MESSAGE, print the reply
+//	listen ADDR        hold a TCP listener, print "ready", wait for stdin EOF
+func runHelper(mode string, args []string) error {
+	switch mode {
+	case "get":
+		var last error
+		for range 60 {
+			c := &http.Client{Timeout: 5 * time.Second}
+			resp, err := c.Get(args[0])
+			if err == nil {
+				b, err := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if err == nil && resp.StatusCode == 200 {
+					os.Stdout.Write(b)
+					return nil
+				}
+				last = fmt.Errorf("GET %s: %s %q (%v)", args[0], resp.Status, b, err)
+			} else {
+				last = err
+			}
+			time.Sleep(250 * time.Millisecond)
+		}
+		return last
+	case "udp":
+		c, err := net.Dial("udp4", args[0])
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		buf := make([]byte, 1500)
+		var last error
+		for range 20 {
+			if _, err := c.Write([]byte(args[1])); err != nil {
+				return err
+			}
+			c.SetReadDeadline(time.Now().Add(time.Second))
+			n, err := c.Read(buf)
+			if err == nil {
+				os.Stdout.Write(buf[:n])
+				return nil
+			}
+			last = err
+		}
+		return fmt.Errorf("no UDP echo from %s: %w", args[0], last)
+	case "listen":
+		l, err := net.Listen("tcp4", args[0])
+		if err != nil {
+			return err
+		}
+		defer l.Close()
+		fmt.Println("ready")
+		io.Copy(io.Discard, os.Stdin)
+		return nil
+	}
+	return fmt.Errorf("unknown helper mode %q", mode)
+}
+
+// netEnv is an env whose daemon lives in a network namespace of its own.
+type netEnv struct {
+	*env
+	ns string
+}
+
+func requireNetns(t *testing.T) {
+	t.Helper()
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Skip("ip not found: apt-get install iproute2")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("network namespaces need root: run the tests as root (sudo go test ...)")
+	}
+}
+
+func newNetEnv(t *testing.T) *netEnv {
+	t.Helper()
+	requireNetns(t)
+	b := make([]byte, 4)
+	rand.Read(b)
+	ns := "kiln-test-" + hex.EncodeToString(b)
+	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add %s: %v: %s", ns, err, out)
+	}
+	// Registered before newEnv's cleanup, so it runs after it: the daemon
+	// and VMs are gone when the namespace is removed.
+	t.Cleanup(func() {
+		if out, err := exec.Command("ip", "netns", "del", ns).CombinedOutput(); err != nil {
+			t.Errorf("ip netns del %s: %v: %s", ns, err, out)
+		}
+	})
+	if out, err := exec.Command("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up").CombinedOutput(); err != nil {
+		t.Fatalf("bringing up lo in %s: %v: %s", ns, err, out)
+	}
+	e := &netEnv{env: newEnv(t), ns: ns}
+	// Start the root's daemon inside the namespace.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := e.command(ctx, "ps")
+	cmd.Args = append([]string{"ip", "netns", "exec", ns}, cmd.Args...)
+	cmd.Path = mustLookPath(t, "ip")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("starting the daemon in %s: %v: %s", ns, err, out)
+	}
+	e.checkDaemonInNetns()
+	return e
+}
+
+func mustLookPath(t *testing.T, name string) string {
+	p, err := exec.LookPath(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// checkDaemonInNetns makes sure the daemon (whose VMs listen for the
+// forwards) is in the test's namespace, not the host's.
+func (e *netEnv) checkDaemonInNetns() {
+	e.t.Helper()
+	var want, got syscall.Stat_t
+	if err := syscall.Stat("/run/netns/"+e.ns, &want); err != nil {
+		e.t.Fatal(err)
+	}
+	pid := e.daemonPID()
+	if err := syscall.Stat(fmt.Sprintf("/proc/%d/ns/net", pid), &got); err != nil {
+		e.t.Fatalf("daemon pid %d: %v", pid, err)
+	}
+	if got.Ino != want.Ino {
+		e.t.Fatalf("daemon pid %d is not in network namespace %s", pid, e.ns)
+	}
+}
+
+// helper runs this test binary as a helper in the namespace and returns
+// its output.
+func (e *netEnv) helper(mode string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := e.helperCmd(ctx, mode, args...)
+	var out, errb strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		return out.String(), fmt.Errorf("helper %s %q: %w: %s", mode, args, err, errb.String())
+	}
+	return out.String(), nil
+}
+
+func (e *netEnv) helperCmd(ctx context.Context, mode string, args ...string) *exec.Cmd {
+	exe, err := os.Executable()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", e.ns, exe)
+	cmd.Env = append(os.Environ(), helperEnv+"="+mode, helperArgsEnv+"="+strings.Join(args, "\n"))
+	return cmd
+}
+
+var (
+	httpdOnce sync.Once
+	httpdErr  error
+)
+
+// httpd returns the path of examples/httpd, built once.
+func httpd(t *testing.T) string {
+	t.Helper()
+	p := filepath.Join(binDir, "httpd")
+	httpdOnce.Do(func() {
+		cmd := exec.Command("go", "build", "-o", p, "kiln.dev/kiln/examples/httpd")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			httpdErr = fmt.Errorf("building httpd: %v\n%s", err, out)
+		}
+	})
+	if httpdErr != nil {
+		t.Fatal(httpdErr)
+	}
+	return p
+}
+
+func TestNetPublishedTCPAndUDPPortsAnswer(t *testing.T) {
+	e := newNetEnv(t)
+	e.runD("--name", "web", "-p", "127.0.0.1:18080:80", "-p", "127.0.0.1:15353:53/udp", httpd(t), "-udp", ":53")
+	e.awaitLog("web", "serving HTTP", 1)
+	body, err := e.helper("get", "http://127.0.0.1:18080/")
+	if err != nil || body != "hello from kiln VM web\n" {
+		t.Fatalf("GET through the published port = %q, %v", body, err)
+	}
+	echo, err := e.helper("udp", "127.0.0.1:15353", "ping over udp")
+	if err != nil || echo != "ping over udp" {
+		t.Fatalf("UDP echo through the published port = %q, %v", echo, err)
+	}
+	r := e.kiln("port", "web")
+	if r.code != 0 || r.stdout != "53/udp -> 127.0.0.1:15353\n80/tcp -> 127.0.0.1:18080\n" {
+		t.Errorf("kiln port web:\n%s", r)
+	}
+	if got := e.inspect("web", "{{.Config.Network}} {{range .Ports}}{{.HostIP}}:{{.HostPort}}->{{.GuestPort}}/{{.Protocol}} {{end}}"); got != "user 127.0.0.1:18080->80/tcp 127.0.0.1:15353->53/udp" {
+		t.Errorf("inspect = %q", got)
+	}
+	if r := e.kiln("rm", "-f", "web"); r.code != 0 {
+		t.Fatalf("rm -f web:\n%s", r)
+	}
+}
+
+func TestPortEphemeralIsReportedAndResolvedAtEachStart(t *testing.T) {
+	e := newNetEnv(t)
+	e.runD("--name", "eph", "-p", "127.0.0.1::80", httpd(t))
+	e.awaitLog("eph", "serving HTTP", 1)
+	get := func() {
+		t.Helper()
+		r := e.kiln("port", "eph", "80/tcp")
+		if r.code != 0 || !regexp.MustCompile(`^127\.0\.0\.1:[1-9][0-9]*\n$`).MatchString(r.stdout) {
+			t.Fatalf("kiln port eph 80/tcp:\n%s", r)
+		}
+		body, err := e.helper("get", "http://"+strings.TrimSpace(r.stdout)+"/")
+		if err != nil || body != "hello from kiln VM eph\n" {
+			t.Fatalf("GET through the ephemeral port %s = %q, %v", strings.TrimSpace(r.stdout), body, err)
+		}
+	}
+	get()
+	if r := e.kiln("port", "eph", "81"); r.code == 0 || !strings.Contains(r.stderr, "no public port '81/tcp'") {
+		t.Errorf("kiln port eph 81:\n%s", r)
+	}
+	// A restart resolves the ports again.
+	if r := e.kiln("restart", "-t", "2", "eph"); r.code != 0 {
+		t.Fatalf("restart:\n%s", r)
+	}
+	e.awaitLog("eph", "serving HTTP", 2)
+	get()
+	if r := e.kiln("rm", "-f", "eph"); r.code != 0 {
+		t.Fatalf("rm -f eph:\n%s", r)
+	}
+	if r := e.kiln("port", "eph"); r.code == 0 {
+		t.Errorf("kiln port on a removed VM succeeded:\n%s", r)
+	}
+}
+
+func TestPublishPortInUseIsRefusedBeforeBoot(t *testing.T) {
+	e := newNetEnv(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	holder := e.helperCmd(ctx, "listen", "127.0.0.1:18081")
+	stdin, err := holder.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := holder.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { stdin.Close(); holder.Wait() }()
+	if line, err := bufio.NewReader(out).ReadString('\n'); err != nil || line != "ready\n" {
+		t.Fatalf("port holder: %q, %v", line, err)
+	}
+	r := e.run("-d", "--name", "busy", "-p", "127.0.0.1:18081:80", httpd(t))
+	if r.code != 125 || !strings.Contains(r.stderr, "port 18081 is already in use on 127.0.0.1") {
+		t.Fatalf("run with a taken port:\n%s", r)
+	}
+	if r := e.kiln("ps", "-a", "-q"); r.code != 0 || r.stdout != "" {
+		t.Errorf("a VM is left after the refused run:\n%s", r)
+	}
+	if d := e.vmDirs(); len(d) != 0 {
+		t.Errorf("VM directories left: %v", d)
+	}
+	if pids := qemuUnder(e.root); len(pids) != 0 {
+		t.Errorf("QEMU started: %v", pids)
+	}
+}
+
+func TestNetInterfaces(t *testing.T) {
+	e := newNetEnv(t)
+	r := e.run("--rm", "--network", "none", e.hello(), "-ifaces")
+	if r.code != 0 || !strings.Contains(r.stdout, "iface lo up 127.0.0.1/8") || strings.Contains(r.stdout, "eth0") {
+		t.Errorf("--network none:\n%s", r)
+	}
+	r = e.run("--rm", "--name", "nic", e.hello(), "-ifaces")
+	if r.code != 0 || !strings.Contains(r.stdout, "iface lo up 127.0.0.1/8") || !strings.Contains(r.stdout, "iface eth0 up 10.0.2.15/24") {
+		t.Errorf("default network:\n%s", r)
+	}
+}
+
+func TestPublishBadValues(t *testing.T) {
+	e := newEnv(t)
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-p", "70000:80"}, `invalid port "70000:80": host port: 70000 is out of range`},
+		{[]string{"-p", "abc"}, `invalid port "abc": guest port: "abc" is not a number`},
+		{[]string{"-p", "80:80/sctp"}, `invalid port "80:80/sctp": protocol "sctp" is not tcp or udp`},
+		{[]string{"-p", "1-3:1-2"}, `invalid port "1-3:1-2": host range 1-3 has 3 ports and guest range 1-2 has 2`},
+		{[]string{"-p", "8080:80", "-p", "8080:81"}, "tcp port 8080 on 0.0.0.0 is published twice"},
+		{[]string{"--network", "bridge0"}, `invalid network "bridge0": use user or none`},
+		{[]string{"--network", "none", "-p", "80"}, `cannot publish 80: --network none gives the VM no network`},
+	} {
+		r := e.run(append(tt.args, e.hello())...)
+		lines := strings.Split(strings.TrimSpace(r.stderr), "\n")
+		if r.code != 125 || len(lines) != 1 || !strings.Contains(lines[0], tt.want) {
+			t.Errorf("run %v: want exit 125 and one line with %q:\n%s", tt.args, tt.want, r)
+		}
+	}
+	if d := e.vmDirs(); len(d) != 0 {
+		t.Errorf("VM directories left: %v", d)
+	}
+}
+
+func TestNetImageVMGetsItsNetworkFiles(t *testing.T) {
+	e := newNetEnv(t)
+	// The image has resolv.conf as a dangling link, as images with a
+	// resolver daemon do: kiln-init replaces the link.
+	extra := layerTar(t, symlink("etc/resolv.conf", "../run/resolver/resolv.conf"))
+	img := testImage(t, func(c *v1.Config) {
+		c.Entrypoint = []string{"/bin/busybox", "sh", "-c"}
+		c.Cmd = []string{"cat /etc/resolv.conf /etc/hosts /etc/hostname; busybox ip route"}
+	}, userlandLayer(t), extra)
+	dir := t.TempDir()
+	p, err := layout.Write(dir, empty.Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.AppendImage(img, layout.WithAnnotations(map[string]string{"io.containerd.image.name": "kiln-test/netfiles:1"})); err != nil {
+		t.Fatal(err)
+	}
+	ok(t, "load oci:", e.kiln("load", "oci:"+dir))
+	r := ok(t, "run the image", e.run("--rm", "--pull", "never", "--name", "imgnet", "kiln-test/netfiles:1"))
+	for _, want := range []string{
+		"nameserver 10.0.2.3\n",
+		"127.0.0.1\tlocalhost\n",
+		"10.0.2.15\timgnet\n",
+		"\nimgnet\n",
+		"default via 10.0.2.2 dev eth0",
+		"10.0.2.0/24 dev eth0",
+	} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("image VM output lacks %q:\n%s", want, r)
+		}
+	}
+}
+
+func TestNetDistributionKernelLoadsVirtioNet(t *testing.T) {
+	e := newNetEnv(t)
+	image, modules := cloudKernel(t)
+	ok(t, "kernel import", e.kiln("kernel", "import", "--name", "cloud", "--modules", modules, image))
+	r := e.kiln("run", "--rm", "--kernel", "cloud", e.hello(), "-ifaces")
+	if r.code != 0 || !strings.Contains(r.stdout, "iface eth0 up 10.0.2.15/24") {
+		t.Errorf("eth0 on the imported kernel (virtio_net as a module):\n%s", r)
+	}
+}

@@ -1,0 +1,67 @@
+package network
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"syscall"
+
+	"kiln.dev/kiln/internal/errdefs"
+)
+
+// Resolve readies mappings for one start of a VM: it binds every fixed host
+// port to prove it is free (so that a port in use is reported as such, not
+// as the death of QEMU after it failed to bind it) and picks a free port for
+// every ephemeral one by binding port 0. It then releases them all and
+// returns the mappings with every HostIP and HostPort filled in.
+//
+// Between the release and QEMU's own bind another process may take a port:
+// a small race, which then surfaces as QEMU failing to start. Ephemeral
+// ports are all held until the last is picked, so no two mappings get the
+// same one.
+func Resolve(ms []PortMapping) (out []PortMapping, err error) {
+	var held []io.Closer
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	for _, m := range ms {
+		m.HostIP = m.IP()
+		c, port, err := bind(m.Protocol, m.HostIP, m.HostPort)
+		if err != nil {
+			switch {
+			case errors.Is(err, syscall.EADDRNOTAVAIL):
+				return nil, errdefs.Invalid(fmt.Sprintf("cannot publish %s on %s: no such address on this host", m.Key(), m.HostIP))
+			case m.HostPort == 0:
+				return nil, fmt.Errorf("picking a free %s port on %s: %w", m.Protocol, m.HostIP, err)
+			case errors.Is(err, syscall.EADDRINUSE):
+				return nil, errdefs.Mark(fmt.Errorf("port %d is already in use on %s", m.HostPort, m.HostIP), errdefs.ErrConflict)
+			}
+			return nil, fmt.Errorf("checking %s port %d on %s: %w", m.Protocol, m.HostPort, m.HostIP, err)
+		}
+		held = append(held, c)
+		m.HostPort = port
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+// bind binds proto ip:port and returns the socket and its port.
+func bind(proto, ip string, port int) (io.Closer, int, error) {
+	addr := net.JoinHostPort(ip, strconv.Itoa(port))
+	if proto == UDP {
+		c, err := net.ListenPacket("udp4", addr)
+		if err != nil {
+			return nil, 0, err
+		}
+		return c, c.LocalAddr().(*net.UDPAddr).Port, nil
+	}
+	l, err := net.Listen("tcp4", addr)
+	if err != nil {
+		return nil, 0, err
+	}
+	return l, l.Addr().(*net.TCPAddr).Port, nil
+}

@@ -1,0 +1,566 @@
+package runtime
+
+import (
+	"bytes"
+	"context"
+	"debug/elf"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"golang.org/x/sys/unix"
+
+	"kiln.dev/kiln/internal/agent"
+	"kiln.dev/kiln/internal/errdefs"
+	"kiln.dev/kiln/internal/image"
+	"kiln.dev/kiln/internal/kernel"
+	"kiln.dev/kiln/internal/vmm"
+)
+
+// How an image VM's disks are named: the drive IDs on the monitor's command
+// line and the serials kiln-init finds them by.
+const (
+	imageDriveID = "image"
+	diskDriveID  = "disk"
+	// SerialImage is the serial of the read-only disk holding the image's
+	// root filesystem.
+	SerialImage = "kiln-image"
+	// SerialDisk is the serial of the VM's own writable disk.
+	SerialDisk = "kiln-disk"
+
+	diskFile   = "disk.ext4"
+	diskFSType = "ext4"
+)
+
+// imageStores holds the runtime's image store, opened on first use.
+type imageStores struct {
+	mu    sync.Mutex // guards store
+	store *image.Store
+}
+
+// WithImages makes the runtime use s for images instead of opening the
+// store under its root on first use. s must be the store of the same root:
+// VMs record image IDs that ImageUsers looks for there.
+func WithImages(s *image.Store) Option { return func(r *Runtime) { r.images.store = s } }
+
+// Images returns the runtime's image store, opening it on first use.
+func (r *Runtime) Images() (*image.Store, error) {
+	r.images.mu.Lock()
+	defer r.images.mu.Unlock()
+	if r.images.store == nil {
+		s, err := image.Open(r.root, image.WithLogger(r.log))
+		if err != nil {
+			return nil, err
+		}
+		r.images.store = s
+	}
+	return r.images.store, nil
+}
+
+// imagePlan is what Create learnt from an image: how the VM runs it.
+type imagePlan struct {
+	img    *image.Image
+	rootfs image.RootFS
+	mode   string
+	// args is the command after docker's Entrypoint/Cmd rules.
+	args       []string
+	workingDir string
+	// user is resolved in the guest ("" is root).
+	user string
+	// files go into the VM's initrd (binary mode: the ELF, and the
+	// image's user databases when it has them).
+	files []kernel.File
+}
+
+// resolveImage gets spec's image (pulling it as the pull policy says),
+// its root filesystem (built once per image, then cached), and works out
+// the command and mode. It fills in spec.ImageID, ExposedPorts and
+// StopSignal. It returns nil for a program spec. It creates nothing but
+// shared cache entries, so a failure leaves no VM state behind.
+func (r *Runtime) resolveImage(ctx context.Context, s *Spec) (*imagePlan, error) {
+	if s.Image == "" {
+		return nil, nil
+	}
+	store, err := r.Images()
+	if err != nil {
+		return nil, imageErr(err)
+	}
+	img, err := getImage(ctx, store, s)
+	if err != nil {
+		return nil, imageErr(err)
+	}
+	p := &imagePlan{img: img, mode: s.Mode}
+	if p.mode == "" {
+		p.mode = ModeFull
+		if m := img.Config.Labels[ModeLabel]; m == ModeBinary {
+			p.mode = ModeBinary
+		}
+	}
+	if img.OS != "" && img.OS != "linux" || img.Architecture != "" && img.Architecture != "amd64" {
+		return nil, fmt.Errorf("image %s is for %s/%s; kiln runs linux/amd64: %w", s.Image, img.OS, img.Architecture, errdefs.ErrInvalidArgument)
+	}
+	p.args = imageArgs(img.Config, s)
+	p.workingDir = s.WorkingDir
+	if p.workingDir == "" {
+		p.workingDir = img.Config.WorkingDir
+	}
+	if p.workingDir != "" && !path.IsAbs(p.workingDir) {
+		return nil, fmt.Errorf("image %s has a relative working directory %q: %w", s.Image, p.workingDir, errdefs.ErrInvalidArgument)
+	}
+	p.user = s.User
+	if p.user == "" {
+		p.user = img.Config.User
+	}
+	if s.StopSignal == 0 && img.Config.StopSignal != "" {
+		sig, err := ParseSignal(img.Config.StopSignal)
+		if err != nil {
+			return nil, fmt.Errorf("image %s: stop signal: %w", s.Image, err)
+		}
+		s.StopSignal = sig
+	}
+	s.ImageID = img.ID
+	s.ExposedPorts = img.Config.ExposedPorts
+	if p.rootfs, err = store.RootFS(ctx, img); err != nil {
+		return nil, imageErr(err)
+	}
+	if p.mode == ModeBinary {
+		if err := p.extractBinary(ctx, s); err != nil {
+			return nil, err
+		}
+	}
+	if len(p.args) == 0 {
+		return nil, fmt.Errorf("image %s has no command (no Entrypoint or Cmd): give one after the image, or --entrypoint: %w", s.Image, errdefs.ErrInvalidArgument)
+	}
+	return p, nil
+}
+
+// getImage returns spec's image from the store, pulling it as the pull
+// policy says.
+func getImage(ctx context.Context, store *image.Store, s *Spec) (*image.Image, error) {
+	opts := image.PullOptions{Insecure: s.Insecure}
+	if s.Pull == PullAlways {
+		return store.Pull(ctx, s.Image, opts)
+	}
+	img, err := store.Get(s.Image)
+	if err == nil || !errors.Is(err, image.ErrNotFound) {
+		return img, err
+	}
+	if s.Pull == PullNever {
+		return nil, fmt.Errorf("image %s is not in the store, and the pull policy is never (pull it with `kiln pull`): %w", s.Image, image.ErrNotFound)
+	}
+	if strings.HasPrefix(s.Image, "sha256:") || len(s.Image) == 64 && imageIDRE.MatchString(s.Image) {
+		return nil, err // an image ID not in the store: nothing to pull
+	}
+	return store.Pull(ctx, s.Image, opts)
+}
+
+// imageErr classifies an image store error with kiln's sentinels, keeping
+// its message.
+func imageErr(err error) error {
+	for _, m := range []struct{ from, to error }{
+		{image.ErrNotFound, errdefs.ErrNotFound},
+		{image.ErrInvalidArgument, errdefs.ErrInvalidArgument},
+		{image.ErrUnsupported, errdefs.ErrInvalidArgument},
+		{image.ErrConflict, errdefs.ErrConflict},
+		{image.ErrUnavailable, errdefs.ErrUnavailable},
+	} {
+		if errors.Is(err, m.from) {
+			return errdefs.Mark(err, m.to)
+		}
+	}
+	return err
+}
+
+// imageArgs applies docker's rules: an --entrypoint replaces the image's
+// Entrypoint and drops its Cmd; arguments given replace the Cmd.
+func imageArgs(c image.Config, s *Spec) []string {
+	entry, cmd := c.Entrypoint, c.Cmd
+	if len(s.Entrypoint) > 0 {
+		entry, cmd = s.Entrypoint, nil
+	}
+	if len(s.Cmd) > 0 {
+		cmd = s.Cmd
+	}
+	return append(append([]string{}, entry...), cmd...)
+}
+
+// ParseSignal parses a stop signal as an image config or docker's
+// --stop-signal gives it: "SIGTERM", "TERM", "15" or "SIGRTMIN+3".
+func ParseSignal(s string) (int, error) {
+	bad := func() (int, error) {
+		return 0, errdefs.Invalid(fmt.Sprintf("invalid signal %q", s))
+	}
+	if n, err := strconv.Atoi(s); err == nil {
+		if n < 1 || n > 64 {
+			return bad()
+		}
+		return n, nil
+	}
+	u := strings.ToUpper(s)
+	if !strings.HasPrefix(u, "SIG") {
+		u = "SIG" + u
+	}
+	if base, off, ok := strings.Cut(u, "+"); ok && base == "SIGRTMIN" {
+		n, err := strconv.Atoi(off)
+		if err != nil || n < 0 || 34+n > 64 {
+			return bad()
+		}
+		return 34 + n, nil
+	}
+	if u == "SIGRTMIN" {
+		return 34, nil
+	}
+	if sig := unix.SignalNum(u); sig != 0 {
+		return int(sig), nil
+	}
+	return bad()
+}
+
+// attach prepares the VM's side of the plan in its directory dir: in full
+// mode its writable disk and both drives; in binary mode nothing (the ELF
+// goes into the initrd).
+func (p *imagePlan) attach(ctx context.Context, dir string, s *Spec) ([]kernel.File, []vmm.Drive, error) {
+	if p.mode == ModeBinary {
+		return p.files, nil, nil
+	}
+	disk := filepath.Join(dir, diskFile)
+	if err := makeDisk(ctx, disk, s.DiskMiB); err != nil {
+		return nil, nil, err
+	}
+	return nil, []vmm.Drive{
+		{ID: imageDriveID, Path: p.rootfs.Path, ReadOnly: true, Serial: SerialImage},
+		{ID: diskDriveID, Path: disk, Serial: SerialDisk},
+	}, nil
+}
+
+// agentSpec is what kiln-init is told to run for an image: the image's
+// config with the spec's overrides, and in full mode where its root is.
+func (p *imagePlan) agentSpec(s *Spec, k *kernel.Kernel) *agent.Spec {
+	// HOME is left to the guest, which takes it from the image's
+	// /etc/passwd for the user, as docker does.
+	env := MergeEnv([]string{"PATH=" + DefaultPath, "HOSTNAME=" + s.Name}, p.img.Config.Env)
+	env = MergeEnv(env, s.Env)
+	as := &agent.Spec{
+		Version:    agent.Version,
+		Args:       p.args,
+		Env:        env,
+		WorkingDir: p.workingDir,
+		User:       p.user,
+		Hostname:   s.Name,
+		Rlimits:    s.Rlimits,
+		Modules:    kernel.GuestModules(k),
+		StopSignal: s.StopSignal,
+	}
+	if p.mode == ModeFull {
+		as.Root = &agent.RootSpec{
+			Lower: agent.Disk{Serial: SerialImage, FSType: p.rootfs.FSType},
+			Upper: agent.Disk{Serial: SerialDisk, FSType: diskFSType},
+		}
+	} else if as.User == "" {
+		// Have the guest resolve root too, for HOME from the image's
+		// /etc/passwd when it has one.
+		as.User = "0"
+	}
+	return as
+}
+
+// mkfsArgs is the mkfs.ext4 command line for a VM's writable disk. The
+// file is sparse: lazy_itable_init and lazy_journal_init skip writing
+// zeros that a hole already reads as (the guest mounts with noinit_itable
+// so its kernel does not write them either), nodiscard skips punching holes
+// that are already there. No blocks are reserved for root: the disk is the
+// VM's alone.
+func mkfsArgs(disk string) []string {
+	return []string{"-q", "-F", "-m", "0", "-L", "kiln-disk",
+		"-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard", disk}
+}
+
+// makeDisk creates a VM's writable disk: a sparse file of mib MiB holding
+// an empty ext4 filesystem.
+func makeDisk(ctx context.Context, disk string, mib int) error {
+	mkfs, err := findTool("mkfs.ext4", "e2fsprogs")
+	if err != nil {
+		return err
+	}
+	f, err := os.OpenFile(disk, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("creating the VM's disk: %w", err)
+	}
+	err = f.Truncate(int64(mib) << 20)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("sizing the VM's disk: %w", err)
+	}
+	cmd := exec.CommandContext(ctx, mkfs, mkfsArgs(disk)...)
+	cmd.WaitDelay = 5 * time.Second
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("making the VM's disk with %s: %w: %s", mkfs, err, bytes.TrimSpace(out))
+	}
+	return nil
+}
+
+// findTool finds a host tool in PATH or the sbin directories (which a
+// non-root PATH often lacks).
+func findTool(tool, pkg string) (string, error) {
+	if p, err := exec.LookPath(tool); err == nil {
+		return p, nil
+	}
+	for _, d := range []string{"/usr/sbin", "/sbin"} {
+		p := filepath.Join(d, tool)
+		if st, err := os.Stat(p); err == nil && st.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("%s not found (install the Debian package %s): %w", tool, pkg, errdefs.ErrUnavailable)
+}
+
+// extractBinary finds the static ELF a binary-mode image is for and reads
+// it out of the image's root filesystem: /usr/local/bin/<repository base
+// name> when the image has it, else the command's program (looked up in
+// the image's PATH when it has no slash). The file goes into the initrd at
+// the path it had in the image, so the command finds it there; the image's
+// /etc/passwd and /etc/group go along, for the user to be resolved.
+func (p *imagePlan) extractBinary(ctx context.Context, s *Spec) error {
+	bin, err := findTool("rdsquashfs", "squashfs-tools-ng")
+	if err != nil {
+		return err
+	}
+	sq := &squashfs{bin: bin, path: p.rootfs.Path, ctx: ctx}
+	var candidates []string
+	if base := repoBase(s.Image, p.img); base != "" {
+		candidates = append(candidates, "/usr/local/bin/"+base)
+	}
+	if len(p.args) > 0 {
+		prog := p.args[0]
+		switch {
+		case path.IsAbs(prog):
+			candidates = append(candidates, prog)
+		case !strings.Contains(prog, "/"):
+			env := MergeEnv([]string{"PATH=" + DefaultPath}, p.img.Config.Env)
+			for _, d := range filepath.SplitList(envOf(env, "PATH")) {
+				if path.IsAbs(d) {
+					candidates = append(candidates, path.Join(d, prog))
+				}
+			}
+		}
+	}
+	for _, c := range candidates {
+		real, st, err := sq.resolve(c)
+		if err != nil || st.typ != "file" {
+			continue
+		}
+		data, err := sq.cat(real)
+		if err != nil {
+			return err
+		}
+		if err := checkStaticELF(data, s.Image, c); err != nil {
+			return err
+		}
+		p.files = append(p.files, kernel.File{Path: c, Mode: st.perm | 0o100, Data: data})
+		if len(p.args) == 0 {
+			p.args = []string{c}
+		}
+		for _, db := range []string{"/etc/passwd", "/etc/group"} {
+			if real, st, err := sq.resolve(db); err == nil && st.typ == "file" {
+				if b, err := sq.cat(real); err == nil {
+					p.files = append(p.files, kernel.File{Path: db, Mode: 0o644, Data: b})
+				}
+			}
+		}
+		return nil
+	}
+	if len(candidates) == 0 {
+		return fmt.Errorf("image %s: no binary for binary mode: it has no repository name and no command: %w", s.Image, errdefs.ErrInvalidArgument)
+	}
+	return fmt.Errorf("image %s: no binary for binary mode: none of %s is a file in the image (use --mode full, or --entrypoint): %w",
+		s.Image, strings.Join(candidates, ", "), errdefs.ErrInvalidArgument)
+}
+
+func envOf(env []string, key string) string {
+	for i := len(env) - 1; i >= 0; i-- {
+		if k, v, ok := strings.Cut(env[i], "="); ok && k == key {
+			return v
+		}
+	}
+	return ""
+}
+
+// repoBase is the last path element of the image's repository: from the
+// reference the user gave, else from the image's first tag.
+func repoBase(ref string, img *image.Image) string {
+	refs := []string{ref}
+	refs = append(refs, img.RepoTags...)
+	for _, r := range refs {
+		if imageIDRE.MatchString(r) {
+			continue
+		}
+		if pr, err := name.ParseReference(r); err == nil {
+			return path.Base(pr.Context().RepositoryStr())
+		}
+	}
+	return ""
+}
+
+// checkStaticELF reports whether data is an x86-64 Linux executable that
+// needs no dynamic loader: in binary mode the VM holds nothing else.
+func checkStaticELF(data []byte, img, p string) error {
+	f, err := elf.NewFile(bytes.NewReader(data))
+	if err != nil {
+		return fmt.Errorf("image %s: %s is not an ELF executable, which binary mode needs (use --mode full): %w", img, p, errdefs.ErrInvalidArgument)
+	}
+	defer f.Close()
+	if f.Machine != elf.EM_X86_64 || f.Class != elf.ELFCLASS64 || (f.Type != elf.ET_EXEC && f.Type != elf.ET_DYN) {
+		return fmt.Errorf("image %s: %s is not an x86-64 executable (%s %s): %w", img, p, f.Machine, f.Type, errdefs.ErrInvalidArgument)
+	}
+	for _, prog := range f.Progs {
+		if prog.Type == elf.PT_INTERP {
+			return fmt.Errorf("image %s: %s is dynamically linked, and binary mode has no libraries (use --mode full): %w", img, p, errdefs.ErrInvalidArgument)
+		}
+	}
+	return nil
+}
+
+// squashfs reads single files out of a squashfs image with rdsquashfs,
+// without unpacking it.
+type squashfs struct {
+	ctx  context.Context
+	bin  string
+	path string
+}
+
+// sqStat is what rdsquashfs --stat says about an inode.
+type sqStat struct {
+	typ  string // "file", "directory", "symbolic link", ...
+	perm uint32
+	link string
+}
+
+func (q *squashfs) run(args ...string) ([]byte, error) {
+	cmd := exec.CommandContext(q.ctx, q.bin, append(args, q.path)...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("reading %s from %s: %w: %s", args[len(args)-1], q.path, err, bytes.TrimSpace(stderr.Bytes()))
+	}
+	return out, nil
+}
+
+func (q *squashfs) cat(p string) ([]byte, error) { return q.run("--cat", p) }
+
+func (q *squashfs) stat(p string) (sqStat, error) {
+	out, err := q.run("--stat", p)
+	if err != nil {
+		return sqStat{}, err
+	}
+	var st sqStat
+	for _, line := range strings.Split(string(out), "\n") {
+		k, v, ok := strings.Cut(line, ": ")
+		if !ok {
+			continue
+		}
+		switch k {
+		case "Inode type":
+			st.typ = v
+		case "Access":
+			if n, err := strconv.ParseUint(v, 8, 32); err == nil {
+				st.perm = uint32(n) & 0o777
+			}
+		case "Link target":
+			st.link = v
+		}
+	}
+	return st, nil
+}
+
+// resolve follows symbolic links in p inside the image, as the guest would,
+// and returns the path without links and what it is.
+func (q *squashfs) resolve(p string) (string, sqStat, error) {
+	// Most paths hold no link: one look-up.
+	if st, err := q.stat(p); err == nil && st.typ != "symbolic link" {
+		return p, st, nil
+	}
+	comps := splitPath(p)
+	cur := "/"
+	for hops, i := 0, 0; i < len(comps); i++ {
+		next := path.Join(cur, comps[i])
+		st, err := q.stat(next)
+		if err != nil {
+			return "", sqStat{}, err
+		}
+		if st.typ != "symbolic link" {
+			cur = next
+			continue
+		}
+		if hops++; hops > 40 {
+			return "", sqStat{}, fmt.Errorf("resolving %s in the image: too many levels of symbolic links", p)
+		}
+		base := cur
+		if path.IsAbs(st.link) {
+			base = "/"
+		}
+		comps = append(splitPath(path.Join(base, st.link)), comps[i+1:]...)
+		cur, i = "/", -1
+	}
+	st, err := q.stat(cur)
+	return cur, st, err
+}
+
+func splitPath(p string) []string {
+	var out []string
+	for _, c := range strings.Split(path.Clean("/"+p), "/") {
+		if c != "" {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// ImageUsers returns the names of the VMs under the root made from the
+// image with ID id (running or not), sorted: while there are any, the
+// image should not be removed.
+func (r *Runtime) ImageUsers(id string) ([]string, error) {
+	ids, err := r.VMIDs()
+	if err != nil {
+		return nil, err
+	}
+	var users []string
+	for _, vmID := range ids {
+		b, err := os.ReadFile(filepath.Join(r.VMDir(vmID), specFile))
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // being created or removed
+		}
+		if err != nil {
+			return nil, fmt.Errorf("reading VM record: %w", err)
+		}
+		var rec struct {
+			Spec struct {
+				Name    string `json:"name"`
+				ImageID string `json:"imageID"`
+			} `json:"spec"`
+		}
+		if json.Unmarshal(b, &rec) != nil || rec.Spec.ImageID != id {
+			continue
+		}
+		n := rec.Spec.Name
+		if n == "" {
+			n = vmID[:12]
+		}
+		users = append(users, n)
+	}
+	sort.Strings(users)
+	return users, nil
+}
