@@ -178,3 +178,34 @@ type Info struct {
 	VMs     int    `json:"vms"`
 	Running int    `json:"running"`
 }
+
+// Image is an image in the daemon's store.
+type Image struct {
+	// ID is the image's config digest.
+	ID string `json:"id"`
+	// Digest is the manifest digest of the platform pulled.
+	Digest   string    `json:"digest"`
+	RepoTags []string  `json:"repoTags,omitempty"`
+	Size     int64     `json:"size"`
+	Created  time.Time `json:"created,omitzero"`
+}
+
+// PullRequest asks the daemon to pull an image.
+type PullRequest struct {
+	Ref      string `json:"ref"`
+	Insecure bool   `json:"insecure,omitempty"`
+}
+
+// PushRequest asks the daemon to push a stored image to a reference.
+type PushRequest struct {
+	Src      string `json:"src"`
+	Dst      string `json:"dst"`
+	Insecure bool   `json:"insecure,omitempty"`
+}
+
+// LoginRequest stores registry credentials for later pulls and pushes.
+type LoginRequest struct {
+	Registry string `json:"registry"`
+	Username string `json:"username"`
+	Password string `json:"password"`
+}

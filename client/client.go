@@ -323,3 +323,53 @@ var (
 	ErrInvalidArgument = errdefs.ErrInvalidArgument
 	ErrUnavailable     = errdefs.ErrUnavailable
 )
+
+// Pull pulls an image into the daemon's store.
+func (c *Client) Pull(ctx context.Context, ref string, insecure bool) (api.Image, error) {
+	var img api.Image
+	err := c.call(ctx, http.MethodPost, "/images/pull", nil, api.PullRequest{Ref: ref, Insecure: insecure}, &img)
+	return img, err
+}
+
+// Push pushes a stored image (src: tag, digest or ID) to the reference dst.
+func (c *Client) Push(ctx context.Context, src, dst string, insecure bool) error {
+	return c.call(ctx, http.MethodPost, "/images/push", nil, api.PushRequest{Src: src, Dst: dst, Insecure: insecure}, nil)
+}
+
+// InspectImage returns a stored image by tag, digest or ID (prefix).
+func (c *Client) InspectImage(ctx context.Context, ref string) (api.Image, error) {
+	var img api.Image
+	err := c.call(ctx, http.MethodGet, "/images/inspect", url.Values{"ref": {ref}}, nil, &img)
+	return img, err
+}
+
+// ImageExists reports whether the daemon's store holds ref.
+func (c *Client) ImageExists(ctx context.Context, ref string) (bool, error) {
+	_, err := c.InspectImage(ctx, ref)
+	if errors.Is(err, ErrNotFound) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// Images lists the stored images.
+func (c *Client) Images(ctx context.Context) ([]api.Image, error) {
+	var imgs []api.Image
+	err := c.call(ctx, http.MethodGet, "/images", nil, nil, &imgs)
+	return imgs, err
+}
+
+// RemoveImage removes a stored image; without force it is refused while a
+// VM uses it.
+func (c *Client) RemoveImage(ctx context.Context, ref string, force bool) error {
+	q := url.Values{"ref": {ref}}
+	if force {
+		q.Set("force", "1")
+	}
+	return c.call(ctx, http.MethodDelete, "/images", q, nil, nil)
+}
+
+// Login stores credentials for a registry, used by later pulls and pushes.
+func (c *Client) Login(ctx context.Context, registry, username, password string) error {
+	return c.call(ctx, http.MethodPost, "/auth", nil, api.LoginRequest{Registry: registry, Username: username, Password: password}, nil)
+}
