@@ -18,6 +18,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -50,6 +51,7 @@ func run(n int, kiln, prog, kernel string) error {
 		return err
 	}
 	defer os.RemoveAll(root)
+	defer stopDaemon(root)
 
 	// One kiln run (kept) makes the initrd the raw runs boot: the same
 	// kiln-init, spec and program.
@@ -128,6 +130,8 @@ func rawRun(root, kernel, initrd string) (sample, error) {
 		// The same guest command line kiln gives, so that only the host side
 		// differs.
 		"-append", "console=ttyS0 reboot=t panic=-1 quiet 8250.nr_uarts=1 tsc_early_khz=" + strconv.Itoa(tscKHz()) + " tsc=reliable",
+		// kiln's default network: a user-mode NIC, which kiln-init configures.
+		"-netdev", "user,id=net0", "-device", "virtio-net-device,netdev=net0",
 		"-device", "virtio-serial-device,max_ports=5",
 		"-chardev", "file,id=s,path=" + status, "-device", "virtserialport,chardev=s,name=kiln.exit",
 		"-chardev", "file,id=o,path=" + filepath.Join(dir, "out"), "-device", "virtserialport,chardev=o,name=kiln.stdout",
@@ -140,6 +144,17 @@ func rawRun(root, kernel, initrd string) (sample, error) {
 		return sample{}, fmt.Errorf("qemu: %w\n%s", err, out)
 	}
 	return sample{wall, uptimeFrom(status)}, nil
+}
+
+// stopDaemon ends the daemon that `kiln run` started for root.
+func stopDaemon(root string) {
+	b, err := os.ReadFile(filepath.Join(root, "run", "kiln.pid"))
+	if err != nil {
+		return
+	}
+	if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+		syscall.Kill(pid, syscall.SIGTERM)
+	}
 }
 
 func uptimeFrom(path string) float64 {

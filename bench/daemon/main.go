@@ -176,6 +176,7 @@ func rawFirstLine(root, kernel, kiln, prog string) (time.Duration, error) {
 		"-M", "microvm,acpi=off,rtc=on,pit=on,pic=on,isa-serial=on", "-accel", "tcg", "-cpu", "max", "-m", "128M",
 		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-kernel", kernel, "-initrd", initrds[0],
 		"-append", "console=ttyS0 reboot=t panic=-1 quiet 8250.nr_uarts=1 tsc_early_khz="+strconv.Itoa(khz)+" tsc=reliable",
+		"-netdev", "user,id=net0", "-device", "virtio-net-device,netdev=net0",
 		"-device", "virtio-serial-device,max_ports=5",
 		"-chardev", "file,id=s,path="+filepath.Join(dir, "status"), "-device", "virtserialport,chardev=s,name=kiln.exit",
 		"-chardev", "file,id=o,path="+out, "-device", "virtserialport,chardev=o,name=kiln.stdout",
