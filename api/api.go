@@ -177,6 +177,9 @@ type Info struct {
 	Accel   string `json:"accel"`
 	VMs     int    `json:"vms"`
 	Running int    `json:"running"`
+	// Executable is the daemon's own binary; kiln-init is looked up
+	// beside it.
+	Executable string `json:"executable,omitempty"`
 }
 
 // Image is an image in the daemon's store.

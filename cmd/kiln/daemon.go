@@ -60,6 +60,7 @@ func connect(ctx context.Context, g *globals, stderr interface{ Write([]byte) (i
 	c := client.New(daemon.SocketPath(g.root))
 	err := c.Ping(ctx)
 	if err == nil {
+		warnStaleDaemon(ctx, c, g.root, stderr)
 		return c, nil
 	}
 	if !errors.Is(err, client.ErrNoDaemon) {
@@ -89,6 +90,20 @@ func connect(ctx context.Context, g *globals, stderr interface{ Write([]byte) (i
 	}
 	fmt.Fprintf(stderr, "kiln: started a daemon for %s (pid %d, log %s)\n", g.root, pid, filepath.Join(g.root, "daemon.log"))
 	return c, c.Ping(ctx)
+}
+
+// warnStaleDaemon says so when the root's daemon runs a binary that no
+// longer exists (a rebuilt or deleted checkout): it would look for
+// kiln-init beside that binary.
+func warnStaleDaemon(ctx context.Context, c *client.Client, root string, stderr interface{ Write([]byte) (int, error) }) {
+	info, err := c.Info(ctx)
+	if err != nil || info.Executable == "" {
+		return
+	}
+	if _, err := os.Stat(strings.TrimSuffix(info.Executable, " (deleted)")); err != nil || strings.HasSuffix(info.Executable, " (deleted)") {
+		fmt.Fprintf(stderr, "kiln: warning: the daemon for %s (pid %d) runs %s, which no longer exists: stop it (kill %d; VMs keep running) and the next command starts a new one\n",
+			root, info.PID, info.Executable, info.PID)
+	}
 }
 
 // startDaemon starts `kiln daemon` for the root in its own session and

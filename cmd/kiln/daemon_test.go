@@ -499,3 +499,31 @@ func TestDaemonSurvivesBrokenState(t *testing.T) {
 		t.Errorf("the junk state file was changed")
 	}
 }
+
+// A daemon whose binary was deleted (a removed checkout) is pointed out:
+// it would look for kiln-init beside a binary that is gone.
+func TestCLIWarnsOfADaemonWhoseBinaryIsGone(t *testing.T) {
+	e := newEnv(t)
+	dir := t.TempDir()
+	for _, f := range []string{"kiln", "kiln-init"} {
+		b, err := os.ReadFile(filepath.Join(binDir, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, f), b, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cmd := exec.Command(filepath.Join(dir, "kiln"), "--root", e.root, "ps")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("starting a daemon from a copy: %v\n%s", err, out)
+	}
+	if r := e.kiln("ps"); strings.Contains(r.stderr, "no longer exists") {
+		t.Fatalf("warned while the daemon's binary exists:\n%s", r)
+	}
+	os.RemoveAll(dir)
+	r := e.kiln("ps")
+	if r.code != 0 || !strings.Contains(r.stderr, "which no longer exists: stop it") {
+		t.Errorf("want a warning about the daemon's deleted binary:\n%s", r)
+	}
+}

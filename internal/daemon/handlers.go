@@ -106,6 +106,9 @@ func (d *Daemon) info(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	info := api.Info{Version: api.Version, Root: d.cfg.Root, PID: os.Getpid(), VMs: len(views)}
+	if exe, err := os.Executable(); err == nil {
+		info.Executable = exe
+	}
 	for _, v := range views {
 		if v.Record.Status == state.StatusRunning {
 			info.Running++
