@@ -167,7 +167,12 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec, opts Options) (v *Vi
 		if err := ValidateName(spec.Name); err != nil {
 			return nil, nil, err
 		}
-		if _, err := s.db.GetVM(ctx, spec.Name); err == nil {
+		// Exact names only: a name may be a prefix of another VM's ID.
+		inUse, err := s.db.NameInUse(ctx, spec.Name)
+		if err != nil {
+			return nil, nil, err
+		}
+		if inUse {
 			return nil, nil, fmt.Errorf("the name %q is already in use: %w", spec.Name, errdefs.ErrConflict)
 		}
 	}

@@ -246,6 +246,16 @@ func isHex(s string) bool {
 	return true
 }
 
+// NameInUse reports whether a VM has exactly this name (a name that is
+// also a prefix of some VM's ID is not in use for that).
+func (s *Store) NameInUse(ctx context.Context, name string) (bool, error) {
+	var n int
+	if err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM vms WHERE name=?`, name).Scan(&n); err != nil {
+		return false, fmt.Errorf("looking up VM name %q: %w", name, err)
+	}
+	return n > 0, nil
+}
+
 // ListVMs returns every VM, oldest first.
 func (s *Store) ListVMs(ctx context.Context) ([]*VM, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT `+vmColumns+` FROM vms ORDER BY created`)

@@ -450,3 +450,36 @@ func TestReopenKeepsData(t *testing.T) {
 		t.Errorf("Seq after reopen = %d, want > %d", next.Seq, ev.Seq)
 	}
 }
+
+// A name that is also a prefix of another VM's ID is free, as in docker;
+// the ID prefix still finds that VM when no VM has the name.
+func TestNameInUseIsExact(t *testing.T) {
+	s, err := Open(filepath.Join(t.TempDir(), "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	id := "c" + strings.Repeat("0", 63)
+	if err := s.InsertVM(ctx, &VM{ID: id, Name: "web", Spec: []byte("{}"), Desired: DesiredStopped, Status: StatusCreated}); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name string
+		want bool
+	}{{"web", true}, {"c", false}, {id, false}, {"we", false}} {
+		got, err := s.NameInUse(ctx, c.name)
+		if err != nil || got != c.want {
+			t.Errorf("NameInUse(%q) = %v, %v; want %v", c.name, got, err, c.want)
+		}
+	}
+	if v, err := s.GetVM(ctx, "c"); err != nil || v.ID != id {
+		t.Errorf("GetVM by ID prefix = %v, %v", v, err)
+	}
+	if err := s.InsertVM(ctx, &VM{ID: "d" + strings.Repeat("0", 63), Name: "c", Spec: []byte("{}"), Desired: DesiredStopped, Status: StatusCreated}); err != nil {
+		t.Fatalf("a VM named like another's ID prefix: %v", err)
+	}
+	if v, err := s.GetVM(ctx, "c"); err != nil || v.Name != "c" {
+		t.Errorf("GetVM(\"c\") = %v, %v; want the VM named c before the ID prefix", v, err)
+	}
+}
