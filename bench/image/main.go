@@ -37,7 +37,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -49,6 +48,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"kiln.dev/kiln/internal/image"
+	"kiln.dev/kiln/internal/image/layerpack"
 	"kiln.dev/kiln/internal/runtime"
 )
 
@@ -300,71 +300,16 @@ func createHit(root, ref, initBin, kernel string) (time.Duration, error) {
 // dirImage packs a directory tree into a two-layer image: /usr, then the
 // rest, with owners, modes, links and device nodes as on disk.
 func dirImage(root string) (v1.Image, error) {
-	var bufs [2]bytes.Buffer
-	tws := [2]*tar.Writer{tar.NewWriter(&bufs[0]), tar.NewWriter(&bufs[1])}
-	links := [2]map[uint64]string{{}, {}}
-	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
+	layers, err := layerpack.Dir(root, 2, func(top string) int {
+		if top == "usr" {
+			return 0
 		}
-		rel, _ := filepath.Rel(root, p)
-		if rel == "." || rel == ".complete" {
-			return nil
-		}
-		n := 1
-		if top, _, _ := strings.Cut(rel, "/"); top == "usr" {
-			n = 0
-		}
-		info, err := os.Lstat(p)
-		if err != nil || info.Mode()&fs.ModeSocket != 0 {
-			return err
-		}
-		target := ""
-		if info.Mode()&fs.ModeSymlink != 0 {
-			if target, err = os.Readlink(p); err != nil {
-				return err
-			}
-		}
-		h, err := tar.FileInfoHeader(info, target)
-		if err != nil {
-			return err
-		}
-		h.Name, h.Uname, h.Gname, h.Format = rel, "", "", tar.FormatPAX
-		if info.IsDir() {
-			h.Name += "/"
-		}
-		st := info.Sys().(*syscall.Stat_t)
-		h.Uid, h.Gid = int(st.Uid), int(st.Gid)
-		if info.Mode().IsRegular() && st.Nlink > 1 {
-			if first, ok := links[n][st.Ino]; ok {
-				h.Typeflag, h.Linkname, h.Size = tar.TypeLink, first, 0
-			} else {
-				links[n][st.Ino] = rel
-			}
-		}
-		if err := tws[n].WriteHeader(h); err != nil {
-			return err
-		}
-		if h.Typeflag == tar.TypeReg {
-			f, err := os.Open(p)
-			if err != nil {
-				return err
-			}
-			defer f.Close()
-			_, err = io.Copy(tws[n], f)
-			return err
-		}
-		return nil
-	})
+		return 1
+	}, ".complete")
 	if err != nil {
-		return nil, fmt.Errorf("packing %s: %w", root, err)
+		return nil, err
 	}
-	for _, tw := range tws {
-		if err := tw.Close(); err != nil {
-			return nil, err
-		}
-	}
-	return imageOf(bufs[0].Bytes(), bufs[1].Bytes())
+	return imageOf(layers...)
 }
 
 // largeImage is four 25 MiB files, each half random bytes (incompressible)

@@ -7,7 +7,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"io/fs"
 	"log"
@@ -30,6 +29,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"kiln.dev/kiln/internal/image/layerpack"
 )
 
 // These tests build images in the test (layers written as tar bytes),
@@ -647,76 +648,16 @@ func mustRef(t *testing.T, s string) name.Reference {
 // symlinks, hard links and device nodes as they are on disk.
 func dirLayers(t *testing.T, root string, first func(top string) bool) [2][]byte {
 	t.Helper()
-	var bufs [2]bytes.Buffer
-	tws := [2]*tar.Writer{tar.NewWriter(&bufs[0]), tar.NewWriter(&bufs[1])}
-	links := [2]map[uint64]string{{}, {}}
-	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(root, p)
-		if rel == "." || rel == ".complete" {
-			return nil
-		}
-		top, _, _ := strings.Cut(rel, "/")
-		n := 1
+	layers, err := layerpack.Dir(root, 2, func(top string) int {
 		if first(top) {
-			n = 0
+			return 0
 		}
-		info, err := os.Lstat(p)
-		if err != nil {
-			return err
-		}
-		if info.Mode()&fs.ModeSocket != 0 {
-			return nil
-		}
-		target := ""
-		if info.Mode()&fs.ModeSymlink != 0 {
-			if target, err = os.Readlink(p); err != nil {
-				return err
-			}
-		}
-		h, err := tar.FileInfoHeader(info, target)
-		if err != nil {
-			return err
-		}
-		h.Name, h.Uname, h.Gname, h.Format = rel, "", "", tar.FormatPAX
-		if info.IsDir() {
-			h.Name += "/"
-		}
-		st := info.Sys().(*syscall.Stat_t)
-		h.Uid, h.Gid = int(st.Uid), int(st.Gid)
-		if info.Mode().IsRegular() && st.Nlink > 1 {
-			if first, seen := links[n][st.Ino]; seen {
-				h.Typeflag, h.Linkname, h.Size = tar.TypeLink, first, 0
-			} else {
-				links[n][st.Ino] = rel
-			}
-		}
-		if err := tws[n].WriteHeader(h); err != nil {
-			return err
-		}
-		if h.Typeflag == tar.TypeReg {
-			f, err := os.Open(p)
-			if err != nil {
-				return err
-			}
-			defer f.Close()
-			if _, err := io.Copy(tws[n], f); err != nil {
-				return fmt.Errorf("%s: %w", p, err)
-			}
-		}
-		return nil
-	})
+		return 1
+	}, ".complete")
 	if err != nil {
-		t.Fatalf("packing %s: %v", root, err)
+		t.Fatal(err)
 	}
-	for _, tw := range tws {
-		if err := tw.Close(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return [2][]byte{bufs[0].Bytes(), bufs[1].Bytes()}
+	return [2][]byte{layers[0], layers[1]}
 }
 
 func TestImageDebianBootsAndWritesItsOwnLayer(t *testing.T) {
