@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -316,9 +317,10 @@ func newLogsCmd(g *globals) *cobra.Command {
 	return c
 }
 
-// eachVM runs fn for every named VM, printing the name of each one done
-// (as docker does) and failing with all the errors met.
-func eachVM(g *globals, use, short string, fn func(ctx context.Context, cl *client.Client, ref string) error) *cobra.Command {
+// eachVM runs fn for every named VM, printing what fn returns for each one
+// done (the name, as docker does, or a result) and failing with all the
+// errors met.
+func eachVM(g *globals, use, short string, fn func(ctx context.Context, cl *client.Client, ref string) (string, error)) *cobra.Command {
 	return &cobra.Command{
 		Use:   use,
 		Short: short,
@@ -331,11 +333,12 @@ func eachVM(g *globals, use, short string, fn func(ctx context.Context, cl *clie
 			}
 			var errs []error
 			for _, a := range args {
-				if err := fn(ctx, cl, a); err != nil {
+				out, err := fn(ctx, cl, a)
+				if err != nil {
 					errs = append(errs, err)
 					continue
 				}
-				fmt.Fprintln(cmd.OutOrStdout(), a)
+				fmt.Fprintln(cmd.OutOrStdout(), out)
 			}
 			return errors.Join(errs...)
 		},
@@ -354,23 +357,23 @@ func graceOf(secs int) *time.Duration {
 func newStopCmd(g *globals) *cobra.Command {
 	var secs int
 	c := eachVM(g, "stop [-t SECONDS] VM...", "Stop VMs gracefully: the program gets its stop signal, then SIGKILL after -t seconds",
-		func(ctx context.Context, cl *client.Client, ref string) error {
-			return cl.Stop(ctx, ref, graceOf(secs))
+		func(ctx context.Context, cl *client.Client, ref string) (string, error) {
+			return ref, cl.Stop(ctx, ref, graceOf(secs))
 		})
 	c.Flags().IntVarP(&secs, "time", "t", -1, "seconds to wait before killing the program (default: the VM's --time)")
 	return c
 }
 
 func newStartCmd(g *globals) *cobra.Command {
-	return eachVM(g, "start VM...", "Start stopped VMs", func(ctx context.Context, cl *client.Client, ref string) error {
-		return cl.Start(ctx, ref)
+	return eachVM(g, "start VM...", "Start stopped VMs", func(ctx context.Context, cl *client.Client, ref string) (string, error) {
+		return ref, cl.Start(ctx, ref)
 	})
 }
 
 func newRestartCmd(g *globals) *cobra.Command {
 	var secs int
-	c := eachVM(g, "restart [-t SECONDS] VM...", "Stop and start VMs", func(ctx context.Context, cl *client.Client, ref string) error {
-		return cl.Restart(ctx, ref, graceOf(secs))
+	c := eachVM(g, "restart [-t SECONDS] VM...", "Stop and start VMs", func(ctx context.Context, cl *client.Client, ref string) (string, error) {
+		return ref, cl.Restart(ctx, ref, graceOf(secs))
 	})
 	c.Flags().IntVarP(&secs, "time", "t", -1, "seconds to wait before killing the program (default: the VM's --time)")
 	return c
@@ -378,8 +381,8 @@ func newRestartCmd(g *globals) *cobra.Command {
 
 func newKillCmd(g *globals) *cobra.Command {
 	var sig string
-	c := eachVM(g, "kill [-s SIGNAL] VM...", "Send a signal to VMs' programs (default KILL)", func(ctx context.Context, cl *client.Client, ref string) error {
-		return cl.Kill(ctx, ref, sig)
+	c := eachVM(g, "kill [-s SIGNAL] VM...", "Send a signal to VMs' programs (default KILL)", func(ctx context.Context, cl *client.Client, ref string) (string, error) {
+		return ref, cl.Kill(ctx, ref, sig)
 	})
 	c.Flags().StringVarP(&sig, "signal", "s", "KILL", "signal to send (name like HUP or number)")
 	return c
@@ -387,36 +390,18 @@ func newKillCmd(g *globals) *cobra.Command {
 
 func newRmCmd(g *globals) *cobra.Command {
 	var force bool
-	c := eachVM(g, "rm [-f] VM...", "Remove VMs (-f: also running ones, killing them)", func(ctx context.Context, cl *client.Client, ref string) error {
-		return cl.Remove(ctx, ref, force)
+	c := eachVM(g, "rm [-f] VM...", "Remove VMs (-f: also running ones, killing them)", func(ctx context.Context, cl *client.Client, ref string) (string, error) {
+		return ref, cl.Remove(ctx, ref, force)
 	})
 	c.Flags().BoolVarP(&force, "force", "f", false, "kill and remove running VMs")
 	return c
 }
 
 func newWaitCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "wait VM...",
-		Short: "Wait for VMs to end and print their exit codes",
-		Args:  cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			cl, err := connect(ctx, g, cmd.ErrOrStderr())
-			if err != nil {
-				return err
-			}
-			var errs []error
-			for _, a := range args {
-				r, err := cl.Wait(ctx, a, false, nil)
-				if err != nil {
-					errs = append(errs, err)
-					continue
-				}
-				fmt.Fprintln(cmd.OutOrStdout(), r.ExitCode)
-			}
-			return errors.Join(errs...)
-		},
-	}
+	return eachVM(g, "wait VM...", "Wait for VMs to end and print their exit codes", func(ctx context.Context, cl *client.Client, ref string) (string, error) {
+		r, err := cl.Wait(ctx, ref, false, nil)
+		return strconv.Itoa(r.ExitCode), err
+	})
 }
 
 func newEventsCmd(g *globals) *cobra.Command {
