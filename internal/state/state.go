@@ -78,7 +78,7 @@ func Open(path string) (*Store, error) {
 	// One connection: SQLite serialises writers anyway, and one connection
 	// makes every transaction see the previous one without surprises.
 	db.SetMaxOpenConns(1)
-	if _, err := db.Exec(schema); err != nil {
+	if _, err := db.Exec(schema + networkSchema); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("preparing state database %s: %w", path, err)
 	}
