@@ -1,0 +1,246 @@
+package network
+
+import (
+	"fmt"
+	"net/netip"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+)
+
+// TableName is kiln's nftables table (family inet). kiln owns it whole: it
+// is rebuilt from state in one batch at every change, so no rule outlives
+// what it was made for.
+const TableName = "kiln"
+
+// Firewall is everything kiln's table says.
+type Firewall struct {
+	Networks []FirewallNetwork
+	DNATs    []DNAT
+}
+
+// FirewallNetwork is a bridge network as the firewall sees it.
+type FirewallNetwork struct {
+	Bridge string
+	Subnet netip.Prefix
+	Egress bool
+}
+
+// DNAT is a published port of a VM on a bridge network.
+type DNAT struct {
+	Protocol string // TCP or UDP
+	// HostIP: "" or DefaultHostIP means every local address.
+	HostIP    string
+	HostPort  int
+	VMIP      netip.Addr
+	GuestPort int
+}
+
+// ApplyFirewall replaces kiln's table with fw, in one netlink batch: the
+// table is added (if missing), deleted and made anew, so the result is the
+// same whatever was there. With no networks the table is removed.
+//
+//	prerouting, output (nat): published ports: [ip daddr H | fib daddr type local]
+//	                          l4proto dport P -> dnat to VMIP:G
+//	postrouting (nat):        from 127/8 to a kiln bridge, and from an egress
+//	                          network to elsewhere: masquerade
+//	forward (filter):         established/related, published (ct status dnat),
+//	                          within one bridge, and out of egress networks:
+//	                          accept; anything else from or to a kiln bridge: drop
+//	input (filter):           from a kiln bridge only DNS (53) and ICMP to the
+//	                          host, and replies: VMs reach only their gateway
+func ApplyFirewall(fw Firewall) error {
+	c, err := nftables.New()
+	if err != nil {
+		return privErr("opening nftables", err)
+	}
+	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: TableName}
+	c.AddTable(t)
+	c.DelTable(t)
+	if len(fw.Networks) > 0 {
+		build(c, c.AddTable(t), fw)
+	}
+	if err := c.Flush(); err != nil {
+		return privErr("applying firewall table inet "+TableName, err)
+	}
+	return nil
+}
+
+func build(c *nftables.Conn, t *nftables.Table, fw Firewall) {
+	accept := policy(nftables.ChainPolicyAccept)
+	pre := c.AddChain(&nftables.Chain{Name: "prerouting", Table: t, Type: nftables.ChainTypeNAT, Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityNATDest})
+	out := c.AddChain(&nftables.Chain{Name: "output", Table: t, Type: nftables.ChainTypeNAT, Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityNATDest})
+	post := c.AddChain(&nftables.Chain{Name: "postrouting", Table: t, Type: nftables.ChainTypeNAT, Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource})
+	fwd := c.AddChain(&nftables.Chain{Name: "forward", Table: t, Type: nftables.ChainTypeFilter, Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: accept})
+	in := c.AddChain(&nftables.Chain{Name: "input", Table: t, Type: nftables.ChainTypeFilter, Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter, Policy: accept})
+	rule := func(ch *nftables.Chain, es ...[]expr.Any) {
+		var all []expr.Any
+		for _, e := range es {
+			all = append(all, e...)
+		}
+		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: all})
+	}
+
+	for _, d := range fw.DNATs {
+		proto := byte(unix.IPPROTO_TCP)
+		if d.Protocol == UDP {
+			proto = unix.IPPROTO_UDP
+		}
+		var dst []expr.Any
+		if d.HostIP == "" || d.HostIP == DefaultHostIP {
+			dst = fibLocal()
+		} else if a, err := netip.ParseAddr(d.HostIP); err == nil {
+			dst = ipAddr(16, a)
+		} else {
+			continue
+		}
+		to := []expr.Any{
+			&expr.Immediate{Register: 1, Data: d.VMIP.AsSlice()},
+			&expr.Immediate{Register: 2, Data: binaryutil.BigEndian.PutUint16(uint16(d.GuestPort))},
+			&expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, RegProtoMin: 2, Specified: true},
+		}
+		for _, ch := range []*nftables.Chain{pre, out} {
+			rule(ch, ipv4(), dst, l4(proto), dport(d.HostPort), to)
+		}
+	}
+
+	rule(post, ipv4(), ipPrefix(12, netip.MustParsePrefix("127.0.0.0/8")), ifname(unix.NFT_META_OIFNAME, BridgePrefix, expr.CmpOpEq), masq())
+	for _, n := range fw.Networks {
+		if n.Egress {
+			rule(post, ipv4(), ipPrefix(12, n.Subnet), ifname(unix.NFT_META_OIFNAME, n.Bridge+"\x00", expr.CmpOpNeq), masq())
+		}
+	}
+
+	rule(fwd, ctState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED), verdict(expr.VerdictAccept))
+	rule(fwd, ctStatus(ipsDstNAT), ifname(unix.NFT_META_OIFNAME, BridgePrefix, expr.CmpOpEq), verdict(expr.VerdictAccept))
+	for _, n := range fw.Networks {
+		rule(fwd, ifname(unix.NFT_META_IIFNAME, n.Bridge+"\x00", expr.CmpOpEq), ifname(unix.NFT_META_OIFNAME, n.Bridge+"\x00", expr.CmpOpEq), verdict(expr.VerdictAccept))
+		if n.Egress {
+			rule(fwd, ifname(unix.NFT_META_IIFNAME, n.Bridge+"\x00", expr.CmpOpEq), verdict(expr.VerdictAccept))
+		}
+	}
+	rule(fwd, ifname(unix.NFT_META_IIFNAME, BridgePrefix, expr.CmpOpEq), verdict(expr.VerdictDrop))
+	rule(fwd, ifname(unix.NFT_META_OIFNAME, BridgePrefix, expr.CmpOpEq), verdict(expr.VerdictDrop))
+
+	fromBridge := ifname(unix.NFT_META_IIFNAME, BridgePrefix, expr.CmpOpEq)
+	rule(in, fromBridge, ctState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED), verdict(expr.VerdictAccept))
+	rule(in, fromBridge, l4(unix.IPPROTO_UDP), dport(53), verdict(expr.VerdictAccept))
+	rule(in, fromBridge, l4(unix.IPPROTO_TCP), dport(53), verdict(expr.VerdictAccept))
+	rule(in, fromBridge, l4(unix.IPPROTO_ICMP), verdict(expr.VerdictAccept))
+	rule(in, fromBridge, verdict(expr.VerdictDrop))
+}
+
+func policy(p nftables.ChainPolicy) *nftables.ChainPolicy { return &p }
+
+func ipv4() []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
+	}
+}
+
+// ifname matches an interface name: a name ending in NUL matches exactly,
+// one without (a prefix) matches every name that starts with it.
+func ifname(key expr.MetaKey, name string, op expr.CmpOp) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: key, Register: 1},
+		&expr.Cmp{Op: op, Register: 1, Data: []byte(name)},
+	}
+}
+
+// ipAddr matches the IPv4 address at offset off of the IP header (12
+// source, 16 destination).
+func ipAddr(off uint32, a netip.Addr) []expr.Any {
+	return []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: 4},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: a.AsSlice()},
+	}
+}
+
+func ipPrefix(off uint32, p netip.Prefix) []expr.Any {
+	mask := make([]byte, 4)
+	for i := range p.Bits() {
+		mask[i/8] |= 0x80 >> (i % 8)
+	}
+	return []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: 4},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mask, Xor: []byte{0, 0, 0, 0}},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: p.Masked().Addr().AsSlice()},
+	}
+}
+
+func fibLocal() []expr.Any {
+	return []expr.Any{
+		&expr.Fib{Register: 1, FlagDADDR: true, ResultADDRTYPE: true},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(unix.RTN_LOCAL)},
+	}
+}
+
+func l4(proto byte) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
+	}
+}
+
+func dport(p int) []expr.Any {
+	return []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(uint16(p))},
+	}
+}
+
+func ctState(bits uint32) []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: binaryutil.NativeEndian.PutUint32(bits), Xor: binaryutil.NativeEndian.PutUint32(0)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(0)},
+	}
+}
+
+func ctStatus(bits uint32) []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Register: 1, Key: expr.CtKeySTATUS},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: binaryutil.NativeEndian.PutUint32(bits), Xor: binaryutil.NativeEndian.PutUint32(0)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(0)},
+	}
+}
+
+func masq() []expr.Any { return []expr.Any{&expr.Masq{}} }
+
+func verdict(k expr.VerdictKind) []expr.Any { return []expr.Any{&expr.Verdict{Kind: k}} }
+
+// FirewallDNATTargets returns the VM addresses kiln's table DNATs to ("" if
+// the table does not exist): what tests and reconcile check against state.
+func FirewallDNATTargets() ([]netip.Addr, bool, error) {
+	c, err := nftables.New()
+	if err != nil {
+		return nil, false, privErr("opening nftables", err)
+	}
+	t, err := c.ListTableOfFamily(TableName, nftables.TableFamilyINet)
+	if err != nil {
+		return nil, false, nil
+	}
+	var out []netip.Addr
+	for _, name := range []string{"prerouting", "output"} {
+		rules, err := c.GetRules(t, &nftables.Chain{Name: name, Table: t})
+		if err != nil {
+			return nil, true, fmt.Errorf("listing rules of %s: %w", name, err)
+		}
+		for _, r := range rules {
+			for _, e := range r.Exprs {
+				if im, ok := e.(*expr.Immediate); ok && len(im.Data) == 4 && im.Register == 1 {
+					a, _ := netip.AddrFromSlice(im.Data)
+					out = append(out, a)
+				}
+			}
+		}
+	}
+	return out, true, nil
+}
+
+// ipsDstNAT is conntrack's IPS_DST_NAT status bit: the connection was
+// DNATed (a published port).
+const ipsDstNAT = 1 << 5
