@@ -23,6 +23,8 @@ func main() {
 	env := flag.String("env", "", "print the value of this environment variable")
 	lines := flag.Int("lines", 0, "print this many numbered lines")
 	ifaces := flag.Bool("ifaces", false, "print the guest's network interfaces and their addresses")
+	var gets urlList
+	flag.Var(&gets, "get", "resolve the host of this http:// URL and GET it, printing the outcome (repeatable)")
 	flag.Parse()
 	host, _ := os.Hostname()
 	uptime, _ := os.ReadFile("/proc/uptime")
@@ -36,6 +38,9 @@ func main() {
 	}
 	if *ifaces {
 		printInterfaces()
+	}
+	for _, u := range gets {
+		get(u)
 	}
 	fmt.Fprintf(os.Stderr, "this line went to stderr\n")
 	for i := 1; i <= *lines; i++ {
