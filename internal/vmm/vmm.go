@@ -171,18 +171,24 @@ func (c *Config) Validate() error {
 // NetConfig is a VM's one network interface, shown to the guest as a
 // virtio-net device (eth0).
 type NetConfig struct {
-	// Mode is NetUser; a bridge mode (a TAP device) is to come.
+	// Mode is NetUser or NetTAP.
 	Mode string
 	// MAC is the interface's address, "52:54:00:xx:xx:xx".
 	MAC string
 	// Forwards are user-mode port forwards from the host into the guest,
 	// resolved: every HostIP and HostPort set.
 	Forwards []Forward `json:",omitempty"`
+	// TAP is the host TAP device of NetTAP, made beforehand.
+	TAP string `json:",omitempty"`
 }
 
 // NetUser is user-mode networking: the monitor itself NATs the guest's
 // traffic and listens on the host for the forwards.
 const NetUser = "user"
+
+// NetTAP connects the guest to an existing host TAP device (on a bridge);
+// the host's firewall does the rest.
+const NetTAP = "tap"
 
 // Forward sends connections to HostIP:HostPort on the host to GuestPort on
 // the guest's interface.
@@ -196,8 +202,13 @@ type Forward struct {
 var macRE = regexp.MustCompile(`^[0-9a-f]{2}(:[0-9a-f]{2}){5}$`)
 
 func (n *NetConfig) validate() error {
-	if n.Mode != NetUser {
-		return fmt.Errorf("vm config: network mode %q: only %q is supported", n.Mode, NetUser)
+	switch {
+	case n.Mode == NetTAP && (n.TAP == "" || len(n.TAP) > 15 || strings.ContainsAny(n.TAP, ",= /")):
+		return fmt.Errorf("vm config: TAP name %q: want 1-15 characters without ',', '=', ' ' or '/'", n.TAP)
+	case n.Mode == NetTAP && len(n.Forwards) > 0:
+		return fmt.Errorf("vm config: a TAP network has no forwards: publish its ports with the host's firewall")
+	case n.Mode != NetUser && n.Mode != NetTAP:
+		return fmt.Errorf("vm config: network mode %q: want %q or %q", n.Mode, NetUser, NetTAP)
 	}
 	if !macRE.MatchString(n.MAC) {
 		return fmt.Errorf("vm config: MAC %q: want six lower-case hex pairs separated by ':'", n.MAC)

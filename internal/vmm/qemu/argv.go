@@ -95,6 +95,9 @@ func netArgs(n *vmm.NetConfig) []string {
 	if n == nil {
 		return []string{"-nic", "none"}
 	}
+	if n.Mode == vmm.NetTAP {
+		return tapArgs(n)
+	}
 	netdev := "user,id=net0"
 	for _, f := range n.Forwards {
 		netdev += ",hostfwd=" + optValue(fmt.Sprintf("%s:%s:%d-:%d", f.Protocol, f.HostIP, f.HostPort, f.GuestPort))
