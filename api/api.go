@@ -67,8 +67,11 @@ type VMConfig struct {
 	StopTimeout int           `json:"stopTimeout,omitempty"` // seconds; 0 means 10
 	BootTimeout Duration      `json:"bootTimeout,omitempty"`
 	// Network is "user" (QEMU user-mode networking, the default when
-	// empty) or "none".
+	// empty), "none", or the name of a bridge network.
 	Network string `json:"network,omitempty"`
+	// IP is the address asked for on a bridge network; "" takes the next
+	// free one.
+	IP string `json:"ip,omitempty"`
 	// Ports are the ports to publish; a HostPort of 0 asks for an
 	// ephemeral port, picked at each start.
 	Ports []PortMapping `json:"ports,omitempty"`
@@ -138,6 +141,8 @@ type VM struct {
 	// Ports are the published ports of the running VM, resolved: every
 	// host address and port as the host listens on it.
 	Ports []PortMapping `json:"ports,omitempty"`
+	// NetworkSettings is the VM's place on a bridge network.
+	NetworkSettings *NetworkSettings `json:"networkSettings,omitempty"`
 }
 
 // WaitResponse answers a wait.

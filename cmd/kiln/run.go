@@ -46,6 +46,7 @@ type runFlags struct {
 	logOpts     []string
 	publish     []string
 	network     string
+	ip          string
 }
 
 func newRunCmd(g *globals) *cobra.Command {
@@ -88,7 +89,8 @@ after --time seconds. With -d the VM runs in the background.`,
 	fl.StringVar(&f.restart, "restart", "no", "restart policy: no, on-failure[:max-retries], always, unless-stopped")
 	fl.StringArrayVar(&f.logOpts, "log-opt", nil, "log option: max-size=10m, max-file=3")
 	fl.StringArrayVarP(&f.publish, "publish", "p", nil, "publish a VM port on the host: [ip:][hostPort[-end]]:guestPort[-end][/tcp|/udp] (no host port: an ephemeral one, see kiln port)")
-	fl.StringVar(&f.network, "network", network.ModeUser, "network: user (QEMU user-mode, NAT, published ports forwarded by QEMU) or none (loopback only)")
+	fl.StringVar(&f.network, "network", network.ModeUser, "network: user (QEMU user-mode, NAT, published ports forwarded by QEMU), none (loopback only), or a bridge network's name (kiln network create)")
+	fl.StringVar(&f.ip, "ip", "", "the VM's IPv4 address on its bridge network (default: the next free one)")
 	return c
 }
 
@@ -168,6 +170,7 @@ func specFromFlags(f *runFlags, args []string) (runtime.Spec, error) {
 	if s.Network, err = network.ParseMode(f.network); err != nil {
 		return s, err
 	}
+	s.IP = f.ip
 	if s.Ports, err = network.ParsePorts(f.publish); err != nil {
 		return s, err
 	}
@@ -215,6 +218,7 @@ func apiConfig(spec runtime.Spec, f *runFlags) (api.VMConfig, error) {
 		Log:         api.LogConfig{MaxSize: logCfg.MaxSize, MaxFiles: logCfg.MaxFiles},
 		StopTimeout: f.stopTimeout,
 		Network:     spec.Network,
+		IP:          spec.IP,
 	}
 	for _, p := range spec.Ports {
 		c.Ports = append(c.Ports, api.PortMapping{HostIP: p.HostIP, HostPort: p.HostPort, GuestPort: p.GuestPort, Protocol: p.Protocol})

@@ -34,6 +34,7 @@ func fromAPI(c *api.VMConfig) (runtime.Spec, runtime.Options, error) {
 		Accel:       vmm.Accel(c.Accel),
 		BootTimeout: time.Duration(c.BootTimeout),
 		Network:     c.Network,
+		IP:          c.IP,
 		Ports:       portsFromAPI(c.Ports),
 	}
 	for _, u := range c.Ulimits {
@@ -64,6 +65,7 @@ func toAPI(v *runtime.View) api.VM {
 		StopTimeout: int(v.Options.StopGrace / time.Second),
 		BootTimeout: api.Duration(s.BootTimeout),
 		Network:     s.Network,
+		IP:          s.IP,
 		Ports:       portsToAPI(s.Ports),
 	}
 	for _, r := range s.Rlimits {
@@ -73,7 +75,8 @@ func toAPI(v *runtime.View) api.VM {
 	return api.VM{
 		ID: r.ID, Name: r.Name, Created: r.Created, Config: c, Desired: r.Desired,
 		Dir: v.Dir, Accel: string(v.Accel), Kernel: v.Kernel, ImageID: s.ImageID, ExposedPorts: s.ExposedPorts,
-		Ports: portsToAPI(v.Ports),
+		Ports:           portsToAPI(v.Ports),
+		NetworkSettings: networkSettings(v),
 		State: api.VMState{
 			Status: r.Status, Running: r.Status == state.StatusRunning || r.Status == state.StatusStopping,
 			PID: r.PID, ExitCode: r.ExitCode, Error: r.Error, StartedAt: r.StartedAt, FinishedAt: r.FinishedAt,

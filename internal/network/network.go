@@ -1,8 +1,8 @@
 // Package network is kiln's host-side networking: the network modes a VM can
 // have, docker-style published-port specs, and the checks and choices made
 // on the host before a VM with forwards boots (a host port in use, an
-// ephemeral port). A bridge mode (TAP, IPAM, firewall) is to join the user
-// and none modes here.
+// ephemeral port); bridge networks: their bridges and TAPs (netlink), kiln's
+// nftables table, and the name server on each bridge's gateway.
 package network
 
 import (
@@ -20,7 +20,9 @@ const (
 	ModeNone = "none"
 )
 
-// ParseMode checks a --network value; "" is ModeUser.
+// ParseMode checks a --network value: user ("" too), none, or the name of
+// a bridge network (made with kiln network create; whether it exists is
+// for the daemon to say).
 func ParseMode(s string) (string, error) {
 	switch s {
 	case "", ModeUser:
@@ -28,8 +30,14 @@ func ParseMode(s string) (string, error) {
 	case ModeNone:
 		return ModeNone, nil
 	}
-	return "", invalid(fmt.Sprintf("invalid network %q: use user or none", s))
+	if ValidateNetworkName(s) != nil {
+		return "", invalid(fmt.Sprintf("invalid network %q: use user, none or the name of a network (kiln network ls)", s))
+	}
+	return s, nil
 }
+
+// IsBridge reports whether a parsed mode names a bridge network.
+func IsBridge(mode string) bool { return mode != ModeUser && mode != ModeNone && mode != "" }
 
 // The guest side of user-mode networking: QEMU's slirp defaults, which
 // hostfwd forwards to (a forward with no guest address goes to UserGuestIP).

@@ -162,9 +162,11 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (vm *VM, err error) {
 	if err != nil {
 		return nil, err
 	}
-	id, err := newID()
-	if err != nil {
-		return nil, err
+	id := spec.ID
+	if id == "" {
+		if id, err = newID(); err != nil {
+			return nil, err
+		}
 	}
 	if spec.Name == "" {
 		spec.Name = id[:12]
@@ -194,6 +196,8 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (vm *VM, err error) {
 			Interface: network.UserInterface, Address: network.UserGuestCIDR,
 			Gateway: network.UserGateway, DNS: []string{network.UserDNS},
 		}
+	} else if spec.Attach != nil {
+		nic, as.Network = bridgeNIC(id, spec.Attach)
 	}
 	specJSON, err := json.Marshal(as)
 	if err != nil {

@@ -64,6 +64,15 @@ type Spec struct {
 	// Ports are the published ports; a HostPort of 0 is picked at each
 	// start. They need a network.
 	Ports []network.PortMapping `json:"ports,omitempty"`
+	// IP is the address asked for on a bridge network (--ip); "" takes
+	// the next free one.
+	IP string `json:"ip,omitempty"`
+	// Attach is the VM's place on its bridge network, filled in by the
+	// supervisor when it leases the address (see bridge.go).
+	Attach *network.Attachment `json:"attach,omitempty"`
+	// ID, when set, is the ID Create gives the VM (the supervisor picks
+	// it to lease an address under it before the VM exists).
+	ID string `json:"-"`
 
 	// Image is an OCI image (a reference, an ID or an ID prefix) to run
 	// instead of Program; exactly one of them is set. Its config is
@@ -218,6 +227,9 @@ func (s *Spec) Validate(h HostLimits) error {
 	}
 	if mode == network.ModeNone && len(s.Ports) > 0 {
 		return errdefs.Invalid(fmt.Sprintf("cannot publish port %s: --network none gives the VM no network", s.Ports[0].Key()))
+	}
+	if err := s.validateBridge(); err != nil {
+		return err
 	}
 	for _, r := range s.Rlimits {
 		if _, ok := agent.RlimitResources[r.Name]; !ok {

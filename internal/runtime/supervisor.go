@@ -45,6 +45,8 @@ type Supervisor struct {
 	mu   sync.Mutex
 	vms  map[string]*managed
 	subs map[chan state.Event]struct{}
+
+	net netState // bridge networks: see networks.go
 }
 
 // managed is one VM under supervision.
@@ -176,6 +178,15 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec, opts Options) (v *Vi
 			return nil, nil, fmt.Errorf("the name %q is already in use: %w", spec.Name, errdefs.ErrConflict)
 		}
 	}
+	release, err := s.leaseNetwork(ctx, &spec)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer func() {
+		if err != nil {
+			release()
+		}
+	}()
 	vm, err := s.rt.Create(ctx, spec)
 	if err != nil {
 		return nil, nil, err
@@ -257,6 +268,7 @@ func (s *Supervisor) startLocked(m *managed, action string) error {
 	close(m.nextRun)
 	m.nextRun = make(chan struct{})
 	s.event(m.rec, action)
+	s.networkChanged(m.spec)
 	go s.monitor(m, m.vm, done)
 	return nil
 }
@@ -294,6 +306,7 @@ func (s *Supervisor) monitor(m *managed, vm *VM, done chan struct{}) {
 	m.rec.Status, m.rec.PID, m.rec.ExitCode, m.rec.Error, m.rec.FinishedAt = state.StatusExited, 0, code, msg, time.Now().UTC()
 	m.runDone = nil
 	s.save(m)
+	s.networkChanged(m.spec)
 	s.event(m.rec, EventDied, "exitCode="+strconv.Itoa(code))
 	s.afterExit(m, ranFor, done)
 }
@@ -467,10 +480,14 @@ func (s *Supervisor) Remove(ctx context.Context, ref string, force bool) error {
 	s.mu.Lock()
 	delete(s.vms, m.id)
 	s.mu.Unlock()
+	netErr := s.releaseNetwork(m.id, m.spec)
 	if err := os.RemoveAll(s.rt.VMDir(m.id)); err != nil {
 		return fmt.Errorf("removing VM %s: %w", rec.Name, err)
 	}
 	s.event(rec, EventRemoved)
+	if netErr != nil {
+		return fmt.Errorf("VM %s removed, but not all of its network: %w", rec.Name, netErr)
+	}
 	return nil
 }
 
@@ -601,6 +618,9 @@ func (s *Supervisor) Reconcile(ctx context.Context) error {
 		}
 		os.RemoveAll(dir)
 	}
+	if err := s.reconcileNetworks(ctx); err != nil {
+		s.log.Warn("reconciling networks", "err", err)
+	}
 	return nil
 }
 
@@ -700,6 +720,7 @@ func (s *Supervisor) Close() {
 		delete(s.subs, ch)
 	}
 	s.mu.Unlock()
+	s.closeNetworks()
 	for _, m := range vms {
 		m.mu.Lock()
 		if m.timer != nil {

@@ -84,6 +84,9 @@ func (vm *VM) Start(ctx context.Context) error {
 	if err := os.WriteFile(filepath.Join(vm.Dir, statusFile), nil, 0o600); err != nil {
 		return fmt.Errorf("resetting VM status: %w", err)
 	}
+	if err := vm.attachBridge(); err != nil {
+		return err
+	}
 	cfg, err := vm.resolvePorts()
 	if err != nil {
 		return err
@@ -121,6 +124,9 @@ func (vm *VM) resolvePorts() (vmm.Config, error) {
 		nic := *cfg.Net
 		nic.Forwards = nil
 		for _, p := range bound {
+			if nic.Mode == vmm.NetTAP {
+				break // published by the host's firewall (DNAT), not QEMU
+			}
 			nic.Forwards = append(nic.Forwards, vmm.Forward{Protocol: p.Protocol, HostIP: p.HostIP, HostPort: p.HostPort, GuestPort: p.GuestPort})
 		}
 		cfg.Net = &nic

@@ -1,0 +1,155 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"kiln.dev/kiln/api"
+)
+
+func newNetworkCmd(g *globals) *cobra.Command {
+	group := &cobra.Command{Use: "network", Short: "Manage bridge networks (TAP, static IPs, firewall; need CAP_NET_ADMIN)"}
+	group.AddCommand(newNetworkCreateCmd(g), newNetworkLsCmd(g), newNetworkInspectCmd(g), newNetworkRmCmd(g))
+	return group
+}
+
+func newNetworkCreateCmd(g *globals) *cobra.Command {
+	var req api.NetworkCreate
+	c := &cobra.Command{
+		Use:   "create NAME --subnet CIDR [--gateway IP] [--egress] [--isolate-vms]",
+		Short: "Create a bridge network: VMs on it reach only its gateway unless --egress",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req.Name = args[0]
+			if req.Subnet == "" {
+				return fmt.Errorf("network %s: --subnet is required (e.g. --subnet 10.99.0.0/24)", req.Name)
+			}
+			ctx := cmd.Context()
+			cl, err := connect(ctx, g, cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			n, err := cl.CreateNetwork(ctx, req)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), n.Name)
+			return nil
+		},
+	}
+	fl := c.Flags()
+	fl.StringVar(&req.Subnet, "subnet", "", "IPv4 subnet of the network, e.g. 10.99.0.0/24 (must not overlap another network or a route of the host)")
+	fl.StringVar(&req.Gateway, "gateway", "", "the bridge's address in the subnet (default: its first address)")
+	fl.BoolVar(&req.Egress, "egress", false, "let VMs reach addresses beyond the network (masqueraded)")
+	fl.BoolVar(&req.IsolateVMs, "isolate-vms", false, "stop the network's VMs reaching each other")
+	return c
+}
+
+func newNetworkLsCmd(g *globals) *cobra.Command {
+	var quiet bool
+	c := &cobra.Command{
+		Use:     "ls",
+		Aliases: []string{"list"},
+		Short:   "List bridge networks",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			cl, err := connect(ctx, g, cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			ns, err := cl.Networks(ctx)
+			if err != nil {
+				return err
+			}
+			printNetworks(cmd.OutOrStdout(), ns, quiet)
+			return nil
+		},
+	}
+	c.Flags().BoolVarP(&quiet, "quiet", "q", false, "only names")
+	return c
+}
+
+func printNetworks(w io.Writer, ns []api.Network, quiet bool) {
+	if quiet {
+		for _, n := range ns {
+			fmt.Fprintln(w, n.Name)
+		}
+		return
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 3, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tSUBNET\tGATEWAY\tBRIDGE\tEGRESS\tISOLATE VMS\tVMS")
+	for _, n := range ns {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%v\t%d\n", n.Name, n.Subnet, n.Gateway, n.Bridge, n.Egress, n.IsolateVMs, len(n.VMs))
+	}
+	tw.Flush()
+}
+
+func newNetworkInspectCmd(g *globals) *cobra.Command {
+	var format string
+	c := &cobra.Command{
+		Use:   "inspect [--format TEMPLATE] NETWORK...",
+		Short: "Show networks and their VMs' addresses, as JSON or through a Go template",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			cl, err := connect(ctx, g, cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			var ns []api.Network
+			var errs []error
+			for _, a := range args {
+				n, err := cl.InspectNetwork(ctx, a)
+				if err != nil {
+					errs = append(errs, err)
+					continue
+				}
+				ns = append(ns, n)
+			}
+			out := cmd.OutOrStdout()
+			if format != "" {
+				if err := execTemplate(out, format, ns); err != nil {
+					return err
+				}
+			} else {
+				b, _ := json.MarshalIndent(ns, "", "    ")
+				fmt.Fprintln(out, string(b))
+			}
+			return errors.Join(errs...)
+		},
+	}
+	c.Flags().StringVarP(&format, "format", "f", "", "Go template applied to each network")
+	return c
+}
+
+func newNetworkRmCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:     "rm NETWORK...",
+		Aliases: []string{"remove"},
+		Short:   "Remove networks no VM is on, and their bridges",
+		Args:    cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			cl, err := connect(ctx, g, cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			var errs []error
+			for _, a := range args {
+				if err := cl.RemoveNetwork(ctx, a); err != nil {
+					errs = append(errs, err)
+					continue
+				}
+				fmt.Fprintln(cmd.OutOrStdout(), strings.TrimSpace(a))
+			}
+			return errors.Join(errs...)
+		},
+	}
+}

@@ -1,0 +1,86 @@
+package daemon
+
+import (
+	"net/http"
+	"net/netip"
+
+	"kiln.dev/kiln/api"
+	"kiln.dev/kiln/internal/network"
+	"kiln.dev/kiln/internal/runtime"
+)
+
+func (d *Daemon) networkRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("POST /v1/networks", d.createNetwork)
+	mux.HandleFunc("GET /v1/networks", d.listNetworks)
+	mux.HandleFunc("GET /v1/networks/{name}", d.inspectNetwork)
+	mux.HandleFunc("DELETE /v1/networks/{name}", d.removeNetwork)
+}
+
+func (d *Daemon) createNetwork(w http.ResponseWriter, r *http.Request) {
+	var c api.NetworkCreate
+	if err := decode(w, r, &c); err != nil {
+		d.fail(w, err)
+		return
+	}
+	v, err := d.sup.CreateNetwork(r.Context(), runtime.NetworkRequest{Name: c.Name, Subnet: c.Subnet, Gateway: c.Gateway, Egress: c.Egress, IsolateVMs: c.IsolateVMs})
+	if err != nil {
+		d.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, networkToAPI(v))
+}
+
+func (d *Daemon) listNetworks(w http.ResponseWriter, r *http.Request) {
+	vs, err := d.sup.Networks(r.Context())
+	if err != nil {
+		d.fail(w, err)
+		return
+	}
+	out := []api.Network{}
+	for _, v := range vs {
+		out = append(out, networkToAPI(v))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (d *Daemon) inspectNetwork(w http.ResponseWriter, r *http.Request) {
+	v, err := d.sup.Network(r.Context(), r.PathValue("name"))
+	if err != nil {
+		d.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, networkToAPI(v))
+}
+
+func (d *Daemon) removeNetwork(w http.ResponseWriter, r *http.Request) {
+	if err := d.sup.RemoveNetwork(r.Context(), r.PathValue("name")); err != nil {
+		d.fail(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func networkToAPI(v *runtime.NetworkView) api.Network {
+	out := api.Network{
+		Name: v.Name, Subnet: v.Subnet.String(), Gateway: v.Gateway.String(), Bridge: v.Bridge,
+		Egress: v.Egress, IsolateVMs: v.IsolateVMs, Created: v.Created, VMs: []api.NetworkVM{},
+	}
+	for _, vm := range v.VMs {
+		out.VMs = append(out.VMs, api.NetworkVM{ID: vm.ID, Name: vm.Name, IP: vm.IP})
+	}
+	return out
+}
+
+// networkSettings describes a VM's place on its bridge network, nil for
+// other modes.
+func networkSettings(v *runtime.View) *api.NetworkSettings {
+	a := v.Spec.Attach
+	if a == nil {
+		return nil
+	}
+	bits := 0
+	if p, err := netip.ParsePrefix(a.Subnet); err == nil {
+		bits = p.Bits()
+	}
+	return &api.NetworkSettings{Network: a.Network, IPAddress: a.IP, PrefixLen: bits, Gateway: a.Gateway, MACAddress: network.MAC(v.Record.ID), TAP: a.TAP}
+}
