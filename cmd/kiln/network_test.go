@@ -99,6 +99,8 @@ func runHelper(mode string, args []string) error {
 			last = err
 		}
 		return fmt.Errorf("no UDP echo from %s: %w", args[0], last)
+	case "serve", "netstate", "leak":
+		return bridgeHelper(mode, args)
 	case "listen":
 		l, err := net.Listen("tcp4", args[0])
 		if err != nil {
@@ -148,17 +150,23 @@ func newNetEnv(t *testing.T) *netEnv {
 		t.Fatalf("bringing up lo in %s: %v: %s", ns, err, out)
 	}
 	e := &netEnv{env: newEnv(t), ns: ns}
-	// Start the root's daemon inside the namespace.
+	e.startDaemon()
+	return e
+}
+
+// startDaemon starts the root's daemon inside the namespace (prefix, if
+// given, runs before kiln: a command that drops privileges, say).
+func (e *netEnv) startDaemon(prefix ...string) {
+	e.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	cmd := e.command(ctx, "ps")
-	cmd.Args = append([]string{"ip", "netns", "exec", ns}, cmd.Args...)
-	cmd.Path = mustLookPath(t, "ip")
+	cmd.Args = append(append([]string{"ip", "netns", "exec", e.ns}, prefix...), cmd.Args...)
+	cmd.Path = mustLookPath(e.t, "ip")
 	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("starting the daemon in %s: %v: %s", ns, err, out)
+		e.t.Fatalf("starting the daemon in %s: %v: %s", e.ns, err, out)
 	}
 	e.checkDaemonInNetns()
-	return e
 }
 
 func mustLookPath(t *testing.T, name string) string {
@@ -338,6 +346,7 @@ func TestNetInterfaces(t *testing.T) {
 
 func TestPublishBadValues(t *testing.T) {
 	e := newEnv(t)
+	okr(t, "ps", e.kiln("ps")) // the daemon's start is announced once, here
 	for _, tt := range []struct {
 		args []string
 		want string
@@ -347,7 +356,9 @@ func TestPublishBadValues(t *testing.T) {
 		{[]string{"-p", "80:80/sctp"}, `invalid port "80:80/sctp": protocol "sctp" is not tcp or udp`},
 		{[]string{"-p", "1-3:1-2"}, `invalid port "1-3:1-2": host range 1-3 has 3 ports and guest range 1-2 has 2`},
 		{[]string{"-p", "8080:80", "-p", "8080:81"}, "tcp port 8080 on 0.0.0.0 is published twice"},
-		{[]string{"--network", "bridge0"}, `invalid network "bridge0": use user or none`},
+		{[]string{"--network", "bridge0"}, `no such network: bridge0`},
+		{[]string{"--network", "bad/name"}, `invalid network "bad/name": use user, none or the name of a network`},
+		{[]string{"--ip", "10.0.0.5"}, `invalid IP "10.0.0.5": --ip needs a bridge network`},
 		{[]string{"--network", "none", "-p", "80"}, `cannot publish 80: --network none gives the VM no network`},
 	} {
 		r := e.run(append(tt.args, e.hello())...)
