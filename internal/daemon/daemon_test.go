@@ -383,7 +383,8 @@ func fullConfig(t *testing.T) api.VMConfig {
 		Log:         api.LogConfig{MaxSize: 4 << 20, MaxFiles: 7},
 		StopTimeout: 25,
 		BootTimeout: api.Duration(90 * time.Second),
-		Network:     "user",
+		Network:     "backend",
+		IP:          "10.99.0.10",
 		Ports:       []api.PortMapping{{HostIP: "127.0.0.1", HostPort: 8080, GuestPort: 80, Protocol: "tcp"}, {GuestPort: 53, Protocol: "udp"}},
 	}
 	v := reflect.ValueOf(c)

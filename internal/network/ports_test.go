@@ -127,13 +127,18 @@ func TestMAC(t *testing.T) {
 }
 
 func TestParseMode(t *testing.T) {
-	for in, want := range map[string]string{"": ModeUser, "user": ModeUser, "none": ModeNone} {
+	for in, want := range map[string]string{"": ModeUser, "user": ModeUser, "none": ModeNone, "backend": "backend"} {
 		if got, err := ParseMode(in); err != nil || got != want {
 			t.Errorf("ParseMode(%q) = %q, %v", in, got, err)
 		}
 	}
-	if _, err := ParseMode("bridge0"); err == nil || !strings.Contains(err.Error(), `"bridge0"`) {
-		t.Errorf("ParseMode(bridge0) = %v", err)
+	if IsBridge(ModeUser) || IsBridge(ModeNone) || !IsBridge("backend") {
+		t.Error("IsBridge is wrong")
+	}
+	for _, bad := range []string{"bad/name", "-x", "bridge"} {
+		if _, err := ParseMode(bad); err == nil || !strings.Contains(err.Error(), `"`+bad+`"`) {
+			t.Errorf("ParseMode(%s) = %v", bad, err)
+		}
 	}
 }
 
