@@ -1,8 +1,9 @@
-// Command net measures a service behind a published port on QEMU user-mode
-// networking against the same server run directly on the host, inside a
-// network namespace it creates and removes: request latency (median of -n
-// sequential GETs on one kept-alive connection) and download throughput
-// (-size MiB, best of -r), and prints the ratios.
+// Command net measures a service behind a published port, on QEMU user-mode
+// networking and on a bridge network (TAP, nftables DNAT), against the same
+// server run directly on the host, inside a network namespace it creates
+// and removes: request latency (median of -n sequential GETs on one
+// kept-alive connection) and download throughput (-size MiB, best of -r),
+// and prints the ratios.
 //
 //	go run ./bench/net [-n 200] [-size 64] [-r 3]
 //
@@ -86,7 +87,8 @@ func run(n, size, reps int, kiln, httpd, kernel string) (err error) {
 		return string(out), nil
 	}
 	defer func() {
-		k("rm", "-f", "bench-httpd")
+		k("rm", "-f", "bench-httpd", "bench-bridge")
+		k("network", "rm", "bench")
 		if b, err := os.ReadFile(filepath.Join(root, "run", "kiln.pid")); err == nil {
 			pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
 			syscall.Kill(pid, syscall.SIGTERM)
@@ -104,6 +106,12 @@ func run(n, size, reps int, kiln, httpd, kernel string) (err error) {
 	defer func() { host.Process.Signal(syscall.SIGTERM); host.Wait() }()
 
 	if _, err := k("run", "-d", "--name", "bench-httpd", "--kernel", kernel, "--memory", "256m", "-p", "127.0.0.1:18080:80", httpd); err != nil {
+		return err
+	}
+	if _, err := k("network", "create", "bench", "--subnet", "10.88.0.0/24"); err != nil {
+		return err
+	}
+	if _, err := k("run", "-d", "--name", "bench-bridge", "--network", "bench", "--kernel", kernel, "--memory", "256m", "-p", "127.0.0.1:18081:80", httpd); err != nil {
 		return err
 	}
 	self, err := os.Executable()
@@ -126,11 +134,18 @@ func run(n, size, reps int, kiln, httpd, kernel string) (err error) {
 	if err != nil {
 		return err
 	}
+	br, err := measureIn("http://127.0.0.1:18081")
+	if err != nil {
+		return err
+	}
 	fmt.Printf("network namespace %s, %d GETs, %d MiB download (best of %d)\n", ns, n, size, reps)
 	fmt.Printf("%-34s %14s %12s\n", "", "GET median", "download")
 	fmt.Printf("%-34s %14s %9.1f MB/s\n", "host process (baseline)", base.Median.Round(time.Microsecond), base.MBps)
 	fmt.Printf("%-34s %14s %9.1f MB/s\n", "VM, user-mode published port", vm.Median.Round(time.Microsecond), vm.MBps)
-	fmt.Printf("ratio VM/host: latency x%.1f, throughput x%.3f\n", float64(vm.Median)/float64(base.Median), vm.MBps/base.MBps)
+	fmt.Printf("%-34s %14s %9.1f MB/s\n", "VM, bridge network published port", br.Median.Round(time.Microsecond), br.MBps)
+	fmt.Printf("ratio user-mode VM/host: latency x%.1f, throughput x%.3f\n", float64(vm.Median)/float64(base.Median), vm.MBps/base.MBps)
+	fmt.Printf("ratio bridge VM/host:    latency x%.1f, throughput x%.3f\n", float64(br.Median)/float64(base.Median), br.MBps/base.MBps)
+	fmt.Printf("ratio bridge/user-mode:  latency x%.2f, throughput x%.2f\n", float64(br.Median)/float64(vm.Median), br.MBps/vm.MBps)
 	return nil
 }
 
