@@ -184,6 +184,20 @@ func TestBridgePortsNamesIsolationEgress(t *testing.T) {
 	if r := e.kiln("port", "web"); r.code != 0 || r.stdout != "53/udp -> 127.0.0.1:15395\n80/tcp -> 0.0.0.0:18099\n80/tcp -> 127.0.0.1:18095\n" {
 		t.Errorf("kiln port web:\n%s", r)
 	}
+	// The daemon holds the published ports: neither a bridge VM nor a
+	// user-mode one can take them.
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--network", "iso", "-p", "127.0.0.1:18095:80"}, "port 18095 is already in use on 127.0.0.1"},
+		{[]string{"-p", "18099:80"}, "port 18099 is already in use on 0.0.0.0"},
+	} {
+		r := e.run(append(append([]string{"-d"}, tt.args...), httpd(t))...)
+		if r.code != 125 || !strings.Contains(r.stderr, tt.want) {
+			t.Errorf("run %v with a port web publishes:\n%s", tt.args, r)
+		}
+	}
 	if got := e.inspect("web2", "{{.Config.Network}} {{.NetworkSettings.IPAddress}}/{{.NetworkSettings.PrefixLen}} via {{.NetworkSettings.Gateway}}"); got != "iso 10.92.0.50/24 via 10.92.0.1" {
 		t.Errorf("inspect web2 = %q", got)
 	}
@@ -275,6 +289,9 @@ func TestBridgeRemoveAndCrashLeaveNothing(t *testing.T) {
 	}
 	if body, err := e.helper("get", "http://127.0.0.1:18097/"); err != nil || body != "hello from kiln VM b\n" {
 		t.Errorf("GET b after the daemon's restart = %q, %v", body, err)
+	}
+	if r := e.run("-d", "-p", "127.0.0.1:18097:80", httpd(t)); r.code != 125 || !strings.Contains(r.stderr, "port 18097 is already in use on 127.0.0.1") {
+		t.Errorf("b's port is not held after the daemon's restart:\n%s", r)
 	}
 	okr(t, "rm -f b", e.kiln("rm", "-f", "b"))
 	if s := e.netState(); s.links[tapB] || s.dnats[ipB] != 0 {

@@ -22,10 +22,26 @@ import (
 // ports are all held until the last is picked, so no two mappings get the
 // same one.
 func Resolve(ms []PortMapping) (out []PortMapping, err error) {
-	var held []io.Closer
+	out, held, err := Hold(ms)
+	for _, c := range held {
+		c.Close()
+	}
+	return out, err
+}
+
+// Hold is Resolve without the release: it returns the bound sockets, for
+// the caller to keep while the ports are published by other means (a bridge
+// VM's ports are DNATed by the firewall, and a socket held on each keeps
+// anyone else, another VM included, from taking them meanwhile; the DNAT
+// happens before local delivery, so the socket sees no traffic). On error
+// nothing is held.
+func Hold(ms []PortMapping) (out []PortMapping, held []io.Closer, err error) {
 	defer func() {
-		for _, c := range held {
-			c.Close()
+		if err != nil {
+			for _, c := range held {
+				c.Close()
+			}
+			held = nil
 		}
 	}()
 	for _, m := range ms {
@@ -34,19 +50,19 @@ func Resolve(ms []PortMapping) (out []PortMapping, err error) {
 		if err != nil {
 			switch {
 			case errors.Is(err, syscall.EADDRNOTAVAIL):
-				return nil, errdefs.Invalid(fmt.Sprintf("cannot publish %s on %s: no such address on this host", m.Key(), m.HostIP))
+				return nil, held, errdefs.Invalid(fmt.Sprintf("cannot publish %s on %s: no such address on this host", m.Key(), m.HostIP))
 			case m.HostPort == 0:
-				return nil, fmt.Errorf("picking a free %s port on %s: %w", m.Protocol, m.HostIP, err)
+				return nil, held, fmt.Errorf("picking a free %s port on %s: %w", m.Protocol, m.HostIP, err)
 			case errors.Is(err, syscall.EADDRINUSE):
-				return nil, errdefs.Mark(fmt.Errorf("port %d is already in use on %s", m.HostPort, m.HostIP), errdefs.ErrConflict)
+				return nil, held, errdefs.Mark(fmt.Errorf("port %d is already in use on %s", m.HostPort, m.HostIP), errdefs.ErrConflict)
 			}
-			return nil, fmt.Errorf("checking %s port %d on %s: %w", m.Protocol, m.HostPort, m.HostIP, err)
+			return nil, held, fmt.Errorf("checking %s port %d on %s: %w", m.Protocol, m.HostPort, m.HostIP, err)
 		}
 		held = append(held, c)
 		m.HostPort = port
 		out = append(out, m)
 	}
-	return out, nil
+	return out, held, nil
 }
 
 // bind binds proto ip:port and returns the socket and its port.

@@ -2,7 +2,9 @@ package runtime
 
 import (
 	"fmt"
+	"io"
 	"net/netip"
+	"sync"
 
 	"kiln.dev/kiln/internal/agent"
 	"kiln.dev/kiln/internal/errdefs"
@@ -63,4 +65,56 @@ func (vm *VM) attachBridge() error {
 		return fmt.Errorf("starting VM %s on network %s: %w", vm.Name, a.Network, err)
 	}
 	return nil
+}
+
+// portHolds are the sockets held on the host for the published ports of
+// running bridge VMs, by VM ID (see network.Hold). They belong to the
+// process: a daemon that starts again takes them anew (holdResolved).
+var portHolds = struct {
+	sync.Mutex
+	m map[string][]io.Closer
+}{m: map[string][]io.Closer{}}
+
+// holdPorts resolves the published ports of a bridge VM for this start and
+// holds them; what it held for an earlier run is let go first.
+func (vm *VM) holdPorts() ([]network.PortMapping, error) {
+	releasePorts(vm.ID)
+	bound, held, err := network.Hold(vm.Spec.Ports)
+	if err != nil {
+		return nil, err
+	}
+	portHolds.Lock()
+	portHolds.m[vm.ID] = held
+	portHolds.Unlock()
+	return bound, nil
+}
+
+// holdResolved holds ports resolved by an earlier start (of a VM that kept
+// running while no daemon ran), unless they are held already.
+func holdResolved(id string, ports []network.PortMapping) error {
+	portHolds.Lock()
+	_, ok := portHolds.m[id]
+	portHolds.Unlock()
+	if ok || len(ports) == 0 {
+		return nil
+	}
+	_, held, err := network.Hold(ports)
+	if err != nil {
+		return err
+	}
+	portHolds.Lock()
+	portHolds.m[id] = held
+	portHolds.Unlock()
+	return nil
+}
+
+// releasePorts lets go of what is held for a VM.
+func releasePorts(id string) {
+	portHolds.Lock()
+	held := portHolds.m[id]
+	delete(portHolds.m, id)
+	portHolds.Unlock()
+	for _, c := range held {
+		c.Close()
+	}
 }

@@ -203,6 +203,7 @@ func (s *Supervisor) releaseNetwork(id string, spec Spec) error {
 	if spec.Attach == nil {
 		return nil
 	}
+	releasePorts(id)
 	errTAP := network.DeleteLink(spec.Attach.TAP)
 	errLease := s.db.ReleaseLease(context.Background(), id)
 	return errors.Join(errTAP, errLease, s.syncNetworks())
@@ -267,14 +268,19 @@ func (s *Supervisor) syncNetworks() error {
 			continue // being created, or an orphan reconcile drops
 		}
 		m.mu.Lock()
-		name, removed := m.rec.Name, m.removed
+		name, removed, running := m.rec.Name, m.removed, m.runDone != nil && m.vm != nil
 		var ports []network.PortMapping
-		if m.runDone != nil && m.vm != nil {
+		if running {
 			ports = m.vm.Ports()
 		}
 		m.mu.Unlock()
 		if removed {
 			continue
+		}
+		if !running {
+			releasePorts(l.VMID)
+		} else if err := holdResolved(l.VMID, ports); err != nil {
+			s.log.Warn("holding the published ports of a running VM", "vm", l.VMID, "err", err)
 		}
 		if z := zones[l.Network]; z != nil {
 			z.Records[strings.ToLower(name)] = l.IP

@@ -118,7 +118,12 @@ func (vm *VM) resolvePorts() (vmm.Config, error) {
 	var bound []network.PortMapping
 	if cfg.Net != nil && len(vm.Spec.Ports) > 0 {
 		var err error
-		if bound, err = network.Resolve(vm.Spec.Ports); err != nil {
+		if cfg.Net.Mode == vmm.NetTAP {
+			bound, err = vm.holdPorts()
+		} else {
+			bound, err = network.Resolve(vm.Spec.Ports)
+		}
+		if err != nil {
 			return cfg, fmt.Errorf("publishing ports of VM %s: %w", vm.Name, err)
 		}
 		nic := *cfg.Net
