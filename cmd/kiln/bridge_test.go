@@ -254,6 +254,17 @@ func TestBridgeRemoveAndCrashLeaveNothing(t *testing.T) {
 	if ipB != ipA {
 		t.Errorf("b got %s, want a's released %s", ipB, ipA)
 	}
+	// A restart keeps the address, the MAC and the TAP, and holds the port
+	// again.
+	mac := e.inspect("b", "{{.NetworkSettings.MACAddress}}")
+	okr(t, "restart b", e.kiln("restart", "-t", "2", "b"))
+	e.awaitLog("b", "serving HTTP", 2)
+	if got := e.inspect("b", "{{.NetworkSettings.IPAddress}} {{.NetworkSettings.MACAddress}} {{.NetworkSettings.TAP}}"); got != ipB+" "+mac+" "+tapB {
+		t.Errorf("after a restart b is %q, was %s %s %s", got, ipB, mac, tapB)
+	}
+	if body, err := e.helper("get", "http://127.0.0.1:18097/"); err != nil || body != "hello from kiln VM b\n" {
+		t.Errorf("GET b after its restart = %q, %v", body, err)
+	}
 	// The daemon dies as if in the middle of a run: a lease of a VM that
 	// was never recorded, a TAP no VM owns, and a table with a stray rule
 	// (and without b's rules) are left behind.

@@ -2,6 +2,7 @@ package network
 
 import (
 	"log/slog"
+	"net"
 	"net/netip"
 	"testing"
 
@@ -61,5 +62,44 @@ func TestDNSAnswer(t *testing.T) {
 	}
 	if upstreamAsked != 1 {
 		t.Errorf("upstream asked %d times, want once (only with egress)", upstreamAsked)
+	}
+}
+
+func TestDNSForwardsWithEgress(t *testing.T) {
+	up, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	// The upstream answers every query with 192.0.2.1.
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := up.ReadFromUDP(buf)
+			if err != nil {
+				return
+			}
+			var m dnsmessage.Message
+			if m.Unpack(buf[:n]) != nil {
+				continue
+			}
+			m.Header.Response = true
+			m.Answers = []dnsmessage.Resource{{
+				Header: dnsmessage.ResourceHeader{Name: m.Questions[0].Name, Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET},
+				Body:   &dnsmessage.AResource{A: [4]byte{192, 0, 2, 1}},
+			}}
+			b, _ := m.Pack()
+			up.WriteToUDP(b, from)
+		}
+	}()
+	d := NewDNS(slog.New(slog.DiscardHandler))
+	d.Upstream = func() []string { return []string{up.LocalAddr().String()} }
+	b := d.answer(DNSZone{Network: "n", Egress: true}, query(t, "example.org.", dnsmessage.TypeA))
+	var m dnsmessage.Message
+	if err := m.Unpack(b); err != nil || len(m.Answers) != 1 || m.Header.ID != 7 {
+		t.Fatalf("forwarded answer = %+v, %v", m, err)
+	}
+	if a := m.Answers[0].Body.(*dnsmessage.AResource).A; a != [4]byte{192, 0, 2, 1} {
+		t.Errorf("forwarded answer %v, want the upstream's 192.0.2.1", a)
 	}
 }
