@@ -15,8 +15,8 @@ import (
 	"kiln.dev/kiln/internal/errdefs"
 )
 
-// ErrNeedNetAdmin explains what bridge networking needs when the daemon
-// lacks it.
+// needNetAdmin explains what bridge networking needs when the daemon lacks
+// it.
 const needNetAdmin = "bridge networks need CAP_NET_ADMIN (run the kiln daemon as root, or give its binary the capability: setcap cap_net_admin+ep $(which kiln)); user-mode networking (--network user) needs no privileges"
 
 // privErr turns a permission error of a netlink or nftables request into
