@@ -129,10 +129,9 @@ func (vm *VM) resolvePorts() (vmm.Config, error) {
 		nic := *cfg.Net
 		nic.Forwards = nil
 		for _, p := range bound {
-			if nic.Mode == vmm.NetTAP {
-				break // published by the host's firewall (DNAT), not QEMU
+			if nic.Mode == vmm.NetUser { // a TAP's are DNATed by the host's firewall
+				nic.Forwards = append(nic.Forwards, vmm.Forward{Protocol: p.Protocol, HostIP: p.HostIP, HostPort: p.HostPort, GuestPort: p.GuestPort})
 			}
-			nic.Forwards = append(nic.Forwards, vmm.Forward{Protocol: p.Protocol, HostIP: p.HostIP, HostPort: p.HostPort, GuestPort: p.GuestPort})
 		}
 		cfg.Net = &nic
 	}
