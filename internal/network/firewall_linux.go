@@ -47,8 +47,9 @@ type DNAT struct {
 //	postrouting (nat):        from 127/8 to a kiln bridge, and from an egress
 //	                          network to elsewhere: masquerade
 //	forward (filter):         established/related, published (ct status dnat),
-//	                          within one bridge, and out of egress networks:
-//	                          accept; anything else from or to a kiln bridge: drop
+//	                          within one bridge, and out of egress networks (to
+//	                          anything but another kiln bridge): accept;
+//	                          anything else from or to a kiln bridge: drop
 //	input (filter):           from a kiln bridge only DNS (53) and ICMP to the
 //	                          host, and replies: VMs reach only their gateway
 func ApplyFirewall(fw Firewall) error {
@@ -117,8 +118,8 @@ func build(c *nftables.Conn, t *nftables.Table, fw Firewall) {
 	rule(fwd, ctStatus(ipsDstNAT), ifname(unix.NFT_META_OIFNAME, BridgePrefix, expr.CmpOpEq), verdict(expr.VerdictAccept))
 	for _, n := range fw.Networks {
 		rule(fwd, ifname(unix.NFT_META_IIFNAME, n.Bridge+"\x00", expr.CmpOpEq), ifname(unix.NFT_META_OIFNAME, n.Bridge+"\x00", expr.CmpOpEq), verdict(expr.VerdictAccept))
-		if n.Egress {
-			rule(fwd, ifname(unix.NFT_META_IIFNAME, n.Bridge+"\x00", expr.CmpOpEq), verdict(expr.VerdictAccept))
+		if n.Egress { // out, but not into another kiln network
+			rule(fwd, ifname(unix.NFT_META_IIFNAME, n.Bridge+"\x00", expr.CmpOpEq), ifname(unix.NFT_META_OIFNAME, BridgePrefix, expr.CmpOpNeq), verdict(expr.VerdictAccept))
 		}
 	}
 	rule(fwd, ifname(unix.NFT_META_IIFNAME, BridgePrefix, expr.CmpOpEq), verdict(expr.VerdictDrop))
