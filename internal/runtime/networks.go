@@ -299,7 +299,13 @@ func (s *Supervisor) syncNetworks() error {
 	for _, z := range zones {
 		zs = append(zs, *z)
 	}
-	return s.net.dns.Update(zs)
+	// A name server that cannot listen (another one holds port 53 on every
+	// address) costs name resolution between VMs, not the network: it is
+	// logged, not failed.
+	if err := s.net.dns.Update(zs); err != nil {
+		s.log.Warn("VMs on bridge networks cannot resolve each other's names", "err", err)
+	}
+	return nil
 }
 
 // reconcileNetworks brings the host in line with state after a daemon
