@@ -1,7 +1,8 @@
 // Command hello is a small static program for trying kiln: it greets,
 // prints its arguments and the guest it runs in, and exits with the status
 // given by -exit. With -sleep it waits first, and reports a SIGTERM it gets
-// before exiting with -exit; -signal makes it kill itself with a signal.
+// before exiting with -exit (and with -marker records it in a file); -signal
+// makes it kill itself with a signal.
 package main
 
 import (
@@ -23,6 +24,7 @@ func main() {
 	env := flag.String("env", "", "print the value of this environment variable")
 	lines := flag.Int("lines", 0, "print this many numbered lines")
 	ifaces := flag.Bool("ifaces", false, "print the guest's network interfaces and their addresses")
+	marker := flag.String("marker", "", "with -sleep: on SIGTERM, write a marker to this file (synced) before exiting")
 	flag.Parse()
 	host, _ := os.Hostname()
 	uptime, _ := os.ReadFile("/proc/uptime")
@@ -48,6 +50,9 @@ func main() {
 		select {
 		case s := <-term:
 			fmt.Printf("got %v, exiting\n", s)
+			if *marker != "" {
+				writeMarker(*marker, s)
+			}
 		case <-time.After(*sleep):
 		}
 	}
@@ -79,4 +84,24 @@ func printInterfaces() {
 		}
 		fmt.Printf("iface %s %s %s\n", ifi.Name, state, strings.Join(addrs, " "))
 	}
+}
+
+// writeMarker records in file p that the program got sig and had time to
+// act on it, synced so that it is on disk before the program exits.
+func writeMarker(p string, sig os.Signal) {
+	f, err := os.Create(p)
+	if err == nil {
+		_, err = fmt.Fprintf(f, "stopped gracefully by %v\n", sig)
+		if serr := f.Sync(); err == nil {
+			err = serr
+		}
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
+		fmt.Printf("marker: %v\n", err)
+		return
+	}
+	fmt.Printf("marker written to %s\n", p)
 }
