@@ -71,6 +71,7 @@ func newRootCmd() *cobra.Command {
 	root.AddCommand(newRunCmd(g), newPortCmd(g), newDoctorCmd(g), newKernelCmd(g), newDaemonCmd(g))
 	root.AddCommand(vmCommands(g)...)
 	root.AddCommand(imageCommands(g)...)
+	root.AddCommand(volumeCommands(g))
 	return root
 }
 

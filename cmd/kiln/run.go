@@ -46,6 +46,8 @@ type runFlags struct {
 	logOpts     []string
 	publish     []string
 	network     string
+	volumes     []string
+	mounts      []string
 }
 
 func newRunCmd(g *globals) *cobra.Command {
@@ -88,6 +90,8 @@ after --time seconds. With -d the VM runs in the background.`,
 	fl.StringVar(&f.restart, "restart", "no", "restart policy: no, on-failure[:max-retries], always, unless-stopped")
 	fl.StringArrayVar(&f.logOpts, "log-opt", nil, "log option: max-size=10m, max-file=3")
 	fl.StringArrayVarP(&f.publish, "publish", "p", nil, "publish a VM port on the host: [ip:][hostPort[-end]]:guestPort[-end][/tcp|/udp] (no host port: an ephemeral one, see kiln port)")
+	fl.StringArrayVarP(&f.volumes, "volume", "v", nil, "mount a named volume (NAME:/path[:ro], created when missing) or a host directory (/abs/dir:/path[:ro|rw])")
+	fl.StringArrayVar(&f.mounts, "mount", nil, "mount as docker's --mount: type=volume|bind|bake,src=...,dst=...[,readonly] (bake: a host directory copied in at create time, read-only)")
 	fl.StringVar(&f.network, "network", network.ModeUser, "network: user (QEMU user-mode, NAT, published ports forwarded by QEMU) or none (loopback only)")
 	return c
 }
@@ -174,6 +178,9 @@ func specFromFlags(f *runFlags, args []string) (runtime.Spec, error) {
 	if s.Network == network.ModeNone && len(s.Ports) > 0 {
 		return s, errdefs.Invalid(fmt.Sprintf("cannot publish %s: --network none gives the VM no network", f.publish[0]))
 	}
+	if s.Mounts, err = parseMountFlags(f.volumes, f.mounts); err != nil {
+		return s, err
+	}
 	return s, nil
 }
 
@@ -221,6 +228,9 @@ func apiConfig(spec runtime.Spec, f *runFlags) (api.VMConfig, error) {
 	}
 	for _, r := range spec.Rlimits {
 		c.Ulimits = append(c.Ulimits, api.Ulimit{Name: r.Name, Soft: r.Soft, Hard: r.Hard})
+	}
+	for _, m := range spec.Mounts {
+		c.Mounts = append(c.Mounts, api.Mount{Type: m.Type, Source: m.Source, Target: m.Target, ReadOnly: m.ReadOnly})
 	}
 	return c, nil
 }

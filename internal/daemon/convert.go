@@ -35,6 +35,7 @@ func fromAPI(c *api.VMConfig) (runtime.Spec, runtime.Options, error) {
 		BootTimeout: time.Duration(c.BootTimeout),
 		Network:     c.Network,
 		Ports:       portsFromAPI(c.Ports),
+		Mounts:      mountsFromAPI(c.Mounts),
 	}
 	for _, u := range c.Ulimits {
 		spec.Rlimits = append(spec.Rlimits, agent.Rlimit{Name: u.Name, Soft: u.Soft, Hard: u.Hard})
@@ -65,6 +66,7 @@ func toAPI(v *runtime.View) api.VM {
 		BootTimeout: api.Duration(s.BootTimeout),
 		Network:     s.Network,
 		Ports:       portsToAPI(s.Ports),
+		Mounts:      mountsToAPI(s.Mounts),
 	}
 	for _, r := range s.Rlimits {
 		c.Ulimits = append(c.Ulimits, api.Ulimit{Name: r.Name, Soft: r.Soft, Hard: r.Hard})

@@ -89,6 +89,10 @@ type Spec struct {
 	// the ports its config exposes ("80/tcp").
 	ImageID      string   `json:"imageID,omitempty"`
 	ExposedPorts []string `json:"exposedPorts,omitempty"`
+
+	// Mounts are named volumes, host directories and baked directories
+	// (mounts.go).
+	Mounts []Mount `json:"mounts,omitempty"`
 }
 
 // Image modes (Spec.Mode).
@@ -218,6 +222,9 @@ func (s *Spec) Validate(h HostLimits) error {
 	}
 	if mode == network.ModeNone && len(s.Ports) > 0 {
 		return errdefs.Invalid(fmt.Sprintf("cannot publish port %s: --network none gives the VM no network", s.Ports[0].Key()))
+	}
+	if err := ValidateMounts(s.Mounts); err != nil {
+		return err
 	}
 	for _, r := range s.Rlimits {
 		if _, ok := agent.RlimitResources[r.Name]; !ok {

@@ -45,6 +45,8 @@ type Supervisor struct {
 	mu   sync.Mutex
 	vms  map[string]*managed
 	subs map[chan state.Event]struct{}
+
+	vols volumeLocks // see volumes.go
 }
 
 // managed is one VM under supervision.
@@ -176,6 +178,11 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec, opts Options) (v *Vi
 			return nil, nil, fmt.Errorf("the name %q is already in use: %w", spec.Name, errdefs.ErrConflict)
 		}
 	}
+	if len(volumeNames(spec.Mounts)) > 0 {
+		// Until the VM is in s.vms, a volume removal must not miss it.
+		s.vols.create.Lock()
+		defer s.vols.create.Unlock()
+	}
 	vm, err := s.rt.Create(ctx, spec)
 	if err != nil {
 		return nil, nil, err
@@ -239,7 +246,13 @@ func (s *Supervisor) Start(ctx context.Context, ref string) error {
 // startLocked boots the VM's current run. Preconditions: m.mu held, not
 // running.
 func (s *Supervisor) startLocked(m *managed, action string) error {
-	if err := m.vm.Start(context.Background()); err != nil {
+	err := s.acquireVolumes(m.id, &m.spec)
+	if err == nil {
+		if err = m.vm.Start(context.Background()); err != nil {
+			s.releaseVolumes(m.id)
+		}
+	}
+	if err != nil {
 		m.rec.Status, m.rec.ExitCode, m.rec.Error = state.StatusExited, 125, err.Error()
 		m.rec.FinishedAt = time.Now().UTC()
 		m.rec.Desired = state.DesiredStopped
@@ -279,6 +292,7 @@ func (s *Supervisor) monitor(m *managed, vm *VM, done chan struct{}) {
 		}
 	}()
 	exit, err := vm.Wait(context.Background())
+	s.releaseVolumes(m.id)
 	m.logs.VMEnded()
 	m.mu.Lock()
 	code, msg := 125, ""
@@ -634,6 +648,9 @@ func (s *Supervisor) adopt(rec *state.VM) {
 	}
 	wasRunning := rec.Status == state.StatusRunning || rec.Status == state.StatusStarting || rec.Status == state.StatusStopping
 	if err := vm.Attach(); err == nil {
+		if err := s.acquireVolumes(m.id, &m.spec); err != nil {
+			s.log.Warn("a running VM shares a volume", "vm", rec.ID, "err", err)
+		}
 		m.rec.Status, m.rec.PID = state.StatusRunning, vm.Info().PID
 		if rec.Status == state.StatusStopping {
 			m.rec.Desired = state.DesiredStopped
