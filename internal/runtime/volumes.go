@@ -13,8 +13,8 @@ import (
 
 	"kiln.dev/kiln/internal/agent"
 	"kiln.dev/kiln/internal/errdefs"
-	"kiln.dev/kiln/internal/volume"
 	"kiln.dev/kiln/internal/vmm"
+	"kiln.dev/kiln/internal/volume"
 )
 
 // Volumes returns the store of named volumes under the runtime's root.
