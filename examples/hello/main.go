@@ -2,7 +2,7 @@
 // prints its arguments and the guest it runs in, and exits with the status
 // given by -exit. With -sleep it waits first, and reports a SIGTERM it gets
 // before exiting with -exit (and with -marker records it in a file); -signal
-// makes it kill itself with a signal.
+// makes it kill itself with a signal; -cat and -write read and write a file.
 package main
 
 import (
@@ -24,6 +24,8 @@ func main() {
 	env := flag.String("env", "", "print the value of this environment variable")
 	lines := flag.Int("lines", 0, "print this many numbered lines")
 	ifaces := flag.Bool("ifaces", false, "print the guest's network interfaces and their addresses")
+	cat := flag.String("cat", "", "print the content of this file (or why it cannot be read)")
+	write := flag.String("write", "", "try to create this file and say whether it worked")
 	marker := flag.String("marker", "", "with -sleep: on SIGTERM, write a marker to this file (synced) before exiting")
 	flag.Parse()
 	host, _ := os.Hostname()
@@ -40,6 +42,20 @@ func main() {
 		printInterfaces()
 	}
 	fmt.Fprintf(os.Stderr, "this line went to stderr\n")
+	if *cat != "" {
+		if b, err := os.ReadFile(*cat); err != nil {
+			fmt.Printf("cat: %v\n", err)
+		} else {
+			fmt.Printf("cat %s: %s\n", *cat, strings.TrimSpace(string(b)))
+		}
+	}
+	if *write != "" {
+		if err := os.WriteFile(*write, []byte("written by hello\n"), 0o644); err != nil {
+			fmt.Printf("write: %v\n", err)
+		} else {
+			fmt.Printf("write %s: ok\n", *write)
+		}
+	}
 	for i := 1; i <= *lines; i++ {
 		fmt.Printf("line %d of %d\n", i, *lines)
 	}
