@@ -1,0 +1,157 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// volumes lists the root's volumes by name.
+func (e *env) volumes() []string {
+	e.t.Helper()
+	r := ok(e.t, "volume ls -q", e.kiln("volume", "ls", "-q"))
+	return strings.Fields(r.stdout)
+}
+
+// fails checks that r is kiln's own failure (exit 125) with a message
+// containing each of want.
+func fails(t *testing.T, what string, r result, want ...string) {
+	t.Helper()
+	if r.code != exitKilnError {
+		t.Errorf("%s: exit %d, want %d:\n%s", what, r.code, exitKilnError, r)
+		return
+	}
+	for _, w := range want {
+		if !strings.Contains(r.stderr, w) {
+			t.Errorf("%s: stderr %q does not say %q", what, r.stderr, w)
+		}
+	}
+}
+
+// TestVolumeKeepsDataAcrossRmAndGracefulStop: a program that traps SIGTERM
+// writes a marker to a volume when stopped; the volume outlives the VM and
+// a new VM sees the marker. Meanwhile a second VM cannot take the volume,
+// the volume cannot be removed, and a baked directory is read-only.
+func TestVolumeKeepsDataAcrossRmAndGracefulStop(t *testing.T) {
+	e := newEnv(t)
+	bakeDir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(bakeDir, "app.conf"), []byte("baked-setting=1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e.runD("--name", "a", "-v", "data:/data", "--mount", "type=bake,src="+bakeDir+",dst=/etc/app",
+		e.hello(), "-sleep", "10m", "-marker", "/data/marker", "-cat", "/etc/app/app.conf", "-write", "/etc/app/new")
+	e.awaitLog("a", "sleeping", 1)
+	logs := ok(t, "logs a", e.kiln("logs", "a")).stdout
+	if !strings.Contains(logs, "cat /etc/app/app.conf: baked-setting=1") {
+		t.Errorf("the baked file is not in the guest:\n%s", logs)
+	}
+	if !strings.Contains(logs, "write: open /etc/app/new: read-only file system") {
+		t.Errorf("a write to the baked directory did not fail as read-only:\n%s", logs)
+	}
+
+	// A second running VM on the volume: a conflict naming both, and
+	// nothing left of the second VM.
+	fails(t, "second VM on the volume", e.kiln("run", "-d", "--kernel", e.kernel, "--name", "b", "-v", "data:/data", e.hello()),
+		"volume data is in use by running VM a")
+	if ps := ok(t, "ps -a", e.kiln("ps", "-a", "-q")).stdout; len(strings.Fields(ps)) != 1 {
+		t.Errorf("after the refused start, VMs: %q, want only a", ps)
+	}
+	if dirs := e.vmDirs(); len(dirs) != 1 {
+		t.Errorf("VM directories after the refused start: %v", dirs)
+	}
+	fails(t, "volume rm in use", e.kiln("volume", "rm", "data"), "volume data is in use by VM a")
+
+	var v []struct {
+		Name       string   `json:"name"`
+		SizeMiB    int      `json:"sizeMiB"`
+		UsedBytes  int64    `json:"usedBytes"`
+		Path       string   `json:"path"`
+		UsedBy     []string `json:"usedBy"`
+		AttachedTo string   `json:"attachedTo"`
+	}
+	r := ok(t, "volume inspect", e.kiln("volume", "inspect", "data"))
+	if err := json.Unmarshal([]byte(r.stdout), &v); err != nil || len(v) != 1 {
+		t.Fatalf("volume inspect: %v\n%s", err, r.stdout)
+	}
+	if v[0].SizeMiB != 10240 || v[0].AttachedTo != "a" || len(v[0].UsedBy) != 1 || v[0].UsedBy[0] != "a" ||
+		v[0].UsedBytes <= 0 || v[0].UsedBytes > 64<<20 || !strings.HasPrefix(v[0].Path, e.root+"/volumes/data/") {
+		t.Errorf("volume inspect: %+v", v[0])
+	}
+
+	ok(t, "stop a", e.kiln("stop", "a"))
+	logs = ok(t, "logs a", e.kiln("logs", "a")).stdout
+	if !strings.Contains(logs, "marker written to /data/marker") {
+		t.Errorf("the program did not write its marker on stop:\n%s", logs)
+	}
+	ok(t, "rm a", e.kiln("rm", "a"))
+	if got := e.volumes(); len(got) != 1 || got[0] != "data" {
+		t.Fatalf("volumes after rm of the VM: %v, want [data]", got)
+	}
+
+	r = ok(t, "run with the volume again", e.run("--rm", "-v", "data:/data", e.hello(), "-cat", "/data/marker"))
+	if !strings.Contains(r.stdout, "cat /data/marker: stopped gracefully by terminated") {
+		t.Errorf("the new VM does not see the marker:\n%s", r)
+	}
+	ok(t, "volume rm", e.kiln("volume", "rm", "data"))
+	if got := e.volumes(); len(got) != 0 {
+		t.Errorf("volumes after volume rm: %v", got)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(e.root, "volumes")); len(ents) != 0 {
+		t.Errorf("left in the volume directory: %v", ents)
+	}
+}
+
+// TestVolumeBadInput: each bad mount is refused with exit 125 and a message
+// naming it, and leaves no VM and no volume behind.
+func TestVolumeBadInput(t *testing.T) {
+	e := newEnv(t)
+	file := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	missing := filepath.Join(t.TempDir(), "missing")
+	var many []string
+	for _, n := range []string{"a", "b", "c", "d", "e", "f", "g", "h"} {
+		many = append(many, "-v", "v"+n+":/"+n)
+	}
+	cases := []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{"relative host path", []string{"-v", "data/x:/x"}, []string{`"data/x" is relative`}},
+		{"dot path", []string{"-v", "./x:/x"}, []string{`"./x" is relative`}},
+		{"target /", []string{"-v", "v:/"}, []string{`target "/"`}},
+		{"target /proc", []string{"-v", "v:/proc"}, []string{`target "/proc"`}},
+		{"relative target", []string{"-v", "v:data"}, []string{`target "data"`, "absolute"}},
+		{"two mounts on one target", []string{"-v", "v:/data", "--mount", "type=volume,src=w,dst=/data"}, []string{"two mounts on /data"}},
+		{"volume name with slash", []string{"--mount", "type=volume,src=a/b,dst=/x"}, []string{`invalid volume name "a/b"`}},
+		{"unknown mount type", []string{"--mount", "type=tmpfs,dst=/x"}, []string{`unknown type "tmpfs"`}},
+		{"unknown mount key", []string{"--mount", "type=bind,src=/tmp,dst=/x,bind-propagation=shared"}, []string{`unknown key "bind-propagation"`}},
+		{"host dir is a file", []string{"-v", "v:/v", "-v", file + ":/x"}, []string{file, "is not a directory"}},
+		{"host dir missing", []string{"-v", missing + ":/x"}, []string{missing, "does not exist"}},
+		{"too many mounts", many, []string{"too many mounts"}},
+	}
+	for _, c := range cases {
+		args := append([]string{"run", "--kernel", e.kernel}, c.args...)
+		fails(t, c.name, e.kiln(append(args, e.hello())...), c.want...)
+	}
+	fails(t, "volume create a/b", e.kiln("volume", "create", "a/b"), `invalid volume name "a/b"`)
+	fails(t, "volume create --size 1k", e.kiln("volume", "create", "--size", "1k", "v"), `invalid volume size "1k"`)
+	fails(t, "volume rm missing", e.kiln("volume", "rm", "nope"), "no such volume: nope")
+	ok(t, "volume rm -f missing", e.kiln("volume", "rm", "-f", "nope"))
+	if got := e.volumes(); len(got) != 0 {
+		t.Errorf("volumes made by refused runs: %v", got)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(e.root, "volumes")); len(ents) != 0 {
+		t.Errorf("left in the volume directory: %v", ents)
+	}
+	if dirs := e.vmDirs(); len(dirs) != 0 {
+		t.Errorf("VM directories left by refused runs: %v", dirs)
+	}
+	if ps := ok(t, "ps -a", e.kiln("ps", "-a", "-q")).stdout; ps != "" {
+		t.Errorf("VMs left by refused runs: %q", ps)
+	}
+}
