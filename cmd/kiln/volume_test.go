@@ -1,11 +1,16 @@
 package main
 
 import (
+	"archive/tar"
 	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
 )
 
 // volumes lists the root's volumes by name.
@@ -153,5 +158,100 @@ func TestVolumeBadInput(t *testing.T) {
 	}
 	if ps := ok(t, "ps -a", e.kiln("ps", "-a", "-q")).stdout; ps != "" {
 		t.Errorf("VMs left by refused runs: %q", ps)
+	}
+}
+
+// loadDebianWithApp loads the Debian fixture as an image with a third
+// layer holding /srv/app, owned by 1000:1000, for volume copy-up.
+func (e *env) loadDebianWithApp() string {
+	t := e.t
+	t.Helper()
+	if _, err := os.Stat(filepath.Join(debianRootfs, ".complete")); err != nil {
+		t.Skipf("no Debian userland at %s: run scripts/fetch-test-rootfs (make test does)", debianRootfs)
+	}
+	layers := dirLayers(t, debianRootfs, func(top string) bool { return top == "usr" })
+	app := layerTar(t,
+		tarEntry{name: "srv/app/", typ: tar.TypeDir, mode: 0o750, uid: 1000, gid: 1000},
+		tarEntry{name: "srv/app/seed.txt", body: []byte("seeded by the image\n"), mode: 0o640, uid: 1000, gid: 1000},
+		symlink("srv/app/link", "seed.txt"),
+	)
+	img := testImage(t, func(c *v1.Config) {
+		c.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+		c.Cmd = []string{"/bin/sh"}
+	}, layers[0], layers[1], app)
+	dir := t.TempDir()
+	p, err := layout.Write(dir, empty.Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const ref = "kiln-test/debian-app:bookworm"
+	if err := p.AppendImage(img, layout.WithAnnotations(map[string]string{"io.containerd.image.name": ref})); err != nil {
+		t.Fatal(err)
+	}
+	ok(t, "load oci:", e.kiln("load", "oci:"+dir))
+	return ref
+}
+
+// TestVolumeImageCopyUpFullVolumeAndHostDirs, in one Debian VM: a new
+// volume takes the image's content at its target with owners and modes; a
+// full volume gives the program ENOSPC and nothing else breaks; a host
+// directory is shared read-write (the host sees the guest's write) and
+// read-only (the guest's write fails). A second VM sees the volume as the
+// first left it, not copied again.
+func TestVolumeImageCopyUpFullVolumeAndHostDirs(t *testing.T) {
+	e := newEnv(t)
+	ref := e.loadDebianWithApp()
+	rw, ro := t.TempDir(), t.TempDir()
+	for _, d := range []string{rw, ro} {
+		if err := os.WriteFile(filepath.Join(d, "in.txt"), []byte("from the host "+filepath.Base(d)+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ok(t, "volume create --size 16m", e.kiln("volume", "create", "--size", "16m", "small"))
+	script := `exec 2>&1
+stat -c 'owner %u:%g mode %a %n' /srv/app /srv/app/seed.txt
+cat /srv/app/seed.txt; readlink /srv/app/link
+rm /srv/app/seed.txt; echo later > /srv/app/added
+dd if=/dev/zero of=/small/fill bs=1M count=64 conv=fsync
+echo dd-exit=$?
+echo ok > /srv/app/after-full && echo other-disk-writable
+cat /host/rw/in.txt; echo from-guest > /host/rw/out.txt && echo rw-write-ok
+cat /host/ro/in.txt; echo x > /host/ro/new || echo ro-write-failed
+grep -E ' /(srv/app|small|host/rw|host/ro) ' /proc/mounts | cut -d' ' -f2-4`
+	r := e.run("--rm", "--pull", "never", "--network", "none", "-v", "appdata:/srv/app", "-v", "small:/small",
+		"-v", rw+":/host/rw", "-v", ro+":/host/ro:ro", ref, "/bin/sh", "-c", script)
+	if r.code != 0 {
+		t.Fatalf("run: %s", r)
+	}
+	for _, want := range []string{
+		"owner 1000:1000 mode 750 /srv/app\n",
+		"owner 1000:1000 mode 640 /srv/app/seed.txt\n",
+		"seeded by the image\nseed.txt\n",
+		"No space left on device",
+		"dd-exit=1\n",
+		"other-disk-writable\n",
+		"from the host " + filepath.Base(rw) + "\nrw-write-ok\n",
+		"from the host " + filepath.Base(ro) + "\n",
+		"Read-only file system\nro-write-failed\n",
+		"/srv/app ext4 rw,",
+		"/small ext4 rw,",
+		"/host/rw 9p rw,",
+		"/host/ro 9p ro,",
+	} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("guest output lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	if b, err := os.ReadFile(filepath.Join(rw, "out.txt")); err != nil || string(b) != "from-guest\n" {
+		t.Errorf("the guest's write to the shared directory: %q, %v", b, err)
+	}
+	if _, err := os.Stat(filepath.Join(ro, "new")); err == nil {
+		t.Errorf("the guest wrote into the read-only share")
+	}
+
+	r = ok(t, "second run", e.run("--rm", "--pull", "never", "--network", "none", "-v", "appdata:/srv/app:ro", ref,
+		"/bin/sh", "-c", "exec 2>&1; ls /srv/app; cat /srv/app/added; touch /srv/app/x || echo ro-volume"))
+	if want := "added\nafter-full\nlink\nlater\n"; !strings.HasPrefix(r.stdout, want) || !strings.Contains(r.stdout, "Read-only file system\nro-volume\n") {
+		t.Errorf("second VM sees:\n%s\nwant it to start with %q (the first VM's changes, no new copy) and a read-only volume", r.stdout, want)
 	}
 }
