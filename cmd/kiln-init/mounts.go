@@ -106,6 +106,9 @@ func mount9P(m agent.Mount, dst string) error {
 		flags |= unix.MS_RDONLY
 	}
 	if err := unix.Mount(m.Tag, dst, "9p", flags, ninePOpts); err != nil {
+		if errors.Is(err, unix.ENODEV) {
+			return fmt.Errorf("mounting host directory %s: the guest kernel has no 9p filesystem, which host directories need (kiln's own kernel has it; Debian's cloud kernel does not): %w", m.Tag, err)
+		}
 		return fmt.Errorf("mounting host directory %s (9p): %w", m.Tag, err)
 	}
 	return nil
