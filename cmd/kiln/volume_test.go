@@ -67,6 +67,15 @@ func TestVolumeKeepsDataAcrossRmAndGracefulStop(t *testing.T) {
 		t.Errorf("VM directories after the refused start: %v", dirs)
 	}
 	fails(t, "volume rm in use", e.kiln("volume", "rm", "data"), "volume data is in use by VM a")
+	ok(t, "volume create spare", e.kiln("volume", "create", "--size", "64m", "spare"))
+	if r := ok(t, "volume prune", e.kiln("volume", "prune", "-f")); !strings.HasPrefix(r.stdout, "spare\nTotal reclaimed space: ") {
+		t.Errorf("volume prune: %q, want spare removed", r.stdout)
+	}
+
+	// A daemon restarted while a is running still knows a holds the volume.
+	e.stopDaemon()
+	fails(t, "second VM on the volume after a daemon restart", e.kiln("run", "-d", "--kernel", e.kernel, "--name", "c", "-v", "data:/data", e.hello()),
+		"volume data is in use by running VM a")
 
 	var v []struct {
 		Name       string   `json:"name"`
