@@ -13,16 +13,16 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 )
 
-// volumes lists the root's volumes by name.
-func (e *env) volumes() []string {
+// volumeList lists the root's volumes by name.
+func (e *env) volumeList() []string {
 	e.t.Helper()
 	r := ok(e.t, "volume ls -q", e.kiln("volume", "ls", "-q"))
 	return strings.Fields(r.stdout)
 }
 
-// fails checks that r is kiln's own failure (exit 125) with a message
+// refused checks that r is kiln's own failure (exit 125) with a message
 // containing each of want.
-func fails(t *testing.T, what string, r result, want ...string) {
+func refused(t *testing.T, what string, r result, want ...string) {
 	t.Helper()
 	if r.code != exitKilnError {
 		t.Errorf("%s: exit %d, want %d:\n%s", what, r.code, exitKilnError, r)
@@ -58,7 +58,7 @@ func TestVolumeKeepsDataAcrossRmAndGracefulStop(t *testing.T) {
 
 	// A second running VM on the volume: a conflict naming both, and
 	// nothing left of the second VM.
-	fails(t, "second VM on the volume", e.kiln("run", "-d", "--kernel", e.kernel, "--name", "b", "-v", "data:/data", e.hello()),
+	refused(t, "second VM on the volume", e.kiln("run", "-d", "--kernel", e.kernel, "--name", "b", "-v", "data:/data", e.hello()),
 		"volume data is in use by running VM a")
 	if ps := ok(t, "ps -a", e.kiln("ps", "-a", "-q")).stdout; len(strings.Fields(ps)) != 1 {
 		t.Errorf("after the refused start, VMs: %q, want only a", ps)
@@ -66,7 +66,7 @@ func TestVolumeKeepsDataAcrossRmAndGracefulStop(t *testing.T) {
 	if dirs := e.vmDirs(); len(dirs) != 1 {
 		t.Errorf("VM directories after the refused start: %v", dirs)
 	}
-	fails(t, "volume rm in use", e.kiln("volume", "rm", "data"), "volume data is in use by VM a")
+	refused(t, "volume rm in use", e.kiln("volume", "rm", "data"), "volume data is in use by VM a")
 	ok(t, "volume create spare", e.kiln("volume", "create", "--size", "64m", "spare"))
 	if r := ok(t, "volume prune", e.kiln("volume", "prune", "-f")); !strings.HasPrefix(r.stdout, "spare\nTotal reclaimed space: ") {
 		t.Errorf("volume prune: %q, want spare removed", r.stdout)
@@ -74,7 +74,7 @@ func TestVolumeKeepsDataAcrossRmAndGracefulStop(t *testing.T) {
 
 	// A daemon restarted while a is running still knows a holds the volume.
 	e.stopDaemon()
-	fails(t, "second VM on the volume after a daemon restart", e.kiln("run", "-d", "--kernel", e.kernel, "--name", "c", "-v", "data:/data", e.hello()),
+	refused(t, "second VM on the volume after a daemon restart", e.kiln("run", "-d", "--kernel", e.kernel, "--name", "c", "-v", "data:/data", e.hello()),
 		"volume data is in use by running VM a")
 
 	var v []struct {
@@ -100,7 +100,7 @@ func TestVolumeKeepsDataAcrossRmAndGracefulStop(t *testing.T) {
 		t.Errorf("the program did not write its marker on stop:\n%s", logs)
 	}
 	ok(t, "rm a", e.kiln("rm", "a"))
-	if got := e.volumes(); len(got) != 1 || got[0] != "data" {
+	if got := e.volumeList(); len(got) != 1 || got[0] != "data" {
 		t.Fatalf("volumes after rm of the VM: %v, want [data]", got)
 	}
 
@@ -109,7 +109,7 @@ func TestVolumeKeepsDataAcrossRmAndGracefulStop(t *testing.T) {
 		t.Errorf("the new VM does not see the marker:\n%s", r)
 	}
 	ok(t, "volume rm", e.kiln("volume", "rm", "data"))
-	if got := e.volumes(); len(got) != 0 {
+	if got := e.volumeList(); len(got) != 0 {
 		t.Errorf("volumes after volume rm: %v", got)
 	}
 	if ents, _ := os.ReadDir(filepath.Join(e.root, "volumes")); len(ents) != 0 {
@@ -150,13 +150,13 @@ func TestVolumeBadInput(t *testing.T) {
 	}
 	for _, c := range cases {
 		args := append([]string{"run", "--kernel", e.kernel}, c.args...)
-		fails(t, c.name, e.kiln(append(args, e.hello())...), c.want...)
+		refused(t, c.name, e.kiln(append(args, e.hello())...), c.want...)
 	}
-	fails(t, "volume create a/b", e.kiln("volume", "create", "a/b"), `invalid volume name "a/b"`)
-	fails(t, "volume create --size 1k", e.kiln("volume", "create", "--size", "1k", "v"), `invalid volume size "1k"`)
-	fails(t, "volume rm missing", e.kiln("volume", "rm", "nope"), "no such volume: nope")
+	refused(t, "volume create a/b", e.kiln("volume", "create", "a/b"), `invalid volume name "a/b"`)
+	refused(t, "volume create --size 1k", e.kiln("volume", "create", "--size", "1k", "v"), `invalid volume size "1k"`)
+	refused(t, "volume rm missing", e.kiln("volume", "rm", "nope"), "no such volume: nope")
 	ok(t, "volume rm -f missing", e.kiln("volume", "rm", "-f", "nope"))
-	if got := e.volumes(); len(got) != 0 {
+	if got := e.volumeList(); len(got) != 0 {
 		t.Errorf("volumes made by refused runs: %v", got)
 	}
 	if ents, _ := os.ReadDir(filepath.Join(e.root, "volumes")); len(ents) != 0 {
