@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"kiln.dev/kiln/internal/errdefs"
+	"kiln.dev/kiln/internal/state"
 )
 
 func TestParseVolumeFlag(t *testing.T) {
@@ -128,5 +129,23 @@ func TestCheckMountSources(t *testing.T) {
 	missing := filepath.Join(dir, "missing")
 	if err := checkMountSources([]Mount{{Type: MountBind, Source: missing, Target: "/x"}}); err == nil || !strings.Contains(err.Error(), missing+" (") {
 		t.Errorf("missing: %v, want an error naming it", err)
+	}
+}
+
+func TestRunningFirst(t *testing.T) {
+	recs := []*state.VM{
+		{ID: "a", Status: state.StatusExited},
+		{ID: "b", Status: state.StatusRunning},
+		{ID: "c", Status: state.StatusCreated},
+		{ID: "d", Status: state.StatusStopping},
+		{ID: "e", Status: state.StatusRestarting},
+	}
+	runningFirst(recs)
+	var got []string
+	for _, r := range recs {
+		got = append(got, r.ID)
+	}
+	if strings.Join(got, "") != "bdace" {
+		t.Errorf("order %v, want b d a c e", got)
 	}
 }

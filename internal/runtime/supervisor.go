@@ -594,6 +594,7 @@ func (s *Supervisor) Reconcile(ctx context.Context) error {
 		return err
 	}
 	known := map[string]bool{}
+	runningFirst(recs) // they hold their volumes before any VM is started
 	for _, rec := range recs {
 		known[rec.ID] = true
 		s.adopt(rec)

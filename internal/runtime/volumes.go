@@ -13,6 +13,7 @@ import (
 
 	"kiln.dev/kiln/internal/agent"
 	"kiln.dev/kiln/internal/errdefs"
+	"kiln.dev/kiln/internal/state"
 	"kiln.dev/kiln/internal/vmm"
 	"kiln.dev/kiln/internal/volume"
 )
@@ -174,6 +175,16 @@ func (s *Supervisor) acquireVolumes(id string, spec *Spec) error {
 		l.attached[n] = id
 	}
 	return nil
+}
+
+// runningFirst orders VM records so that those recorded as running come
+// first: at a daemon start they are reattached, and take their volumes back,
+// before a restart policy starts another VM that might name one.
+func runningFirst(recs []*state.VM) {
+	running := func(r *state.VM) bool {
+		return r.Status == state.StatusRunning || r.Status == state.StatusStarting || r.Status == state.StatusStopping
+	}
+	sort.SliceStable(recs, func(i, j int) bool { return running(recs[i]) && !running(recs[j]) })
 }
 
 // releaseVolumes records that the VM id no longer runs.
