@@ -75,6 +75,8 @@ type VMConfig struct {
 	// Ports are the ports to publish; a HostPort of 0 asks for an
 	// ephemeral port, picked at each start.
 	Ports []PortMapping `json:"ports,omitempty"`
+	// Mounts are named volumes, host directories and baked directories.
+	Mounts []Mount `json:"mounts,omitempty"`
 }
 
 // PortMapping is a published port: HostIP:HostPort on the host reaches

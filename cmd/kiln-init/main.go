@@ -65,9 +65,11 @@ func run() int {
 		return reportError(status, 125, specErr)
 	}
 	if spec.Root != nil {
-		if err := switchRoot(spec.Root); err != nil {
+		if err := switchRoot(spec.Root, spec.Mounts); err != nil {
 			return reportError(status, 125, err)
 		}
+	} else if err := setupMounts(spec.Mounts, "/"); err != nil {
+		return reportError(status, 125, err)
 	}
 	if err := setupNetwork(spec); err != nil {
 		return reportError(status, 125, fmt.Errorf("configuring the network: %w", err))

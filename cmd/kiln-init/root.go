@@ -40,7 +40,10 @@ const diskWait = 5 * time.Second
 // The image's own /run and /tmp are kept, as docker keeps them (images put
 // things there, e.g. /var/run/<service> owned by its user): the initramfs's
 // tmpfs mounts there are dropped rather than moved.
-func switchRoot(r *agent.RootSpec) error {
+//
+// The spec's mounts are made on the new root before the switch, while the
+// initramfs (where volumes' disks are mounted out of sight) is reachable.
+func switchRoot(r *agent.RootSpec, mounts []agent.Mount) error {
 	lower, err := findDisk(r.Lower.Serial)
 	if err != nil {
 		return fmt.Errorf("finding the image disk: %w", err)
@@ -76,6 +79,9 @@ func switchRoot(r *agent.RootSpec) error {
 	opts := "lowerdir=" + lowerMnt + ",upperdir=" + upperDir + ",workdir=" + workDir
 	if err := unix.Mount("overlay", newRoot, "overlay", 0, opts); err != nil {
 		return fmt.Errorf("mounting the root overlay (%s): %w", opts, err)
+	}
+	if err := setupMounts(mounts, newRoot); err != nil {
+		return err
 	}
 	for _, m := range []string{"/dev", "/proc", "/sys"} {
 		dst := newRoot + m

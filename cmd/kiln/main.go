@@ -72,6 +72,7 @@ func newRootCmd() *cobra.Command {
 	root.AddCommand(vmCommands(g)...)
 	root.AddCommand(imageCommands(g)...)
 	root.AddCommand(newNetworkCmd(g))
+	root.AddCommand(volumeCommands(g))
 	return root
 }
 

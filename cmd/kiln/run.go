@@ -47,6 +47,8 @@ type runFlags struct {
 	publish     []string
 	network     string
 	ip          string
+	volumes     []string
+	mounts      []string
 }
 
 func newRunCmd(g *globals) *cobra.Command {
@@ -91,6 +93,8 @@ after --time seconds. With -d the VM runs in the background.`,
 	fl.StringArrayVarP(&f.publish, "publish", "p", nil, "publish a VM port on the host: [ip:][hostPort[-end]]:guestPort[-end][/tcp|/udp] (no host port: an ephemeral one, see kiln port)")
 	fl.StringVar(&f.network, "network", network.ModeUser, "network: user (QEMU user-mode, NAT, published ports forwarded by QEMU), none (loopback only), or a bridge network's name (kiln network create)")
 	fl.StringVar(&f.ip, "ip", "", "the VM's IPv4 address on its bridge network (default: the next free one)")
+	fl.StringArrayVarP(&f.volumes, "volume", "v", nil, "mount a named volume (NAME:/path[:ro], created when missing) or a host directory (/abs/dir:/path[:ro|rw])")
+	fl.StringArrayVar(&f.mounts, "mount", nil, "mount as docker's --mount: type=volume|bind|bake,src=...,dst=...[,readonly] (bake: a host directory copied in at create time, read-only)")
 	return c
 }
 
@@ -177,6 +181,9 @@ func specFromFlags(f *runFlags, args []string) (runtime.Spec, error) {
 	if s.Network == network.ModeNone && len(s.Ports) > 0 {
 		return s, errdefs.Invalid(fmt.Sprintf("cannot publish %s: --network none gives the VM no network", f.publish[0]))
 	}
+	if s.Mounts, err = parseMountFlags(f.volumes, f.mounts); err != nil {
+		return s, err
+	}
 	return s, nil
 }
 
@@ -225,6 +232,9 @@ func apiConfig(spec runtime.Spec, f *runFlags) (api.VMConfig, error) {
 	}
 	for _, r := range spec.Rlimits {
 		c.Ulimits = append(c.Ulimits, api.Ulimit{Name: r.Name, Soft: r.Soft, Hard: r.Hard})
+	}
+	for _, m := range spec.Mounts {
+		c.Mounts = append(c.Mounts, api.Mount{Type: m.Type, Source: m.Source, Target: m.Target, ReadOnly: m.ReadOnly})
 	}
 	return c, nil
 }

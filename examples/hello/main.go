@@ -1,7 +1,8 @@
 // Command hello is a small static program for trying kiln: it greets,
 // prints its arguments and the guest it runs in, and exits with the status
 // given by -exit. With -sleep it waits first, and reports a SIGTERM it gets
-// before exiting with -exit; -signal makes it kill itself with a signal.
+// before exiting with -exit (and with -marker records it in a file); -signal
+// makes it kill itself with a signal; -cat and -write read and write a file.
 package main
 
 import (
@@ -25,6 +26,9 @@ func main() {
 	ifaces := flag.Bool("ifaces", false, "print the guest's network interfaces and their addresses")
 	var gets urlList
 	flag.Var(&gets, "get", "resolve the host of this http:// URL and GET it, printing the outcome (repeatable)")
+	cat := flag.String("cat", "", "print the content of this file (or why it cannot be read)")
+	write := flag.String("write", "", "try to create this file and say whether it worked")
+	marker := flag.String("marker", "", "with -sleep: on SIGTERM, write a marker to this file (synced) before exiting")
 	flag.Parse()
 	host, _ := os.Hostname()
 	uptime, _ := os.ReadFile("/proc/uptime")
@@ -43,6 +47,20 @@ func main() {
 		get(u)
 	}
 	fmt.Fprintf(os.Stderr, "this line went to stderr\n")
+	if *cat != "" {
+		if b, err := os.ReadFile(*cat); err != nil {
+			fmt.Printf("cat: %v\n", err)
+		} else {
+			fmt.Printf("cat %s: %s\n", *cat, strings.TrimSpace(string(b)))
+		}
+	}
+	if *write != "" {
+		if err := os.WriteFile(*write, []byte("written by hello\n"), 0o644); err != nil {
+			fmt.Printf("write: %v\n", err)
+		} else {
+			fmt.Printf("write %s: ok\n", *write)
+		}
+	}
 	for i := 1; i <= *lines; i++ {
 		fmt.Printf("line %d of %d\n", i, *lines)
 	}
@@ -53,6 +71,9 @@ func main() {
 		select {
 		case s := <-term:
 			fmt.Printf("got %v, exiting\n", s)
+			if *marker != "" {
+				writeMarker(*marker, s)
+			}
 		case <-time.After(*sleep):
 		}
 	}
@@ -84,4 +105,24 @@ func printInterfaces() {
 		}
 		fmt.Printf("iface %s %s %s\n", ifi.Name, state, strings.Join(addrs, " "))
 	}
+}
+
+// writeMarker records in file p that the program got sig and had time to
+// act on it, synced so that it is on disk before the program exits.
+func writeMarker(p string, sig os.Signal) {
+	f, err := os.Create(p)
+	if err == nil {
+		_, err = fmt.Fprintf(f, "stopped gracefully by %v\n", sig)
+		if serr := f.Sync(); err == nil {
+			err = serr
+		}
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
+		fmt.Printf("marker: %v\n", err)
+		return
+	}
+	fmt.Printf("marker written to %s\n", p)
 }

@@ -82,6 +82,9 @@ type Spec struct {
 	// and writes /etc/resolv.conf. Without it the guest has loopback only.
 	// Either way kiln-init writes /etc/hosts and /etc/hostname.
 	Network *Network `json:"network,omitempty"`
+	// Mounts are volumes, host directories and baked directories to mount
+	// (mounts.go).
+	Mounts []Mount `json:"mounts,omitempty"`
 }
 
 // Network is the configuration of the guest's one interface.
@@ -255,6 +258,11 @@ func (s *Spec) Validate() error {
 			if ip, err := netip.ParseAddr(a); a != "" && (err != nil || !ip.Is4()) {
 				return fmt.Errorf("spec network: %q is not an IPv4 address", a)
 			}
+		}
+	}
+	for i := range s.Mounts {
+		if err := s.Mounts[i].validate(); err != nil {
+			return err
 		}
 	}
 	for _, r := range s.Rlimits {

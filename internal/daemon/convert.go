@@ -36,6 +36,7 @@ func fromAPI(c *api.VMConfig) (runtime.Spec, runtime.Options, error) {
 		Network:     c.Network,
 		IP:          c.IP,
 		Ports:       portsFromAPI(c.Ports),
+		Mounts:      mountsFromAPI(c.Mounts),
 	}
 	for _, u := range c.Ulimits {
 		spec.Rlimits = append(spec.Rlimits, agent.Rlimit{Name: u.Name, Soft: u.Soft, Hard: u.Hard})
@@ -67,6 +68,7 @@ func toAPI(v *runtime.View) api.VM {
 		Network:     s.Network,
 		IP:          s.IP,
 		Ports:       portsToAPI(s.Ports),
+		Mounts:      mountsToAPI(s.Mounts),
 	}
 	for _, r := range s.Rlimits {
 		c.Ulimits = append(c.Ulimits, api.Ulimit{Name: r.Name, Soft: r.Soft, Hard: r.Hard})

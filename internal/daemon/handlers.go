@@ -44,6 +44,7 @@ func (d *Daemon) routes() http.Handler {
 	mux.HandleFunc("GET /v1/events", d.events)
 	d.imageRoutes(mux)
 	d.networkRoutes(mux)
+	d.volumeRoutes(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s (this daemon serves /%s/)", r.Method, r.URL.Path, api.Version))
 	})

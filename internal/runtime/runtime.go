@@ -188,7 +188,18 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (vm *VM, err error) {
 			return nil, err
 		}
 	}
+	mounts, err := r.planMounts(ctx, dir, &spec)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			mounts.undo()
+		}
+	}()
+	drives = append(drives, mounts.drives...)
 	as := r.agentSpec(&spec, k, guestProg, img)
+	as.Mounts = mounts.mounts
 	var nic *vmm.NetConfig
 	if spec.Network == network.ModeUser {
 		nic = &vmm.NetConfig{Mode: vmm.NetUser, MAC: network.MAC(id)}
@@ -225,6 +236,7 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (vm *VM, err error) {
 			{Name: agent.PortControl, Socket: filepath.Join(dir, agentSock)},
 		},
 		Drives: drives,
+		Shares: mounts.shares,
 		Net:    nic,
 	}
 	for _, p := range cfg.Ports {
@@ -236,6 +248,9 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (vm *VM, err error) {
 	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
+	}
+	if err := qemu.CheckDevices(&cfg); err != nil {
+		return nil, errdefs.Invalid(fmt.Sprintf("too many mounts: %v", err))
 	}
 	rec := vmRecord{ID: id, Spec: spec, Accel: accel, Kernel: k, Config: cfg, Guest: as}
 	b, err := json.MarshalIndent(rec, "", "  ")

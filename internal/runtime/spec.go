@@ -98,6 +98,10 @@ type Spec struct {
 	// the ports its config exposes ("80/tcp").
 	ImageID      string   `json:"imageID,omitempty"`
 	ExposedPorts []string `json:"exposedPorts,omitempty"`
+
+	// Mounts are named volumes, host directories and baked directories
+	// (mounts.go).
+	Mounts []Mount `json:"mounts,omitempty"`
 }
 
 // Image modes (Spec.Mode).
@@ -229,6 +233,9 @@ func (s *Spec) Validate(h HostLimits) error {
 		return errdefs.Invalid(fmt.Sprintf("cannot publish port %s: --network none gives the VM no network", s.Ports[0].Key()))
 	}
 	if err := s.validateBridge(); err != nil {
+		return err
+	}
+	if err := ValidateMounts(s.Mounts); err != nil {
 		return err
 	}
 	for _, r := range s.Rlimits {

@@ -46,7 +46,8 @@ type Supervisor struct {
 	vms  map[string]*managed
 	subs map[chan state.Event]struct{}
 
-	net netState // bridge networks: see networks.go
+	net  netState    // bridge networks: see networks.go
+	vols volumeLocks // see volumes.go
 }
 
 // managed is one VM under supervision.
@@ -187,6 +188,11 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec, opts Options) (v *Vi
 			release()
 		}
 	}()
+	if len(volumeNames(spec.Mounts)) > 0 {
+		// Until the VM is in s.vms, a volume removal must not miss it.
+		s.vols.create.Lock()
+		defer s.vols.create.Unlock()
+	}
 	vm, err := s.rt.Create(ctx, spec)
 	if err != nil {
 		return nil, nil, err
@@ -250,7 +256,13 @@ func (s *Supervisor) Start(ctx context.Context, ref string) error {
 // startLocked boots the VM's current run. Preconditions: m.mu held, not
 // running.
 func (s *Supervisor) startLocked(m *managed, action string) error {
-	if err := m.vm.Start(context.Background()); err != nil {
+	err := s.acquireVolumes(m.id, &m.spec)
+	if err == nil {
+		if err = m.vm.Start(context.Background()); err != nil {
+			s.releaseVolumes(m.id)
+		}
+	}
+	if err != nil {
 		m.rec.Status, m.rec.ExitCode, m.rec.Error = state.StatusExited, 125, err.Error()
 		m.rec.FinishedAt = time.Now().UTC()
 		m.rec.Desired = state.DesiredStopped
@@ -291,6 +303,7 @@ func (s *Supervisor) monitor(m *managed, vm *VM, done chan struct{}) {
 		}
 	}()
 	exit, err := vm.Wait(context.Background())
+	s.releaseVolumes(m.id)
 	m.logs.VMEnded()
 	m.mu.Lock()
 	code, msg := 125, ""
@@ -597,6 +610,7 @@ func (s *Supervisor) Reconcile(ctx context.Context) error {
 		return err
 	}
 	known := map[string]bool{}
+	runningFirst(recs) // they hold their volumes before any VM is started
 	for _, rec := range recs {
 		known[rec.ID] = true
 		s.adopt(rec)
@@ -654,6 +668,9 @@ func (s *Supervisor) adopt(rec *state.VM) {
 	}
 	wasRunning := rec.Status == state.StatusRunning || rec.Status == state.StatusStarting || rec.Status == state.StatusStopping
 	if err := vm.Attach(); err == nil {
+		if err := s.acquireVolumes(m.id, &m.spec); err != nil {
+			s.log.Warn("a running VM shares a volume", "vm", rec.ID, "err", err)
+		}
 		m.rec.Status, m.rec.PID = state.StatusRunning, vm.Info().PID
 		if rec.Status == state.StatusStopping {
 			m.rec.Desired = state.DesiredStopped

@@ -123,6 +123,8 @@ type Config struct {
 	Ports []Port
 	// Drives are the VM's disks, in the order the backend attaches them.
 	Drives []Drive
+	// Shares are host directories shown to the guest (share.go).
+	Shares []Share `json:",omitempty"`
 	// Net is the VM's network interface; nil means none.
 	Net *NetConfig `json:",omitempty"`
 	// Binary is the monitor executable; "" lets the backend find it.
@@ -161,6 +163,9 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("vm config: drive ID %q used twice", d.ID)
 		}
 		ids[d.ID] = true
+	}
+	if err := c.validateShares(ids); err != nil {
+		return err
 	}
 	if c.Net != nil {
 		return c.Net.validate()

@@ -80,10 +80,14 @@ func Argv(binary string, c *vmm.Config) []string {
 		}
 		a = append(a, "-device", "virtserialport,chardev="+id+",name="+p.Name)
 	}
+	var devs [][]string
 	for _, d := range c.Drives {
-		a = append(a, driveArgs(d)...)
+		devs = append(devs, driveArgs(d))
 	}
-	return a
+	for _, s := range c.Shares {
+		devs = append(devs, shareArgs(s))
+	}
+	return append(a, skipRTCIRQ(devs, c)...)
 }
 
 // netArgs gives the VM its network interface: none ("-nic none", as

@@ -1,0 +1,240 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"kiln.dev/kiln/api"
+	"kiln.dev/kiln/internal/errdefs"
+	"kiln.dev/kiln/internal/runtime"
+	"kiln.dev/kiln/internal/volume"
+)
+
+// volumeCommands are `kiln volume create|ls|inspect|rm|prune`.
+func volumeCommands(g *globals) *cobra.Command {
+	group := &cobra.Command{Use: "volume", Short: "Manage named volumes: disks that keep a VM's data across rm and run"}
+	group.AddCommand(newVolumeCreateCmd(g), newVolumeLsCmd(g), newVolumeInspectCmd(g), newVolumeRmCmd(g), newVolumePruneCmd(g))
+	return group
+}
+
+func newVolumeCreateCmd(g *globals) *cobra.Command {
+	var size string
+	c := &cobra.Command{
+		Use:   "create [--size SIZE] NAME",
+		Short: "Create a named volume (a sparse ext4 disk image under the kiln root)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			mib := 0
+			if size != "" {
+				var err error
+				if mib, err = runtime.ParseMemory(size); err != nil || mib == 0 {
+					return errdefs.Invalid(fmt.Sprintf("invalid volume size %q: want a size like 10g or 512m, at least %dm", size, volume.MinSizeMiB))
+				}
+			}
+			if err := volume.ValidateName(args[0]); err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			cl, err := connect(ctx, g, cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			v, err := cl.CreateVolume(ctx, args[0], mib)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), v.Name)
+			return nil
+		},
+	}
+	c.Flags().StringVar(&size, "size", "", "size of the volume, e.g. 1g or 512m (default 10g; the disk image is sparse)")
+	return c
+}
+
+func newVolumeLsCmd(g *globals) *cobra.Command {
+	var quiet bool
+	c := &cobra.Command{
+		Use:     "ls [-q]",
+		Aliases: []string{"list"},
+		Short:   "List named volumes",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			cl, err := connect(ctx, g, cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			vs, err := cl.Volumes(ctx)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if quiet {
+				for _, v := range vs {
+					fmt.Fprintln(out, v.Name)
+				}
+				return nil
+			}
+			writeVolumeTable(out, vs)
+			return nil
+		},
+	}
+	c.Flags().BoolVarP(&quiet, "quiet", "q", false, "print volume names only")
+	return c
+}
+
+func writeVolumeTable(w io.Writer, vs []api.Volume) {
+	tw := tabwriter.NewWriter(w, 0, 8, 3, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tSIZE\tUSED ON HOST\tUSED BY")
+	for _, v := range vs {
+		users := "-"
+		if len(v.UsedBy) > 0 {
+			users = strings.Join(v.UsedBy, ",")
+		}
+		if v.AttachedTo != "" {
+			users += " (running: " + v.AttachedTo + ")"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", v.Name, runtime.FormatMiB(v.SizeMiB), humanBytes(v.UsedBytes), users)
+	}
+	tw.Flush()
+}
+
+// humanBytes formats a byte count as docker does (1.5MB, 10GB).
+func humanBytes(n int64) string {
+	const unit = 1000
+	if n < unit {
+		return fmt.Sprintf("%dB", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.3g%cB", float64(n)/float64(div), "kMGTPE"[exp])
+}
+
+func newVolumeInspectCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "inspect NAME...",
+		Short: "Show named volumes as JSON: size, bytes used on the host, disk path, the VMs that use them",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			cl, err := connect(ctx, g, cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			vs := []api.Volume{}
+			var errs []error
+			for _, a := range args {
+				v, err := cl.InspectVolume(ctx, a)
+				if err != nil {
+					errs = append(errs, err)
+					continue
+				}
+				vs = append(vs, v)
+			}
+			b, _ := json.MarshalIndent(vs, "", "    ")
+			fmt.Fprintln(cmd.OutOrStdout(), string(b))
+			return errors.Join(errs...)
+		},
+	}
+}
+
+func newVolumeRmCmd(g *globals) *cobra.Command {
+	var force bool
+	c := &cobra.Command{
+		Use:     "rm [-f] NAME...",
+		Aliases: []string{"remove"},
+		Short:   "Remove named volumes and their data",
+		Long: `Remove named volumes and their data. As in docker, a volume that any VM refers
+to (running or not) is not removed, even with -f: remove the VM first. -f only
+makes a volume that does not exist no error.`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			cl, err := connect(ctx, g, cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			failed := false
+			for _, a := range args {
+				err := cl.RemoveVolume(ctx, a)
+				if err != nil && !(force && errors.Is(err, errdefs.ErrNotFound)) {
+					fmt.Fprintf(cmd.ErrOrStderr(), "kiln: %v\n", err)
+					failed = true
+					continue
+				}
+				fmt.Fprintln(cmd.OutOrStdout(), a)
+			}
+			if failed {
+				return &exitCode{exitKilnError}
+			}
+			return nil
+		},
+	}
+	c.Flags().BoolVarP(&force, "force", "f", false, "no error for volumes that do not exist")
+	return c
+}
+
+func newVolumePruneCmd(g *globals) *cobra.Command {
+	var force bool
+	c := &cobra.Command{
+		Use:   "prune [-f]",
+		Short: "Remove every volume no VM refers to",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if !force {
+				return errdefs.Invalid("prune removes every volume no VM refers to, with its data: give -f to confirm")
+			}
+			ctx := cmd.Context()
+			cl, err := connect(ctx, g, cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			r, err := cl.PruneVolumes(ctx)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			for _, n := range r.Removed {
+				fmt.Fprintln(out, n)
+			}
+			fmt.Fprintf(out, "Total reclaimed space: %s\n", humanBytes(r.SpaceReclaimed))
+			return nil
+		},
+	}
+	c.Flags().BoolVarP(&force, "force", "f", false, "do not ask for confirmation (required: kiln does not prompt)")
+	return c
+}
+
+// parseMountFlags parses run's -v and --mount values and checks them
+// together (targets, names, paths), so that bad input fails before
+// anything is created.
+func parseMountFlags(volumes, mounts []string) ([]runtime.Mount, error) {
+	var out []runtime.Mount
+	for _, v := range volumes {
+		m, err := runtime.ParseVolumeFlag(v)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, m)
+	}
+	for _, v := range mounts {
+		m, err := runtime.ParseMountFlag(v)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, m)
+	}
+	if err := runtime.ValidateMounts(out); err != nil {
+		return nil, err
+	}
+	return out, nil
+}

@@ -1,0 +1,266 @@
+package main
+
+import (
+	"archive/tar"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
+)
+
+// volumeList lists the root's volumes by name.
+func (e *env) volumeList() []string {
+	e.t.Helper()
+	r := ok(e.t, "volume ls -q", e.kiln("volume", "ls", "-q"))
+	return strings.Fields(r.stdout)
+}
+
+// refused checks that r is kiln's own failure (exit 125) with a message
+// containing each of want.
+func refused(t *testing.T, what string, r result, want ...string) {
+	t.Helper()
+	if r.code != exitKilnError {
+		t.Errorf("%s: exit %d, want %d:\n%s", what, r.code, exitKilnError, r)
+		return
+	}
+	for _, w := range want {
+		if !strings.Contains(r.stderr, w) {
+			t.Errorf("%s: stderr %q does not say %q", what, r.stderr, w)
+		}
+	}
+}
+
+// TestVolumeKeepsDataAcrossRmAndGracefulStop: a program that traps SIGTERM
+// writes a marker to a volume when stopped; the volume outlives the VM and
+// a new VM sees the marker. Meanwhile a second VM cannot take the volume,
+// the volume cannot be removed, and a baked directory is read-only.
+func TestVolumeKeepsDataAcrossRmAndGracefulStop(t *testing.T) {
+	e := newEnv(t)
+	bakeDir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(bakeDir, "app.conf"), []byte("baked-setting=1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e.runD("--name", "a", "-v", "data:/data", "--mount", "type=bake,src="+bakeDir+",dst=/etc/app",
+		e.hello(), "-sleep", "10m", "-marker", "/data/marker", "-cat", "/etc/app/app.conf", "-write", "/etc/app/new")
+	e.awaitLog("a", "sleeping", 1)
+	logs := ok(t, "logs a", e.kiln("logs", "a")).stdout
+	if !strings.Contains(logs, "cat /etc/app/app.conf: baked-setting=1") {
+		t.Errorf("the baked file is not in the guest:\n%s", logs)
+	}
+	if !strings.Contains(logs, "write: open /etc/app/new: read-only file system") {
+		t.Errorf("a write to the baked directory did not fail as read-only:\n%s", logs)
+	}
+
+	// A second running VM on the volume: a conflict naming both, and
+	// nothing left of the second VM.
+	refused(t, "second VM on the volume", e.kiln("run", "-d", "--kernel", e.kernel, "--name", "b", "-v", "data:/data", e.hello()),
+		"volume data is in use by running VM a")
+	if ps := ok(t, "ps -a", e.kiln("ps", "-a", "-q")).stdout; len(strings.Fields(ps)) != 1 {
+		t.Errorf("after the refused start, VMs: %q, want only a", ps)
+	}
+	if dirs := e.vmDirs(); len(dirs) != 1 {
+		t.Errorf("VM directories after the refused start: %v", dirs)
+	}
+	refused(t, "volume rm in use", e.kiln("volume", "rm", "data"), "volume data is in use by VM a")
+	ok(t, "volume create spare", e.kiln("volume", "create", "--size", "64m", "spare"))
+	if r := ok(t, "volume prune", e.kiln("volume", "prune", "-f")); !strings.HasPrefix(r.stdout, "spare\nTotal reclaimed space: ") {
+		t.Errorf("volume prune: %q, want spare removed", r.stdout)
+	}
+
+	// A daemon restarted while a is running still knows a holds the volume.
+	e.stopDaemon()
+	refused(t, "second VM on the volume after a daemon restart", e.kiln("run", "-d", "--kernel", e.kernel, "--name", "c", "-v", "data:/data", e.hello()),
+		"volume data is in use by running VM a")
+
+	var v []struct {
+		Name       string   `json:"name"`
+		SizeMiB    int      `json:"sizeMiB"`
+		UsedBytes  int64    `json:"usedBytes"`
+		Path       string   `json:"path"`
+		UsedBy     []string `json:"usedBy"`
+		AttachedTo string   `json:"attachedTo"`
+	}
+	r := ok(t, "volume inspect", e.kiln("volume", "inspect", "data"))
+	if err := json.Unmarshal([]byte(r.stdout), &v); err != nil || len(v) != 1 {
+		t.Fatalf("volume inspect: %v\n%s", err, r.stdout)
+	}
+	if v[0].SizeMiB != 10240 || v[0].AttachedTo != "a" || len(v[0].UsedBy) != 1 || v[0].UsedBy[0] != "a" ||
+		v[0].UsedBytes <= 0 || v[0].UsedBytes > 64<<20 || !strings.HasPrefix(v[0].Path, e.root+"/volumes/data/") {
+		t.Errorf("volume inspect: %+v", v[0])
+	}
+
+	ok(t, "stop a", e.kiln("stop", "a"))
+	logs = ok(t, "logs a", e.kiln("logs", "a")).stdout
+	if !strings.Contains(logs, "marker written to /data/marker") {
+		t.Errorf("the program did not write its marker on stop:\n%s", logs)
+	}
+	ok(t, "rm a", e.kiln("rm", "a"))
+	if got := e.volumeList(); len(got) != 1 || got[0] != "data" {
+		t.Fatalf("volumes after rm of the VM: %v, want [data]", got)
+	}
+
+	r = ok(t, "run with the volume again", e.run("--rm", "-v", "data:/data", e.hello(), "-cat", "/data/marker"))
+	if !strings.Contains(r.stdout, "cat /data/marker: stopped gracefully by terminated") {
+		t.Errorf("the new VM does not see the marker:\n%s", r)
+	}
+	ok(t, "volume rm", e.kiln("volume", "rm", "data"))
+	if got := e.volumeList(); len(got) != 0 {
+		t.Errorf("volumes after volume rm: %v", got)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(e.root, "volumes")); len(ents) != 0 {
+		t.Errorf("left in the volume directory: %v", ents)
+	}
+}
+
+// TestVolumeBadInput: each bad mount is refused with exit 125 and a message
+// naming it, and leaves no VM and no volume behind.
+func TestVolumeBadInput(t *testing.T) {
+	e := newEnv(t)
+	file := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	missing := filepath.Join(t.TempDir(), "missing")
+	var many []string
+	for _, n := range []string{"a", "b", "c", "d", "e", "f", "g", "h"} {
+		many = append(many, "-v", "v"+n+":/"+n)
+	}
+	cases := []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{"relative host path", []string{"-v", "data/x:/x"}, []string{`"data/x" is relative`}},
+		{"dot path", []string{"-v", "./x:/x"}, []string{`"./x" is relative`}},
+		{"target /", []string{"-v", "v:/"}, []string{`target "/"`}},
+		{"target /proc", []string{"-v", "v:/proc"}, []string{`target "/proc"`}},
+		{"relative target", []string{"-v", "v:data"}, []string{`target "data"`, "absolute"}},
+		{"two mounts on one target", []string{"-v", "v:/data", "--mount", "type=volume,src=w,dst=/data"}, []string{"two mounts on /data"}},
+		{"volume name with slash", []string{"--mount", "type=volume,src=a/b,dst=/x"}, []string{`invalid volume name "a/b"`}},
+		{"unknown mount type", []string{"--mount", "type=tmpfs,dst=/x"}, []string{`unknown type "tmpfs"`}},
+		{"unknown mount key", []string{"--mount", "type=bind,src=/tmp,dst=/x,bind-propagation=shared"}, []string{`unknown key "bind-propagation"`}},
+		{"host dir is a file", []string{"-v", "v:/v", "-v", file + ":/x"}, []string{file, "is not a directory"}},
+		{"host dir missing", []string{"-v", missing + ":/x"}, []string{missing, "does not exist"}},
+		{"too many mounts", many, []string{"too many mounts"}},
+	}
+	for _, c := range cases {
+		args := append([]string{"run", "--kernel", e.kernel}, c.args...)
+		refused(t, c.name, e.kiln(append(args, e.hello())...), c.want...)
+	}
+	refused(t, "volume create a/b", e.kiln("volume", "create", "a/b"), `invalid volume name "a/b"`)
+	refused(t, "volume create --size 1k", e.kiln("volume", "create", "--size", "1k", "v"), `invalid volume size "1k"`)
+	refused(t, "volume rm missing", e.kiln("volume", "rm", "nope"), "no such volume: nope")
+	ok(t, "volume rm -f missing", e.kiln("volume", "rm", "-f", "nope"))
+	if got := e.volumeList(); len(got) != 0 {
+		t.Errorf("volumes made by refused runs: %v", got)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(e.root, "volumes")); len(ents) != 0 {
+		t.Errorf("left in the volume directory: %v", ents)
+	}
+	if dirs := e.vmDirs(); len(dirs) != 0 {
+		t.Errorf("VM directories left by refused runs: %v", dirs)
+	}
+	if ps := ok(t, "ps -a", e.kiln("ps", "-a", "-q")).stdout; ps != "" {
+		t.Errorf("VMs left by refused runs: %q", ps)
+	}
+}
+
+// loadDebianWithApp loads the Debian fixture as an image with a third
+// layer holding /srv/app, owned by 1000:1000, for volume copy-up.
+func (e *env) loadDebianWithApp() string {
+	t := e.t
+	t.Helper()
+	if _, err := os.Stat(filepath.Join(debianRootfs, ".complete")); err != nil {
+		t.Skipf("no Debian userland at %s: run scripts/fetch-test-rootfs (make test does)", debianRootfs)
+	}
+	layers := dirLayers(t, debianRootfs, func(top string) bool { return top == "usr" })
+	app := layerTar(t,
+		tarEntry{name: "srv/app/", typ: tar.TypeDir, mode: 0o750, uid: 1000, gid: 1000},
+		tarEntry{name: "srv/app/seed.txt", body: []byte("seeded by the image\n"), mode: 0o640, uid: 1000, gid: 1000},
+		symlink("srv/app/link", "seed.txt"),
+	)
+	img := testImage(t, func(c *v1.Config) {
+		c.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+		c.Cmd = []string{"/bin/sh"}
+	}, layers[0], layers[1], app)
+	dir := t.TempDir()
+	p, err := layout.Write(dir, empty.Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const ref = "kiln-test/debian-app:bookworm"
+	if err := p.AppendImage(img, layout.WithAnnotations(map[string]string{"io.containerd.image.name": ref})); err != nil {
+		t.Fatal(err)
+	}
+	ok(t, "load oci:", e.kiln("load", "oci:"+dir))
+	return ref
+}
+
+// TestVolumeImageCopyUpFullVolumeAndHostDirs, in one Debian VM: a new
+// volume takes the image's content at its target with owners and modes; a
+// full volume gives the program ENOSPC and nothing else breaks; a host
+// directory is shared read-write (the host sees the guest's write) and
+// read-only (the guest's write fails). A second VM sees the volume as the
+// first left it, not copied again.
+func TestVolumeImageCopyUpFullVolumeAndHostDirs(t *testing.T) {
+	e := newEnv(t)
+	ref := e.loadDebianWithApp()
+	rw, ro := t.TempDir(), t.TempDir()
+	for _, d := range []string{rw, ro} {
+		if err := os.WriteFile(filepath.Join(d, "in.txt"), []byte("from the host "+filepath.Base(d)+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ok(t, "volume create --size 16m", e.kiln("volume", "create", "--size", "16m", "small"))
+	script := `exec 2>&1
+stat -c 'owner %u:%g mode %a %n' /srv/app /srv/app/seed.txt
+cat /srv/app/seed.txt; readlink /srv/app/link
+rm /srv/app/seed.txt; echo later > /srv/app/added
+dd if=/dev/zero of=/small/fill bs=1M count=64 conv=fsync
+echo dd-exit=$?
+echo ok > /srv/app/after-full && echo other-disk-writable
+cat /host/rw/in.txt; echo from-guest > /host/rw/out.txt && echo rw-write-ok
+cat /host/ro/in.txt; echo x > /host/ro/new || echo ro-write-failed
+grep -E ' /(srv/app|small|host/rw|host/ro) ' /proc/mounts | cut -d' ' -f2-4`
+	r := e.run("--rm", "--pull", "never", "--network", "none", "-v", "appdata:/srv/app", "-v", "small:/small",
+		"-v", rw+":/host/rw", "-v", ro+":/host/ro:ro", ref, "/bin/sh", "-c", script)
+	if r.code != 0 {
+		t.Fatalf("run: %s", r)
+	}
+	for _, want := range []string{
+		"owner 1000:1000 mode 750 /srv/app\n",
+		"owner 1000:1000 mode 640 /srv/app/seed.txt\n",
+		"seeded by the image\nseed.txt\n",
+		"No space left on device",
+		"dd-exit=1\n",
+		"other-disk-writable\n",
+		"from the host " + filepath.Base(rw) + "\nrw-write-ok\n",
+		"from the host " + filepath.Base(ro) + "\n",
+		"Read-only file system\nro-write-failed\n",
+		"/srv/app ext4 rw,",
+		"/small ext4 rw,",
+		"/host/rw 9p rw,",
+		"/host/ro 9p ro,",
+	} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("guest output lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	if b, err := os.ReadFile(filepath.Join(rw, "out.txt")); err != nil || string(b) != "from-guest\n" {
+		t.Errorf("the guest's write to the shared directory: %q, %v", b, err)
+	}
+	if _, err := os.Stat(filepath.Join(ro, "new")); err == nil {
+		t.Errorf("the guest wrote into the read-only share")
+	}
+
+	r = ok(t, "second run", e.run("--rm", "--pull", "never", "--network", "none", "-v", "appdata:/srv/app:ro", ref,
+		"/bin/sh", "-c", "exec 2>&1; ls /srv/app; cat /srv/app/added; touch /srv/app/x || echo ro-volume"))
+	if want := "added\nafter-full\nlink\nlater\n"; !strings.HasPrefix(r.stdout, want) || !strings.Contains(r.stdout, "Read-only file system\nro-volume\n") {
+		t.Errorf("second VM sees:\n%s\nwant it to start with %q (the first VM's changes, no new copy) and a read-only volume", r.stdout, want)
+	}
+}

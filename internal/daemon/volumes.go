@@ -1,0 +1,96 @@
+package daemon
+
+import (
+	"net/http"
+
+	"kiln.dev/kiln/api"
+	"kiln.dev/kiln/internal/runtime"
+)
+
+// Volume endpoints: named volumes, kept under the root and attached to
+// VMs that name them.
+
+func (d *Daemon) volumeRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("POST /v1/volumes", d.createVolume)
+	mux.HandleFunc("GET /v1/volumes", d.listVolumes)
+	mux.HandleFunc("GET /v1/volumes/{name}", d.inspectVolume)
+	mux.HandleFunc("DELETE /v1/volumes/{name}", d.removeVolume)
+	mux.HandleFunc("POST /v1/volumes/prune", d.pruneVolumes)
+}
+
+func volumeToAPI(u *runtime.VolumeUsage) api.Volume {
+	return api.Volume{Name: u.Name, SizeMiB: u.SizeMiB, Created: u.Created, UsedBytes: u.UsedBytes(),
+		Path: u.Disk(), UsedBy: u.UsedBy, AttachedTo: u.AttachedTo}
+}
+
+func (d *Daemon) createVolume(w http.ResponseWriter, r *http.Request) {
+	var req api.VolumeCreateRequest
+	if err := decode(w, r, &req); err != nil {
+		d.fail(w, err)
+		return
+	}
+	u, err := d.sup.CreateVolume(r.Context(), req.Name, req.SizeMiB)
+	if err != nil {
+		d.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, volumeToAPI(u))
+}
+
+func (d *Daemon) listVolumes(w http.ResponseWriter, r *http.Request) {
+	us, err := d.sup.ListVolumes()
+	if err != nil {
+		d.fail(w, err)
+		return
+	}
+	out := []api.Volume{}
+	for _, u := range us {
+		out = append(out, volumeToAPI(u))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (d *Daemon) inspectVolume(w http.ResponseWriter, r *http.Request) {
+	u, err := d.sup.Volume(r.PathValue("name"))
+	if err != nil {
+		d.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, volumeToAPI(u))
+}
+
+func (d *Daemon) removeVolume(w http.ResponseWriter, r *http.Request) {
+	if err := d.sup.RemoveVolume(r.Context(), r.PathValue("name")); err != nil {
+		d.fail(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (d *Daemon) pruneVolumes(w http.ResponseWriter, r *http.Request) {
+	removed, freed, err := d.sup.PruneVolumes(r.Context())
+	if err != nil {
+		d.fail(w, err)
+		return
+	}
+	if removed == nil {
+		removed = []string{}
+	}
+	writeJSON(w, http.StatusOK, api.VolumePruneResponse{Removed: removed, SpaceReclaimed: freed})
+}
+
+func mountsFromAPI(ms []api.Mount) []runtime.Mount {
+	var out []runtime.Mount
+	for _, m := range ms {
+		out = append(out, runtime.Mount{Type: m.Type, Source: m.Source, Target: m.Target, ReadOnly: m.ReadOnly})
+	}
+	return out
+}
+
+func mountsToAPI(ms []runtime.Mount) []api.Mount {
+	var out []api.Mount
+	for _, m := range ms {
+		out = append(out, api.Mount{Type: m.Type, Source: m.Source, Target: m.Target, ReadOnly: m.ReadOnly})
+	}
+	return out
+}

@@ -1,0 +1,343 @@
+package runtime
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"kiln.dev/kiln/internal/agent"
+	"kiln.dev/kiln/internal/errdefs"
+	"kiln.dev/kiln/internal/state"
+	"kiln.dev/kiln/internal/vmm"
+	"kiln.dev/kiln/internal/volume"
+)
+
+// Volumes returns the store of named volumes under the runtime's root.
+func (r *Runtime) Volumes() (*volume.Store, error) { return volume.Open(r.root) }
+
+// mountPlan is what Create makes of a spec's mounts: the drives and shares
+// the VM gets, what kiln-init mounts, and the volumes this Create made
+// (removed again when it fails).
+type mountPlan struct {
+	drives  []vmm.Drive
+	shares  []vmm.Share
+	mounts  []agent.Mount
+	created []string
+	store   *volume.Store
+}
+
+// Names of the devices of mount i: drive and share IDs on the monitor's
+// command line, serials and tags the guest finds them by.
+func volDriveID(i int) string  { return "vol" + strconv.Itoa(i) }
+func bakeDriveID(i int) string { return "bake" + strconv.Itoa(i) }
+func shareID(i int) string     { return "fs" + strconv.Itoa(i) }
+func kilnName(id string) string {
+	return "kiln-" + id
+}
+
+// planMounts prepares s's mounts for the VM whose directory is dir: it
+// creates the named volumes that do not exist yet (as docker's -v does),
+// packs baked directories into read-only squashfs disks in dir, and says
+// how the guest finds each. Mounts are made parents first.
+func (r *Runtime) planMounts(ctx context.Context, dir string, s *Spec) (p *mountPlan, err error) {
+	p = &mountPlan{}
+	if len(s.Mounts) == 0 {
+		return p, nil
+	}
+	if err := checkMountSources(s.Mounts); err != nil {
+		return nil, err
+	}
+	if p.store, err = r.Volumes(); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			p.undo()
+		}
+	}()
+	ms := append([]Mount{}, s.Mounts...)
+	// A path sorts before every path it is a prefix of: parents first.
+	sort.Slice(ms, func(i, j int) bool { return ms[i].Target < ms[j].Target })
+	for i, m := range ms {
+		switch m.Type {
+		case MountVolume:
+			v, err := p.volume(ctx, m.Source)
+			if err != nil {
+				return nil, err
+			}
+			id := volDriveID(i)
+			p.drives = append(p.drives, vmm.Drive{ID: id, Path: v.Disk(), Serial: kilnName(id)})
+			p.mounts = append(p.mounts, agent.Mount{Kind: agent.MountDisk, Target: m.Target, Serial: kilnName(id),
+				FSType: volume.FSType, SubDir: volume.DataDir, ReadOnly: m.ReadOnly})
+		case MountBind:
+			id := shareID(i)
+			p.shares = append(p.shares, vmm.Share{ID: id, Path: m.Source, Tag: kilnName(id), ReadOnly: m.ReadOnly})
+			p.mounts = append(p.mounts, agent.Mount{Kind: agent.Mount9P, Target: m.Target, Tag: kilnName(id), ReadOnly: m.ReadOnly})
+		case MountBake:
+			id := bakeDriveID(i)
+			disk := filepath.Join(dir, id+".sqfs")
+			if err := bake(ctx, m.Source, disk); err != nil {
+				return nil, err
+			}
+			p.drives = append(p.drives, vmm.Drive{ID: id, Path: disk, ReadOnly: true, Serial: kilnName(id)})
+			p.mounts = append(p.mounts, agent.Mount{Kind: agent.MountDisk, Target: m.Target, Serial: kilnName(id),
+				FSType: "squashfs", ReadOnly: true})
+		}
+	}
+	return p, nil
+}
+
+// volume returns the named volume, creating it (default size) when it
+// does not exist.
+func (p *mountPlan) volume(ctx context.Context, name string) (*volume.Volume, error) {
+	v, err := p.store.Get(name)
+	if !errors.Is(err, errdefs.ErrNotFound) {
+		return v, err
+	}
+	v, err = p.store.Create(ctx, name, 0)
+	if errors.Is(err, errdefs.ErrConflict) {
+		return p.store.Get(name) // made meanwhile by another VM's creation
+	}
+	if err != nil {
+		return nil, fmt.Errorf("creating volume %s: %w", name, err)
+	}
+	p.created = append(p.created, name)
+	return v, nil
+}
+
+// undo removes the volumes the plan created.
+func (p *mountPlan) undo() {
+	for _, name := range p.created {
+		_ = p.store.Remove(name)
+	}
+	p.created = nil
+}
+
+// bake packs the host directory src into a squashfs image at disk,
+// keeping owners, modes and times: the guest mounts it read-only.
+func bake(ctx context.Context, src, disk string) error {
+	bin, err := findTool("gensquashfs", "squashfs-tools-ng")
+	if err != nil {
+		return err
+	}
+	cmd := exec.CommandContext(ctx, bin, "-q", "-k", "-D", src, disk)
+	cmd.WaitDelay = 5 * time.Second
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("baking %s into the VM: %w: %s", src, err, out)
+	}
+	return nil
+}
+
+// volumeNames returns the names of the named volumes among ms.
+func volumeNames(ms []Mount) []string {
+	var out []string
+	for _, m := range ms {
+		if m.Type == MountVolume {
+			out = append(out, m.Source)
+		}
+	}
+	return out
+}
+
+// volumeLocks keeps volumes to one running VM at a time, and keeps a
+// volume from being removed while a VM is being created with it.
+type volumeLocks struct {
+	// create is held by creations of VMs with volumes and by volume
+	// removals, so a removal never misses a VM about to refer to it.
+	create sync.Mutex
+	// mu guards attached.
+	mu       sync.Mutex
+	attached map[string]string // volume name → ID of the running VM
+}
+
+// acquire records that the VM id, about to start, holds the volumes of
+// spec; it fails with a conflict naming the volume and the VM holding it.
+func (s *Supervisor) acquireVolumes(id string, spec *Spec) error {
+	l := &s.vols
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	names := volumeNames(spec.Mounts)
+	for _, n := range names {
+		if other, ok := l.attached[n]; ok && other != id {
+			return fmt.Errorf("volume %s is in use by running VM %s: a volume is attached to one running VM at a time: %w", n, s.vmName(other), errdefs.ErrConflict)
+		}
+	}
+	if l.attached == nil {
+		l.attached = map[string]string{}
+	}
+	for _, n := range names {
+		l.attached[n] = id
+	}
+	return nil
+}
+
+// runningFirst orders VM records so that those recorded as running come
+// first: at a daemon start they are reattached, and take their volumes back,
+// before a restart policy starts another VM that might name one.
+func runningFirst(recs []*state.VM) {
+	running := func(r *state.VM) bool {
+		return r.Status == state.StatusRunning || r.Status == state.StatusStarting || r.Status == state.StatusStopping
+	}
+	sort.SliceStable(recs, func(i, j int) bool { return running(recs[i]) && !running(recs[j]) })
+}
+
+// releaseVolumes records that the VM id no longer runs.
+func (s *Supervisor) releaseVolumes(id string) {
+	l := &s.vols
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for n, holder := range l.attached {
+		if holder == id {
+			delete(l.attached, n)
+		}
+	}
+}
+
+// vmName returns the name of the VM with the given ID, or its short ID.
+func (s *Supervisor) vmName(id string) string {
+	s.mu.Lock()
+	m, ok := s.vms[id]
+	s.mu.Unlock()
+	if ok && m.spec.Name != "" {
+		return m.spec.Name
+	}
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}
+
+// VolumeUsage is a volume with the VMs that refer to it.
+type VolumeUsage struct {
+	*volume.Volume
+	// UsedBy are the names of the VMs whose spec names the volume,
+	// running or not, sorted.
+	UsedBy []string
+	// AttachedTo is the name of the running VM that has it, or "".
+	AttachedTo string
+}
+
+// volumeUsers returns the names of the VMs that refer to each volume.
+func (s *Supervisor) volumeUsers() map[string][]string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	users := map[string][]string{}
+	for _, m := range s.vms {
+		for _, n := range volumeNames(m.spec.Mounts) {
+			users[n] = append(users[n], m.spec.Name)
+		}
+	}
+	for _, u := range users {
+		sort.Strings(u)
+	}
+	return users
+}
+
+func (s *Supervisor) usage(v *volume.Volume, users map[string][]string) *VolumeUsage {
+	u := &VolumeUsage{Volume: v, UsedBy: users[v.Name]}
+	s.vols.mu.Lock()
+	id, ok := s.vols.attached[v.Name]
+	s.vols.mu.Unlock()
+	if ok {
+		u.AttachedTo = s.vmName(id)
+	}
+	return u
+}
+
+// CreateVolume makes a named volume; an existing one is a conflict.
+func (s *Supervisor) CreateVolume(ctx context.Context, name string, sizeMiB int) (*VolumeUsage, error) {
+	st, err := s.rt.Volumes()
+	if err != nil {
+		return nil, err
+	}
+	v, err := st.Create(ctx, name, sizeMiB)
+	if err != nil {
+		return nil, err
+	}
+	return s.usage(v, nil), nil
+}
+
+// Volume returns a named volume and its users.
+func (s *Supervisor) Volume(name string) (*VolumeUsage, error) {
+	st, err := s.rt.Volumes()
+	if err != nil {
+		return nil, err
+	}
+	v, err := st.Get(name)
+	if err != nil {
+		return nil, err
+	}
+	return s.usage(v, s.volumeUsers()), nil
+}
+
+// ListVolumes returns every volume and its users, by name.
+func (s *Supervisor) ListVolumes() ([]*VolumeUsage, error) {
+	st, err := s.rt.Volumes()
+	if err != nil {
+		return nil, err
+	}
+	vs, err := st.List()
+	if err != nil {
+		return nil, err
+	}
+	users := s.volumeUsers()
+	out := make([]*VolumeUsage, 0, len(vs))
+	for _, v := range vs {
+		out = append(out, s.usage(v, users))
+	}
+	return out, nil
+}
+
+// RemoveVolume deletes a volume and its data. As docker, it is refused
+// while any VM, running or not, refers to it.
+func (s *Supervisor) RemoveVolume(ctx context.Context, name string) error {
+	st, err := s.rt.Volumes()
+	if err != nil {
+		return err
+	}
+	s.vols.create.Lock()
+	defer s.vols.create.Unlock()
+	if _, err := st.Get(name); err != nil {
+		return err
+	}
+	if users := s.volumeUsers()[name]; len(users) > 0 {
+		return fmt.Errorf("volume %s is in use by VM %s: remove the VM first: %w", name, users[0], errdefs.ErrConflict)
+	}
+	return st.Remove(name)
+}
+
+// PruneVolumes removes every volume no VM refers to and returns their
+// names and the bytes they took on the host.
+func (s *Supervisor) PruneVolumes(ctx context.Context) ([]string, int64, error) {
+	st, err := s.rt.Volumes()
+	if err != nil {
+		return nil, 0, err
+	}
+	s.vols.create.Lock()
+	defer s.vols.create.Unlock()
+	vs, err := st.List()
+	if err != nil {
+		return nil, 0, err
+	}
+	users := s.volumeUsers()
+	var removed []string
+	var freed int64
+	for _, v := range vs {
+		if len(users[v.Name]) > 0 {
+			continue
+		}
+		used := v.UsedBytes()
+		if err := st.Remove(v.Name); err != nil {
+			return removed, freed, err
+		}
+		removed = append(removed, v.Name)
+		freed += used
+	}
+	return removed, freed, nil
+}

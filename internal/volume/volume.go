@@ -1,0 +1,262 @@
+// Package volume keeps kiln's named volumes: each is a sparse disk image
+// holding an ext4 filesystem, in a directory of its own under the kiln
+// root, that VMs attach as a virtio-blk drive and that outlives them.
+//
+//	<root>/volumes/<name>/volume.json   name, size, creation time
+//	<root>/volumes/<name>/disk.ext4     the disk image (sparse)
+//
+// A volume appears and disappears by a rename, so a reader never sees one
+// half made or half removed. Which VMs use a volume is not recorded here:
+// the VMs' specs say it (see runtime.Supervisor).
+package volume
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"kiln.dev/kiln/internal/errdefs"
+)
+
+// Sizes, in MiB.
+const (
+	DefaultSizeMiB = 10 << 10
+	MinSizeMiB     = 16
+	MaxSizeMiB     = 16 << 20 // ext4's limit with 4 KiB blocks
+)
+
+// File names in a volume's directory.
+const (
+	metaFile = "volume.json"
+	// DiskFile is the volume's disk image.
+	DiskFile = "disk.ext4"
+	// FSType is the filesystem on a volume's disk.
+	FSType = "ext4"
+	// DataDir is the directory on the volume's filesystem that the guest
+	// mounts at the target: the filesystem's root also holds lost+found,
+	// which programs that want an empty directory (initdb) refuse.
+	DataDir = "data"
+)
+
+// Volume is one named volume.
+type Volume struct {
+	Name    string    `json:"name"`
+	SizeMiB int       `json:"sizeMiB"`
+	Created time.Time `json:"created"`
+	// Dir is the volume's directory on the host (not stored).
+	Dir string `json:"-"`
+}
+
+// Disk returns the host path of the volume's disk image.
+func (v *Volume) Disk() string { return filepath.Join(v.Dir, DiskFile) }
+
+// UsedBytes returns the bytes the volume's disk takes on the host: its
+// allocated blocks, not its size (the file is sparse).
+func (v *Volume) UsedBytes() int64 {
+	var st unix.Stat_t
+	if err := unix.Stat(v.Disk(), &st); err != nil {
+		return 0
+	}
+	return st.Blocks * 512
+}
+
+var nameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
+
+// ValidateName reports whether name can name a volume: as a VM name, 1-63
+// letters, digits, '_', '.' or '-', starting with a letter or digit.
+func ValidateName(name string) error {
+	if !nameRE.MatchString(name) {
+		return errdefs.Invalid(fmt.Sprintf("invalid volume name %q: use 1-63 letters, digits, '_', '.' or '-', starting with a letter or digit (a host path must be absolute)", name))
+	}
+	return nil
+}
+
+// Store is the volumes under one kiln root.
+type Store struct {
+	dir string
+}
+
+// Open returns the store of volumes under the kiln root, creating its
+// directory.
+func Open(root string) (*Store, error) {
+	dir := filepath.Join(root, "volumes")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating volume directory: %w", err)
+	}
+	return &Store{dir: dir}, nil
+}
+
+// Dir returns the directory holding the volumes.
+func (s *Store) Dir() string { return s.dir }
+
+// Create makes a volume of sizeMiB (0: DefaultSizeMiB). It returns an
+// error wrapping errdefs.ErrConflict when one of that name exists.
+func (s *Store) Create(ctx context.Context, name string, sizeMiB int) (*Volume, error) {
+	if err := ValidateName(name); err != nil {
+		return nil, err
+	}
+	if sizeMiB == 0 {
+		sizeMiB = DefaultSizeMiB
+	}
+	if sizeMiB < MinSizeMiB || sizeMiB > MaxSizeMiB {
+		return nil, errdefs.Invalid(fmt.Sprintf("invalid volume size %dm: allowed %dm to %dm", sizeMiB, MinSizeMiB, MaxSizeMiB))
+	}
+	final := filepath.Join(s.dir, name)
+	if _, err := os.Lstat(final); err == nil {
+		return nil, fmt.Errorf("volume %s already exists: %w", name, errdefs.ErrConflict)
+	}
+	tmp, err := os.MkdirTemp(s.dir, ".new-"+name+"-")
+	if err != nil {
+		return nil, fmt.Errorf("creating volume %s: %w", name, err)
+	}
+	defer os.RemoveAll(tmp) // gone after the rename
+	v := &Volume{Name: name, SizeMiB: sizeMiB, Created: time.Now().UTC(), Dir: tmp}
+	if err := makeDisk(ctx, v.Disk(), sizeMiB); err != nil {
+		return nil, err
+	}
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("encoding volume %s: %w", name, err)
+	}
+	if err := os.WriteFile(filepath.Join(tmp, metaFile), b, 0o600); err != nil {
+		return nil, fmt.Errorf("writing volume %s: %w", name, err)
+	}
+	if err := os.Chmod(tmp, 0o700); err != nil {
+		return nil, fmt.Errorf("creating volume %s: %w", name, err)
+	}
+	// rename(2) of a directory onto an existing non-empty one fails: two
+	// creators of one name cannot both win.
+	if err := os.Rename(tmp, final); err != nil {
+		if errors.Is(err, fs.ErrExist) || errors.Is(err, unix.ENOTEMPTY) {
+			return nil, fmt.Errorf("volume %s already exists: %w", name, errdefs.ErrConflict)
+		}
+		return nil, fmt.Errorf("creating volume %s: %w", name, err)
+	}
+	v.Dir = final
+	return v, nil
+}
+
+// Get returns the volume called name, or an error wrapping
+// errdefs.ErrNotFound.
+func (s *Store) Get(name string) (*Volume, error) {
+	if err := ValidateName(name); err != nil {
+		return nil, err
+	}
+	dir := filepath.Join(s.dir, name)
+	b, err := os.ReadFile(filepath.Join(dir, metaFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("no such volume: %s: %w", name, errdefs.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading volume %s: %w", name, err)
+	}
+	var v Volume
+	if err := json.Unmarshal(b, &v); err != nil {
+		return nil, fmt.Errorf("parsing volume %s: %w", name, err)
+	}
+	v.Dir = dir
+	return &v, nil
+}
+
+// List returns the volumes, sorted by name.
+func (s *Store) List() ([]*Volume, error) {
+	ents, err := os.ReadDir(s.dir)
+	if err != nil {
+		return nil, fmt.Errorf("listing volumes: %w", err)
+	}
+	var out []*Volume
+	for _, e := range ents {
+		if !e.IsDir() || strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		v, err := s.Get(e.Name())
+		if errors.Is(err, errdefs.ErrNotFound) || errors.Is(err, errdefs.ErrInvalidArgument) {
+			continue // removed meanwhile, or not a volume
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+// Remove deletes the volume called name and its data. Whether a VM uses
+// it is for the caller to check first.
+func (s *Store) Remove(name string) error {
+	v, err := s.Get(name)
+	if err != nil {
+		return err
+	}
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	gone := filepath.Join(s.dir, ".rm-"+name+"-"+hex.EncodeToString(b))
+	if err := os.Rename(v.Dir, gone); err != nil {
+		return fmt.Errorf("removing volume %s: %w", name, err)
+	}
+	if err := os.RemoveAll(gone); err != nil {
+		return fmt.Errorf("removing volume %s: %w", name, err)
+	}
+	return nil
+}
+
+// mkfsArgs is the mkfs.ext4 command line for a volume: as a VM's writable
+// disk, lazy initialisation on a sparse file (the guest mounts it with
+// noinit_itable) and no blocks reserved for root.
+func mkfsArgs(disk string) []string {
+	return []string{"-q", "-F", "-m", "0", "-L", "kiln-volume",
+		"-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard", disk}
+}
+
+func makeDisk(ctx context.Context, disk string, mib int) error {
+	mkfs, err := findTool("mkfs.ext4", "e2fsprogs")
+	if err != nil {
+		return err
+	}
+	f, err := os.OpenFile(disk, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("creating volume disk: %w", err)
+	}
+	err = f.Truncate(int64(mib) << 20)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("sizing volume disk: %w", err)
+	}
+	cmd := exec.CommandContext(ctx, mkfs, mkfsArgs(disk)...)
+	cmd.WaitDelay = 5 * time.Second
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("making volume disk with %s: %w: %s", mkfs, err, bytes.TrimSpace(out))
+	}
+	return nil
+}
+
+// findTool finds a host tool in PATH or the sbin directories.
+func findTool(tool, pkg string) (string, error) {
+	if p, err := exec.LookPath(tool); err == nil {
+		return p, nil
+	}
+	for _, d := range []string{"/usr/sbin", "/sbin"} {
+		p := filepath.Join(d, tool)
+		if st, err := os.Stat(p); err == nil && st.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("%s not found (install the Debian package %s): %w", tool, pkg, errdefs.ErrUnavailable)
+}
