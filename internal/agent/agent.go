@@ -146,6 +146,9 @@ type Record struct {
 	ExitCode int     `json:"exitCode"`
 	Signal   int     `json:"signal,omitempty"`
 	Error    string  `json:"error,omitempty"`
+	// OOMKilled (exit records): the kernel's OOM killer ended a process
+	// of the guest while the program ran.
+	OOMKilled bool `json:"oomKilled,omitempty"`
 }
 
 // Control operations sent by the host on the control port.
