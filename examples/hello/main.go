@@ -23,7 +23,14 @@ func main() {
 	env := flag.String("env", "", "print the value of this environment variable")
 	lines := flag.Int("lines", 0, "print this many numbered lines")
 	ifaces := flag.Bool("ifaces", false, "print the guest's network interfaces and their addresses")
+	trapHUP := flag.Bool("trap-hup", false, "while sleeping, print each SIGHUP and keep sleeping")
+	allocMB := flag.Int("alloc-mb", 0, "allocate and touch this many MiB, one at a time, printing progress")
+	zero := flag.Int64("zero", -1, "write this many zero bytes to stdout and exit, printing nothing else")
 	flag.Parse()
+	if *zero >= 0 {
+		writeZeros(*zero)
+		return
+	}
 	host, _ := os.Hostname()
 	uptime, _ := os.ReadFile("/proc/uptime")
 	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
@@ -41,14 +48,29 @@ func main() {
 	for i := 1; i <= *lines; i++ {
 		fmt.Printf("line %d of %d\n", i, *lines)
 	}
+	if *allocMB > 0 {
+		allocate(*allocMB)
+	}
 	if *sleep > 0 {
 		term := make(chan os.Signal, 1)
 		signal.Notify(term, syscall.SIGTERM)
+		hup := make(chan os.Signal, 1)
+		if *trapHUP {
+			signal.Notify(hup, syscall.SIGHUP)
+		}
 		fmt.Println("sleeping")
-		select {
-		case s := <-term:
-			fmt.Printf("got %v, exiting\n", s)
-		case <-time.After(*sleep):
+		end := time.After(*sleep)
+	wait:
+		for {
+			select {
+			case s := <-term:
+				fmt.Printf("got %v, exiting\n", s)
+				break wait
+			case s := <-hup:
+				fmt.Printf("got %v, still running\n", s)
+			case <-end:
+				break wait
+			}
 		}
 	}
 	if *sig > 0 {
@@ -78,5 +100,38 @@ func printInterfaces() {
 			addrs = append(addrs, a.String())
 		}
 		fmt.Printf("iface %s %s %s\n", ifi.Name, state, strings.Join(addrs, " "))
+	}
+}
+
+// hold keeps allocate's memory reachable.
+var hold [][]byte
+
+// allocate allocates n MiB one MiB at a time, touching every page, so the
+// kernel must find real memory for it.
+func allocate(n int) {
+	for i := 1; i <= n; i++ {
+		b := make([]byte, 1<<20)
+		for j := 0; j < len(b); j += 4096 {
+			b[j] = 1
+		}
+		hold = append(hold, b)
+		if i%16 == 0 || i == n {
+			fmt.Printf("allocated %d MiB\n", i)
+		}
+	}
+}
+
+// writeZeros writes n zero bytes to stdout.
+func writeZeros(n int64) {
+	buf := make([]byte, 64<<10)
+	for n > 0 {
+		k := int64(len(buf))
+		if n < k {
+			k = n
+		}
+		if _, err := os.Stdout.Write(buf[:k]); err != nil {
+			os.Exit(1)
+		}
+		n -= k
 	}
 }
