@@ -46,6 +46,7 @@ type runFlags struct {
 	logOpts     []string
 	publish     []string
 	network     string
+	health      healthFlags
 }
 
 func newRunCmd(g *globals) *cobra.Command {
@@ -88,6 +89,7 @@ after --time seconds. With -d the VM runs in the background.`,
 	fl.StringVar(&f.restart, "restart", "no", "restart policy: no, on-failure[:max-retries], always, unless-stopped")
 	fl.StringArrayVar(&f.logOpts, "log-opt", nil, "log option: max-size=10m, max-file=3")
 	fl.StringArrayVarP(&f.publish, "publish", "p", nil, "publish a VM port on the host: [ip:][hostPort[-end]]:guestPort[-end][/tcp|/udp] (no host port: an ephemeral one, see kiln port)")
+	f.health.register(fl)
 	fl.StringVar(&f.network, "network", network.ModeUser, "network: user (QEMU user-mode, NAT, published ports forwarded by QEMU) or none (loopback only)")
 	return c
 }
@@ -215,6 +217,9 @@ func apiConfig(spec runtime.Spec, f *runFlags) (api.VMConfig, error) {
 		Log:         api.LogConfig{MaxSize: logCfg.MaxSize, MaxFiles: logCfg.MaxFiles},
 		StopTimeout: f.stopTimeout,
 		Network:     spec.Network,
+	}
+	if c.Healthcheck, c.HealthOnFailure, err = f.health.config(); err != nil {
+		return api.VMConfig{}, err
 	}
 	for _, p := range spec.Ports {
 		c.Ports = append(c.Ports, api.PortMapping{HostIP: p.HostIP, HostPort: p.HostPort, GuestPort: p.GuestPort, Protocol: p.Protocol})
