@@ -89,13 +89,17 @@ func writeTree(tw *tar.Writer, root, name string) error {
 // copyIn extracts the tar stream the host sends, as docker's cp writes
 // into a container: into dest when it is a directory; otherwise into its
 // parent directory, the stream's top-level entry taking dest's name.
-func copyIn(ch *agent.Channel, dest string) {
-	dest = filepath.Clean("/" + dest)
+func copyIn(ch *agent.Channel, raw string) {
+	dest := filepath.Clean("/" + raw)
 	dir, rename := dest, ""
 	if st, err := os.Stat(dest); err != nil || !st.IsDir() {
 		dir, rename = filepath.Dir(dest), filepath.Base(dest)
-		if st, err := os.Stat(dir); err != nil || !st.IsDir() {
-			_ = ch.SendJSON(agent.FrameReply, agent.Reply{Error: fmt.Sprintf("no such directory in the VM: %s", dir)})
+		st, err := os.Stat(dir)
+		if strings.HasSuffix(raw, "/") || err != nil || !st.IsDir() {
+			if !strings.HasSuffix(raw, "/") {
+				dest = dir
+			}
+			_ = ch.SendJSON(agent.FrameReply, agent.Reply{Error: fmt.Sprintf("cannot copy to %s: no such directory in the VM: %s", raw, dest)})
 			return
 		}
 	}

@@ -10,6 +10,7 @@ import (
 func TestExecAndSignalsInABareVM(t *testing.T) {
 	e := newEnv(t)
 	e.runD("--name", "web", "-e", "K=from-run", "--memory", "128m", e.hello(), "-sleep", "10m", "-trap-hup")
+	t.Cleanup(func() { e.kiln("rm", "-f", "web") })
 	e.awaitLog("web", "sleeping", 1)
 
 	r := ok(t, "exec", e.kiln("exec", "-e", "X=from-exec", "web", "hello", "-env", "K"))
