@@ -1,8 +1,14 @@
 package main
 
 import (
+	"bytes"
+	"context"
+	"io"
+	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // A bare VM: exec runs commands beside the program, with its environment,
@@ -52,5 +58,86 @@ func TestExecAndSignalsInABareVM(t *testing.T) {
 	r = e.kiln("exec", "nosuchvm", "hello")
 	if r.code != 125 || !strings.Contains(r.stderr, "nosuchvm") {
 		t.Errorf("exec in a missing VM:\n%s", r)
+	}
+}
+
+func TestOOMKillIsReported(t *testing.T) {
+	e := newEnv(t)
+	e.runD("--name", "hog", "--memory", "96m", e.hello(), "-alloc-mb", "1024")
+	t.Cleanup(func() { e.kiln("rm", "-f", "hog") })
+	r := e.kiln("wait", "hog")
+	if strings.TrimSpace(r.stdout) != "137" {
+		t.Fatalf("wait for the hog: %s", r)
+	}
+	if got := e.inspect("hog", "{{.State.OOMKilled}}"); got != "true" {
+		t.Errorf("State.OOMKilled = %s, want true", got)
+	}
+	e.awaitEvents("hog", "oom", 1)
+}
+
+// The agent connection going away mid-exec, from either end, leaves the
+// VM running and later execs working; the guest going away ends an exec
+// with a clear error.
+func TestExecSurvivesDisconnects(t *testing.T) {
+	e := newEnv(t)
+	e.runD("--name", "web", "--memory", "128m", e.hello(), "-sleep", "10m")
+	t.Cleanup(func() { e.kiln("rm", "-f", "web") })
+	e.awaitLog("web", "sleeping", 1)
+	if got := e.inspect("web", "{{.State.OOMKilled}}"); got != "false" {
+		t.Errorf("State.OOMKilled of a VM that did not run out of memory: %s", got)
+	}
+
+	// streaming starts an exec writing zeros without end and returns once
+	// output flows.
+	streaming := func() (*exec.Cmd, *bytes.Buffer) {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		t.Cleanup(cancel)
+		cmd := e.command(ctx, "exec", "web", "hello", "-zero", "100000000000")
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(out, make([]byte, 1<<20)); err != nil {
+			t.Fatalf("reading exec output: %v", err)
+		}
+		go io.Copy(io.Discard, out)
+		return cmd, &stderr
+	}
+	alive := func(what string) {
+		t.Helper()
+		r := e.kiln("exec", "web", "hello", "-exit", "5")
+		if r.code != 5 {
+			t.Fatalf("exec after %s: %s", what, r)
+		}
+		if got := e.inspect("web", "{{.State.Status}}"); got != "running" {
+			t.Fatalf("after %s the VM is %s", what, got)
+		}
+	}
+
+	cmd, _ := streaming()
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+	alive("the exec client was killed")
+
+	cmd, stderr := streaming()
+	daemon := e.daemonPID()
+	_ = syscall.Kill(daemon, syscall.SIGKILL)
+	if err := cmd.Wait(); err == nil {
+		t.Errorf("exec went on as if nothing happened when its daemon was killed")
+	} else if !strings.Contains(stderr.String(), "exec stream ended") {
+		t.Errorf("exec whose daemon was killed: %v, stderr %q", err, stderr)
+	}
+	alive("the daemon was killed")
+
+	cmd, stderr = streaming()
+	ok(t, "kill the VM", e.kiln("kill", "web"))
+	err := cmd.Wait()
+	if ee, isExit := err.(*exec.ExitError); !isExit || ee.ExitCode() != 125 || !strings.Contains(stderr.String(), "guest agent") {
+		t.Errorf("exec in a VM that ended: %v, stderr %q; want 125 and a word on the guest agent", err, stderr)
 	}
 }
