@@ -278,6 +278,7 @@ func (s *Supervisor) monitor(m *managed, vm *VM, done chan struct{}) {
 	go func() {
 		select {
 		case <-vm.Started():
+			go vm.Agent() // dial now: the first exec or stop need not wait for the hello
 			if up := vm.BootUptime(); up > 0 {
 				m.mu.Lock()
 				if m.runDone == done {
