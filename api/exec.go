@@ -58,3 +58,14 @@ type HealthResult struct {
 	ExitCode int       `json:"exitCode"`
 	Output   string    `json:"output"`
 }
+
+// Stats is a running VM's view of itself, from its guest agent.
+type Stats struct {
+	// MemTotal and MemAvailable are the guest's, in bytes.
+	MemTotal     uint64 `json:"memTotal"`
+	MemAvailable uint64 `json:"memAvailable"`
+	// Load is the guest's load average over 1, 5 and 15 minutes.
+	Load      [3]float64 `json:"load"`
+	Uptime    float64    `json:"uptime"`
+	Processes int        `json:"processes"`
+}

@@ -160,3 +160,10 @@ func (c *Client) CopyTo(ctx context.Context, ref, path string, archive io.Reader
 	}
 	return nil
 }
+
+// Stats returns a running VM's memory and load.
+func (c *Client) Stats(ctx context.Context, ref string) (api.Stats, error) {
+	var s api.Stats
+	err := c.call(ctx, http.MethodGet, vmPath(ref, "/stats"), nil, nil, &s)
+	return s, err
+}

@@ -138,9 +138,20 @@ func TestExecInDebian(t *testing.T) {
 		if err := unix.IoctlSetWinsize(int(m.Fd()), unix.TIOCSWINSZ, &unix.Winsize{Row: 42, Col: 123}); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(500 * time.Millisecond) // SIGWINCH → resize frame → guest ioctl
-		io.WriteString(m, "stty size\n")
+		// SIGWINCH → resize frame → guest ioctl: ask until the new size shows.
+		asked := make(chan struct{})
+		go func() {
+			for {
+				io.WriteString(m, "stty size\n")
+				select {
+				case <-asked:
+					return
+				case <-time.After(time.Second):
+				}
+			}
+		}()
 		out.await(t, "42 123")
+		close(asked)
 		io.WriteString(m, "exit 3\n")
 		err := cmd.Wait()
 		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 3 {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"io"
 	"os/exec"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -48,6 +49,11 @@ func TestExecAndSignalsInABareVM(t *testing.T) {
 	}
 	if got := e.inspect("web", "{{.State.Status}}"); got != "running" {
 		t.Errorf("after the bad signal the VM is %s", got)
+	}
+
+	r = ok(t, "stats", e.kiln("stats", "--no-stream", "web"))
+	if !regexp.MustCompile(`(?m)^web\s+[0-9.]+MiB / 1[0-2][0-9]\.[0-9]MiB\s+[0-9.]+%\s+[0-9.]+ [0-9.]+ [0-9.]+\s+[1-9][0-9]*$`).MatchString(r.stdout) {
+		t.Errorf("stats of a 128m VM:\n%s", r)
 	}
 
 	ok(t, "stop", e.kiln("stop", "web"))

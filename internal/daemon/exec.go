@@ -235,3 +235,18 @@ func (d *Daemon) archivePut(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 }
+
+// stats answers a running VM's memory and load, from its guest agent.
+func (d *Daemon) stats(w http.ResponseWriter, r *http.Request) {
+	vm, err := d.sup.Running(r.Context(), r.PathValue("ref"))
+	if err != nil {
+		d.fail(w, err)
+		return
+	}
+	st, err := vm.Stats()
+	if err != nil {
+		d.fail(w, errdefs.Mark(err, errdefs.ErrConflict))
+		return
+	}
+	writeJSON(w, http.StatusOK, api.Stats{MemTotal: st.MemTotal, MemAvailable: st.MemAvailable, Load: st.Load, Uptime: st.Uptime, Processes: st.Processes})
+}

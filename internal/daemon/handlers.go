@@ -45,6 +45,7 @@ func (d *Daemon) routes() http.Handler {
 	mux.HandleFunc("POST /v1/vms/{ref}/exec", d.exec)
 	mux.HandleFunc("GET /v1/vms/{ref}/archive", d.archiveGet)
 	mux.HandleFunc("PUT /v1/vms/{ref}/archive", d.archivePut)
+	mux.HandleFunc("GET /v1/vms/{ref}/stats", d.stats)
 	d.imageRoutes(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s (this daemon serves /%s/)", r.Method, r.URL.Path, api.Version))
