@@ -25,7 +25,8 @@ func newExecCmd(g *globals) *cobra.Command {
 		Short: "Run a command in a running VM",
 		Long: `Run COMMAND in a running VM through its guest agent, as docker exec does:
 with the VM program's environment (plus -e), working directory and user
-unless -w or -u say otherwise. kiln exits with the command's exit code:
+unless -w or -u say otherwise. Signals kiln exec gets (INT, TERM, HUP, QUIT,
+USR1, USR2) are sent to the command. kiln exits with the command's exit code:
 126 when it cannot be executed, 127 when it is not found. -i sends stdin;
 -t gives the command a pseudo-terminal (the local terminal goes raw and its
 size follows the window).`,
@@ -70,6 +71,16 @@ size follows the window).`,
 					}
 				}()
 			}
+			// Signals to kiln exec are the command's, as docker run's
+			// --sig-proxy (with a tty, ^C travels as a byte instead).
+			sigs := make(chan os.Signal, 4)
+			signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2)
+			defer signal.Stop(sigs)
+			go func() {
+				for sg := range sigs {
+					_ = s.Signal(int(sg.(syscall.Signal)))
+				}
+			}()
 			var stdin io.Reader
 			if interactive {
 				stdin = cmd.InOrStdin()

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"io"
@@ -39,6 +40,29 @@ func TestExecAndSignalsInABareVM(t *testing.T) {
 	}
 	if r = e.kiln("exec", "web", "hello", "-signal", "9"); r.code != 137 {
 		t.Errorf("exec killed by SIGKILL: want 137\n%s", r)
+	}
+
+	// A signal to kiln exec reaches the command.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := e.command(ctx, "exec", "web", "hello", "-sleep", "5m")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(out)
+	for sc.Scan() && sc.Text() != "sleeping" {
+	}
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	var rest []string
+	for sc.Scan() {
+		rest = append(rest, sc.Text())
+	}
+	if err := cmd.Wait(); err != nil || len(rest) != 1 || rest[0] != "got terminated, exiting" {
+		t.Errorf("SIGTERM to kiln exec: %v, then %q", err, rest)
 	}
 
 	ok(t, "kill -s HUP", e.kiln("kill", "-s", "HUP", "web"))
