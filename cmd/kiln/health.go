@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/spf13/pflag"
+	"github.com/spf13/cobra"
 
 	"kiln.dev/kiln/api"
 	"kiln.dev/kiln/internal/errdefs"
@@ -22,7 +22,8 @@ type healthFlags struct {
 	onFailure   string
 }
 
-func (h *healthFlags) register(fl *pflag.FlagSet) {
+func (h *healthFlags) register(c *cobra.Command) {
+	fl := c.Flags()
 	fl.StringVar(&h.cmd, "health-cmd", "", "command to check health, run with /bin/sh -c in the VM")
 	fl.DurationVar(&h.interval, "health-interval", 0, "time between health checks (default 30s)")
 	fl.DurationVar(&h.timeout, "health-timeout", 0, "time a health check may take (default 30s)")

@@ -89,7 +89,7 @@ after --time seconds. With -d the VM runs in the background.`,
 	fl.StringVar(&f.restart, "restart", "no", "restart policy: no, on-failure[:max-retries], always, unless-stopped")
 	fl.StringArrayVar(&f.logOpts, "log-opt", nil, "log option: max-size=10m, max-file=3")
 	fl.StringArrayVarP(&f.publish, "publish", "p", nil, "publish a VM port on the host: [ip:][hostPort[-end]]:guestPort[-end][/tcp|/udp] (no host port: an ephemeral one, see kiln port)")
-	f.health.register(fl)
+	f.health.register(c)
 	fl.StringVar(&f.network, "network", network.ModeUser, "network: user (QEMU user-mode, NAT, published ports forwarded by QEMU) or none (loopback only)")
 	return c
 }
