@@ -29,6 +29,10 @@ func TestExecAndSignalsInABareVM(t *testing.T) {
 	if !strings.Contains(r.stdout, "X=from-exec\n") {
 		t.Errorf("exec -e: %s", r)
 	}
+	r = ok(t, "exec -e over the program's", e.kiln("exec", "-e", "K=over", "web", "hello", "-env", "K"))
+	if !strings.Contains(r.stdout, "K=over\n") {
+		t.Errorf("exec -e K=over: %s", r)
+	}
 	if r = e.kiln("exec", "web", "hello", "-exit", "7"); r.code != 7 {
 		t.Errorf("exec exit 7: %s", r)
 	}
