@@ -212,16 +212,21 @@ func TestExecInDebian(t *testing.T) {
 
 func TestHealthChecks(t *testing.T) {
 	e := newEnv(t)
-	loadDebian(t, e, nil)
-	healthy := func(name string) {
-		e.runD("--name", name, "--pull", "never", "--memory", "192m", "--restart", "on-failure",
-			"--health-cmd", "test -f /tmp/ok", "--health-interval", "1s", "--health-retries", "2",
-			"--health-on-failure", map[string]string{"plain": "none", "killed": "kill"}[name],
-			"kiln-test/debian:bookworm", "/bin/sh", "-c", "touch /tmp/ok; echo up; exec sleep 100000")
+	// The image's HEALTHCHECK checks every 30s; "plain" takes its command
+	// and sets a shorter interval, "killed" gives its own check.
+	loadDebian(t, e, func(c *v1.Config) {
+		c.Healthcheck = &v1.HealthConfig{Test: []string{"CMD-SHELL", "test -f /tmp/ok"}, Interval: 30 * time.Second, Retries: 2}
+	})
+	run := func(name string, flags ...string) {
+		args := append([]string{"--name", name, "--pull", "never", "--memory", "192m", "--restart", "on-failure"}, flags...)
+		e.runD(append(args, "kiln-test/debian:bookworm", "/bin/sh", "-c", "touch /tmp/ok; echo up; exec sleep 100000")...)
 	}
 	t.Cleanup(func() { e.kiln("rm", "-f", "plain", "killed") })
-	healthy("plain")
-	healthy("killed")
+	run("plain", "--health-interval", "1s")
+	run("killed", "--health-cmd", "test -f /tmp/ok", "--health-interval", "1s", "--health-retries", "2", "--health-on-failure", "kill")
+	if got := e.inspect("plain", "{{json .Config.Healthcheck}}"); got != `{"test":["CMD-SHELL","test -f /tmp/ok"],"interval":"1s","retries":2}` {
+		t.Errorf("plain's health check, the image's with -health-interval: %s", got)
+	}
 	e.awaitEvents("plain", "health_status: healthy", 1)
 	if r := e.kiln("ps"); !strings.Contains(r.stdout, "(healthy)") {
 		t.Errorf("ps of a healthy VM:\n%s", r)
