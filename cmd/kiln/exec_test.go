@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"os/exec"
 	"regexp"
@@ -44,6 +45,23 @@ func TestExecAndSignalsInABareVM(t *testing.T) {
 	}
 	if r = e.kiln("exec", "web", "hello", "-signal", "9"); r.code != 137 {
 		t.Errorf("exec killed by SIGKILL: want 137\n%s", r)
+	}
+
+	// Sessions run at once on the one agent connection, each output whole.
+	results := make(chan result, 4)
+	for i := range 4 {
+		go func() { results <- e.kiln("exec", "web", "hello", "-lines", "3000", "-exit", fmt.Sprint(i)) }()
+	}
+	codes := map[int]bool{}
+	for range 4 {
+		r := <-results
+		codes[r.code] = true
+		if n := strings.Count(r.stdout, "\nline "); n != 3000 || !strings.Contains(r.stdout, "line 3000 of 3000\n") {
+			t.Errorf("concurrent exec: %d lines, exit %d", n, r.code)
+		}
+	}
+	if len(codes) != 4 {
+		t.Errorf("concurrent execs' exit codes: %v, want 0 to 3", codes)
 	}
 
 	// A signal to kiln exec reaches the command.
