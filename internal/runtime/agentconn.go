@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"sync"
 	"time"
@@ -166,6 +167,22 @@ func (s *Session) Control(c agent.Control) error { return s.ch.SendJSON(agent.Fr
 func (s *Session) Close() {
 	_ = s.ch.Send(agent.FrameClose, nil)
 	s.ch.Close()
+}
+
+// oomKilled reports whether the last run's exit record says the guest's
+// kernel killed a process for lack of memory.
+func (vm *VM) oomKilled() bool {
+	data, err := os.ReadFile(filepath.Join(vm.Dir, statusFile))
+	if err != nil {
+		return false
+	}
+	recs, _ := agent.ParseRecords(data)
+	for _, r := range recs {
+		if r.Kind == agent.KindExit {
+			return r.OOMKilled
+		}
+	}
+	return false
 }
 
 // ParseExit decodes an exit frame.

@@ -108,8 +108,8 @@ func (m *managed) view() *View {
 		if m.runDone != nil {
 			v.Ports = m.vm.Ports()
 			v.Health = m.health.snapshot()
-		} else if e, err := m.vm.LastExit(); err == nil {
-			v.OOMKilled = e.OOMKilled
+		} else {
+			v.OOMKilled = m.vm.oomKilled()
 		}
 	}
 	return v
