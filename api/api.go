@@ -77,6 +77,10 @@ type VMConfig struct {
 	Ports []PortMapping `json:"ports,omitempty"`
 	// Mounts are named volumes, host directories and baked directories.
 	Mounts []Mount `json:"mounts,omitempty"`
+	// Healthcheck overrides the image's HEALTHCHECK; HealthOnFailure is
+	// none, kill, restart or stop.
+	Healthcheck     *HealthConfig `json:"healthcheck,omitempty"`
+	HealthOnFailure string        `json:"healthOnFailure,omitempty"`
 }
 
 // PortMapping is a published port: HostIP:HostPort on the host reaches
@@ -122,6 +126,11 @@ type VMState struct {
 	RestartCount int       `json:"restartCount"`
 	// BootUptime is the guest's uptime (seconds) when its program started.
 	BootUptime float64 `json:"bootUptime,omitempty"`
+	// OOMKilled: the last run's guest ran out of memory and its kernel
+	// killed a process.
+	OOMKilled bool `json:"oomKilled"`
+	// Health is set while a VM with a health check runs.
+	Health *Health `json:"health,omitempty"`
 }
 
 // VM is a VM as inspect shows it.

@@ -9,7 +9,6 @@
 package main
 
 import (
-	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -90,7 +89,7 @@ func run() int {
 	}
 	writeRecord(status, agent.Record{Kind: agent.KindStarted, PID: child.Pid, Uptime: uptime})
 	code, sig := supervise(spec, child.Pid)
-	writeRecord(status, agent.Record{Kind: agent.KindExit, PID: child.Pid, ExitCode: agent.ExitCodeFor(code, sig), Signal: sig})
+	writeRecord(status, agent.Record{Kind: agent.KindExit, PID: child.Pid, ExitCode: agent.ExitCodeFor(code, sig), Signal: sig, OOMKilled: oomKills() > 0})
 	return agent.ExitCodeFor(code, sig)
 }
 
@@ -384,7 +383,7 @@ func supervise(s *agent.Spec, pid int) (status, sig int) {
 		stopSig = syscall.Signal(s.StopSignal)
 	}
 	reqs := make(chan agent.Request, 4)
-	go serveControl(reqs)
+	go serveControl(s, reqs)
 	var killTimer <-chan time.Time
 	for {
 		select {
@@ -424,6 +423,8 @@ func supervise(s *agent.Spec, pid int) (status, sig int) {
 func reap(pid int) (syscall.WaitStatus, bool) {
 	var found syscall.WaitStatus
 	done := false
+	procs.mu.Lock()
+	defer procs.mu.Unlock()
 	for {
 		var ws syscall.WaitStatus
 		p, err := syscall.Wait4(-1, &ws, syscall.WNOHANG, nil)
@@ -433,6 +434,7 @@ func reap(pid int) (syscall.WaitStatus, bool) {
 		if p == pid {
 			found, done = ws, true
 		}
+		execExited(p, ws)
 	}
 }
 
@@ -441,40 +443,6 @@ func exitStatus(ws syscall.WaitStatus) (int, int) {
 		return 0, int(ws.Signal())
 	}
 	return ws.ExitStatus(), 0
-}
-
-// serveControl reads control requests from the host. While no host is
-// connected the port reads EOF; the driver then signals SIGIO when a host
-// connects, and a slow timer covers a missed notice.
-func serveControl(out chan<- agent.Request) {
-	f, err := openPort(agent.PortControl)
-	if err != nil {
-		logf("control port unavailable: %v", err)
-		return
-	}
-	io := make(chan os.Signal, 1)
-	signal.Notify(io, syscall.SIGIO)
-	if err := unix.SetNonblock(int(f.Fd()), false); err == nil {
-		_, _ = unix.FcntlInt(f.Fd(), unix.F_SETOWN, os.Getpid())
-		if fl, err := unix.FcntlInt(f.Fd(), unix.F_GETFL, 0); err == nil {
-			_, _ = unix.FcntlInt(f.Fd(), unix.F_SETFL, fl|unix.O_ASYNC)
-		}
-	}
-	for {
-		sc := bufio.NewScanner(f)
-		for sc.Scan() {
-			var r agent.Request
-			if err := json.Unmarshal(sc.Bytes(), &r); err != nil || r.Version != agent.Version {
-				logf("ignoring control request %q", sc.Bytes())
-				continue
-			}
-			out <- r
-		}
-		select {
-		case <-io:
-		case <-time.After(time.Second):
-		}
-	}
 }
 
 // powerOff ends every remaining process and ends the VM. It restarts rather

@@ -70,6 +70,7 @@ func newRootCmd() *cobra.Command {
 	})
 	root.AddCommand(newRunCmd(g), newPortCmd(g), newDoctorCmd(g), newKernelCmd(g), newDaemonCmd(g))
 	root.AddCommand(vmCommands(g)...)
+	root.AddCommand(newExecCmd(g), newCpCmd(g), newStatsCmd(g))
 	root.AddCommand(imageCommands(g)...)
 	root.AddCommand(newNetworkCmd(g))
 	root.AddCommand(volumeCommands(g))

@@ -49,6 +49,7 @@ type runFlags struct {
 	ip          string
 	volumes     []string
 	mounts      []string
+	health      healthFlags
 }
 
 func newRunCmd(g *globals) *cobra.Command {
@@ -95,6 +96,7 @@ after --time seconds. With -d the VM runs in the background.`,
 	fl.StringVar(&f.ip, "ip", "", "the VM's IPv4 address on its bridge network (default: the next free one)")
 	fl.StringArrayVarP(&f.volumes, "volume", "v", nil, "mount a named volume (NAME:/path[:ro], created when missing) or a host directory (/abs/dir:/path[:ro|rw])")
 	fl.StringArrayVar(&f.mounts, "mount", nil, "mount as docker's --mount: type=volume|bind|bake,src=...,dst=...[,readonly] (bake: a host directory copied in at create time, read-only)")
+	f.health.register(c)
 	return c
 }
 
@@ -226,6 +228,9 @@ func apiConfig(spec runtime.Spec, f *runFlags) (api.VMConfig, error) {
 		StopTimeout: f.stopTimeout,
 		Network:     spec.Network,
 		IP:          spec.IP,
+	}
+	if c.Healthcheck, c.HealthOnFailure, err = f.health.config(); err != nil {
+		return api.VMConfig{}, err
 	}
 	for _, p := range spec.Ports {
 		c.Ports = append(c.Ports, api.PortMapping{HostIP: p.HostIP, HostPort: p.HostPort, GuestPort: p.GuestPort, Protocol: p.Protocol})

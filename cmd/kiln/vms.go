@@ -150,6 +150,9 @@ func statusText(v api.VM) string {
 	s := v.State
 	switch s.Status {
 	case "running":
+		if s.Health != nil {
+			return fmt.Sprintf("Up %s (%s)", ago(s.StartedAt), healthWord(s.Health.Status))
+		}
 		return "Up " + ago(s.StartedAt)
 	case "stopping":
 		return "Stopping"

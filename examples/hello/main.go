@@ -29,7 +29,14 @@ func main() {
 	cat := flag.String("cat", "", "print the content of this file (or why it cannot be read)")
 	write := flag.String("write", "", "try to create this file and say whether it worked")
 	marker := flag.String("marker", "", "with -sleep: on SIGTERM, write a marker to this file (synced) before exiting")
+	trapHUP := flag.Bool("trap-hup", false, "while sleeping, print each SIGHUP and keep sleeping")
+	allocMB := flag.Int("alloc-mb", 0, "allocate and touch this many MiB, one at a time, printing progress")
+	zero := flag.Int64("zero", -1, "write this many zero bytes to stdout and exit, printing nothing else")
 	flag.Parse()
+	if *zero >= 0 {
+		writeZeros(*zero)
+		return
+	}
 	host, _ := os.Hostname()
 	uptime, _ := os.ReadFile("/proc/uptime")
 	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
@@ -64,17 +71,32 @@ func main() {
 	for i := 1; i <= *lines; i++ {
 		fmt.Printf("line %d of %d\n", i, *lines)
 	}
+	if *allocMB > 0 {
+		allocate(*allocMB)
+	}
 	if *sleep > 0 {
 		term := make(chan os.Signal, 1)
 		signal.Notify(term, syscall.SIGTERM)
+		hup := make(chan os.Signal, 1)
+		if *trapHUP {
+			signal.Notify(hup, syscall.SIGHUP)
+		}
 		fmt.Println("sleeping")
-		select {
-		case s := <-term:
-			fmt.Printf("got %v, exiting\n", s)
-			if *marker != "" {
-				writeMarker(*marker, s)
+		end := time.After(*sleep)
+	wait:
+		for {
+			select {
+			case s := <-term:
+				fmt.Printf("got %v, exiting\n", s)
+				if *marker != "" {
+					writeMarker(*marker, s)
+				}
+				break wait
+			case s := <-hup:
+				fmt.Printf("got %v, still running\n", s)
+			case <-end:
+				break wait
 			}
-		case <-time.After(*sleep):
 		}
 	}
 	if *sig > 0 {
@@ -125,4 +147,37 @@ func writeMarker(p string, sig os.Signal) {
 		return
 	}
 	fmt.Printf("marker written to %s\n", p)
+}
+
+// hold keeps allocate's memory reachable.
+var hold [][]byte
+
+// allocate allocates n MiB one MiB at a time, touching every page, so the
+// kernel must find real memory for it.
+func allocate(n int) {
+	for i := 1; i <= n; i++ {
+		b := make([]byte, 1<<20)
+		for j := 0; j < len(b); j += 4096 {
+			b[j] = 1
+		}
+		hold = append(hold, b)
+		if i%16 == 0 || i == n {
+			fmt.Printf("allocated %d MiB\n", i)
+		}
+	}
+}
+
+// writeZeros writes n zero bytes to stdout.
+func writeZeros(n int64) {
+	buf := make([]byte, 64<<10)
+	for n > 0 {
+		k := int64(len(buf))
+		if n < k {
+			k = n
+		}
+		if _, err := os.Stdout.Write(buf[:k]); err != nil {
+			os.Exit(1)
+		}
+		n -= k
+	}
 }

@@ -9,8 +9,9 @@
 //   - the status port (PortStatus): JSON lines from the guest (Record), backed
 //     on the host by a file so that the exit status survives even when nobody
 //     on the host is listening at that moment;
-//   - the control port (PortControl): JSON lines from the host (Request),
-//     asking the guest to stop or to signal its program.
+//   - the control port (PortControl): multiplexed frames both ways
+//     (ControlVersion 2: frame.go, mux.go, client.go): stop, signal, exec,
+//     file copy and stats, many sessions at once.
 //
 // The program's stdout and stderr go to their own ports (PortStdout,
 // PortStderr) untouched, so that its output is kept apart from the kernel's
@@ -149,9 +150,13 @@ type Record struct {
 	ExitCode int     `json:"exitCode"`
 	Signal   int     `json:"signal,omitempty"`
 	Error    string  `json:"error,omitempty"`
+	// OOMKilled (exit records): the kernel's OOM killer ended a process
+	// of the guest while the program ran.
+	OOMKilled bool `json:"oomKilled,omitempty"`
 }
 
-// Control operations sent by the host on the control port.
+// Operations on the program, sent by the host in an OpenRequest (and
+// handed inside kiln-init as a Request).
 const (
 	// OpStop asks kiln-init for a graceful stop: Signal (0: the spec's
 	// StopSignal) to the program, GraceMillis to exit, then SIGKILL, then
@@ -161,7 +166,7 @@ const (
 	OpSignal = "signal"
 )
 
-// Request is one line on the control port.
+// Request is a stop or signal request for the program.
 type Request struct {
 	Version     int    `json:"version"`
 	Op          string `json:"op"`

@@ -50,6 +50,7 @@ func fromAPI(c *api.VMConfig) (runtime.Spec, runtime.Options, error) {
 	if c.StopTimeout == 0 {
 		opts.StopGrace = 0
 	}
+	spec.Healthcheck, opts.HealthOnFailure = healthFromAPI(c.Healthcheck), c.HealthOnFailure
 	return spec, opts, nil
 }
 
@@ -69,6 +70,7 @@ func toAPI(v *runtime.View) api.VM {
 		IP:          s.IP,
 		Ports:       portsToAPI(s.Ports),
 		Mounts:      mountsToAPI(s.Mounts),
+		Healthcheck: healthConfigToAPI(s.Healthcheck), HealthOnFailure: v.Options.HealthOnFailure,
 	}
 	for _, r := range s.Rlimits {
 		c.Ulimits = append(c.Ulimits, api.Ulimit{Name: r.Name, Soft: r.Soft, Hard: r.Hard})
@@ -83,6 +85,7 @@ func toAPI(v *runtime.View) api.VM {
 			Status: r.Status, Running: r.Status == state.StatusRunning || r.Status == state.StatusStopping,
 			PID: r.PID, ExitCode: r.ExitCode, Error: r.Error, StartedAt: r.StartedAt, FinishedAt: r.FinishedAt,
 			RestartCount: r.RestartCount, BootUptime: r.BootUptime,
+			OOMKilled: v.OOMKilled, Health: healthToAPI(v.Health),
 		},
 	}
 }

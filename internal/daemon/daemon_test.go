@@ -387,6 +387,9 @@ func fullConfig(t *testing.T) api.VMConfig {
 		IP:          "10.99.0.10",
 		Ports:       []api.PortMapping{{HostIP: "127.0.0.1", HostPort: 8080, GuestPort: 80, Protocol: "tcp"}, {GuestPort: 53, Protocol: "udp"}},
 		Mounts:      []api.Mount{{Type: "volume", Source: "data", Target: "/data"}, {Type: "bind", Source: "/srv", Target: "/srv", ReadOnly: true}},
+		Healthcheck: &api.HealthConfig{Test: []string{"CMD-SHELL", "true"}, Interval: api.Duration(time.Second),
+			Timeout: api.Duration(2 * time.Second), StartPeriod: api.Duration(3 * time.Second), Retries: 4},
+		HealthOnFailure: runtime.OnFailureKill,
 	}
 	v := reflect.ValueOf(c)
 	for i := range v.NumField() {

@@ -499,6 +499,9 @@ func configOf(cf *v1.ConfigFile) Config {
 		StopSignal: c.StopSignal,
 		Labels:     c.Labels,
 	}
+	if h := c.Healthcheck; h != nil {
+		out.Healthcheck = &Healthcheck{Test: h.Test, Interval: h.Interval, Timeout: h.Timeout, StartPeriod: h.StartPeriod, Retries: h.Retries}
+	}
 	for p := range c.ExposedPorts {
 		out.ExposedPorts = append(out.ExposedPorts, p)
 	}

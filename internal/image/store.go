@@ -110,6 +110,16 @@ type Config struct {
 	ExposedPorts []string          `json:"exposedPorts,omitempty"` // "80/tcp", sorted
 	Volumes      []string          `json:"volumes,omitempty"`      // paths, sorted
 	Labels       map[string]string `json:"labels,omitempty"`
+	Healthcheck  *Healthcheck      `json:"healthcheck,omitempty"`
+}
+
+// Healthcheck is the image's HEALTHCHECK.
+type Healthcheck struct {
+	Test        []string      `json:"test,omitempty"`
+	Interval    time.Duration `json:"interval,omitempty"`
+	Timeout     time.Duration `json:"timeout,omitempty"`
+	StartPeriod time.Duration `json:"startPeriod,omitempty"`
+	Retries     int           `json:"retries,omitempty"`
 }
 
 // record is one image in index.json.

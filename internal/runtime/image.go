@@ -131,6 +131,9 @@ func (r *Runtime) resolveImage(ctx context.Context, s *Spec) (*imagePlan, error)
 	}
 	s.ImageID = img.ID
 	s.ExposedPorts = img.Config.ExposedPorts
+	if h := img.Config.Healthcheck; h != nil {
+		s.Healthcheck = mergeHealth(s.Healthcheck, &HealthConfig{Test: h.Test, Interval: h.Interval, Timeout: h.Timeout, StartPeriod: h.StartPeriod, Retries: h.Retries})
+	}
 	if p.rootfs, err = store.RootFS(ctx, img); err != nil {
 		return nil, imageErr(err)
 	}

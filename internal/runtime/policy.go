@@ -176,6 +176,9 @@ type Options struct {
 	// StopGrace is the time the program has after its stop signal; 0 means
 	// DefaultStopGrace.
 	StopGrace time.Duration `json:"stopGrace,omitempty"`
+	// HealthOnFailure is what an unhealthy VM gets: none, kill, restart
+	// or stop (health.go).
+	HealthOnFailure string `json:"healthOnFailure,omitempty"`
 }
 
 // Validate checks o and fills in defaults.
@@ -200,6 +203,9 @@ func (o *Options) Validate() error {
 	}
 	if o.StopGrace == 0 {
 		o.StopGrace = DefaultStopGrace
+	}
+	if err := ValidateOnFailure(o.HealthOnFailure); err != nil {
+		return err
 	}
 	if o.StopGrace < 0 {
 		return errdefs.Invalid(fmt.Sprintf("invalid stop timeout %s: must be 0 or more", o.StopGrace))

@@ -37,6 +37,9 @@ const (
 type Spec struct {
 	// Name is the VM's name; "" gets one made from its ID.
 	Name string `json:"name,omitempty"`
+	// Healthcheck is the VM's health check (health.go); an image's
+	// HEALTHCHECK fills what it leaves zero.
+	Healthcheck *HealthConfig `json:"healthcheck,omitempty"`
 	// Program is the host path of a static executable the VM runs (bare
 	// mode): it is placed at /usr/local/bin/<base name> in the guest.
 	Program string `json:"program"`
@@ -168,6 +171,9 @@ func ValidateName(name string) error {
 
 // Validate checks s against the host's limits and fills in defaults.
 func (s *Spec) Validate(h HostLimits) error {
+	if err := s.Healthcheck.Validate(); err != nil {
+		return err
+	}
 	if s.Name != "" {
 		if err := ValidateName(s.Name); err != nil {
 			return err

@@ -30,6 +30,7 @@ const (
 	EventStopped   = "stopped"
 	EventKilled    = "killed"
 	EventRemoved   = "removed"
+	EventOOM       = "oom"
 )
 
 // Supervisor keeps VMs in their desired state: it starts and stops them,
@@ -68,6 +69,7 @@ type managed struct {
 	timer   *time.Timer // pending restart
 	backoff int         // consecutive quick restarts
 	removed bool
+	health  *healthState // the current run's health checks; nil without
 }
 
 // record is what the state store keeps of a VM's spec.
@@ -92,6 +94,11 @@ type View struct {
 	// Ports are the published ports as resolved for the current run; nil
 	// when the VM is not running.
 	Ports []network.PortMapping
+	// Health is the current run's health; nil without health checks.
+	Health *Health
+	// OOMKilled: the last run's guest ran out of memory and its kernel
+	// killed a process.
+	OOMKilled bool
 }
 
 func (m *managed) view() *View {
@@ -103,6 +110,9 @@ func (m *managed) view() *View {
 		}
 		if m.runDone != nil {
 			v.Ports = m.vm.Ports()
+			v.Health = m.health.snapshot()
+		} else {
+			v.OOMKilled = m.vm.oomKilled()
 		}
 	}
 	return v
@@ -288,9 +298,11 @@ func (s *Supervisor) startLocked(m *managed, action string) error {
 // monitor waits for one run of a VM to end and records it; it applies the
 // restart policy. It is the only goroutine that waits on that run.
 func (s *Supervisor) monitor(m *managed, vm *VM, done chan struct{}) {
+	go s.runHealth(m, vm, done)
 	go func() {
 		select {
 		case <-vm.Started():
+			go vm.Agent() // dial now: the first exec or stop need not wait for the hello
 			if up := vm.BootUptime(); up > 0 {
 				m.mu.Lock()
 				if m.runDone == done {
@@ -317,9 +329,12 @@ func (s *Supervisor) monitor(m *managed, vm *VM, done chan struct{}) {
 	}
 	ranFor := time.Since(m.rec.StartedAt)
 	m.rec.Status, m.rec.PID, m.rec.ExitCode, m.rec.Error, m.rec.FinishedAt = state.StatusExited, 0, code, msg, time.Now().UTC()
-	m.runDone = nil
+	m.runDone, m.health = nil, nil
 	s.save(m)
 	s.networkChanged(m.spec)
+	if exit != nil && exit.OOMKilled {
+		s.event(m.rec, EventOOM)
+	}
 	s.event(m.rec, EventDied, "exitCode="+strconv.Itoa(code))
 	s.afterExit(m, ranFor, done)
 }

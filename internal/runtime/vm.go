@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,7 +18,6 @@ import (
 	"kiln.dev/kiln/internal/follow"
 	"kiln.dev/kiln/internal/kernel"
 	"kiln.dev/kiln/internal/network"
-	"kiln.dev/kiln/internal/unixsock"
 	"kiln.dev/kiln/internal/vmm"
 	"kiln.dev/kiln/internal/vmm/qemu"
 )
@@ -33,8 +31,9 @@ type VM struct {
 	Accel  vmm.AccelChoice
 	Kernel *kernel.Kernel
 
-	cfg vmm.Config
-	log *slog.Logger
+	cfg  vmm.Config
+	log  *slog.Logger
+	link agentLink // the guest agent connection (agentconn.go)
 
 	// mu guards the fields below.
 	mu sync.Mutex
@@ -261,6 +260,7 @@ func (vm *VM) watch(m vmm.VMM, fl *follow.Follower) {
 	}
 	fl.Stop()
 	<-copied
+	vm.closeAgent()
 }
 
 // Started returns a channel closed once the program has started.
@@ -285,6 +285,9 @@ type Exit struct {
 	Signal int
 	// Uptime is the guest's uptime in seconds when kiln-init started.
 	Uptime float64
+	// OOMKilled: the guest's kernel ran out of memory and killed a
+	// process during the run.
+	OOMKilled bool
 	// Err is set when the program did not run to its end: the boot failed
 	// (errdefs.ErrBootFailed), kiln-init reported an error, or the VM was
 	// killed.
@@ -325,7 +328,7 @@ func (vm *VM) exit() (*Exit, error) {
 		case agent.KindStarted:
 			started, e.Uptime = true, r.Uptime
 		case agent.KindExit:
-			e.Code, e.Signal = r.ExitCode, r.Signal
+			e.Code, e.Signal, e.OOMKilled = r.ExitCode, r.Signal, r.OOMKilled
 			return e, nil
 		case agent.KindError:
 			e.Code, e.Err = r.ExitCode, errors.New(r.Error)
@@ -360,11 +363,7 @@ func (vm *VM) Stop(ctx context.Context, grace time.Duration) error {
 	if m == nil || !m.Info().Running {
 		return nil
 	}
-	conn, err := vm.dialAgent()
-	if err == nil {
-		defer conn.Close()
-		err = agent.WriteLine(conn, agent.Request{Version: agent.Version, Op: agent.OpStop, GraceMillis: grace.Milliseconds()})
-	}
+	_, err := vm.agentDo(agent.OpenRequest{Op: agent.OpStop, GraceMillis: grace.Milliseconds()})
 	if err != nil {
 		vm.log.Debug("guest agent unreachable", "vm", vm.ID, "err", err)
 	} else {
@@ -383,25 +382,8 @@ func (vm *VM) Stop(ctx context.Context, grace time.Duration) error {
 
 // Signal delivers sig to the program through the guest agent.
 func (vm *VM) Signal(sig int) error {
-	conn, err := vm.dialAgent()
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	return agent.WriteLine(conn, agent.Request{Version: agent.Version, Op: agent.OpSignal, Signal: sig})
-}
-
-func (vm *VM) dialAgent() (net.Conn, error) {
-	var c net.Conn
-	err := unixsock.WithPath(filepath.Join(vm.Dir, agentSock), func(p string) error {
-		var err error
-		c, err = net.DialTimeout("unix", p, 2*time.Second)
-		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("connecting to guest agent: %w", err)
-	}
-	return c, nil
+	_, err := vm.agentDo(agent.OpenRequest{Op: agent.OpSignal, Signal: sig})
+	return err
 }
 
 // Kill ends the VM at once.

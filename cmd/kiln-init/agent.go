@@ -1,0 +1,478 @@
+//go:build linux
+
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"kiln.dev/kiln/internal/agent"
+)
+
+// procs hands the exit status of commands run for the host (exec) to the
+// sessions waiting for them. kiln-init, as PID 1, reaps every child in
+// one place (reap); a command is registered under procs.mu in the same
+// critical section that starts it, so its status cannot be reaped first.
+var procs = struct {
+	mu   sync.Mutex
+	wait map[int]chan syscall.WaitStatus
+}{wait: map[int]chan syscall.WaitStatus{}}
+
+// execExited delivers the status of a reaped child that is an exec'd
+// command. Precondition: procs.mu held.
+func execExited(pid int, ws syscall.WaitStatus) {
+	if c, ok := procs.wait[pid]; ok {
+		delete(procs.wait, pid)
+		c <- ws
+	}
+}
+
+// serveControl serves the host on the control port: one connection after
+// another (the port reads EOF while no host is connected; the driver
+// sends SIGIO when one connects, and a slow timer covers a missed notice).
+// Stop and signal requests for the program go to out.
+func serveControl(spec *agent.Spec, out chan<- agent.Request) {
+	f, err := openPort(agent.PortControl)
+	if err != nil {
+		logf("control port unavailable: %v", err)
+		return
+	}
+	sigio := make(chan os.Signal, 1)
+	signal.Notify(sigio, syscall.SIGIO)
+	if err := unix.SetNonblock(int(f.Fd()), false); err == nil {
+		_, _ = unix.FcntlInt(f.Fd(), unix.F_SETOWN, os.Getpid())
+		if fl, err := unix.FcntlInt(f.Fd(), unix.F_GETFL, 0); err == nil {
+			_, _ = unix.FcntlInt(f.Fd(), unix.F_SETFL, fl|unix.O_ASYNC)
+		}
+	}
+	srv := &server{spec: spec, reqs: out}
+	for {
+		if err := srv.serve(f); err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, agent.ErrClosed) {
+			logf("control connection: %v", err)
+		}
+		select {
+		case <-sigio:
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+type server struct {
+	spec *agent.Spec
+	reqs chan<- agent.Request
+}
+
+// serve runs one host connection: hello, then channels until the host
+// goes away, when every session it opened is ended.
+func (s *server) serve(f *os.File) error {
+	r := bufio.NewReaderSize(f, 64<<10)
+	if err := agent.SkipToMagic(r); err != nil {
+		return err
+	}
+	fr, err := agent.ReadFrame(r)
+	if err != nil {
+		return err
+	}
+	var h agent.Hello
+	if fr.Type != agent.FrameHello || json.Unmarshal(fr.Payload, &h) != nil {
+		return fmt.Errorf("expected a hello, got a frame of type %d", fr.Type)
+	}
+	reply, _ := json.Marshal(agent.Hello{Version: agent.ControlVersion, Agent: "kiln-init"})
+	if _, err := f.Write(agent.AppendFrame(append([]byte(nil), agent.Magic...), agent.Frame{Type: agent.FrameHello, Payload: reply})); err != nil {
+		return err
+	}
+	if h.Version != agent.ControlVersion {
+		return fmt.Errorf("host speaks control protocol version %d, kiln-init %d", h.Version, agent.ControlVersion)
+	}
+	m := agent.NewMux(r, f, s.open)
+	return m.Run()
+}
+
+// open handles one channel the host opened.
+func (s *server) open(ch *agent.Channel, payload []byte) {
+	defer ch.Close()
+	var req agent.OpenRequest
+	if err := json.Unmarshal(payload, &req); err != nil {
+		_ = ch.SendJSON(agent.FrameReply, agent.Reply{Error: fmt.Sprintf("bad request: %v", err), ExitCode: 125})
+		return
+	}
+	switch req.Op {
+	case agent.OpStop, agent.OpSignal:
+		if req.Op == agent.OpSignal && (req.Signal <= 0 || req.Signal > 64) {
+			_ = ch.SendJSON(agent.FrameReply, agent.Reply{Error: fmt.Sprintf("invalid signal %d", req.Signal)})
+			return
+		}
+		s.reqs <- agent.Request{Version: agent.Version, Op: req.Op, Signal: req.Signal, GraceMillis: req.GraceMillis}
+		_ = ch.SendJSON(agent.FrameReply, agent.Reply{})
+	case agent.OpStats:
+		st := guestStats()
+		_ = ch.SendJSON(agent.FrameReply, agent.Reply{Stats: &st})
+	case agent.OpExec:
+		s.exec(ch, req.Exec)
+	case agent.OpCopyOut:
+		copyOut(ch, req.Path)
+	case agent.OpCopyIn:
+		copyIn(ch, req.Path)
+	default:
+		_ = ch.SendJSON(agent.FrameReply, agent.Reply{Error: fmt.Sprintf("unknown operation %q", req.Op), ExitCode: 125})
+	}
+}
+
+func (s *server) exec(ch *agent.Channel, req *agent.ExecRequest) {
+	fail := func(code int, err error) {
+		_ = ch.SendJSON(agent.FrameReply, agent.Reply{Error: err.Error(), ExitCode: code})
+	}
+	if req == nil || len(req.Args) == 0 {
+		fail(125, errors.New("exec: no command"))
+		return
+	}
+	env := mergeEnv(s.spec.Env, req.Env)
+	cwd := req.WorkingDir
+	if cwd == "" {
+		cwd = s.spec.WorkingDir
+	}
+	if cwd == "" {
+		cwd = "/"
+	}
+	cred := &syscall.Credential{Uid: s.spec.UID, Gid: s.spec.GID, Groups: s.spec.AdditionalGIDs}
+	if req.User != "" {
+		u, err := resolveUser(req.User)
+		if err != nil {
+			fail(125, err)
+			return
+		}
+		cred = &syscall.Credential{Uid: u.uid, Gid: u.gid, Groups: u.sgids}
+		env = mergeEnv(env, []string{"HOME=" + u.home})
+	}
+	path, code, err := resolveProgram(&agent.Spec{Args: req.Args, Env: env, WorkingDir: cwd})
+	if err != nil {
+		fail(code, err)
+		return
+	}
+	sess, err := startExec(path, req, env, cwd, cred)
+	if err != nil {
+		fail(126, err)
+		return
+	}
+	if err := ch.SendJSON(agent.FrameReply, agent.Reply{PID: sess.pid}); err != nil {
+		sess.kill()
+	}
+	sess.run(ch)
+}
+
+// mergeEnv returns base with add's variables set, replacing base's of the
+// same name in place (C's getenv takes the first of duplicates).
+func mergeEnv(base, add []string) []string {
+	out := append([]string(nil), base...)
+	for _, kv := range add {
+		k, _, _ := strings.Cut(kv, "=")
+		replaced := false
+		for i, old := range out {
+			if ok, _, _ := strings.Cut(old, "="); ok == k {
+				out[i], replaced = kv, true
+				break
+			}
+		}
+		if !replaced {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+func resolveUser(spec string) (execUser, error) {
+	passwd, err := readDB("/etc/passwd", parsePasswd)
+	if err != nil {
+		return execUser{}, err
+	}
+	group, err := readDB("/etc/group", parseGroup)
+	if err != nil {
+		return execUser{}, err
+	}
+	return lookupUser(spec, passwd, group)
+}
+
+// session is one running exec'd command.
+type session struct {
+	pid    int
+	tty    *os.File // the pty master, with a tty
+	stdin  *os.File // the write end of the command's stdin, when piped
+	outs   []*os.File
+	status chan syscall.WaitStatus
+	exited atomic.Bool
+}
+
+// startExec starts the command in a new session: with a tty, on a new
+// pseudo-terminal that becomes its controlling terminal; otherwise on
+// pipes (stdin on /dev/null unless the host sends it).
+func startExec(path string, req *agent.ExecRequest, env []string, cwd string, cred *syscall.Credential) (*session, error) {
+	s := &session{status: make(chan syscall.WaitStatus, 1)}
+	var files []*os.File // the command's ends, closed here once it started
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	attr := &syscall.SysProcAttr{Setsid: true, Credential: cred}
+	if req.TTY {
+		master, slave, err := openPTY(req.Rows, req.Cols, cred.Uid)
+		if err != nil {
+			return nil, err
+		}
+		s.tty = master
+		files = []*os.File{slave, slave, slave}
+		attr.Setctty, attr.Ctty = true, 0
+	} else {
+		if req.Stdin {
+			r, w, err := os.Pipe()
+			if err != nil {
+				return nil, err
+			}
+			s.stdin = w
+			files = append(files, r)
+		} else {
+			null, err := os.Open(os.DevNull)
+			if err != nil {
+				return nil, err
+			}
+			files = append(files, null)
+		}
+		for i := 0; i < 2; i++ {
+			r, w, err := os.Pipe()
+			if err != nil {
+				s.closeAll()
+				return nil, err
+			}
+			s.outs = append(s.outs, r)
+			files = append(files, w)
+		}
+	}
+	procs.mu.Lock()
+	p, err := os.StartProcess(path, req.Args, &os.ProcAttr{Dir: cwd, Env: env, Files: files, Sys: attr})
+	if err == nil {
+		s.pid = p.Pid
+		procs.wait[p.Pid] = s.status
+		p.Release()
+	}
+	procs.mu.Unlock()
+	if err != nil {
+		s.closeAll()
+		return nil, fmt.Errorf("exec %s: %w", path, err)
+	}
+	return s, nil
+}
+
+func (s *session) closeAll() {
+	for _, f := range append([]*os.File{s.tty, s.stdin}, s.outs...) {
+		if f != nil {
+			f.Close()
+		}
+	}
+}
+
+// kill ends the command and everything it started (its session's process
+// group).
+func (s *session) kill() {
+	if s.exited.Load() {
+		return // its pid and group may be another's by now
+	}
+	_ = syscall.Kill(-s.pid, syscall.SIGKILL)
+	_ = syscall.Kill(s.pid, syscall.SIGKILL)
+}
+
+// run carries the session's streams until the command exits, then sends
+// its exit status. If the host goes away or abandons the channel, the
+// command is killed: a session never outlives its channel.
+func (s *session) run(ch *agent.Channel) {
+	var copiers sync.WaitGroup
+	pump := func(src *os.File, t byte) {
+		defer copiers.Done()
+		buf := make([]byte, agent.MaxPayload)
+		for {
+			n, err := src.Read(buf)
+			if n > 0 {
+				if ch.Send(t, buf[:n]) != nil {
+					s.kill()
+					return
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}
+	if s.tty != nil {
+		copiers.Add(1)
+		go pump(s.tty, agent.FrameStdout)
+	}
+	for i, f := range s.outs {
+		copiers.Add(1)
+		go pump(f, []byte{agent.FrameStdout, agent.FrameStderr}[i])
+	}
+	go s.input(ch)
+	ws := <-s.status
+	s.exited.Store(true)
+	// Output the command wrote before it ended is still in the pipes; a
+	// process it left behind may hold them open, so wait only so long.
+	drained := make(chan struct{})
+	go func() { copiers.Wait(); close(drained) }()
+	select {
+	case <-drained:
+	case <-time.After(2 * time.Second):
+	}
+	s.closeAll()
+	code, sig := exitStatus(ws)
+	_ = ch.SendJSON(agent.FrameExit, agent.ExitStatus{ExitCode: agent.ExitCodeFor(code, sig), Signal: sig})
+}
+
+// input applies what the host sends on the channel: stdin, its end,
+// window sizes, signals; an abandoned channel or a lost host kills the
+// command.
+func (s *session) input(ch *agent.Channel) {
+	in := s.stdin
+	if s.tty != nil {
+		in = s.tty
+	}
+	for {
+		f, err := ch.Recv()
+		if err != nil {
+			s.kill()
+			return
+		}
+		switch f.Type {
+		case agent.FrameStdin:
+			if in != nil {
+				_, _ = in.Write(f.Payload)
+			}
+		case agent.FrameEOF:
+			if s.tty != nil {
+				_, _ = s.tty.Write([]byte{4}) // ^D: end of input for the line discipline
+			} else if s.stdin != nil {
+				s.stdin.Close()
+			}
+		case agent.FrameControl:
+			var c agent.Control
+			if json.Unmarshal(f.Payload, &c) != nil {
+				continue
+			}
+			if c.Rows > 0 && c.Cols > 0 && s.tty != nil {
+				_ = unix.IoctlSetWinsize(int(s.tty.Fd()), unix.TIOCSWINSZ, &unix.Winsize{Row: c.Rows, Col: c.Cols})
+			}
+			if c.Signal > 0 {
+				_ = syscall.Kill(s.pid, syscall.Signal(c.Signal))
+			}
+		case agent.FrameClose:
+			s.kill()
+			return
+		}
+	}
+}
+
+// openPTY allocates a pseudo-terminal of rows x cols whose slave belongs to
+// uid.
+func openPTY(rows, cols uint16, uid uint32) (master, slave *os.File, err error) {
+	fd, err := unix.Open("/dev/pts/ptmx", unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		if fd, err = unix.Open("/dev/ptmx", unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC, 0); err != nil {
+			return nil, nil, fmt.Errorf("opening a pseudo-terminal: %w", err)
+		}
+	}
+	master = os.NewFile(uintptr(fd), "/dev/ptmx")
+	if err := unix.IoctlSetPointerInt(fd, unix.TIOCSPTLCK, 0); err != nil {
+		master.Close()
+		return nil, nil, fmt.Errorf("unlocking the pseudo-terminal: %w", err)
+	}
+	n, err := unix.IoctlGetInt(fd, unix.TIOCGPTN)
+	if err != nil {
+		master.Close()
+		return nil, nil, fmt.Errorf("numbering the pseudo-terminal: %w", err)
+	}
+	name := "/dev/pts/" + strconv.Itoa(n)
+	sfd, err := unix.Open(name, unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		master.Close()
+		return nil, nil, fmt.Errorf("opening %s: %w", name, err)
+	}
+	_ = unix.Fchown(sfd, int(uid), -1)
+	if rows > 0 && cols > 0 {
+		_ = unix.IoctlSetWinsize(fd, unix.TIOCSWINSZ, &unix.Winsize{Row: rows, Col: cols})
+	}
+	return master, os.NewFile(uintptr(sfd), name), nil
+}
+
+// guestStats reads memory, load and process count from /proc.
+func guestStats() agent.Stats {
+	var st agent.Stats
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			f := strings.Fields(l)
+			if len(f) < 2 {
+				continue
+			}
+			v, _ := strconv.ParseUint(f[1], 10, 64)
+			switch f[0] {
+			case "MemTotal:":
+				st.MemTotal = v * 1024
+			case "MemAvailable:":
+				st.MemAvailable = v * 1024
+			}
+		}
+	}
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		f := strings.Fields(string(b))
+		for i := 0; i < 3 && i < len(f); i++ {
+			st.Load[i], _ = strconv.ParseFloat(f[i], 64)
+		}
+	}
+	st.Uptime = readUptime()
+	ents, _ := filepath.Glob("/proc/[0-9]*")
+	st.Processes = len(ents)
+	return st
+}
+
+// oomKills counts the processes the kernel's OOM killer ended since boot:
+// from /proc/vmstat when the kernel counts them there, otherwise from the
+// kernel log.
+func oomKills() int {
+	if b, err := os.ReadFile("/proc/vmstat"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, "oom_kill "); ok {
+				n, _ := strconv.Atoi(strings.TrimSpace(v))
+				return n
+			}
+		}
+	}
+	fd, err := unix.Open("/dev/kmsg", unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return 0
+	}
+	defer unix.Close(fd)
+	n := 0
+	buf := make([]byte, 8192)
+	for {
+		k, err := unix.Read(fd, buf)
+		if errors.Is(err, unix.EPIPE) {
+			continue // records overwritten while reading
+		}
+		if err != nil || k <= 0 {
+			return n
+		}
+		if strings.Contains(string(buf[:k]), "Killed process") {
+			n++
+		}
+	}
+}

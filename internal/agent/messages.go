@@ -1,0 +1,87 @@
+package agent
+
+// Operations of an Open request (control protocol version 2).
+const (
+	// OpExec runs a command in the guest (ExecRequest); the channel
+	// carries its stdin, stdout and stderr and ends with its exit.
+	OpExec = "exec"
+	// OpStats reports the guest's memory and load in the Reply.
+	OpStats = "stats"
+	// OpCopyOut sends Path as a tar stream (FrameStdout), then an exit.
+	OpCopyOut = "copyout"
+	// OpCopyIn extracts the tar stream the host sends (FrameStdin, then
+	// FrameEOF) into the directory Path, then an exit.
+	OpCopyIn = "copyin"
+)
+
+// Hello is the first frame both ways.
+type Hello struct {
+	Version int `json:"version"`
+	// Agent names the peer ("kiln-init", "kiln").
+	Agent string `json:"agent,omitempty"`
+}
+
+// OpenRequest opens a channel. OpStop and OpSignal act on the VM's
+// program and are answered by a Reply alone.
+type OpenRequest struct {
+	Op          string       `json:"op"`
+	Exec        *ExecRequest `json:"exec,omitempty"`
+	Signal      int          `json:"signal,omitempty"`
+	GraceMillis int64        `json:"graceMillis,omitempty"`
+	Path        string       `json:"path,omitempty"`
+}
+
+// ExecRequest is a command to run in the guest, as docker exec takes it.
+type ExecRequest struct {
+	Args []string `json:"args"`
+	// Env is added to the VM program's environment (KEY=VALUE).
+	Env []string `json:"env,omitempty"`
+	// WorkingDir defaults to the program's.
+	WorkingDir string `json:"workingDir,omitempty"`
+	// User is name|uid[:group|gid] as --user takes it; empty means the
+	// program's user.
+	User string `json:"user,omitempty"`
+	// TTY gives the command a pseudo-terminal of Rows x Cols as its
+	// controlling terminal and stdin, stdout and stderr (all output comes
+	// as FrameStdout).
+	TTY  bool   `json:"tty,omitempty"`
+	Rows uint16 `json:"rows,omitempty"`
+	Cols uint16 `json:"cols,omitempty"`
+	// Stdin: the host sends the command's stdin; without it the command
+	// reads /dev/null.
+	Stdin bool `json:"stdin,omitempty"`
+}
+
+// Reply answers an OpenRequest. Error set means the operation did not
+// happen (for an exec, ExitCode is then 126 or 127 as docker reports a
+// command that cannot run, or 125).
+type Reply struct {
+	Error    string `json:"error,omitempty"`
+	ExitCode int    `json:"exitCode,omitempty"`
+	PID      int    `json:"pid,omitempty"`
+	Stats    *Stats `json:"stats,omitempty"`
+}
+
+// Control is a request on an open exec channel: a window size (Rows and
+// Cols both set) or a signal to the command.
+type Control struct {
+	Rows   uint16 `json:"rows,omitempty"`
+	Cols   uint16 `json:"cols,omitempty"`
+	Signal int    `json:"signal,omitempty"`
+}
+
+// ExitStatus ends a channel.
+type ExitStatus struct {
+	ExitCode int    `json:"exitCode"`
+	Signal   int    `json:"signal,omitempty"`
+	Error    string `json:"error,omitempty"`
+}
+
+// Stats is the guest's view of itself.
+type Stats struct {
+	MemTotal     uint64     `json:"memTotal"`
+	MemAvailable uint64     `json:"memAvailable"`
+	Load         [3]float64 `json:"load"`
+	Uptime       float64    `json:"uptime"`
+	Processes    int        `json:"processes"`
+}
