@@ -16,12 +16,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"golang.org/x/sys/unix"
 
 	"kiln.dev/kiln/internal/agent"
+	"kiln.dev/kiln/internal/disk"
 	"kiln.dev/kiln/internal/errdefs"
 	"kiln.dev/kiln/internal/image"
 	"kiln.dev/kiln/internal/kernel"
@@ -237,13 +237,13 @@ func (p *imagePlan) attach(ctx context.Context, dir string, s *Spec) ([]kernel.F
 	if p.mode == ModeBinary {
 		return p.files, nil, nil
 	}
-	disk := filepath.Join(dir, diskFile)
-	if err := makeDisk(ctx, disk, s.DiskMiB); err != nil {
+	diskPath := filepath.Join(dir, diskFile)
+	if err := disk.MakeExt4(ctx, diskPath, s.DiskMiB, "kiln-disk"); err != nil {
 		return nil, nil, err
 	}
 	return nil, []vmm.Drive{
 		{ID: imageDriveID, Path: p.rootfs.Path, ReadOnly: true, Serial: SerialImage},
-		{ID: diskDriveID, Path: disk, Serial: SerialDisk},
+		{ID: diskDriveID, Path: diskPath, Serial: SerialDisk},
 	}, nil
 }
 
@@ -278,58 +278,6 @@ func (p *imagePlan) agentSpec(s *Spec, k *kernel.Kernel) *agent.Spec {
 	return as
 }
 
-// mkfsArgs is the mkfs.ext4 command line for a VM's writable disk. The
-// file is sparse: lazy_itable_init and lazy_journal_init skip writing
-// zeros that a hole already reads as (the guest mounts with noinit_itable
-// so its kernel does not write them either), nodiscard skips punching holes
-// that are already there. No blocks are reserved for root: the disk is the
-// VM's alone.
-func mkfsArgs(disk string) []string {
-	return []string{"-q", "-F", "-m", "0", "-L", "kiln-disk",
-		"-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard", disk}
-}
-
-// makeDisk creates a VM's writable disk: a sparse file of mib MiB holding
-// an empty ext4 filesystem.
-func makeDisk(ctx context.Context, disk string, mib int) error {
-	mkfs, err := findTool("mkfs.ext4", "e2fsprogs")
-	if err != nil {
-		return err
-	}
-	f, err := os.OpenFile(disk, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-	if err != nil {
-		return fmt.Errorf("creating the VM's disk: %w", err)
-	}
-	err = f.Truncate(int64(mib) << 20)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("sizing the VM's disk: %w", err)
-	}
-	cmd := exec.CommandContext(ctx, mkfs, mkfsArgs(disk)...)
-	cmd.WaitDelay = 5 * time.Second
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("making the VM's disk with %s: %w: %s", mkfs, err, bytes.TrimSpace(out))
-	}
-	return nil
-}
-
-// findTool finds a host tool in PATH or the sbin directories (which a
-// non-root PATH often lacks).
-func findTool(tool, pkg string) (string, error) {
-	if p, err := exec.LookPath(tool); err == nil {
-		return p, nil
-	}
-	for _, d := range []string{"/usr/sbin", "/sbin"} {
-		p := filepath.Join(d, tool)
-		if st, err := os.Stat(p); err == nil && st.Mode()&0o111 != 0 {
-			return p, nil
-		}
-	}
-	return "", fmt.Errorf("%s not found (install the Debian package %s): %w", tool, pkg, errdefs.ErrUnavailable)
-}
-
 // extractBinary finds the static ELF a binary-mode image is for and reads
 // it out of the image's root filesystem: /usr/local/bin/<repository base
 // name> when the image has it, else the command's program (looked up in
@@ -337,7 +285,7 @@ func findTool(tool, pkg string) (string, error) {
 // the path it had in the image, so the command finds it there; the image's
 // /etc/passwd and /etc/group go along, for the user to be resolved.
 func (p *imagePlan) extractBinary(ctx context.Context, s *Spec) error {
-	bin, err := findTool("rdsquashfs", "squashfs-tools-ng")
+	bin, err := disk.FindTool("rdsquashfs", "squashfs-tools-ng")
 	if err != nil {
 		return err
 	}

@@ -4,15 +4,14 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
-	"encoding/binary"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 
+	"kiln.dev/kiln/internal/disk"
 	"kiln.dev/kiln/internal/image"
 )
 
@@ -62,46 +61,6 @@ func TestParseSignal(t *testing.T) {
 		if err != nil || got != tt.want {
 			t.Errorf("ParseSignal(%q) = %d, %v; want %d", tt.in, got, err, tt.want)
 		}
-	}
-}
-
-func TestMkfsArgs(t *testing.T) {
-	want := []string{"-q", "-F", "-m", "0", "-L", "kiln-disk", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard", "/vms/a/disk.ext4"}
-	if got := mkfsArgs("/vms/a/disk.ext4"); !slices.Equal(got, want) {
-		t.Errorf("mkfsArgs = %q, want %q", got, want)
-	}
-}
-
-func TestMakeDiskIsSparseExt4(t *testing.T) {
-	if _, err := findTool("mkfs.ext4", "e2fsprogs"); err != nil {
-		t.Skipf("%v: run scripts/setup", err)
-	}
-	p := filepath.Join(t.TempDir(), "disk.ext4")
-	if err := makeDisk(context.Background(), p, 10<<10); err != nil {
-		t.Fatal(err)
-	}
-	var st syscall.Stat_t
-	if err := syscall.Stat(p, &st); err != nil {
-		t.Fatal(err)
-	}
-	if st.Size != 10<<30 {
-		t.Errorf("size %d, want 10 GiB", st.Size)
-	}
-	if used := st.Blocks * 512; used > 64<<20 {
-		t.Errorf("a fresh 10 GiB disk takes %d MiB on the host; want it sparse", used>>20)
-	}
-	f, err := os.Open(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	magic := make([]byte, 2)
-	if _, err := f.ReadAt(magic, 1024+0x38); err != nil || binary.LittleEndian.Uint16(magic) != 0xEF53 {
-		t.Errorf("no ext4 superblock magic: % x, %v", magic, err)
-	}
-	// An existing file is never overwritten.
-	if err := makeDisk(context.Background(), p, 64); err == nil {
-		t.Error("makeDisk overwrote an existing disk")
 	}
 }
 
@@ -217,7 +176,7 @@ func TestSquashfsResolveFollowsLinksInsideTheImage(t *testing.T) {
 		tar.Header{Typeflag: tar.TypeSymlink, Name: "usr/bin/up", Linkname: "../../../../usr/bin/app"},
 		tar.Header{Typeflag: tar.TypeSymlink, Name: "loop", Linkname: "loop"},
 	)
-	bin, err := findTool("rdsquashfs", "squashfs-tools-ng")
+	bin, err := disk.FindTool("rdsquashfs", "squashfs-tools-ng")
 	if err != nil {
 		t.Skip(err)
 	}

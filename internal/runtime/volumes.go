@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"kiln.dev/kiln/internal/agent"
+	"kiln.dev/kiln/internal/disk"
 	"kiln.dev/kiln/internal/errdefs"
 	"kiln.dev/kiln/internal/state"
 	"kiln.dev/kiln/internal/vmm"
@@ -119,14 +120,14 @@ func (p *mountPlan) undo() {
 	p.created = nil
 }
 
-// bake packs the host directory src into a squashfs image at disk,
+// bake packs the host directory src into a squashfs image at img,
 // keeping owners, modes and times: the guest mounts it read-only.
-func bake(ctx context.Context, src, disk string) error {
-	bin, err := findTool("gensquashfs", "squashfs-tools-ng")
+func bake(ctx context.Context, src, img string) error {
+	bin, err := disk.FindTool("gensquashfs", "squashfs-tools-ng")
 	if err != nil {
 		return err
 	}
-	cmd := exec.CommandContext(ctx, bin, "-q", "-k", "-D", src, disk)
+	cmd := exec.CommandContext(ctx, bin, "-q", "-k", "-D", src, img)
 	cmd.WaitDelay = 5 * time.Second
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("baking %s into the VM: %w: %s", src, err, out)

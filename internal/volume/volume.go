@@ -11,7 +11,6 @@
 package volume
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -20,7 +19,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -29,6 +27,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"kiln.dev/kiln/internal/disk"
 	"kiln.dev/kiln/internal/errdefs"
 )
 
@@ -125,7 +124,7 @@ func (s *Store) Create(ctx context.Context, name string, sizeMiB int) (*Volume, 
 	}
 	defer os.RemoveAll(tmp) // gone after the rename
 	v := &Volume{Name: name, SizeMiB: sizeMiB, Created: time.Now().UTC(), Dir: tmp}
-	if err := makeDisk(ctx, v.Disk(), sizeMiB); err != nil {
+	if err := disk.MakeExt4(ctx, v.Disk(), sizeMiB, "kiln-volume"); err != nil {
 		return nil, err
 	}
 	b, err := json.MarshalIndent(v, "", "  ")
@@ -213,50 +212,4 @@ func (s *Store) Remove(name string) error {
 		return fmt.Errorf("removing volume %s: %w", name, err)
 	}
 	return nil
-}
-
-// mkfsArgs is the mkfs.ext4 command line for a volume: as a VM's writable
-// disk, lazy initialisation on a sparse file (the guest mounts it with
-// noinit_itable) and no blocks reserved for root.
-func mkfsArgs(disk string) []string {
-	return []string{"-q", "-F", "-m", "0", "-L", "kiln-volume",
-		"-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard", disk}
-}
-
-func makeDisk(ctx context.Context, disk string, mib int) error {
-	mkfs, err := findTool("mkfs.ext4", "e2fsprogs")
-	if err != nil {
-		return err
-	}
-	f, err := os.OpenFile(disk, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-	if err != nil {
-		return fmt.Errorf("creating volume disk: %w", err)
-	}
-	err = f.Truncate(int64(mib) << 20)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("sizing volume disk: %w", err)
-	}
-	cmd := exec.CommandContext(ctx, mkfs, mkfsArgs(disk)...)
-	cmd.WaitDelay = 5 * time.Second
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("making volume disk with %s: %w: %s", mkfs, err, bytes.TrimSpace(out))
-	}
-	return nil
-}
-
-// findTool finds a host tool in PATH or the sbin directories.
-func findTool(tool, pkg string) (string, error) {
-	if p, err := exec.LookPath(tool); err == nil {
-		return p, nil
-	}
-	for _, d := range []string{"/usr/sbin", "/sbin"} {
-		p := filepath.Join(d, tool)
-		if st, err := os.Stat(p); err == nil && st.Mode()&0o111 != 0 {
-			return p, nil
-		}
-	}
-	return "", fmt.Errorf("%s not found (install the Debian package %s): %w", tool, pkg, errdefs.ErrUnavailable)
 }

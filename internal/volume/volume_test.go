@@ -10,12 +10,13 @@ import (
 	"sync"
 	"testing"
 
+	"kiln.dev/kiln/internal/disk"
 	"kiln.dev/kiln/internal/errdefs"
 )
 
 func needMkfs(t *testing.T) {
 	t.Helper()
-	if _, err := findTool("mkfs.ext4", "e2fsprogs"); err != nil {
+	if _, err := disk.FindTool("mkfs.ext4", "e2fsprogs"); err != nil {
 		t.Skipf("%v: run scripts/setup", err)
 	}
 }
@@ -126,7 +127,7 @@ func TestCreateRace(t *testing.T) {
 }
 
 func mustTool(t *testing.T, name string) string {
-	p, err := findTool(name, "e2fsprogs")
+	p, err := disk.FindTool(name, "e2fsprogs")
 	if err != nil {
 		t.Skip(err)
 	}

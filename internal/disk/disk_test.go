@@ -1,0 +1,70 @@
+package disk
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"syscall"
+	"testing"
+
+	"kiln.dev/kiln/internal/errdefs"
+)
+
+func TestExt4Args(t *testing.T) {
+	want := []string{"-q", "-F", "-m", "0", "-L", "kiln-disk", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard", "/vms/a/disk.ext4"}
+	if got := Ext4Args("/vms/a/disk.ext4", "kiln-disk"); !slices.Equal(got, want) {
+		t.Errorf("Ext4Args = %q, want %q", got, want)
+	}
+}
+
+func TestMakeExt4IsSparse(t *testing.T) {
+	if _, err := FindTool("mkfs.ext4", "e2fsprogs"); err != nil {
+		t.Skipf("%v: run scripts/setup", err)
+	}
+	p := filepath.Join(t.TempDir(), "disk.ext4")
+	if err := MakeExt4(context.Background(), p, 10<<10, "kiln-test"); err != nil {
+		t.Fatal(err)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(p, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Size != 10<<30 {
+		t.Errorf("size %d, want 10 GiB", st.Size)
+	}
+	if used := st.Blocks * 512; used > 64<<20 {
+		t.Errorf("a fresh 10 GiB disk takes %d MiB on the host; want it sparse", used>>20)
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	sb := make([]byte, 1024)
+	if _, err := f.ReadAt(sb, 1024); err != nil {
+		t.Fatal(err)
+	}
+	if magic := binary.LittleEndian.Uint16(sb[0x38:]); magic != 0xEF53 {
+		t.Errorf("no ext4 superblock magic: %#x", magic)
+	}
+	if label := string(sb[0x78 : 0x78+9]); label != "kiln-test" {
+		t.Errorf("label %q, want kiln-test", label)
+	}
+	// An existing file is never overwritten.
+	if err := MakeExt4(context.Background(), p, 64, "other"); err == nil {
+		t.Error("MakeExt4 overwrote an existing disk")
+	}
+}
+
+func TestFindToolNamesThePackage(t *testing.T) {
+	_, err := FindTool("kiln-no-such-tool", "kiln-no-such-package")
+	if !errors.Is(err, errdefs.ErrUnavailable) {
+		t.Fatalf("err = %v, want ErrUnavailable", err)
+	}
+	if got := err.Error(); got != "kiln-no-such-tool not found (install the Debian package kiln-no-such-package): "+errdefs.ErrUnavailable.Error() {
+		t.Errorf("error %q does not name the tool and its package", got)
+	}
+}
