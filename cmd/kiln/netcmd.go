@@ -1,7 +1,7 @@
 package main
 
 import (
-	"encoding/json"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"kiln.dev/kiln/api"
+	"kiln.dev/kiln/client"
 )
 
 func newNetworkCmd(g *globals) *cobra.Command {
@@ -92,41 +93,8 @@ func printNetworks(w io.Writer, ns []api.Network, quiet bool) {
 }
 
 func newNetworkInspectCmd(g *globals) *cobra.Command {
-	var format string
-	c := &cobra.Command{
-		Use:   "inspect [--format TEMPLATE] NETWORK...",
-		Short: "Show networks and their VMs' addresses, as JSON or through a Go template",
-		Args:  cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			cl, err := connect(ctx, g, cmd.ErrOrStderr())
-			if err != nil {
-				return err
-			}
-			var ns []api.Network
-			var errs []error
-			for _, a := range args {
-				n, err := cl.InspectNetwork(ctx, a)
-				if err != nil {
-					errs = append(errs, err)
-					continue
-				}
-				ns = append(ns, n)
-			}
-			out := cmd.OutOrStdout()
-			if format != "" {
-				if err := execTemplate(out, format, ns); err != nil {
-					return err
-				}
-			} else {
-				b, _ := json.MarshalIndent(ns, "", "    ")
-				fmt.Fprintln(out, string(b))
-			}
-			return errors.Join(errs...)
-		},
-	}
-	c.Flags().StringVarP(&format, "format", "f", "", "Go template applied to each network")
-	return c
+	return inspectCmd(g, "NETWORK", "Show networks and their VMs' addresses, as JSON or through a Go template",
+		func(cl *client.Client) func(context.Context, string) (api.Network, error) { return cl.InspectNetwork })
 }
 
 func newNetworkRmCmd(g *globals) *cobra.Command {

@@ -235,10 +235,19 @@ func execTemplate[T any](w io.Writer, format string, items []T) error {
 }
 
 func newInspectCmd(g *globals) *cobra.Command {
+	return inspectCmd(g, "VM", "Show VMs in detail, as JSON or through a Go template ('{{.State.ExitCode}}')",
+		func(cl *client.Client) func(context.Context, string) (api.VM, error) { return cl.Inspect })
+}
+
+// inspectCmd is an `inspect [--format TEMPLATE] NOUN...` command: each
+// object fetched by get, printed as one JSON array or each through the
+// template; the ones that cannot be fetched are reported after the others
+// are printed, and make the command fail.
+func inspectCmd[T any](g *globals, noun, short string, get func(*client.Client) func(context.Context, string) (T, error)) *cobra.Command {
 	var format string
 	c := &cobra.Command{
-		Use:   "inspect [--format TEMPLATE] VM...",
-		Short: "Show VMs in detail, as JSON or through a Go template ('{{.State.ExitCode}}')",
+		Use:   "inspect [--format TEMPLATE] " + noun + "...",
+		Short: short,
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
@@ -246,29 +255,29 @@ func newInspectCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var vms []api.VM
+			items := []T{}
 			var errs []error
 			for _, a := range args {
-				v, err := cl.Inspect(ctx, a)
+				v, err := get(cl)(ctx, a)
 				if err != nil {
 					errs = append(errs, err)
 					continue
 				}
-				vms = append(vms, v)
+				items = append(items, v)
 			}
 			out := cmd.OutOrStdout()
 			if format != "" {
-				if err := execTemplate(out, format, vms); err != nil {
+				if err := execTemplate(out, format, items); err != nil {
 					return err
 				}
 			} else {
-				b, _ := json.MarshalIndent(vms, "", "    ")
+				b, _ := json.MarshalIndent(items, "", "    ")
 				fmt.Fprintln(out, string(b))
 			}
 			return errors.Join(errs...)
 		},
 	}
-	c.Flags().StringVarP(&format, "format", "f", "", "Go template applied to each VM")
+	c.Flags().StringVarP(&format, "format", "f", "", "Go template applied to each one, e.g. '{{json .}}'")
 	return c
 }
 

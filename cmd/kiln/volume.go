@@ -1,7 +1,7 @@
 package main
 
 import (
-	"encoding/json"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"kiln.dev/kiln/api"
+	"kiln.dev/kiln/client"
 	"kiln.dev/kiln/internal/errdefs"
 	"kiln.dev/kiln/internal/runtime"
 	"kiln.dev/kiln/internal/volume"
@@ -120,31 +121,8 @@ func humanBytes(n int64) string {
 }
 
 func newVolumeInspectCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "inspect NAME...",
-		Short: "Show named volumes as JSON: size, bytes used on the host, disk path, the VMs that use them",
-		Args:  cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			cl, err := connect(ctx, g, cmd.ErrOrStderr())
-			if err != nil {
-				return err
-			}
-			vs := []api.Volume{}
-			var errs []error
-			for _, a := range args {
-				v, err := cl.InspectVolume(ctx, a)
-				if err != nil {
-					errs = append(errs, err)
-					continue
-				}
-				vs = append(vs, v)
-			}
-			b, _ := json.MarshalIndent(vs, "", "    ")
-			fmt.Fprintln(cmd.OutOrStdout(), string(b))
-			return errors.Join(errs...)
-		},
-	}
+	return inspectCmd(g, "VOLUME", "Show named volumes (size, bytes used on the host, disk path, the VMs that use them), as JSON or through a Go template",
+		func(cl *client.Client) func(context.Context, string) (api.Volume, error) { return cl.InspectVolume })
 }
 
 func newVolumeRmCmd(g *globals) *cobra.Command {
