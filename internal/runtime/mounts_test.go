@@ -1,14 +1,17 @@
 package runtime
 
 import (
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"kiln.dev/kiln/internal/disk"
 	"kiln.dev/kiln/internal/errdefs"
 	"kiln.dev/kiln/internal/state"
+	"kiln.dev/kiln/internal/volume"
 )
 
 func TestParseVolumeFlag(t *testing.T) {
@@ -147,5 +150,44 @@ func TestRunningFirst(t *testing.T) {
 	}
 	if strings.Join(got, "") != "bdace" {
 		t.Errorf("order %v, want b d a c e", got)
+	}
+}
+
+// A VM discarded after Create (a later step of creating it failed) takes
+// the volumes made for it along, and leaves volumes that existed before.
+func TestDiscardRemovesOnlyTheVolumesMadeForTheVM(t *testing.T) {
+	if _, err := disk.FindTool("mkfs.ext4", "e2fsprogs"); err != nil {
+		t.Skipf("%v: run scripts/setup", err)
+	}
+	ctx := context.Background()
+	store, err := volume.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.Create(ctx, "old", volume.MinSizeMiB); err != nil {
+		t.Fatal(err)
+	}
+	p := &mountPlan{store: store}
+	for _, name := range []string{"old", "new"} {
+		if _, err := p.volume(ctx, name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir := filepath.Join(t.TempDir(), "vm")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	vm := &VM{Name: "v", Dir: dir, undoMounts: p.undo}
+	if err := vm.Discard(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("the VM directory is still there: %v", err)
+	}
+	if _, err := store.Get("new"); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("the volume made for the VM is still there: %v", err)
+	}
+	if _, err := store.Get("old"); err != nil {
+		t.Errorf("the volume that existed before is gone: %v", err)
 	}
 }

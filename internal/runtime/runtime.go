@@ -260,7 +260,9 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (vm *VM, err error) {
 	if err := os.WriteFile(filepath.Join(dir, specFile), b, 0o600); err != nil {
 		return nil, fmt.Errorf("writing VM record: %w", err)
 	}
-	return rec.vm(r.log), nil
+	vm = rec.vm(r.log)
+	vm.undoMounts = mounts.undo
+	return vm, nil
 }
 
 // vmRecord is what a VM's directory says about it (vm.json): enough to

@@ -209,7 +209,7 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec, opts Options) (v *Vi
 	}
 	defer func() {
 		if err != nil {
-			vm.Remove()
+			vm.Discard()
 		}
 	}()
 	if vm.Accel.Warning != "" {

@@ -34,6 +34,9 @@ type VM struct {
 	cfg  vmm.Config
 	log  *slog.Logger
 	link agentLink // the guest agent connection (agentconn.go)
+	// undoMounts removes the volumes Create made for this VM; set only on
+	// the VM Create returns, for Discard.
+	undoMounts func()
 
 	// mu guards the fields below.
 	mu sync.Mutex
@@ -409,6 +412,17 @@ func (vm *VM) Remove() error {
 		return fmt.Errorf("removing VM %s: %w", vm.Name, err)
 	}
 	return nil
+}
+
+// Discard undoes a Create whose VM is not wanted after all (a later step
+// of creating it failed): it removes the VM as Remove does, and the named
+// volumes Create made for it, which no other VM can refer to yet.
+func (vm *VM) Discard() error {
+	err := vm.Remove()
+	if vm.undoMounts != nil {
+		vm.undoMounts()
+	}
+	return err
 }
 
 // lineWriter calls fn for each complete line written to it.
