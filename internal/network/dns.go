@@ -2,8 +2,10 @@ package network
 
 import (
 	"bufio"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -26,7 +28,8 @@ type DNSZone struct {
 	Records map[string]netip.Addr
 }
 
-// DNS serves DNS over UDP on the gateway address of every bridge network.
+// DNS serves DNS over UDP and TCP on the gateway address of every bridge
+// network.
 // It lives in the daemon: VMs resolve each other's names only while the
 // daemon runs.
 type DNS struct {
@@ -41,8 +44,20 @@ type DNS struct {
 
 type dnsServer struct {
 	conn *net.UDPConn
+	tcp  *net.TCPListener
 	mu   sync.Mutex
 	zone DNSZone
+}
+
+func (s *dnsServer) close() {
+	s.conn.Close()
+	s.tcp.Close()
+}
+
+func (s *dnsServer) currentZone() DNSZone {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.zone
 }
 
 // NewDNS returns a DNS that serves nothing yet.
@@ -63,7 +78,7 @@ func (d *DNS) Update(zones []DNSZone) error {
 	}
 	for gw, s := range d.servers {
 		if _, ok := want[gw]; !ok {
-			s.conn.Close()
+			s.close()
 			delete(d.servers, gw)
 		}
 	}
@@ -75,16 +90,24 @@ func (d *DNS) Update(zones []DNSZone) error {
 			s.mu.Unlock()
 			continue
 		}
-		conn, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(gw, 53)))
+		addr := netip.AddrPortFrom(gw, 53)
+		conn, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(addr))
+		var tcp *net.TCPListener
+		if err == nil {
+			if tcp, err = net.ListenTCP("tcp4", net.TCPAddrFromAddrPort(addr)); err != nil {
+				conn.Close()
+			}
+		}
 		if err != nil {
 			if first == nil {
 				first = fmt.Errorf("serving DNS for network %s on %s:53: %w", z.Network, gw, err)
 			}
 			continue
 		}
-		s := &dnsServer{conn: conn, zone: z}
+		s := &dnsServer{conn: conn, tcp: tcp, zone: z}
 		d.servers[gw] = s
 		go d.serve(s)
+		go d.serveTCP(s)
 	}
 	return first
 }
@@ -94,7 +117,7 @@ func (d *DNS) Close() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for gw, s := range d.servers {
-		s.conn.Close()
+		s.close()
 		delete(d.servers, gw)
 	}
 }
@@ -109,12 +132,10 @@ func (d *DNS) serve(s *dnsServer) {
 			}
 			return
 		}
-		s.mu.Lock()
-		z := s.zone
-		s.mu.Unlock()
+		z := s.currentZone()
 		q := append([]byte(nil), buf[:n]...)
 		go func() {
-			resp := d.answer(z, q)
+			resp := d.answer(z, q, false)
 			if resp != nil {
 				_, _ = s.conn.WriteToUDPAddrPort(resp, from)
 			}
@@ -122,8 +143,61 @@ func (d *DNS) serve(s *dnsServer) {
 	}
 }
 
-// answer returns the reply to one query, nil to stay silent.
-func (d *DNS) answer(z DNSZone, q []byte) []byte {
+// tcpIdle is how long a DNS-over-TCP connection may stay idle.
+const tcpIdle = 10 * time.Second
+
+// serveTCP serves DNS over TCP (RFC 7766): what a resolver falls back to
+// when a UDP answer was truncated. Each message goes with a two-byte
+// length; a connection may carry several queries, answered in order.
+func (d *DNS) serveTCP(s *dnsServer) {
+	for {
+		c, err := s.tcp.AcceptTCP()
+		if err != nil {
+			if !errors.Is(err, net.ErrClosed) {
+				d.log.Warn("DNS server stopped", "addr", s.tcp.Addr(), "err", err)
+			}
+			return
+		}
+		go func() {
+			defer c.Close()
+			for {
+				c.SetDeadline(time.Now().Add(tcpIdle))
+				q, err := readTCPMessage(c)
+				if err != nil {
+					return
+				}
+				resp := d.answer(s.currentZone(), q, true)
+				if resp == nil || writeTCPMessage(c, resp) != nil {
+					return
+				}
+			}
+		}()
+	}
+}
+
+func readTCPMessage(r io.Reader) ([]byte, error) {
+	var n [2]byte
+	if _, err := io.ReadFull(r, n[:]); err != nil {
+		return nil, err
+	}
+	b := make([]byte, binary.BigEndian.Uint16(n[:]))
+	if _, err := io.ReadFull(r, b); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+func writeTCPMessage(w io.Writer, m []byte) error {
+	if len(m) > 0xffff {
+		return fmt.Errorf("DNS message of %d bytes is too long for TCP", len(m))
+	}
+	_, err := w.Write(append(binary.BigEndian.AppendUint16(nil, uint16(len(m))), m...))
+	return err
+}
+
+// answer returns the reply to one query, nil to stay silent. A query that
+// came over TCP is forwarded over TCP.
+func (d *DNS) answer(z DNSZone, q []byte, tcp bool) []byte {
 	var p dnsmessage.Parser
 	h, err := p.Start(q)
 	if err != nil || h.Response {
@@ -146,7 +220,7 @@ func (d *DNS) answer(z DNSZone, q []byte) []byte {
 		return reply(h, qs, dnsmessage.RCodeSuccess, ans)
 	}
 	if z.Egress {
-		if r := d.forward(q); r != nil {
+		if r := d.forward(q, tcp); r != nil {
 			return r
 		}
 		return reply(h, qs, dnsmessage.RCodeServerFailure, nil)
@@ -167,29 +241,51 @@ func reply(h dnsmessage.Header, qs []dnsmessage.Question, rc dnsmessage.RCode, a
 	return b
 }
 
-// forward relays a query to the host's resolvers and returns the first
-// answer.
-func (d *DNS) forward(q []byte) []byte {
+// forward relays a query to the host's resolvers, over UDP or TCP, and
+// returns the first answer.
+func (d *DNS) forward(q []byte, tcp bool) []byte {
 	ups := d.Upstream
 	if ups == nil {
 		ups = hostResolvers
 	}
 	for _, u := range ups() {
-		c, err := net.DialTimeout("udp", u, 2*time.Second)
-		if err != nil {
-			continue
+		if r := forwardTo(u, q, tcp); r != nil {
+			return r
 		}
-		c.SetDeadline(time.Now().Add(2 * time.Second))
-		buf := make([]byte, 4096)
-		if _, err := c.Write(q); err == nil {
-			if n, err := c.Read(buf); err == nil {
-				c.Close()
-				return buf[:n]
-			}
-		}
-		c.Close()
 	}
 	return nil
+}
+
+func forwardTo(upstream string, q []byte, tcp bool) []byte {
+	proto := "udp"
+	if tcp {
+		proto = "tcp"
+	}
+	c, err := net.DialTimeout(proto, upstream, 2*time.Second)
+	if err != nil {
+		return nil
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	if tcp {
+		if writeTCPMessage(c, q) != nil {
+			return nil
+		}
+		r, err := readTCPMessage(c)
+		if err != nil {
+			return nil
+		}
+		return r
+	}
+	buf := make([]byte, 4096)
+	if _, err := c.Write(q); err != nil {
+		return nil
+	}
+	n, err := c.Read(buf)
+	if err != nil {
+		return nil
+	}
+	return buf[:n]
 }
 
 // hostResolvers reads the nameservers of /etc/resolv.conf.

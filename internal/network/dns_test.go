@@ -1,11 +1,15 @@
 package network
 
 import (
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"testing"
+	"time"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/net/dns/dnsmessage"
 )
 
@@ -45,7 +49,7 @@ func TestDNSAnswer(t *testing.T) {
 	} {
 		z := zone
 		z.Egress = tt.egress
-		b := d.answer(z, query(t, tt.name, tt.typ))
+		b := d.answer(z, query(t, tt.name, tt.typ), false)
 		var m dnsmessage.Message
 		if err := m.Unpack(b); err != nil {
 			t.Fatalf("%s: unpacking the reply: %v", tt.name, err)
@@ -94,12 +98,123 @@ func TestDNSForwardsWithEgress(t *testing.T) {
 	}()
 	d := NewDNS(slog.New(slog.DiscardHandler))
 	d.Upstream = func() []string { return []string{up.LocalAddr().String()} }
-	b := d.answer(DNSZone{Network: "n", Egress: true}, query(t, "example.org.", dnsmessage.TypeA))
+	b := d.answer(DNSZone{Network: "n", Egress: true}, query(t, "example.org.", dnsmessage.TypeA), false)
 	var m dnsmessage.Message
 	if err := m.Unpack(b); err != nil || len(m.Answers) != 1 || m.Header.ID != 7 {
 		t.Fatalf("forwarded answer = %+v, %v", m, err)
 	}
 	if a := m.Answers[0].Body.(*dnsmessage.AResource).A; a != [4]byte{192, 0, 2, 1} {
 		t.Errorf("forwarded answer %v, want the upstream's 192.0.2.1", a)
+	}
+}
+
+// The server on a gateway answers over UDP and over TCP (several queries
+// on one connection), forwards TCP queries over TCP, and stops listening
+// when its network goes.
+func TestDNSServesUDPAndTCP(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("network namespaces need root: run the tests as root")
+	}
+	// An upstream that answers over TCP only, with 192.0.2.7.
+	up, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	go func() {
+		for {
+			c, err := up.Accept()
+			if err != nil {
+				return
+			}
+			q, err := readTCPMessage(c)
+			var m dnsmessage.Message
+			if err == nil && m.Unpack(q) == nil {
+				m.Header.Response = true
+				m.Answers = []dnsmessage.Resource{{
+					Header: dnsmessage.ResourceHeader{Name: m.Questions[0].Name, Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET},
+					Body:   &dnsmessage.AResource{A: [4]byte{192, 0, 2, 7}},
+				}}
+				b, _ := m.Pack()
+				writeTCPMessage(c, b)
+			}
+			c.Close()
+		}
+	}()
+
+	// The name server's own forwarding runs on threads outside the test's
+	// namespace, so the upstream listens on the host's loopback.
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		inNewNetns(t, func() { dnsServesUDPAndTCP(t, up.Addr().String()) })
+	}()
+	<-done
+}
+
+func dnsServesUDPAndTCP(t *testing.T, upstream string) {
+	lo, err := netlink.LinkByName("lo")
+	if err == nil {
+		err = netlink.LinkSetUp(lo)
+	}
+	if err != nil {
+		t.Errorf("bringing lo up: %v", err)
+		return
+	}
+	d := NewDNS(slog.New(slog.DiscardHandler))
+	d.Upstream = func() []string { return []string{upstream} }
+	gw := netip.MustParseAddr("127.0.0.1")
+	zone := DNSZone{Network: "n", Gateway: gw, Egress: true, Records: map[string]netip.Addr{"web": netip.MustParseAddr("10.99.0.2")}}
+	if err := d.Update([]DNSZone{zone}); err != nil {
+		t.Error(err)
+		return
+	}
+	defer d.Close()
+
+	aOf := func(b []byte) string {
+		var m dnsmessage.Message
+		if err := m.Unpack(b); err != nil || len(m.Answers) != 1 {
+			return fmt.Sprintf("no answer (%v, %+v)", err, m.Header)
+		}
+		return netip.AddrFrom4(m.Answers[0].Body.(*dnsmessage.AResource).A).String()
+	}
+	u, err := net.Dial("udp4", "127.0.0.1:53")
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	defer u.Close()
+	u.SetDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 1500)
+	if _, err := u.Write(query(t, "web.", dnsmessage.TypeA)); err != nil {
+		t.Error(err)
+	} else if n, err := u.Read(buf); err != nil || aOf(buf[:n]) != "10.99.0.2" {
+		t.Errorf("UDP: %s, %v; want 10.99.0.2", aOf(buf[:n]), err)
+	}
+
+	c, err := net.Dial("tcp4", "127.0.0.1:53")
+	if err != nil {
+		t.Errorf("DNS over TCP: %v", err)
+		return
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	for _, tt := range []struct{ name, want string }{{"web.", "10.99.0.2"}, {"example.org.", "192.0.2.7"}} {
+		if err := writeTCPMessage(c, query(t, tt.name, dnsmessage.TypeA)); err != nil {
+			t.Errorf("TCP %s: %v", tt.name, err)
+			return
+		}
+		b, err := readTCPMessage(c)
+		if err != nil || aOf(b) != tt.want {
+			t.Errorf("TCP %s: %s, %v; want %s", tt.name, aOf(b), err, tt.want)
+		}
+	}
+
+	if err := d.Update(nil); err != nil {
+		t.Error(err)
+	}
+	if c, err := net.Dial("tcp4", "127.0.0.1:53"); err == nil {
+		c.Close()
+		t.Error("the TCP server still listens after its network went")
 	}
 }
