@@ -59,8 +59,16 @@ func TestVolumeEndpoints(t *testing.T) {
 	if v.Name != "pgdata" || v.SizeMiB != 64 || v.Path != filepath.Join(root, "volumes", "pgdata", "disk.ext4") || v.UsedBytes <= 0 || v.UsedBytes >= 64<<20 {
 		t.Errorf("created volume: %+v (want a sparse 64 MiB image)", v)
 	}
-	if msg := do("POST", "/v1/volumes", `{"name":"pgdata"}`, http.StatusConflict, nil); !strings.Contains(msg, "volume pgdata already exists") {
-		t.Errorf("duplicate: %s", msg)
+	// As docker: creating it again gives it back; with another size it is
+	// a conflict.
+	var again api.Volume
+	do("POST", "/v1/volumes", `{"name":"pgdata"}`, http.StatusCreated, &again)
+	if again.Name != "pgdata" || again.SizeMiB != 64 || !again.Created.Equal(v.Created) {
+		t.Errorf("created again: %+v, want the existing %+v", again, v)
+	}
+	do("POST", "/v1/volumes", `{"name":"pgdata","sizeMiB":64}`, http.StatusCreated, nil)
+	if msg := do("POST", "/v1/volumes", `{"name":"pgdata","sizeMiB":128}`, http.StatusConflict, nil); !strings.Contains(msg, "volume pgdata already exists with size 64m, not 128m") {
+		t.Errorf("duplicate of another size: %s", msg)
 	}
 	if msg := do("POST", "/v1/volumes", `{"name":"a/b"}`, http.StatusBadRequest, nil); !strings.Contains(msg, `invalid volume name \"a/b\"`) {
 		t.Errorf("bad name: %s", msg)

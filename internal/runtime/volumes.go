@@ -251,13 +251,26 @@ func (s *Supervisor) usage(v *volume.Volume, users map[string][]string) *VolumeU
 	return u
 }
 
-// CreateVolume makes a named volume; an existing one is a conflict.
+// CreateVolume makes a named volume. One that exists is given back, as
+// docker does, unless sizeMiB asks for another size (a conflict).
 func (s *Supervisor) CreateVolume(ctx context.Context, name string, sizeMiB int) (*VolumeUsage, error) {
 	st, err := s.rt.Volumes()
 	if err != nil {
 		return nil, err
 	}
 	v, err := st.Create(ctx, name, sizeMiB)
+	if errors.Is(err, errdefs.ErrConflict) {
+		// As docker: creating a volume that exists gives it back, unless
+		// it was asked for with another size.
+		old, gerr := st.Get(name)
+		if gerr != nil {
+			return nil, err
+		}
+		if sizeMiB != 0 && sizeMiB != old.SizeMiB {
+			return nil, fmt.Errorf("volume %s already exists with size %dm, not %dm: %w", name, old.SizeMiB, sizeMiB, errdefs.ErrConflict)
+		}
+		return s.usage(old, s.volumeUsers()), nil
+	}
 	if err != nil {
 		return nil, err
 	}
