@@ -191,3 +191,36 @@ func TestDiscardRemovesOnlyTheVolumesMadeForTheVM(t *testing.T) {
 		t.Errorf("the volume that existed before is gone: %v", err)
 	}
 }
+
+// A plan that fails part way removes the volumes it made, and only those.
+func TestPlanFailureUndoesItsVolumes(t *testing.T) {
+	if _, err := disk.FindTool("mkfs.ext4", "e2fsprogs"); err != nil {
+		t.Skipf("%v: run scripts/setup", err)
+	}
+	r, err := New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := r.Volumes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.Create(context.Background(), "old", volume.MinSizeMiB); err != nil {
+		t.Fatal(err)
+	}
+	s := Spec{Mounts: []Mount{
+		{Type: MountVolume, Source: "old", Target: "/a"},
+		{Type: MountVolume, Source: "new", Target: "/b"},
+		{Type: MountVolume, Source: "bad/name", Target: "/d"},
+	}}
+	if _, err := r.planMounts(context.Background(), t.TempDir(), &s); err == nil {
+		t.Fatal("a plan with a bad volume name succeeded")
+	}
+	vs, err := store.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(vs) != 1 || vs[0].Name != "old" {
+		t.Errorf("after a failed plan the volumes are %v, want only the one from before", vs)
+	}
+}

@@ -57,9 +57,10 @@ func (r *Runtime) planMounts(ctx context.Context, dir string, s *Spec) (p *mount
 	if p.store, err = r.Volumes(); err != nil {
 		return nil, err
 	}
+	plan := p // p is nil by the time a failure returns
 	defer func() {
 		if err != nil {
-			p.undo()
+			plan.undo()
 		}
 	}()
 	ms := append([]Mount{}, s.Mounts...)
