@@ -13,6 +13,9 @@ type Mount struct {
 	// Target is the absolute path in the guest.
 	Target   string `json:"target"`
 	ReadOnly bool   `json:"readOnly,omitempty"`
+	// Anonymous: a volume of the VM's own, with no Source; the daemon
+	// names it. It goes with the VM on DELETE ?v=1 and with autoRemove.
+	Anonymous bool `json:"anonymous,omitempty"`
 }
 
 // Volume is a named volume.
@@ -23,6 +26,9 @@ type Volume struct {
 	// UsedBytes is what the volume's disk image takes on the host (its
 	// allocated blocks: the image is sparse).
 	UsedBytes int64 `json:"usedBytes"`
+	// Anonymous: made by `-v /path` for one VM, removed with it by
+	// `kiln rm -v` and `--rm`.
+	Anonymous bool `json:"anonymous,omitempty"`
 	// Path is the disk image on the host.
 	Path string `json:"path"`
 	// UsedBy are the names of the VMs that refer to the volume, running

@@ -155,7 +155,7 @@ func (c *Client) Run(ctx context.Context, cfg api.VMConfig) (api.CreateResponse,
 		return r, err
 	}
 	if err := c.Start(ctx, r.ID); err != nil {
-		_ = c.Remove(context.WithoutCancel(ctx), r.ID, true)
+		_ = c.Remove(context.WithoutCancel(ctx), r.ID, RemoveOptions{Force: true, Volumes: true})
 		return r, err
 	}
 	return r, nil
@@ -190,11 +190,22 @@ func (c *Client) Kill(ctx context.Context, ref, signal string) error {
 	return c.call(ctx, http.MethodPost, vmPath(ref, "/kill"), url.Values{"signal": {signal}}, nil, nil)
 }
 
-// Remove removes a VM; force kills a running one first.
-func (c *Client) Remove(ctx context.Context, ref string, force bool) error {
+// RemoveOptions are the choices of Remove.
+type RemoveOptions struct {
+	// Force kills a running VM first; without it a running VM is refused.
+	Force bool
+	// Volumes removes the VM's anonymous volumes too (docker's rm -v).
+	Volumes bool
+}
+
+// Remove removes a VM.
+func (c *Client) Remove(ctx context.Context, ref string, o RemoveOptions) error {
 	q := url.Values{}
-	if force {
+	if o.Force {
 		q.Set("force", "1")
+	}
+	if o.Volumes {
+		q.Set("v", "1")
 	}
 	return c.call(ctx, http.MethodDelete, vmPath(ref, ""), q, nil, nil)
 }

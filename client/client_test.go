@@ -349,7 +349,7 @@ func TestRunRemovesVMThatFailsToStart(t *testing.T) {
 	if resp.ID != "abc123" || len(resp.Warnings) != 1 {
 		t.Errorf("Run response %+v, want the create response", resp)
 	}
-	want := []string{"POST /v1/vms?", "POST /v1/vms/abc123/start?", "DELETE /v1/vms/abc123?force=1"}
+	want := []string{"POST /v1/vms?", "POST /v1/vms/abc123/start?", "DELETE /v1/vms/abc123?force=1&v=1"}
 	mu.Lock()
 	defer mu.Unlock()
 	if !reflect.DeepEqual(created, cfg) {
@@ -377,8 +377,9 @@ func TestQueries(t *testing.T) {
 		{"stop with grace", func() error { return c.Stop(ctx, "web", &grace) }, "POST /v1/vms/web/stop?t=12"},
 		{"restart", func() error { return c.Restart(ctx, "web", &grace) }, "POST /v1/vms/web/restart?t=12"},
 		{"kill", func() error { return c.Kill(ctx, "web", "HUP") }, "POST /v1/vms/web/kill?signal=HUP"},
-		{"remove", func() error { return c.Remove(ctx, "web", false) }, "DELETE /v1/vms/web?"},
-		{"remove force", func() error { return c.Remove(ctx, "web", true) }, "DELETE /v1/vms/web?force=1"},
+		{"remove", func() error { return c.Remove(ctx, "web", client.RemoveOptions{}) }, "DELETE /v1/vms/web?"},
+		{"remove force", func() error { return c.Remove(ctx, "web", client.RemoveOptions{Force: true}) }, "DELETE /v1/vms/web?force=1"},
+		{"remove force volumes", func() error { return c.Remove(ctx, "web", client.RemoveOptions{Force: true, Volumes: true}) }, "DELETE /v1/vms/web?force=1&v=1"},
 		{"ping", func() error { return c.Ping(ctx) }, "GET /v1/ping?"},
 	}
 	for _, tt := range tests {

@@ -76,7 +76,7 @@ func TestClientLibraryVerbs(t *testing.T) {
 	if err := cl.Stop(ctx, "lib", nil); err != nil {
 		t.Errorf("Stop of an exited VM: %v", err)
 	}
-	if err := cl.Remove(ctx, "lib", false); err != nil {
+	if err := cl.Remove(ctx, "lib", client.RemoveOptions{}); err != nil {
 		t.Fatalf("Remove: %v", err)
 	}
 	if _, err := cl.Inspect(ctx, "lib"); !errors.Is(err, client.ErrNotFound) {

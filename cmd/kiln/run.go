@@ -239,7 +239,7 @@ func apiConfig(spec runtime.Spec, f *runFlags) (api.VMConfig, error) {
 		c.Ulimits = append(c.Ulimits, api.Ulimit{Name: r.Name, Soft: r.Soft, Hard: r.Hard})
 	}
 	for _, m := range spec.Mounts {
-		c.Mounts = append(c.Mounts, api.Mount{Type: m.Type, Source: m.Source, Target: m.Target, ReadOnly: m.ReadOnly})
+		c.Mounts = append(c.Mounts, api.Mount(m))
 	}
 	return c, nil
 }
@@ -279,7 +279,7 @@ func runRun(cmd *cobra.Command, g *globals, f *runFlags, args []string) error {
 	}
 	if f.detach {
 		if err := c.Start(ctx, created.ID); err != nil {
-			_ = c.Remove(ctx, created.ID, true)
+			_ = c.Remove(ctx, created.ID, client.RemoveOptions{Force: true, Volumes: true})
 			return err
 		}
 		fmt.Fprintln(stdout, created.ID)
@@ -307,7 +307,7 @@ func attach(ctx context.Context, c *client.Client, id string, f *runFlags, sigs 
 	select {
 	case <-registered:
 	case w := <-waitc:
-		_ = c.Remove(ctx, id, true)
+		_ = c.Remove(ctx, id, client.RemoveOptions{Force: true, Volumes: true})
 		return w.err
 	}
 	logsDone := make(chan error, 1)
@@ -324,7 +324,7 @@ func attach(ctx context.Context, c *client.Client, id string, f *runFlags, sigs 
 	if err := c.Start(ctx, id); err != nil {
 		// A VM that could not start is not kept: `kiln run` leaves nothing
 		// behind when it fails.
-		_ = c.Remove(ctx, id, true)
+		_ = c.Remove(ctx, id, client.RemoveOptions{Force: true, Volumes: true})
 		return err
 	}
 	grace := time.Duration(f.stopTimeout) * time.Second

@@ -401,11 +401,12 @@ func newKillCmd(g *globals) *cobra.Command {
 }
 
 func newRmCmd(g *globals) *cobra.Command {
-	var force bool
-	c := eachVM(g, "rm [-f] VM...", "Remove VMs (-f: also running ones, killing them)", func(ctx context.Context, cl *client.Client, ref string) (string, error) {
-		return ref, cl.Remove(ctx, ref, force)
+	var o client.RemoveOptions
+	c := eachVM(g, "rm [-f] [-v] VM...", "Remove VMs (-f: also running ones, killing them; -v: their anonymous volumes too)", func(ctx context.Context, cl *client.Client, ref string) (string, error) {
+		return ref, cl.Remove(ctx, ref, o)
 	})
-	c.Flags().BoolVarP(&force, "force", "f", false, "kill and remove running VMs")
+	c.Flags().BoolVarP(&o.Force, "force", "f", false, "kill and remove running VMs")
+	c.Flags().BoolVarP(&o.Volumes, "volumes", "v", false, "remove the VMs' anonymous volumes (-v /path) too; named volumes stay")
 	return c
 }
 

@@ -264,3 +264,52 @@ grep -E ' /(srv/app|small|host/rw|host/ro) ' /proc/mounts | cut -d' ' -f2-4`
 		t.Errorf("second VM sees:\n%s\nwant it to start with %q (the first VM's changes, no new copy) and a read-only volume", r.stdout, want)
 	}
 }
+
+// TestAnonymousVolumes: -v /path gives a VM a volume of its own, kept by a
+// plain rm (as docker keeps it), removed by rm -v and by --rm.
+func TestAnonymousVolumes(t *testing.T) {
+	e := newEnv(t)
+	e.runD("--name", "a", "-v", "/data", e.hello(), "-write", "/data/f", "-sleep", "10m")
+	e.awaitLog("a", "sleeping", 1)
+	if logs := ok(t, "logs a", e.kiln("logs", "a")).stdout; !strings.Contains(logs, "write /data/f: ok") {
+		t.Errorf("the program could not write to its anonymous volume:\n%s", logs)
+	}
+	vols := e.volumeList()
+	if len(vols) != 1 || len(vols[0]) != 32 {
+		t.Fatalf("volumes after run -v /data: %q, want one with a 32-hex name", vols)
+	}
+	anon := vols[0]
+	if got := strings.TrimSpace(ok(t, "volume inspect", e.kiln("volume", "inspect", "-f", "{{.Anonymous}} {{.AttachedTo}}", anon)).stdout); got != "true a" {
+		t.Errorf("volume inspect: %q, want \"true a\"", got)
+	}
+	// The name is in the VM's spec: a restart attaches the same volume,
+	// with the file still there.
+	ok(t, "restart a", e.kiln("restart", "a"))
+	e.awaitLog("a", "sleeping", 2)
+	if vols := e.volumeList(); len(vols) != 1 || vols[0] != anon {
+		t.Errorf("volumes after a restart: %q, want only %s", vols, anon)
+	}
+
+	ok(t, "rm -f a", e.kiln("rm", "-f", "a"))
+	if vols := e.volumeList(); len(vols) != 1 || vols[0] != anon {
+		t.Errorf("after rm without -v the volumes are %q, want %s kept", vols, anon)
+	}
+
+	e.runD("--name", "b", "--mount", "type=volume,dst=/data", e.hello(), "-sleep", "10m")
+	e.awaitLog("b", "sleeping", 1)
+	if vols := e.volumeList(); len(vols) != 2 {
+		t.Fatalf("volumes with b running: %q, want two", vols)
+	}
+	ok(t, "rm -f -v b", e.kiln("rm", "-f", "-v", "b"))
+	if vols := e.volumeList(); len(vols) != 1 || vols[0] != anon {
+		t.Errorf("after rm -v b the volumes are %q, want only a's %s", vols, anon)
+	}
+
+	r := e.run("--rm", "-v", "/scratch", e.hello(), "-write", "/scratch/f")
+	if r.code != 0 || !strings.Contains(r.stdout, "write /scratch/f: ok") {
+		t.Fatalf("run --rm -v /scratch: %s", r)
+	}
+	if vols := e.volumeList(); len(vols) != 1 || vols[0] != anon {
+		t.Errorf("after run --rm the volumes are %q, want only a's %s", vols, anon)
+	}
+}

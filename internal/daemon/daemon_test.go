@@ -386,7 +386,7 @@ func fullConfig(t *testing.T) api.VMConfig {
 		Network:     "backend",
 		IP:          "10.99.0.10",
 		Ports:       []api.PortMapping{{HostIP: "127.0.0.1", HostPort: 8080, GuestPort: 80, Protocol: "tcp"}, {GuestPort: 53, Protocol: "udp"}},
-		Mounts:      []api.Mount{{Type: "volume", Source: "data", Target: "/data"}, {Type: "bind", Source: "/srv", Target: "/srv", ReadOnly: true}},
+		Mounts:      []api.Mount{{Type: "volume", Source: "data", Target: "/data"}, {Type: "bind", Source: "/srv", Target: "/srv", ReadOnly: true}, {Type: "volume", Target: "/scratch", Anonymous: true}},
 		Healthcheck: &api.HealthConfig{Test: []string{"CMD-SHELL", "true"}, Interval: api.Duration(time.Second),
 			Timeout: api.Duration(2 * time.Second), StartPeriod: api.Duration(3 * time.Second), Retries: 4},
 		HealthOnFailure: runtime.OnFailureKill,

@@ -270,8 +270,9 @@ func (d *Daemon) wait(w http.ResponseWriter, r *http.Request) {
 }
 
 func (d *Daemon) remove(w http.ResponseWriter, r *http.Request) {
-	force := r.URL.Query().Get("force") == "1" || r.URL.Query().Get("force") == "true"
-	if err := d.sup.Remove(r.Context(), r.PathValue("ref"), force); err != nil {
+	flag := func(k string) bool { v := r.URL.Query().Get(k); return v == "1" || v == "true" }
+	o := runtime.RemoveOptions{Force: flag("force"), Volumes: flag("v")}
+	if err := d.sup.Remove(r.Context(), r.PathValue("ref"), o); err != nil {
 		d.fail(w, err)
 		return
 	}

@@ -20,7 +20,7 @@ func (d *Daemon) volumeRoutes(mux *http.ServeMux) {
 
 func volumeToAPI(u *runtime.VolumeUsage) api.Volume {
 	return api.Volume{Name: u.Name, SizeMiB: u.SizeMiB, Created: u.Created, UsedBytes: u.UsedBytes(),
-		Path: u.Disk(), UsedBy: u.UsedBy, AttachedTo: u.AttachedTo}
+		Path: u.Disk(), UsedBy: u.UsedBy, AttachedTo: u.AttachedTo, Anonymous: u.Anonymous}
 }
 
 func (d *Daemon) createVolume(w http.ResponseWriter, r *http.Request) {
@@ -79,10 +79,12 @@ func (d *Daemon) pruneVolumes(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, api.VolumePruneResponse{Removed: removed, SpaceReclaimed: freed})
 }
 
+// The API's and the runtime's mounts have the same fields, so they convert
+// whole: a field added to one and not the other does not compile.
 func mountsFromAPI(ms []api.Mount) []runtime.Mount {
 	var out []runtime.Mount
 	for _, m := range ms {
-		out = append(out, runtime.Mount{Type: m.Type, Source: m.Source, Target: m.Target, ReadOnly: m.ReadOnly})
+		out = append(out, runtime.Mount(m))
 	}
 	return out
 }
@@ -90,7 +92,7 @@ func mountsFromAPI(ms []api.Mount) []runtime.Mount {
 func mountsToAPI(ms []runtime.Mount) []api.Mount {
 	var out []api.Mount
 	for _, m := range ms {
-		out = append(out, api.Mount{Type: m.Type, Source: m.Source, Target: m.Target, ReadOnly: m.ReadOnly})
+		out = append(out, api.Mount(m))
 	}
 	return out
 }

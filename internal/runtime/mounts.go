@@ -33,6 +33,10 @@ type Mount struct {
 	// Target is the absolute path in the guest.
 	Target   string `json:"target"`
 	ReadOnly bool   `json:"readOnly,omitempty"`
+	// Anonymous marks a volume made for this VM alone (`-v /path`, or
+	// --mount type=volume without src): Create names it, and it goes with
+	// the VM on `kiln rm -v` and with a --rm VM, as in docker.
+	Anonymous bool `json:"anonymous,omitempty"`
 }
 
 // String formats m the way --mount takes it, for messages.
@@ -46,14 +50,17 @@ func (m Mount) String() string {
 
 // ParseVolumeFlag parses a -v value as docker does: SRC:DST[:OPTS], where
 // SRC is a volume name (no '/', not starting with '.') or an absolute host
-// directory, and OPTS is ro or rw.
+// directory, and OPTS is ro or rw; or DST alone, an anonymous volume.
 func ParseVolumeFlag(s string) (Mount, error) {
 	bad := func(why string) (Mount, error) {
 		return Mount{}, errdefs.Invalid(fmt.Sprintf("invalid volume %q: %s", s, why))
 	}
 	parts := strings.Split(s, ":")
+	if len(parts) == 1 && strings.HasPrefix(s, "/") {
+		return Mount{Type: MountVolume, Target: s, Anonymous: true}, nil
+	}
 	if len(parts) < 2 || len(parts) > 3 {
-		return bad("want NAME:/guest/path[:ro|rw] or /host/dir:/guest/path[:ro|rw] (anonymous volumes are not supported)")
+		return bad("want NAME:/guest/path[:ro|rw], /host/dir:/guest/path[:ro|rw] or /guest/path (an anonymous volume)")
 	}
 	m := Mount{Type: MountVolume, Source: parts[0], Target: parts[1]}
 	switch {
@@ -133,8 +140,10 @@ func ParseMountFlag(s string) (Mount, error) {
 			return bad(fmt.Sprintf("unknown key %q: use type, src, dst and readonly", k))
 		}
 	}
-	if m.Source == "" {
-		return bad("no src: give a volume name or an absolute host path")
+	if m.Source == "" && m.Type == MountVolume {
+		m.Anonymous = true
+	} else if m.Source == "" {
+		return bad("no src: give an absolute host path")
 	}
 	if m.Target == "" {
 		return bad("no dst: give the path in the guest")
@@ -169,8 +178,14 @@ func ValidateMounts(ms []Mount) error {
 			return errdefs.Invalid(fmt.Sprintf("invalid mounts: two mounts on %s", m.Target))
 		}
 		targets[m.Target] = true
+		if m.Anonymous && m.Type != MountVolume {
+			return errdefs.Invalid(fmt.Sprintf("invalid mount %s: only a volume can be anonymous", m))
+		}
 		switch m.Type {
 		case MountVolume:
+			if m.Anonymous && m.Source == "" {
+				continue // named by Create
+			}
 			if err := volume.ValidateName(m.Source); err != nil {
 				return err
 			}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -28,7 +29,8 @@ func TestParseVolumeFlag(t *testing.T) {
 		{"./x:/x", Mount{}, `host path "./x" is relative`},
 		{"../x:/x", Mount{}, "relative"},
 		{".hidden:/x", Mount{}, "relative"},
-		{"/data", Mount{}, "anonymous volumes are not supported"},
+		{"/data", Mount{Type: MountVolume, Target: "/data", Anonymous: true}, ""},
+		{"data", Mount{}, "or /guest/path (an anonymous volume)"},
 		{"a:/b:ro:extra", Mount{}, "want NAME:/guest/path"},
 		{":/x", Mount{}, "no source"},
 		{"v:/x:rx", Mount{}, `unknown option "rx"`},
@@ -56,6 +58,8 @@ func TestParseMountFlag(t *testing.T) {
 		{"type=bind,src=/a,dst=/b,propagation=shared", Mount{}, `unknown key "propagation"`},
 		{"type=bind,src=/a,dst=/b,readonly=maybe", Mount{}, `readonly="maybe"`},
 		{"type=bind,dst=/b", Mount{}, "no src"},
+		{"type=volume,dst=/data", Mount{Type: MountVolume, Target: "/data", Anonymous: true}, ""},
+		{"dst=/data,readonly", Mount{Type: MountVolume, Target: "/data", Anonymous: true, ReadOnly: true}, ""},
 		{"type=bind,src=/a", Mount{}, "no dst"},
 		{"src=/a,src=/b,dst=/c", Mount{}, "source given twice"},
 		{"type,src=/a,dst=/b", Mount{}, "type needs a value"},
@@ -103,6 +107,9 @@ func TestValidateMounts(t *testing.T) {
 		{"volume name with space", []Mount{vol("a b", "/data")}, `invalid volume name`},
 		{"relative bind", []Mount{{Type: MountBind, Source: "x", Target: "/x"}}, "must be absolute"},
 		{"unknown type", []Mount{{Type: "nfs", Source: "x", Target: "/x"}}, `invalid mount type "nfs"`},
+		{"anonymous volume", []Mount{{Type: MountVolume, Target: "/x", Anonymous: true}}, ""},
+		{"anonymous bind", []Mount{{Type: MountBind, Source: "/srv", Target: "/x", Anonymous: true}}, "only a volume can be anonymous"},
+		{"volume without a name", []Mount{vol("", "/x")}, "invalid volume name"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -169,7 +176,7 @@ func TestDiscardRemovesOnlyTheVolumesMadeForTheVM(t *testing.T) {
 	}
 	p := &mountPlan{store: store}
 	for _, name := range []string{"old", "new"} {
-		if _, err := p.volume(ctx, name); err != nil {
+		if _, err := p.volume(ctx, Mount{Type: MountVolume, Source: name}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -192,6 +199,49 @@ func TestDiscardRemovesOnlyTheVolumesMadeForTheVM(t *testing.T) {
 	}
 }
 
+// An anonymous volume gets a volume of its own with a random 32-hex name,
+// written into the spec so that every start attaches the same one.
+func TestPlanNamesAnonymousVolumes(t *testing.T) {
+	if _, err := disk.FindTool("mkfs.ext4", "e2fsprogs"); err != nil {
+		t.Skipf("%v: run scripts/setup", err)
+	}
+	r, err := New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := Spec{Mounts: []Mount{
+		{Type: MountVolume, Target: "/b", Anonymous: true},
+		{Type: MountVolume, Target: "/a", Anonymous: true},
+	}}
+	p, err := r.planMounts(context.Background(), t.TempDir(), &s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := r.Volumes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	hex32 := regexp.MustCompile(`^[0-9a-f]{32}$`)
+	names := map[string]bool{}
+	for _, m := range s.Mounts {
+		if !hex32.MatchString(m.Source) {
+			t.Fatalf("anonymous volume at %s named %q, want 32 hex digits", m.Target, m.Source)
+		}
+		v, err := store.Get(m.Source)
+		if err != nil || !v.Anonymous {
+			t.Errorf("volume %s: %+v, %v; want an anonymous volume", m.Source, v, err)
+		}
+		names[m.Source] = true
+	}
+	if len(names) != 2 || len(p.drives) != 2 {
+		t.Errorf("two anonymous mounts got volumes %v and drives %v, want two of each", names, p.drives)
+	}
+	p.undo()
+	if vs, _ := store.List(); len(vs) != 0 {
+		t.Errorf("undo left %d volumes", len(vs))
+	}
+}
+
 // A plan that fails part way removes the volumes it made, and only those.
 func TestPlanFailureUndoesItsVolumes(t *testing.T) {
 	if _, err := disk.FindTool("mkfs.ext4", "e2fsprogs"); err != nil {
@@ -211,6 +261,7 @@ func TestPlanFailureUndoesItsVolumes(t *testing.T) {
 	s := Spec{Mounts: []Mount{
 		{Type: MountVolume, Source: "old", Target: "/a"},
 		{Type: MountVolume, Source: "new", Target: "/b"},
+		{Type: MountVolume, Target: "/c", Anonymous: true},
 		{Type: MountVolume, Source: "bad/name", Target: "/d"},
 	}}
 	if _, err := r.planMounts(context.Background(), t.TempDir(), &s); err == nil {

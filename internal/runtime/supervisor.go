@@ -354,7 +354,8 @@ func (s *Supervisor) afterExit(m *managed, ranFor time.Duration, done chan struc
 		autoRemove := m.opts.AutoRemove
 		m.mu.Unlock()
 		if autoRemove {
-			if err := s.Remove(context.Background(), m.id, true); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
+			// As docker's --rm, the VM's anonymous volumes go with it.
+			if err := s.Remove(context.Background(), m.id, RemoveOptions{Force: true, Volumes: true}); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
 				s.log.Warn("removing VM after it ended", "vm", m.id, "err", err)
 			}
 		}
@@ -472,9 +473,19 @@ func (s *Supervisor) Kill(ctx context.Context, ref string, sig syscall.Signal) e
 	return nil
 }
 
-// Remove deletes a VM: its record, its directory, its logs. A running VM
-// is refused unless force, which kills it first.
-func (s *Supervisor) Remove(ctx context.Context, ref string, force bool) error {
+// RemoveOptions are the choices of Remove.
+type RemoveOptions struct {
+	// Force kills a running VM; without it a running VM is refused.
+	Force bool
+	// Volumes removes the VM's anonymous volumes too (docker's rm -v);
+	// named volumes always stay.
+	Volumes bool
+}
+
+// Remove deletes a VM: its record, its directory, its logs, and with
+// o.Volumes its anonymous volumes.
+func (s *Supervisor) Remove(ctx context.Context, ref string, o RemoveOptions) error {
+	force := o.Force
 	m, err := s.get(ctx, ref)
 	if err != nil {
 		return err
@@ -515,6 +526,9 @@ func (s *Supervisor) Remove(ctx context.Context, ref string, force bool) error {
 	s.event(rec, EventRemoved)
 	if netErr != nil {
 		return fmt.Errorf("VM %s removed, but not all of its network: %w", rec.Name, netErr)
+	}
+	if o.Volumes {
+		return s.removeAnonymousVolumes(ctx, rec.Name, m.spec.Mounts)
 	}
 	return nil
 }

@@ -69,9 +69,18 @@ func (r *Runtime) planMounts(ctx context.Context, dir string, s *Spec) (p *mount
 	for i, m := range ms {
 		switch m.Type {
 		case MountVolume:
-			v, err := p.volume(ctx, m.Source)
+			v, err := p.volume(ctx, m)
 			if err != nil {
 				return nil, err
+			}
+			if m.Anonymous && m.Source == "" {
+				// The VM's record keeps the name, so that every start
+				// attaches the same volume.
+				for j := range s.Mounts {
+					if s.Mounts[j].Target == m.Target {
+						s.Mounts[j].Source = v.Name
+					}
+				}
 			}
 			id := volDriveID(i)
 			p.drives = append(p.drives, vmm.Drive{ID: id, Path: v.Disk(), Serial: kilnName(id)})
@@ -95,9 +104,18 @@ func (r *Runtime) planMounts(ctx context.Context, dir string, s *Spec) (p *mount
 	return p, nil
 }
 
-// volume returns the named volume, creating it (default size) when it
-// does not exist.
-func (p *mountPlan) volume(ctx context.Context, name string) (*volume.Volume, error) {
+// volume returns m's volume, creating it (default size) when it does not
+// exist, or when m is an anonymous volume not made yet.
+func (p *mountPlan) volume(ctx context.Context, m Mount) (*volume.Volume, error) {
+	if m.Anonymous && m.Source == "" {
+		v, err := p.store.CreateAnonymous(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("creating an anonymous volume for %s: %w", m.Target, err)
+		}
+		p.created = append(p.created, v.Name)
+		return v, nil
+	}
+	name := m.Source
 	v, err := p.store.Get(name)
 	if !errors.Is(err, errdefs.ErrNotFound) {
 		return v, err
@@ -325,6 +343,25 @@ func (s *Supervisor) RemoveVolume(ctx context.Context, name string) error {
 		return fmt.Errorf("volume %s is in use by VM %s: remove the VM first: %w", name, users[0], errdefs.ErrConflict)
 	}
 	return st.Remove(name)
+}
+
+// removeAnonymousVolumes removes the anonymous volumes among the mounts
+// of the removed VM vmName. One that another VM also names is kept, as
+// docker keeps it, and said so in the error.
+func (s *Supervisor) removeAnonymousVolumes(ctx context.Context, vmName string, ms []Mount) error {
+	var errs []error
+	for _, m := range ms {
+		if m.Type != MountVolume || !m.Anonymous || m.Source == "" {
+			continue
+		}
+		if err := s.RemoveVolume(ctx, m.Source); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("VM %s removed, but not all of its anonymous volumes: %w", vmName, errors.Join(errs...))
+	}
+	return nil
 }
 
 // PruneVolumes removes every volume no VM refers to and returns their

@@ -56,6 +56,9 @@ type Volume struct {
 	Name    string    `json:"name"`
 	SizeMiB int       `json:"sizeMiB"`
 	Created time.Time `json:"created"`
+	// Anonymous: made for one VM by `-v /path` (its name is random); it
+	// goes with that VM on `kiln rm -v` and with a `--rm` VM.
+	Anonymous bool `json:"anonymous,omitempty"`
 	// Dir is the volume's directory on the host (not stored).
 	Dir string `json:"-"`
 }
@@ -105,6 +108,21 @@ func (s *Store) Dir() string { return s.dir }
 // Create makes a volume of sizeMiB (0: DefaultSizeMiB). It returns an
 // error wrapping errdefs.ErrConflict when one of that name exists.
 func (s *Store) Create(ctx context.Context, name string, sizeMiB int) (*Volume, error) {
+	return s.create(ctx, &Volume{Name: name, SizeMiB: sizeMiB})
+}
+
+// CreateAnonymous makes a volume of the default size with a random name
+// of 32 hex digits.
+func (s *Store) CreateAnonymous(ctx context.Context) (*Volume, error) {
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		return nil, fmt.Errorf("naming an anonymous volume: %w", err)
+	}
+	return s.create(ctx, &Volume{Name: hex.EncodeToString(b), Anonymous: true})
+}
+
+func (s *Store) create(ctx context.Context, v *Volume) (*Volume, error) {
+	name, sizeMiB := v.Name, v.SizeMiB
 	if err := ValidateName(name); err != nil {
 		return nil, err
 	}
@@ -123,7 +141,7 @@ func (s *Store) Create(ctx context.Context, name string, sizeMiB int) (*Volume, 
 		return nil, fmt.Errorf("creating volume %s: %w", name, err)
 	}
 	defer os.RemoveAll(tmp) // gone after the rename
-	v := &Volume{Name: name, SizeMiB: sizeMiB, Created: time.Now().UTC(), Dir: tmp}
+	v.SizeMiB, v.Created, v.Dir = sizeMiB, time.Now().UTC(), tmp
 	if err := disk.MakeExt4(ctx, v.Disk(), sizeMiB, "kiln-volume"); err != nil {
 		return nil, err
 	}
