@@ -126,7 +126,7 @@ func (e *netEnv) outside() {
 	t.Helper()
 	b := make([]byte, 4)
 	rand.Read(b)
-	ns := "kiln-out-" + hex.EncodeToString(b)
+	ns := testNetns("out")
 	veth := "kv" + hex.EncodeToString(b)
 	run := func(args ...string) {
 		t.Helper()

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -130,12 +131,49 @@ func requireNetns(t *testing.T) {
 	}
 }
 
+// testNetns names a network namespace for this test process:
+// kiln-PURPOSE-PID-RANDOM, so that sweepStaleNetns can tell the ones of a
+// test binary that died without its cleanups (killed by go test's
+// timeout, say) from those of one still running.
+func testNetns(purpose string) string {
+	sweepOnce.Do(sweepStaleNetns)
+	b := make([]byte, 4)
+	rand.Read(b)
+	return fmt.Sprintf("kiln-%s-%d-%s", purpose, os.Getpid(), hex.EncodeToString(b))
+}
+
+var sweepOnce sync.Once
+
+var testNetnsRE = regexp.MustCompile(`^kiln-(test|out)-([0-9]+)-[0-9a-f]+$`)
+
+// sweepStaleNetns removes the test namespaces of test processes that no
+// longer run (with whatever was left in them).
+func sweepStaleNetns() {
+	ents, _ := os.ReadDir("/run/netns")
+	for _, e := range ents {
+		m := testNetnsRE.FindStringSubmatch(e.Name())
+		if m == nil {
+			continue
+		}
+		pid, err := strconv.Atoi(m[2])
+		if err != nil || pid == os.Getpid() || syscall.Kill(pid, 0) != syscall.ESRCH {
+			continue
+		}
+		if out, err := exec.Command("ip", "netns", "pids", e.Name()).Output(); err == nil {
+			for _, p := range strings.Fields(string(out)) {
+				if n, err := strconv.Atoi(p); err == nil {
+					syscall.Kill(n, syscall.SIGKILL)
+				}
+			}
+		}
+		exec.Command("ip", "netns", "del", e.Name()).Run()
+	}
+}
+
 func newNetEnv(t *testing.T) *netEnv {
 	t.Helper()
 	requireNetns(t)
-	b := make([]byte, 4)
-	rand.Read(b)
-	ns := "kiln-test-" + hex.EncodeToString(b)
+	ns := testNetns("test")
 	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
 		t.Fatalf("ip netns add %s: %v: %s", ns, err, out)
 	}
