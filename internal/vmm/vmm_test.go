@@ -120,12 +120,16 @@ func fakeHost(exists []string, openErr error) Host {
 }
 
 func TestChooseAccel(t *testing.T) {
+	// Each combination a host can present: with or without /dev/kvm, with
+	// each module that can back it, openable or not.
 	var (
-		intel   = []string{"/dev/kvm", "/sys/module/kvm", "/sys/module/kvm_intel"}
-		amd     = []string{"/dev/kvm", "/sys/module/kvm", "/sys/module/kvm_amd"}
-		pvm     = []string{"/dev/kvm", "/sys/module/kvm", "/sys/module/kvm_pvm"}
-		unknown = []string{"/dev/kvm", "/sys/module/kvm"}
-		noKVM   = []string{"/sys/module/kvm_intel"}
+		intel      = []string{"/dev/kvm", "/sys/module/kvm", "/sys/module/kvm_intel"}
+		amd        = []string{"/dev/kvm", "/sys/module/kvm", "/sys/module/kvm_amd"}
+		pvm        = []string{"/dev/kvm", "/sys/module/kvm", "/sys/module/kvm_pvm"}
+		unknown    = []string{"/dev/kvm", "/sys/module/kvm"}
+		intelNoDev = []string{"/sys/module/kvm", "/sys/module/kvm_intel"}
+		pvmNoDev   = []string{"/sys/module/kvm", "/sys/module/kvm_pvm"}
+		bare       = []string{}
 	)
 	tests := []struct {
 		name      string
@@ -133,22 +137,33 @@ func TestChooseAccel(t *testing.T) {
 		openErr   error
 		requested Accel
 		want      Accel
-		warning   string // substring the warning must contain; "" means no warning
-		wantErr   error  // for errors.Is; errAny means any error
+		warning   string   // substring the warning must contain; "" means no warning
+		reason    []string // substrings the reason must contain
+		wantErr   error    // for errors.Is; errAny means any error
 	}{
-		{name: "auto without /dev/kvm", exists: noKVM, requested: AccelAuto, want: AccelTCG, warning: "/dev/kvm does not exist"},
-		{name: "empty without /dev/kvm", exists: noKVM, requested: "", want: AccelTCG, warning: "TCG"},
-		{name: "auto, /dev/kvm not openable", exists: intel, openErr: fs.ErrPermission, requested: AccelAuto, want: AccelTCG, warning: "cannot be opened"},
-		{name: "auto on PVM", exists: pvm, requested: AccelAuto, want: AccelTCG, warning: "PVM"},
+		{name: "auto, no /dev/kvm, no module", exists: bare, requested: AccelAuto, want: AccelTCG,
+			warning: "/dev/kvm does not exist", reason: []string{"no KVM module is loaded", "modprobe"}},
+		{name: "empty, no /dev/kvm, no module", exists: bare, requested: "", want: AccelTCG, warning: "TCG"},
+		{name: "auto, no /dev/kvm, kvm_intel loaded", exists: intelNoDev, requested: AccelAuto, want: AccelTCG,
+			warning: "/dev/kvm does not exist", reason: []string{"kvm_intel is loaded", "mknod"}},
+		{name: "auto, no /dev/kvm, kvm_pvm loaded", exists: pvmNoDev, requested: AccelAuto, want: AccelTCG,
+			warning: "/dev/kvm does not exist", reason: []string{"/dev/kvm does not exist", "kvm_pvm is loaded", "PVM-patched"}},
+		{name: "auto, /dev/kvm not openable", exists: intel, openErr: fs.ErrPermission, requested: AccelAuto, want: AccelTCG,
+			warning: "cannot be opened", reason: []string{"kvm group"}},
+		{name: "auto, PVM /dev/kvm not openable", exists: pvm, openErr: fs.ErrPermission, requested: AccelAuto, want: AccelTCG,
+			warning: "cannot be opened"},
+		{name: "auto on PVM /dev/kvm", exists: pvm, requested: AccelAuto, want: AccelTCG,
+			warning: "PVM", reason: []string{"kvm_pvm", "stock guest kernel"}},
 		{name: "auto, KVM of unknown kind", exists: unknown, requested: AccelAuto, want: AccelTCG, warning: "kvm_intel or kvm_amd"},
-		{name: "auto on kvm_intel", exists: intel, requested: AccelAuto, want: AccelKVM},
-		{name: "empty on kvm_amd", exists: amd, requested: "", want: AccelKVM},
+		{name: "auto on kvm_intel", exists: intel, requested: AccelAuto, want: AccelKVM, reason: []string{"kvm_intel"}},
+		{name: "empty on kvm_amd", exists: amd, requested: "", want: AccelKVM, reason: []string{"kvm_amd"}},
 		{name: "explicit tcg on KVM host", exists: intel, requested: AccelTCG, want: AccelTCG},
-		{name: "explicit tcg without KVM", exists: noKVM, requested: AccelTCG, want: AccelTCG},
+		{name: "explicit tcg without KVM", exists: bare, requested: AccelTCG, want: AccelTCG},
 		{name: "explicit kvm on kvm_intel", exists: intel, requested: AccelKVM, want: AccelKVM},
 		{name: "explicit kvm on PVM", exists: pvm, requested: AccelKVM, want: AccelKVM, warning: "PVM"},
 		{name: "explicit kvm, KVM of unknown kind", exists: unknown, requested: AccelKVM, want: AccelKVM},
-		{name: "explicit kvm without /dev/kvm", exists: noKVM, requested: AccelKVM, wantErr: errAny},
+		{name: "explicit kvm without /dev/kvm", exists: bare, requested: AccelKVM, wantErr: errAny},
+		{name: "explicit kvm, kvm_pvm loaded, no /dev/kvm", exists: pvmNoDev, requested: AccelKVM, wantErr: errAny},
 		{name: "explicit kvm, /dev/kvm not openable", exists: intel, openErr: fs.ErrPermission, requested: AccelKVM, wantErr: fs.ErrPermission},
 		{name: "bogus", exists: intel, requested: "hvf", wantErr: errAny},
 	}
@@ -173,6 +188,11 @@ func TestChooseAccel(t *testing.T) {
 			if got.Reason == "" {
 				t.Error("Reason is empty")
 			}
+			for _, s := range tt.reason {
+				if !strings.Contains(got.Reason, s) {
+					t.Errorf("Reason = %q, want it to contain %q", got.Reason, s)
+				}
+			}
 			switch {
 			case tt.warning == "" && got.Warning != "":
 				t.Errorf("Warning = %q, want none", got.Warning)
@@ -180,6 +200,28 @@ func TestChooseAccel(t *testing.T) {
 				t.Errorf("Warning = %q, want it to contain %q", got.Warning, tt.warning)
 			}
 		})
+	}
+}
+
+// TestProbeReadsOnlyItsPaths checks that Probe asks the host about /dev/kvm
+// and the KVM modules and nothing else, and opens /dev/kvm only when it
+// exists.
+func TestProbeReadsOnlyItsPaths(t *testing.T) {
+	var asked, opened []string
+	h := Host{
+		Exists: func(p string) bool { asked = append(asked, p); return p == "/sys/module/kvm_pvm" },
+		OpenRW: func(p string) error { opened = append(opened, p); return nil },
+	}
+	p := h.Probe()
+	if p.Dev || len(opened) != 0 {
+		t.Errorf("Probe of a host without /dev/kvm: Dev=%v, opened %v", p.Dev, opened)
+	}
+	if len(p.Modules) != 1 || p.Modules[0] != "kvm_pvm" {
+		t.Errorf("Modules = %v, want [kvm_pvm]", p.Modules)
+	}
+	want := "/dev/kvm /sys/module/kvm_intel /sys/module/kvm_amd /sys/module/kvm_pvm"
+	if got := strings.Join(asked, " "); got != want {
+		t.Errorf("Probe asked about %q, want %q", got, want)
 	}
 }
 
