@@ -66,6 +66,12 @@ type VMConfig struct {
 	Log         LogConfig     `json:"log"`
 	StopTimeout int           `json:"stopTimeout,omitempty"` // seconds; 0 means 10
 	BootTimeout Duration      `json:"bootTimeout,omitempty"`
+	// ExtraHosts are "NAME:ADDRESS" lines for the guest's /etc/hosts;
+	// ADDRESS "host-gateway" is the host, and lets the VM reach it.
+	ExtraHosts []string `json:"extraHosts,omitempty"`
+	// Unconfined runs the VM's QEMU without its jail and seccomp sandbox:
+	// as the daemon's user, in the host's namespaces.
+	Unconfined bool `json:"unconfined,omitempty"`
 	// Network is "user" (QEMU user-mode networking, the default when
 	// empty), "none", or the name of a bridge network.
 	Network string `json:"network,omitempty"`
@@ -154,6 +160,41 @@ type VM struct {
 	Ports []PortMapping `json:"ports,omitempty"`
 	// NetworkSettings is the VM's place on a bridge network.
 	NetworkSettings *NetworkSettings `json:"networkSettings,omitempty"`
+	// Confinement is how the running VM's QEMU is confined, as the host's
+	// kernel reports it; absent when the VM does not run.
+	Confinement *Confinement `json:"confinement,omitempty"`
+}
+
+// Confinement is how a VM's QEMU process is confined.
+type Confinement struct {
+	// Jailed: QEMU runs in the VM's jail (own uid, namespaces, root and
+	// cgroup); false for --unconfined or a daemon that is not root.
+	Jailed bool `json:"jailed"`
+	UID    int  `json:"uid"`
+	GID    int  `json:"gid"`
+	// CapEff is QEMU's effective capability set (hex; all zero when jailed).
+	CapEff     string `json:"capEff"`
+	NoNewPrivs bool   `json:"noNewPrivs"`
+	// Seccomp is "filter" when QEMU's sandbox is on, else "disabled".
+	Seccomp string `json:"seccomp"`
+	// Namespaces are those QEMU does not share with the daemon.
+	Namespaces []string `json:"namespaces,omitempty"`
+	// Root lists what QEMU sees at its root directory.
+	Root []string `json:"root,omitempty"`
+	// Cgroup is the VM's cgroup and its limits.
+	Cgroup *Cgroup `json:"cgroup,omitempty"`
+}
+
+// Cgroup is a VM's cgroup: where it is, what it bounds, what it uses.
+type Cgroup struct {
+	Version     int      `json:"version"`
+	Paths       []string `json:"paths"`
+	MemoryLimit int64    `json:"memoryLimit"`
+	CPUs        float64  `json:"cpus"`
+	PidsLimit   int64    `json:"pidsLimit"`
+	MemoryUsage int64    `json:"memoryUsage"`
+	Pids        int64    `json:"pids"`
+	OOMKills    int64    `json:"oomKills"`
 }
 
 // WaitResponse answers a wait.

@@ -105,6 +105,9 @@ func writeNetFiles(s *agent.Spec) error {
 		}
 		hosts += ip + "\t" + s.Hostname + "\n"
 	}
+	for _, h := range s.Hosts {
+		hosts += h + "\n"
+	}
 	files := []struct{ path, data string }{{"/etc/hosts", hosts}}
 	if s.Hostname != "" {
 		files = append(files, struct{ path, data string }{"/etc/hostname", s.Hostname + "\n"})

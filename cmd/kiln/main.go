@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"kiln.dev/kiln/internal/jail"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -78,6 +79,18 @@ func newRootCmd() *cobra.Command {
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == jail.UsernsArg {
+		// Holds a user namespace for an id-mapped mount (jail.IDMapped).
+		jail.Userns()
+		os.Exit(0)
+	}
+	if len(os.Args) > 1 && os.Args[1] == jail.ExecArg {
+		// The jail helper: set up a VMM's jail and exec it. Nothing of the
+		// CLI runs here.
+		err := jail.Exec(os.Args[2:])
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(125)
+	}
 	os.Exit(execute(os.Args[1:], os.Stdout, os.Stderr))
 }
 

@@ -37,6 +37,8 @@ type runFlags struct {
 	ulimits     []string
 	stopTimeout int
 	bootTimeout time.Duration
+	unconfined  bool
+	addHosts    []string
 	pull        string
 	mode        string
 	diskSize    string
@@ -84,6 +86,8 @@ after --time seconds. With -d the VM runs in the background.`,
 	fl.StringArrayVar(&f.ulimits, "ulimit", nil, "resource limit, name=soft[:hard] (e.g. nofile=1024:4096)")
 	fl.IntVarP(&f.stopTimeout, "time", "t", int(runtime.DefaultStopGrace/time.Second), "seconds the program has to exit after a stop signal")
 	fl.DurationVar(&f.bootTimeout, "boot-timeout", runtime.DefaultBootTimeout, "how long the VM may take to start its program")
+	fl.StringArrayVar(&f.addHosts, "add-host", nil, "add NAME:ADDRESS to the guest's /etc/hosts; NAME:host-gateway is the host, and lets the VM reach the host's own (loopback) services, closed to VMs otherwise")
+	fl.BoolVar(&f.unconfined, "unconfined", false, "run QEMU without its jail (own uid, namespaces, root, cgroup) and seccomp sandbox: only to debug a host that cannot confine VMs")
 	fl.StringVar(&f.pull, "pull", runtime.PullMissing, "when to pull the image: missing, always or never")
 	fl.StringVar(&f.mode, "mode", "", "how to run the image: full (its root filesystem) or binary (only its static binary); default: the image's "+runtime.ModeLabel+" label, else full")
 	fl.BoolVar(&f.insecure, "insecure", false, "allow pulling the image over plain HTTP from a registry not on loopback")
@@ -114,6 +118,8 @@ func specFromFlags(f *runFlags, args []string) (runtime.Spec, error) {
 		Kernel:      f.kernel,
 		Accel:       vmm.Accel(f.accel),
 		BootTimeout: f.bootTimeout,
+		Unconfined:  f.unconfined,
+		ExtraHosts:  f.addHosts,
 	}
 	if isImageArg(args[0]) {
 		s.Program, s.Image, s.Pull, s.Mode, s.Insecure = "", args[0], f.pull, f.mode, f.insecure
@@ -221,7 +227,7 @@ func apiConfig(spec runtime.Spec, f *runFlags) (api.VMConfig, error) {
 		Name: spec.Name, Program: prog, Image: spec.Image, Mode: spec.Mode, Pull: spec.Pull, Insecure: spec.Insecure, DiskMiB: spec.DiskMiB,
 		Entrypoint: spec.Entrypoint, Cmd: spec.Cmd, Env: spec.Env,
 		WorkingDir: spec.WorkingDir, User: spec.User, MemoryMiB: spec.MemoryMiB, CPUs: spec.CPUs,
-		Kernel: kernel, Accel: string(spec.Accel), BootTimeout: api.Duration(spec.BootTimeout),
+		Kernel: kernel, Accel: string(spec.Accel), BootTimeout: api.Duration(spec.BootTimeout), Unconfined: spec.Unconfined, ExtraHosts: spec.ExtraHosts,
 		Restart:     api.RestartPolicy{Name: policy.Name, MaxRetries: policy.MaxRetries},
 		AutoRemove:  f.rm,
 		Log:         api.LogConfig{MaxSize: logCfg.MaxSize, MaxFiles: logCfg.MaxFiles},

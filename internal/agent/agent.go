@@ -83,6 +83,8 @@ type Spec struct {
 	// and writes /etc/resolv.conf. Without it the guest has loopback only.
 	// Either way kiln-init writes /etc/hosts and /etc/hostname.
 	Network *Network `json:"network,omitempty"`
+	// Hosts are extra lines of /etc/hosts ("ADDRESS\tNAME", --add-host).
+	Hosts []string `json:"hosts,omitempty"`
 	// Mounts are volumes, host directories and baked directories to mount
 	// (mounts.go).
 	Mounts []Mount `json:"mounts,omitempty"`

@@ -33,6 +33,8 @@ func fromAPI(c *api.VMConfig) (runtime.Spec, runtime.Options, error) {
 		Kernel:      c.Kernel,
 		Accel:       vmm.Accel(c.Accel),
 		BootTimeout: time.Duration(c.BootTimeout),
+		Unconfined:  c.Unconfined,
+		ExtraHosts:  c.ExtraHosts,
 		Network:     c.Network,
 		IP:          c.IP,
 		Ports:       portsFromAPI(c.Ports),
@@ -66,6 +68,8 @@ func toAPI(v *runtime.View) api.VM {
 		Log:         api.LogConfig{MaxSize: v.Options.Log.MaxSize, MaxFiles: v.Options.Log.MaxFiles},
 		StopTimeout: int(v.Options.StopGrace / time.Second),
 		BootTimeout: api.Duration(s.BootTimeout),
+		Unconfined:  s.Unconfined,
+		ExtraHosts:  s.ExtraHosts,
 		Network:     s.Network,
 		IP:          s.IP,
 		Ports:       portsToAPI(s.Ports),
@@ -81,6 +85,7 @@ func toAPI(v *runtime.View) api.VM {
 		Dir: v.Dir, Accel: string(v.Accel), Kernel: v.Kernel, ImageID: s.ImageID, ExposedPorts: s.ExposedPorts,
 		Ports:           portsToAPI(v.Ports),
 		NetworkSettings: networkSettings(v),
+		Confinement:     confinementToAPI(v.Confinement),
 		State: api.VMState{
 			Status: r.Status, Running: r.Status == state.StatusRunning || r.Status == state.StatusStopping,
 			PID: r.PID, ExitCode: r.ExitCode, Error: r.Error, StartedAt: r.StartedAt, FinishedAt: r.FinishedAt,
@@ -113,6 +118,24 @@ func eventToAPI(e state.Event) api.Event {
 		for _, kv := range strings.Split(e.Attrs, ",") {
 			k, v, _ := strings.Cut(kv, "=")
 			out.Attrs[k] = v
+		}
+	}
+	return out
+}
+
+func confinementToAPI(c *runtime.ConfinementView) *api.Confinement {
+	if c == nil {
+		return nil
+	}
+	st := c.Status
+	out := &api.Confinement{
+		Jailed: c.Jailed, UID: st.UID, GID: st.GID, CapEff: st.CapEff, NoNewPrivs: st.NoNewPrivs,
+		Seccomp: st.Seccomp, Namespaces: st.Namespaces, Root: st.Root,
+	}
+	if g := c.Cgroup; g != nil {
+		out.Cgroup = &api.Cgroup{
+			Version: g.Version, Paths: g.Paths, MemoryLimit: g.Limits.MemoryBytes, CPUs: g.Limits.CPUs, PidsLimit: g.Limits.Pids,
+			MemoryUsage: g.Stats.MemoryBytes, Pids: g.Stats.Pids, OOMKills: g.Stats.OOMKills,
 		}
 	}
 	return out

@@ -383,6 +383,8 @@ func fullConfig(t *testing.T) api.VMConfig {
 		Log:         api.LogConfig{MaxSize: 4 << 20, MaxFiles: 7},
 		StopTimeout: 25,
 		BootTimeout: api.Duration(90 * time.Second),
+		Unconfined:  true,
+		ExtraHosts:  []string{"db:10.0.0.5", "host.kiln.internal:host-gateway"},
 		Network:     "backend",
 		IP:          "10.99.0.10",
 		Ports:       []api.PortMapping{{HostIP: "127.0.0.1", HostPort: 8080, GuestPort: 80, Protocol: "tcp"}, {GuestPort: 53, Protocol: "udp"}},

@@ -90,6 +90,7 @@ func TestRanges(t *testing.T) {
 		{"100000-100009", ""},
 		{"0-10", "1000 <= MIN"},
 		{"5000-4000", "1000 <= MIN"},
+		{"5000-5000", "MIN < MAX"},
 		{"5000", "MIN-MAX"},
 		{"a-b", "MIN-MAX"},
 		{"1000-4294967295", "< 4294967295"},
@@ -98,6 +99,10 @@ func TestRanges(t *testing.T) {
 		if (tt.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tt.want)) {
 			t.Errorf("ParseRange(%q) = %v, want %q", tt.in, err, tt.want)
 		}
+	}
+	closed, open := Range{100000, 100009}.Split()
+	if closed != (Range{100000, 100004}) || open != (Range{100005, 100009}) {
+		t.Errorf("Split = %v, %v", closed, open)
 	}
 	passwd := "root:x:0:0:root:/root:/bin/bash\nalice:x:100005:100005::/home/alice:/bin/sh\n"
 	group := "root:x:0:\nbuilders:x:200001:\n"

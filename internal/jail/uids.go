@@ -43,10 +43,18 @@ func ParseRange(s string) (Range, error) {
 	switch {
 	case !ok || err1 != nil || err2 != nil:
 		return Range{}, fmt.Errorf("jail uid range %q: want MIN-MAX, e.g. %d-%d", s, DefaultUIDMin, DefaultUIDMax)
-	case a < 1000 || b < a || b >= 1<<32-1:
-		return Range{}, fmt.Errorf("jail uid range %q: want 1000 <= MIN <= MAX < 4294967295 (0 is root, low ids belong to the system)", s)
+	case a < 1000 || b <= a || b >= 1<<32-1:
+		return Range{}, fmt.Errorf("jail uid range %q: want 1000 <= MIN < MAX < 4294967295 (0 is root, low ids belong to the system)", s)
 	}
 	return Range{a, b}, nil
+}
+
+// Split divides r in two halves: the uids of VMs kept off the host's own
+// services, and those of VMs that asked to reach them. The host's firewall
+// tells them apart by uid alone, so it is the same for every kiln daemon.
+func (r Range) Split() (closed, hostAccess Range) {
+	half := (r.Max - r.Min + 1) / 2
+	return Range{r.Min, r.Min + half - 1}, Range{r.Min + half, r.Max}
 }
 
 // CheckRange reports a user or group of the host (passwd and group files,

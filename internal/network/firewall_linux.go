@@ -40,7 +40,9 @@ type DNAT struct {
 
 // ApplyFirewall replaces kiln's table with fw, in one netlink batch: the
 // table is added (if missing), deleted and made anew, so the result is the
-// same whatever was there. With no networks the table is removed.
+// same whatever was there. With no networks the table is removed. The
+// guard that keeps VMMs off the host's own services is not in it: it has
+// a table of its own (ApplyGuard).
 //
 //	prerouting, output (nat): published ports: [ip daddr H | fib daddr type local]
 //	                          l4proto dport P -> dnat to VMIP:G
@@ -133,13 +135,35 @@ func build(c *nftables.Conn, t *nftables.Table, fw Firewall) {
 	rule(in, fromBridge, verdict(expr.VerdictDrop))
 }
 
+// skuidRange matches packets of a socket whose owner's uid is within
+// [lo, hi]. The uid is loaded in host byte order and range compares
+// bytes, so it is turned big-endian first (as nft does).
+func skuidRange(lo, hi uint32) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeySKUID, Register: 1},
+		&expr.Byteorder{SourceRegister: 1, DestRegister: 1, Op: expr.ByteorderHton, Len: 4, Size: 4},
+		&expr.Range{Op: expr.CmpOpEq, Register: 1, FromData: binaryutil.BigEndian.PutUint32(lo), ToData: binaryutil.BigEndian.PutUint32(hi)},
+	}
+}
+
 func policy(p nftables.ChainPolicy) *nftables.ChainPolicy { return &p }
 
-func ipv4() []expr.Any {
+func ipv4() []expr.Any { return nfproto(unix.NFPROTO_IPV4) }
+
+func nfproto(p byte) []expr.Any {
 	return []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{p}},
 	}
+}
+
+// daddr matches a destination within p, IPv4 or IPv6 (the family checked
+// first: in an inet table a packet may be either).
+func daddr(p netip.Prefix) []expr.Any {
+	if p.Addr().Is4() {
+		return append(ipv4(), ipPrefix(16, p)...)
+	}
+	return append(nfproto(unix.NFPROTO_IPV6), ipPrefix(24, p)...)
 }
 
 // ifname matches an interface name: a name ending in NUL matches exactly,
@@ -160,16 +184,20 @@ func ipAddr(off uint32, a netip.Addr) []expr.Any {
 	}
 }
 
+// ipPrefix matches the address at offset off of the IP header against p:
+// IPv4 (12 source, 16 destination) or IPv6 (8, 24), as p is.
 func ipPrefix(off uint32, p netip.Prefix) []expr.Any {
-	mask := make([]byte, 4)
+	n := uint32(p.Addr().BitLen() / 8)
+	load := &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: n}
+	cmp := &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: p.Masked().Addr().AsSlice()}
+	if p.Bits() == p.Addr().BitLen() {
+		return []expr.Any{load, cmp}
+	}
+	mask := make([]byte, n)
 	for i := range p.Bits() {
 		mask[i/8] |= 0x80 >> (i % 8)
 	}
-	return []expr.Any{
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: 4},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mask, Xor: []byte{0, 0, 0, 0}},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: p.Masked().Addr().AsSlice()},
-	}
+	return []expr.Any{load, &expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: n, Mask: mask, Xor: make([]byte, n)}, cmp}
 }
 
 func fibLocal() []expr.Any {

@@ -36,6 +36,7 @@ type Runtime struct {
 	initPath string
 	qemuBin  string
 	images   imageStores // see image.go
+	confine  *confiner   // see confine.go
 }
 
 // Option configures a Runtime.
@@ -55,6 +56,12 @@ func WithHost(h vmm.Host, l HostLimits) Option {
 	return func(r *Runtime) { r.host, r.limits = h, l }
 }
 
+// WithConfinement sets how VMs are jailed (default: the default uid range,
+// or $KILN_JAIL_UIDS).
+func WithConfinement(c Confinement) Option {
+	return func(r *Runtime) { r.confine = &confiner{conf: c} }
+}
+
 // New returns the runtime for the kiln root.
 func New(root string, opts ...Option) (*Runtime, error) {
 	r := &Runtime{
@@ -66,6 +73,13 @@ func New(root string, opts ...Option) (*Runtime, error) {
 	}
 	for _, o := range opts {
 		o(r)
+	}
+	if r.confine == nil {
+		c, err := defaultConfinement()
+		if err != nil {
+			return nil, err
+		}
+		r.confine = &confiner{conf: c}
 	}
 	if err := os.MkdirAll(r.vmsDir(), 0o700); err != nil {
 		return nil, fmt.Errorf("creating kiln root %s: %w", root, err)
@@ -210,6 +224,9 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (vm *VM, err error) {
 	} else if spec.Attach != nil {
 		nic, as.Network = bridgeNIC(id, spec.Attach)
 	}
+	if as.Network != nil {
+		as.Hosts = spec.guestHosts(as.Network.Gateway)
+	}
 	specJSON, err := json.Marshal(as)
 	if err != nil {
 		return nil, fmt.Errorf("encoding guest spec: %w", err)
@@ -239,6 +256,9 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (vm *VM, err error) {
 		Shares: mounts.shares,
 		Net:    nic,
 	}
+	if cfg.Jail, cfg.Sandbox, err = r.confine.template(dir, spec.Unconfined); err != nil {
+		return nil, err
+	}
 	for _, p := range cfg.Ports {
 		if p.File != "" {
 			if err := os.WriteFile(p.File, nil, 0o600); err != nil {
@@ -260,7 +280,7 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (vm *VM, err error) {
 	if err := os.WriteFile(filepath.Join(dir, specFile), b, 0o600); err != nil {
 		return nil, fmt.Errorf("writing VM record: %w", err)
 	}
-	vm = rec.vm(r.log)
+	vm = rec.vm(r)
 	vm.undoMounts = mounts.undo
 	return vm, nil
 }
@@ -276,8 +296,8 @@ type vmRecord struct {
 	Guest  *agent.Spec     `json:"guest"`
 }
 
-func (rec *vmRecord) vm(log *slog.Logger) *VM {
-	return &VM{ID: rec.ID, Name: rec.Spec.Name, Dir: rec.Config.Dir, Spec: rec.Spec, Accel: rec.Accel, Kernel: rec.Kernel, cfg: rec.Config, log: log}
+func (rec *vmRecord) vm(r *Runtime) *VM {
+	return &VM{ID: rec.ID, Name: rec.Spec.Name, Dir: rec.Config.Dir, Spec: rec.Spec, Accel: rec.Accel, Kernel: rec.Kernel, cfg: rec.Config, log: r.log, confine: r.confine}
 }
 
 // Load returns the VM whose directory is dir, as Create left it. Its
@@ -294,7 +314,7 @@ func (r *Runtime) Load(dir string) (*VM, error) {
 	if rec.Config.Dir != dir {
 		return nil, fmt.Errorf("VM record in %s names directory %s: %w", dir, rec.Config.Dir, errdefs.ErrInvalidArgument)
 	}
-	return rec.vm(r.log), nil
+	return rec.vm(r), nil
 }
 
 // VMDir returns the directory of the VM with the given ID.

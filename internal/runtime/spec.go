@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net/netip"
 	"os"
 	"path"
 	"regexp"
@@ -73,6 +74,14 @@ type Spec struct {
 	// Attach is the VM's place on its bridge network, filled in by the
 	// supervisor when it leases the address (see bridge.go).
 	Attach *network.Attachment `json:"attach,omitempty"`
+	// ExtraHosts are docker's --add-host entries, "NAME:ADDRESS": lines of
+	// the guest's /etc/hosts. ADDRESS may be HostGateway, the host as the
+	// guest reaches it, which also opens the host's loopback services to
+	// the VM (closed to every other VM: see Confinement).
+	ExtraHosts []string `json:"extraHosts,omitempty"`
+	// Unconfined runs the VM's QEMU without its jail and sandbox
+	// (--unconfined): as the daemon's user, in the host's namespaces.
+	Unconfined bool `json:"unconfined,omitempty"`
 	// ID, when set, is the ID Create gives the VM (the supervisor picks
 	// it to lease an address under it before the VM exists).
 	ID string `json:"-"`
@@ -243,6 +252,11 @@ func (s *Spec) Validate(h HostLimits) error {
 	}
 	if err := ValidateMounts(s.Mounts); err != nil {
 		return err
+	}
+	for _, h := range s.ExtraHosts {
+		if _, _, err := ParseExtraHost(h); err != nil {
+			return err
+		}
 	}
 	for _, r := range s.Rlimits {
 		if _, ok := agent.RlimitResources[r.Name]; !ok {
@@ -490,4 +504,57 @@ func parseLimit(s string) (uint64, error) {
 		return math.MaxUint64, nil
 	}
 	return strconv.ParseUint(s, 10, 64)
+}
+
+// HostGateway is the --add-host address that stands for the host itself,
+// as docker spells it.
+const HostGateway = "host-gateway"
+
+var hostnameRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9_.-]{0,252})$`)
+
+// ParseExtraHost parses an --add-host entry, NAME:ADDRESS (an IPv4 or IPv6
+// address, or HostGateway).
+func ParseExtraHost(s string) (name, addr string, err error) {
+	name, addr, ok := strings.Cut(s, ":")
+	if !ok || !hostnameRE.MatchString(name) {
+		return "", "", errdefs.Invalid(fmt.Sprintf("invalid --add-host %q: want NAME:ADDRESS, NAME a host name, ADDRESS an IP address or %s", s, HostGateway))
+	}
+	if addr == HostGateway {
+		return name, addr, nil
+	}
+	if _, err := netip.ParseAddr(strings.Trim(addr, "[]")); err != nil {
+		return "", "", errdefs.Invalid(fmt.Sprintf("invalid --add-host %q: address %q is neither an IP address nor %s", s, addr, HostGateway))
+	}
+	return name, strings.Trim(addr, "[]"), nil
+}
+
+// HostAccess reports whether the VM asked to reach the host
+// (--add-host NAME:host-gateway).
+func (s *Spec) HostAccess() bool {
+	for _, h := range s.ExtraHosts {
+		if _, a, err := ParseExtraHost(h); err == nil && a == HostGateway {
+			return true
+		}
+	}
+	return false
+}
+
+// guestHosts returns the /etc/hosts lines of s.ExtraHosts, HostGateway
+// replaced by gateway (the host as the guest reaches it).
+func (s *Spec) guestHosts(gateway string) []string {
+	var out []string
+	for _, h := range s.ExtraHosts {
+		name, addr, err := ParseExtraHost(h)
+		if err != nil {
+			continue
+		}
+		if addr == HostGateway {
+			if gateway == "" {
+				continue
+			}
+			addr = gateway
+		}
+		out = append(out, addr+"\t"+name)
+	}
+	return out
 }

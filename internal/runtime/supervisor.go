@@ -99,6 +99,9 @@ type View struct {
 	// OOMKilled: the last run's guest ran out of memory and its kernel
 	// killed a process.
 	OOMKilled bool
+	// Confinement is how the running VM's QEMU is confined; nil when it
+	// does not run.
+	Confinement *ConfinementView
 }
 
 func (m *managed) view() *View {
@@ -111,6 +114,7 @@ func (m *managed) view() *View {
 		if m.runDone != nil {
 			v.Ports = m.vm.Ports()
 			v.Health = m.health.snapshot()
+			v.Confinement = m.vm.Confinement()
 		} else {
 			v.OOMKilled = m.vm.oomKilled()
 		}
@@ -523,6 +527,9 @@ func (s *Supervisor) Remove(ctx context.Context, ref string, o RemoveOptions) er
 	if err := os.RemoveAll(s.rt.VMDir(m.id)); err != nil {
 		return fmt.Errorf("removing VM %s: %w", rec.Name, err)
 	}
+	if err := s.rt.confine.removeCgroup(m.id); err != nil {
+		s.log.Warn("removing the cgroup of a removed VM", "vm", m.id, "err", err)
+	}
 	s.event(rec, EventRemoved)
 	if netErr != nil {
 		return fmt.Errorf("VM %s removed, but not all of its network: %w", rec.Name, netErr)
@@ -660,6 +667,9 @@ func (s *Supervisor) Reconcile(ctx context.Context) error {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
 		os.RemoveAll(dir)
+		if err := s.rt.confine.removeCgroup(id); err != nil {
+			s.log.Warn("removing the cgroup of an untracked VM", "vm", id, "err", err)
+		}
 	}
 	if err := s.reconcileNetworks(ctx); err != nil {
 		s.log.Warn("reconciling networks", "err", err)

@@ -31,9 +31,11 @@ type VM struct {
 	Accel  vmm.AccelChoice
 	Kernel *kernel.Kernel
 
-	cfg  vmm.Config
-	log  *slog.Logger
-	link agentLink // the guest agent connection (agentconn.go)
+	cfg vmm.Config
+	log *slog.Logger
+	// confine jails the VM's runs (confine.go) when cfg.Jail is set.
+	confine *confiner
+	link    agentLink // the guest agent connection (agentconn.go)
 	// undoMounts removes the volumes Create made for this VM; set only on
 	// the VM Create returns, for Discard.
 	undoMounts func()
@@ -47,6 +49,8 @@ type VM struct {
 	started  chan struct{}
 	record   *agent.Record // the started record
 	bootFail bool          // the boot deadline passed first
+	// hostOOM: the run's QEMU was killed by its cgroup's memory limit.
+	hostOOM  bool
 	watching chan struct{} // closed when the status watcher has ended
 }
 
@@ -93,21 +97,31 @@ func (vm *VM) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	var cl *cell
+	if cfg.Jail != nil {
+		if cfg, cl, err = vm.confine.enter(cfg, &vm.Spec); err != nil {
+			return fmt.Errorf("confining VM %s: %w", vm.Name, err)
+		}
+	}
 	m, err := qemu.New(cfg, qemu.WithLogger(vm.log))
 	if err != nil {
+		cl.release()
 		return err
 	}
 	fl, err := vm.begin(m)
 	if err != nil {
+		cl.release()
 		return err
 	}
 	if err := m.Start(ctx); err != nil {
+		cl.release()
 		fl.Stop()
 		vm.mu.Lock()
 		close(vm.watching)
 		vm.mu.Unlock()
 		return fmt.Errorf("starting VM %s: %w", vm.Name, err)
 	}
+	cl.started()
 	go vm.watch(m, fl)
 	return nil
 }
@@ -264,6 +278,27 @@ func (vm *VM) watch(m vmm.VMM, fl *follow.Follower) {
 	fl.Stop()
 	<-copied
 	vm.closeAgent()
+	if vm.cfg.Jail != nil {
+		vm.endCgroup()
+	}
+}
+
+// endCgroup notes whether the cgroup of the run that ended killed its QEMU
+// for memory, and removes it.
+func (vm *VM) endCgroup() {
+	g := vm.confine.group(vm.ID)
+	if g == nil {
+		return
+	}
+	if st, err := g.Stats(); err == nil && st.OOMKills > 0 {
+		vm.mu.Lock()
+		vm.hostOOM = true
+		vm.mu.Unlock()
+		vm.log.Warn("QEMU killed by its cgroup's memory limit", "vm", vm.ID)
+	}
+	if err := g.Remove(); err != nil {
+		vm.log.Warn("removing the cgroup of an ended VM", "vm", vm.ID, "err", err)
+	}
 }
 
 // Started returns a channel closed once the program has started.
@@ -339,10 +374,13 @@ func (vm *VM) exit() (*Exit, error) {
 		}
 	}
 	vm.mu.Lock()
-	bootFail := vm.bootFail
+	bootFail, hostOOM := vm.bootFail, vm.hostOOM
 	vm.mu.Unlock()
 	console := lastLines(vm.Console(), 8)
 	switch {
+	case hostOOM:
+		e.Code, e.OOMKilled = 137, true
+		e.Err = fmt.Errorf("VM %s was killed: its QEMU passed the memory limit of its cgroup (guest memory plus QEMU's own)", vm.Name)
 	case bootFail:
 		e.Code = 125
 		e.Err = fmt.Errorf("VM %s did not reach kiln-init within %s (accelerator %s); last console lines: %s: %w",
@@ -410,6 +448,11 @@ func (vm *VM) Remove() error {
 	}
 	if err := os.RemoveAll(vm.Dir); err != nil {
 		return fmt.Errorf("removing VM %s: %w", vm.Name, err)
+	}
+	if vm.cfg.Jail != nil {
+		if err := vm.confine.removeCgroup(vm.ID); err != nil {
+			return fmt.Errorf("removing VM %s: %w", vm.Name, err)
+		}
 	}
 	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"regexp"
 	"strings"
 	"time"
@@ -131,6 +132,34 @@ type Config struct {
 	Binary string
 	// StopTimeout bounds each escalation step of Stop; 0 means 3 s.
 	StopTimeout time.Duration
+	// Sandbox turns on the monitor's own system-call filter (QEMU's
+	// -sandbox): no obsolete calls, no privilege changes, no new
+	// processes, no scheduler or resource changes.
+	Sandbox bool `json:",omitempty"`
+	// Jail confines the monitor process; nil runs it as the caller,
+	// unconfined.
+	Jail *Jail `json:",omitempty"`
+}
+
+// Jail is how a monitor process is confined (package jail): its own uid
+// and gid, no capabilities, no_new_privs, its own mount, pid, ipc and uts
+// namespaces, a root holding only its VM's files, and its cgroups.
+type Jail struct {
+	// UID and GID are the monitor's: no other running VM's. They are 0
+	// in a VM's record and taken anew for each run; the jail refuses to
+	// start a monitor as 0.
+	UID int
+	GID int
+	// Helper is the program that sets the jail up and execs the monitor
+	// (kiln's own binary, run as `kiln jail-exec`).
+	Helper string
+	// Root is an empty host directory the jail's root is mounted on.
+	Root string
+	// Cgroups are the cgroup directories the monitor runs in.
+	Cgroups []string `json:",omitempty"`
+	// Hold are files the monitor keeps open for its whole life, as
+	// descriptors after all others: the lock that holds its uid.
+	Hold []*os.File `json:"-"`
 }
 
 // Validate reports whether c is complete.
@@ -167,6 +196,14 @@ func (c *Config) Validate() error {
 	if err := c.validateShares(ids); err != nil {
 		return err
 	}
+	if j := c.Jail; j != nil {
+		switch {
+		case j.UID < 0 || j.GID < 0:
+			return fmt.Errorf("vm config: jail uid %d gid %d: want a uid of kiln's range, or 0 before a run takes one", j.UID, j.GID)
+		case j.Helper == "" || j.Root == "":
+			return errors.New("vm config: a jail needs its helper and its root directory")
+		}
+	}
 	if c.Net != nil {
 		return c.Net.validate()
 	}
@@ -185,6 +222,10 @@ type NetConfig struct {
 	Forwards []Forward `json:",omitempty"`
 	// TAP is the host TAP device of NetTAP, made beforehand.
 	TAP string `json:",omitempty"`
+	// TAPFD, when not 0, is the descriptor the monitor inherits the TAP
+	// open on, instead of opening it by name (which needs CAP_NET_ADMIN):
+	// a jailed monitor is handed it.
+	TAPFD int `json:"-"`
 }
 
 // NetUser is user-mode networking: the monitor itself NATs the guest's

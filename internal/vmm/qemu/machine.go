@@ -118,16 +118,28 @@ func (m *Machine) Start(ctx context.Context) (err error) {
 		return fmt.Errorf("creating QEMU log: %w", err)
 	}
 	defer stderr.Close()
-	argv := Argv(bin, &m.cfg)
-	// Not CommandContext: the VM must outlive ctx.
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Dir = m.cfg.Dir
+	var (
+		cmd  *exec.Cmd
+		argv []string
+	)
+	if m.cfg.Jail != nil {
+		var closeTAP func()
+		if cmd, argv, closeTAP, err = jailCommand(bin, &m.cfg, files, stderr); err != nil {
+			return err
+		}
+		defer closeTAP()
+	} else {
+		argv = Argv(bin, &m.cfg)
+		// Not CommandContext: the VM must outlive ctx.
+		cmd = exec.Command(argv[0], argv[1:]...)
+		cmd.Dir = m.cfg.Dir
+		cmd.Stdout = stderr
+		cmd.Stderr = stderr
+		cmd.ExtraFiles = files
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	}
 	cmd.Stdin = nil
-	cmd.Stdout = stderr
-	cmd.Stderr = stderr
-	cmd.ExtraFiles = files
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	m.log.Debug("starting qemu", "vm", m.cfg.ID, "argv", strings.Join(argv, " "))
+	m.log.Debug("starting qemu", "vm", m.cfg.ID, "argv", strings.Join(argv, " "), "jailed", m.cfg.Jail != nil)
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("starting QEMU: %w", err)
 	}

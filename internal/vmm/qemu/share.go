@@ -8,12 +8,23 @@ import (
 
 // shareArgs shows s to the guest as virtio-9p on virtio-mmio, served by
 // QEMU itself (the "local" fsdev): nothing else runs beside QEMU, so there
-// is nothing more to supervise or reattach. security_model=none: the guest
-// sees the host's owners and modes, and files it creates belong to the
-// user QEMU runs as. A read-only share is refused writes by QEMU, whatever
-// the guest's mount says.
-func shareArgs(s vmm.Share) []string {
-	fsdev := "local,id=" + s.ID + ",path=" + optValue(s.Path) + ",security_model=none"
+// is nothing more to supervise or reattach. A read-only share is refused
+// writes by QEMU, whatever the guest's mount says.
+//
+// Unconfined (security_model=none), the guest sees the host's owners and
+// modes, and files it creates belong to the user QEMU runs as. Jailed
+// (mapped), security_model=mapped-xattr: what the guest sets as owner,
+// mode or device number is kept in the file's user.virtfs.* extended
+// attributes, never on the host file itself, so no setuid or setgid bit,
+// no device node and no change of owner or mode reaches the host. Files
+// and directories the guest makes are 0600 and 0700 on the host, owned by
+// the directory's owner (the jail id-maps it to QEMU's uid).
+func shareArgs(s vmm.Share, mapped bool) []string {
+	model := "none"
+	if mapped {
+		model = "mapped-xattr"
+	}
+	fsdev := "local,id=" + s.ID + ",path=" + optValue(s.Path) + ",security_model=" + model
 	if s.ReadOnly {
 		fsdev += ",readonly=on"
 	}
