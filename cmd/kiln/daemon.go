@@ -19,6 +19,9 @@ import (
 
 	"kiln.dev/kiln/client"
 	"kiln.dev/kiln/internal/daemon"
+	"kiln.dev/kiln/internal/errdefs"
+	"kiln.dev/kiln/internal/jail"
+	"kiln.dev/kiln/internal/runtime"
 )
 
 // readyFDEnv names the descriptor a daemon started by the CLI reports
@@ -27,6 +30,8 @@ const readyFDEnv = "KILN_READY_FD"
 
 func newDaemonCmd(g *globals) *cobra.Command {
 	var allow []int
+	var uids string
+	var memShare float64
 	c := &cobra.Command{
 		Use:   "daemon",
 		Short: "Run the kiln daemon in the foreground (for systemd; the CLI starts one on demand)",
@@ -47,10 +52,25 @@ func newDaemonCmd(g *globals) *cobra.Command {
 				}
 			}
 			defer os.Remove(filepath.Join(g.root, "run", "kiln.pid"))
-			return daemon.Run(ctx, daemon.Config{Root: g.root, AllowUIDs: allow, Logger: log}, ready)
+			conf, err := runtime.DefaultConfinement()
+			if err != nil {
+				return err
+			}
+			if uids != "" {
+				if conf.UIDs, err = jail.ParseRange(uids); err != nil {
+					return errdefs.Invalid("--jail-uids: " + err.Error())
+				}
+			}
+			if memShare <= 0 || memShare > 1 {
+				return errdefs.Invalid(fmt.Sprintf("invalid --memory-share %g: want a share of host memory above 0 and at most 1", memShare))
+			}
+			conf.MemoryShare = memShare
+			return daemon.Run(ctx, daemon.Config{Root: g.root, AllowUIDs: allow, Logger: log, Confinement: &conf}, ready)
 		},
 	}
 	c.Flags().IntSliceVar(&allow, "allow-uid", nil, "also accept API requests from this uid")
+	c.Flags().StringVar(&uids, "jail-uids", "", fmt.Sprintf("uids (and gids) jailed VMs run as, MIN-MAX, used by no host user or group (default $%s or %d-%d)", jail.UIDsEnv, jail.DefaultUIDMin, jail.DefaultUIDMax))
+	c.Flags().Float64Var(&memShare, "memory-share", runtime.DefaultMemoryShare, "share of host memory the cgroups of running VMs may hold together; a VM that would pass it is refused")
 	return c
 }
 

@@ -1,11 +1,18 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
+	"kiln.dev/kiln/internal/cgroup"
+	"kiln.dev/kiln/internal/jail"
 	"kiln.dev/kiln/internal/kernel"
 	"kiln.dev/kiln/internal/runtime"
 	"kiln.dev/kiln/internal/vmm"
@@ -52,6 +59,7 @@ func doctorChecks(root string, h vmm.Host) []check {
 	} else {
 		cs = append(cs, check{"kernel", true, fmt.Sprintf("%s: %s", k.Path, k.Origin), ""})
 	}
+	cs = append(cs, confinementChecks()...)
 	choice, err := h.ChooseAccel(vmm.AccelAuto)
 	switch {
 	case err != nil:
@@ -80,4 +88,41 @@ func printChecks(w io.Writer, cs []check) bool {
 		}
 	}
 	return all
+}
+
+// confinementChecks check each piece of the jail a root daemon puts every
+// VM's QEMU in: a free uid range, cgroups with memory, cpu and pids, and
+// QEMU's seccomp sandbox.
+func confinementChecks() []check {
+	if os.Geteuid() != 0 {
+		return []check{{"jail", true, fmt.Sprintf("not root: VMs' QEMUs run as uid %d with QEMU's seccomp sandbox only, in the host's namespaces, without cgroup limits", os.Geteuid()), ""}}
+	}
+	var cs []check
+	conf, err := runtime.DefaultConfinement()
+	if err == nil {
+		err = jail.CheckHostRange(conf.UIDs)
+	}
+	if err != nil {
+		cs = append(cs, check{"jail uids", false, err.Error(), "start the daemon with --jail-uids MIN-MAX (or $" + jail.UIDsEnv + ") naming ids no host user or group has"})
+	} else {
+		cs = append(cs, check{"jail uids", true, conf.UIDs.String() + ", used by no host user or group", ""})
+	}
+	if h, err := cgroup.Detect(); err != nil {
+		cs = append(cs, check{"cgroups", false, err.Error(), "mount the memory, cpu and pids controllers (cgroup v1), or enable them in cgroup v2's subtree_control"})
+	} else {
+		cs = append(cs, check{"cgroups", true, fmt.Sprintf("v%d with memory, cpu and pids", h.Version), ""})
+	}
+	if bin, err := qemu.FindBinary(""); err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, bin, "-sandbox", qemu.Sandbox, "-M", "none", "-nodefaults", "-display", "none", "-S", "-qmp", "stdio")
+		cmd.Stdin = strings.NewReader(`{"execute":"qmp_capabilities"}{"execute":"quit"}`)
+		out, err := cmd.CombinedOutput()
+		if err != nil && !strings.Contains(string(out), "QMP") {
+			cs = append(cs, check{"seccomp", false, "QEMU refuses -sandbox: " + strings.TrimSpace(string(out)), "install a QEMU built with seccomp (Debian's qemu-system-x86 is)"})
+		} else {
+			cs = append(cs, check{"seccomp", true, "QEMU's -sandbox " + qemu.Sandbox, ""})
+		}
+	}
+	return cs
 }

@@ -197,14 +197,20 @@ func (e *env) vmDirs() []string {
 	return out
 }
 
-// qemuUnder returns the PIDs of QEMU processes whose command line mentions
-// root (their files live there).
+// qemuUnder returns the PIDs of QEMU processes of root: an unconfined one
+// names root's files on its command line; a jailed one names none (its
+// files are bound under /vm in its jail) and carries KILN_ROOT=root in its
+// environment.
 func qemuUnder(root string) []int {
 	var pids []int
 	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
 	for _, p := range procs {
 		b, err := os.ReadFile(p)
-		if err != nil || !bytes.Contains(b, []byte("qemu-system")) || !bytes.Contains(b, []byte(root+"/")) {
+		if err != nil || !bytes.Contains(b, []byte("qemu-system")) {
+			continue
+		}
+		env, _ := os.ReadFile(filepath.Join(filepath.Dir(p), "environ"))
+		if !bytes.Contains(b, []byte(root+"/")) && !bytes.Contains(env, []byte("\x00KILN_ROOT="+root+"\x00")) && !bytes.HasPrefix(env, []byte("KILN_ROOT="+root+"\x00")) {
 			continue
 		}
 		var pid int

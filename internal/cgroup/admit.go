@@ -58,7 +58,7 @@ func Admit(want, used, total int64, share float64) error {
 	if want <= math.MaxInt64-used {
 		sum = ceilMiB(want + used)
 	}
-	return errdefs.Mark(fmt.Errorf("--memory %dm: VMs would hold %d MiB of the %d MiB kiln may use (%s%% of %d MiB; %d MiB held by running VMs): %s",
+	return errdefs.Mark(fmt.Errorf("a VM needing %d MiB: VMs would hold %d MiB of the %d MiB kiln may use (%s%% of %d MiB; %d MiB held by running VMs): %s",
 		ceilMiB(want), sum, allowed/mib, percent(share), total/mib, held, fix), errdefs.ErrUnavailable)
 }
 

@@ -31,6 +31,9 @@ type Config struct {
 	// AllowUIDs are uids besides the daemon's own that may use the API.
 	AllowUIDs []int
 	Logger    *slog.Logger
+	// Confinement is how VMs are jailed; nil means the runtime's default
+	// (the default uid range or $KILN_JAIL_UIDS, a 0.9 memory share).
+	Confinement *runtime.Confinement
 }
 
 // SocketPath returns the API socket of the kiln root.
@@ -75,7 +78,11 @@ func Run(ctx context.Context, cfg Config, ready func()) error {
 	}
 	defer db.Close()
 	d.db = db
-	rt, err := runtime.New(cfg.Root, runtime.WithLogger(d.log))
+	opts := []runtime.Option{runtime.WithLogger(d.log)}
+	if cfg.Confinement != nil {
+		opts = append(opts, runtime.WithConfinement(*cfg.Confinement))
+	}
+	rt, err := runtime.New(cfg.Root, opts...)
 	if err != nil {
 		return err
 	}

@@ -142,8 +142,15 @@ func (c *confiner) template(dir string, unconfined bool) (*vmm.Jail, bool, error
 	if c.err != nil {
 		return nil, false, errdefs.Mark(fmt.Errorf("%w (or run the VM with --unconfined, which leaves QEMU unjailed)", c.err), errdefs.ErrUnavailable)
 	}
-	return &vmm.Jail{Helper: c.conf.Helper, Root: filepath.Join(dir, jailRootDir)}, true, nil
+	return &vmm.Jail{
+		Helper: c.conf.Helper, Root: filepath.Join(dir, jailRootDir),
+		Env: []string{RootEnv + "=" + filepath.Dir(filepath.Dir(dir))},
+	}, true, nil
 }
+
+// RootEnv names, in a jailed QEMU's environment, the kiln root it belongs
+// to (its command line names no host path).
+const RootEnv = "KILN_ROOT"
 
 // jailRootDir is the (empty) directory in a VM's directory its jail's root
 // is mounted on, in the jail's own mount namespace.
@@ -152,7 +159,7 @@ const jailRootDir = "jail"
 // admit refuses a VM whose cgroup limit would take the limits of all
 // running jailed VMs on the host past the memory share. The VM's own group,
 // left by an earlier run, does not count.
-func (c *confiner) admit(id string, l cgroup.Limits) error {
+func (c *confiner) admit(id string, memMiB int, l cgroup.Limits) error {
 	used, err := c.cg.MemoryUsedBy(CgroupParent, id)
 	if err != nil {
 		return fmt.Errorf("summing the memory limits of running VMs: %w", err)
@@ -163,7 +170,7 @@ func (c *confiner) admit(id string, l cgroup.Limits) error {
 	}
 	total := int64(ThisHost().MemoryMiB) << 20
 	if err := cgroup.Admit(l.MemoryBytes, used, total, share); err != nil {
-		return errdefs.Mark(err, errdefs.ErrUnavailable)
+		return errdefs.Mark(fmt.Errorf("admitting VM %s (its memory, and QEMU's own %d MiB): %w", id, (l.MemoryBytes>>20)-int64(memMiB), err), errdefs.ErrUnavailable)
 	}
 	return nil
 }
@@ -183,7 +190,7 @@ func (c *confiner) enter(cfg vmm.Config, s *Spec) (vmm.Config, *cell, error) {
 		return cfg, nil, errdefs.Mark(c.err, errdefs.ErrUnavailable)
 	}
 	limits := cgroupLimits(s)
-	if err := c.admit(cfg.ID, limits); err != nil {
+	if err := c.admit(cfg.ID, s.MemoryMiB, limits); err != nil {
 		return cfg, nil, err
 	}
 	cl := &cell{}
@@ -264,10 +271,10 @@ func (c *confiner) group(id string) *cgroup.Group {
 	return g
 }
 
-// defaultConfinement is the confinement of a runtime not told otherwise:
+// DefaultConfinement is the confinement of a runtime not told otherwise:
 // the default uid range, or $KILN_JAIL_UIDS.
-func defaultConfinement() (Confinement, error) {
-	c := Confinement{UIDs: jail.Range{Min: jail.DefaultUIDMin, Max: jail.DefaultUIDMax}, LockDir: jail.LockDir}
+func DefaultConfinement() (Confinement, error) {
+	c := Confinement{UIDs: jail.Range{Min: jail.DefaultUIDMin, Max: jail.DefaultUIDMax}, LockDir: jail.LockDir, MemoryShare: DefaultMemoryShare}
 	if v := strings.TrimSpace(os.Getenv(jail.UIDsEnv)); v != "" {
 		r, err := jail.ParseRange(v)
 		if err != nil {

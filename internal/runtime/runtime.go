@@ -75,7 +75,7 @@ func New(root string, opts ...Option) (*Runtime, error) {
 		o(r)
 	}
 	if r.confine == nil {
-		c, err := defaultConfinement()
+		c, err := DefaultConfinement()
 		if err != nil {
 			return nil, err
 		}

@@ -157,6 +157,10 @@ type Jail struct {
 	Root string
 	// Cgroups are the cgroup directories the monitor runs in.
 	Cgroups []string `json:",omitempty"`
+	// Env is added to the monitor's environment: marks by which an
+	// operator (or a test) tells which kiln root a jailed monitor, whose
+	// command line names no host path, belongs to.
+	Env []string `json:",omitempty"`
 	// Hold are files the monitor keeps open for its whole life, as
 	// descriptors after all others: the lock that holds its uid.
 	Hold []*os.File `json:"-"`

@@ -122,7 +122,7 @@ func jailCommand(bin string, c *vmm.Config, files []*os.File, stderr *os.File) (
 		Binds:    append(append([]jail.Bind(nil), rf.binds...), binds...),
 		Cgroups:  c.Jail.Cgroups,
 		Argv:     argv,
-		Env:      []string{"LD_LIBRARY_PATH=" + rf.libPath},
+		Env:      append([]string{"LD_LIBRARY_PATH=" + rf.libPath}, c.Jail.Env...),
 	}
 	cmd, err := jail.Command(c.Jail.Helper, spec)
 	if err != nil {
