@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"os"
@@ -316,17 +315,7 @@ func TestUserModeGuestReachesOutsideNotTheHost(t *testing.T) {
 				t.Fatalf("adding a link-local address: %v: %s", err, out)
 			}
 		}
-		ctx, cancel := context.WithCancel(context.Background())
-		srv := e.helperCmd(ctx, "serve", a.addr, a.body)
-		stdin, _ := srv.StdinPipe()
-		out, _ := srv.StdoutPipe()
-		if err := srv.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { stdin.Close(); cancel(); srv.Wait() })
-		if line, err := bufio.NewReader(out).ReadString('\n'); err != nil || line != "ready\n" {
-			t.Fatalf("server on %s: %q, %v", a.addr, line, err)
-		}
+		serve(t, func(ctx context.Context) *exec.Cmd { return e.helperCmd(ctx, "serve", a.addr, a.body) })
 	}
 	get := func(host, port string) string {
 		return `(exec 3<>/dev/tcp/` + host + `/` + port + ` && printf 'GET / HTTP/1.0\r\n\r\n' >&3 && cat <&3) 2>&1 | tail -n1; echo "` + host + `:` + port + ` rc=${PIPESTATUS[0]}"`

@@ -199,8 +199,11 @@ func (e *netEnv) startDaemon(prefix ...string) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	cmd := e.command(ctx, "ps")
-	cmd.Args = append(append([]string{"ip", "netns", "exec", e.ns}, prefix...), cmd.Args...)
-	cmd.Path = mustLookPath(e.t, "ip")
+	// nsenter, not `ip netns exec`: that one also gives the daemon a mount
+	// namespace with a /sys of its own, where no cgroup is mounted, and a
+	// daemon there cannot jail VMs.
+	cmd.Args = append(append([]string{"nsenter", "--net=/run/netns/" + e.ns}, prefix...), cmd.Args...)
+	cmd.Path = mustLookPath(e.t, "nsenter")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		e.t.Fatalf("starting the daemon in %s: %v: %s", e.ns, err, out)
 	}

@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -92,6 +93,7 @@ touch /newfile 2>/out/touch-root || true
 ls / > /out/ls
 cat ` + secret + ` > /out/secret 2>&1 || true
 echo made > /shared/made; ls -ln /shared > /out/shared-ls
+ls /proc > /out/proc
 echo done > /out/done
 exec sleep 30`
 	s := Spec{
@@ -105,6 +107,7 @@ exec sleep 30`
 			{Src: "/dev/null", Dst: "/dev/null", Writable: true, Device: true},
 			{Src: shared, Dst: "/shared", Writable: true, MountFD: 3},
 		},
+		Proc: true,
 		Argv: []string{"/bin/busybox", "sh", "-c", script},
 		Env:  []string{"PATH=/bin"},
 	}
@@ -147,7 +150,7 @@ exec sleep 30`
 			t.Errorf("jailed process shares the host's %s namespace (own: %v)", ns, st.Namespaces)
 		}
 	}
-	if got, want := strings.Join(st.Root, " "), "/bin /dev /out /shared"; got != want {
+	if got, want := strings.Join(st.Root, " "), "/bin /dev /out /proc /shared"; got != want {
 		t.Errorf("the jail's root holds %q, want %q", got, want)
 	}
 	read := func(name string) string {
@@ -162,6 +165,16 @@ exec sleep 30`
 	}
 	if strings.Contains(read("secret"), "root:") {
 		t.Errorf("the jailed process read a host file outside its jail: %q", read("secret"))
+	}
+	// Only the jail's own processes (the shell, pid 1, and the ls it ran):
+	// no /proc/sys, kcore, sysrq-trigger, no host process.
+	for _, e := range strings.Fields(read("proc")) {
+		if _, err := strconv.Atoi(e); err != nil && e != "self" && e != "thread-self" {
+			t.Errorf("the jail's /proc shows %q", e)
+		}
+		if n, _ := strconv.Atoi(e); n > 100 {
+			t.Errorf("the jail's /proc shows pid %d: not the jail's own pid namespace", n)
+		}
 	}
 	var made syscall.Stat_t
 	if err := syscall.Stat(filepath.Join(shared, "made"), &made); err != nil {

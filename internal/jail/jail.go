@@ -37,6 +37,10 @@ type Spec struct {
 	// Binds are the host files and directories visible in the jail; nothing
 	// else of the host's filesystem is.
 	Binds []Bind `json:"binds"`
+	// Proc mounts a procfs of the jail's own pid namespace at /proc,
+	// showing processes only (QEMU's 9p server reaches files through
+	// /proc/self/fd).
+	Proc bool `json:"proc,omitempty"`
 	// Cgroups are the cgroup directories the process joins before it drops
 	// its privileges (one per v1 controller, or one on cgroup v2).
 	Cgroups []string `json:"cgroups,omitempty"`

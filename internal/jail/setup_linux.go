@@ -30,6 +30,11 @@ func setup(s *Spec) error {
 			return err
 		}
 	}
+	if s.Proc {
+		if err := mountProc(s.Root); err != nil {
+			return err
+		}
+	}
 	if err := pivot(s.Root); err != nil {
 		return err
 	}
@@ -149,6 +154,21 @@ func dropPrivileges(uid, gid int) error {
 	}
 	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
 		return fmt.Errorf("jail: setting no_new_privs: %w", err)
+	}
+	return nil
+}
+
+// mountProc mounts, at /proc of the jail, a procfs of the jail's own pid
+// namespace that shows processes only (subset=pid: no /proc/sys, no
+// /proc/kcore and the like) and, of them, only those the viewer may
+// ptrace (hidepid=invisible): the VMM sees itself and nothing else.
+func mountProc(root string) error {
+	dst := filepath.Join(root, "proc")
+	if err := os.Mkdir(dst, 0o555); err != nil {
+		return fmt.Errorf("jail: making /proc: %w", err)
+	}
+	if err := unix.Mount("proc", dst, "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "subset=pid,hidepid=invisible"); err != nil {
+		return fmt.Errorf("jail: mounting /proc: %w", err)
 	}
 	return nil
 }

@@ -1,13 +1,18 @@
 package network
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"slices"
+	"syscall"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
+
+	"kiln.dev/kiln/internal/errdefs"
 )
 
 // GuardTableName is the guard's nftables table (family inet). It is apart
@@ -127,7 +132,7 @@ func ApplyGuard(g *Guard) error {
 	}
 	c, err := nftables.New()
 	if err != nil {
-		return privErr("opening nftables", err)
+		return guardPrivErr("opening nftables", err)
 	}
 	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: GuardTableName}
 	c.AddTable(t)
@@ -136,7 +141,7 @@ func ApplyGuard(g *Guard) error {
 		buildGuard(c, c.AddTable(t), g)
 	}
 	if err := c.Flush(); err != nil {
-		return privErr("applying firewall table inet "+GuardTableName, err)
+		return guardPrivErr("applying firewall table inet "+GuardTableName, err)
 	}
 	return nil
 }
@@ -178,4 +183,13 @@ func buildGuard(c *nftables.Conn, t *nftables.Table, g *Guard) {
 		rule(vmm, daddr(p), l4(unix.IPPROTO_TCP), tcpReset)
 		rule(vmm, daddr(p), unreachable)
 	}
+}
+
+// guardPrivErr is privErr for the guard, whose lack of CAP_NET_ADMIN is
+// not about bridge networks.
+func guardPrivErr(what string, err error) error {
+	if errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EACCES) || errors.Is(err, os.ErrPermission) {
+		return errdefs.Mark(fmt.Errorf("%s: the daemon needs CAP_NET_ADMIN to keep jailed VMs off the host's own services (run it as root with its capabilities)", what), errdefs.ErrUnavailable)
+	}
+	return fmt.Errorf("%s: %w", what, err)
 }

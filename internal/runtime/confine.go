@@ -70,6 +70,9 @@ type confiner struct {
 	cg   *cgroup.Hierarchy
 	// err is why a root daemon cannot jail VMs here, with the fix.
 	err error
+	// guardErr is why it cannot keep user-mode VMs off the host's own
+	// services (it lacks CAP_NET_ADMIN, say): only those VMs are refused.
+	guardErr error
 }
 
 func (c *confiner) probe() {
@@ -102,7 +105,7 @@ func (c *confiner) probe() {
 		}
 		c.cg = cg
 		if err := network.ApplyGuard(c.guard()); err != nil {
-			c.err = fmt.Errorf("closing the host's own services to VMs (table inet %s): %w", network.GuardTableName, err)
+			c.guardErr = fmt.Errorf("closing the host's own services to user-mode VMs (table inet %s): %w", network.GuardTableName, err)
 		}
 	})
 }
@@ -131,7 +134,7 @@ func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 // A root daemon jails every VM. A daemon run by another user cannot change
 // uid, make namespaces or cgroups: its VMs' QEMUs run as that user with the
 // seccomp sandbox only.
-func (c *confiner) template(dir string, unconfined bool) (*vmm.Jail, bool, error) {
+func (c *confiner) template(dir string, unconfined, userNet bool) (*vmm.Jail, bool, error) {
 	if unconfined {
 		return nil, false, nil
 	}
@@ -139,8 +142,12 @@ func (c *confiner) template(dir string, unconfined bool) (*vmm.Jail, bool, error
 	if !c.root {
 		return nil, true, nil
 	}
-	if c.err != nil {
-		return nil, false, errdefs.Mark(fmt.Errorf("%w (or run the VM with --unconfined, which leaves QEMU unjailed)", c.err), errdefs.ErrUnavailable)
+	err := c.err
+	if err == nil && userNet {
+		err = c.guardErr
+	}
+	if err != nil {
+		return nil, false, errdefs.Mark(fmt.Errorf("%w (or run the VM with --unconfined, which leaves QEMU unjailed)", err), errdefs.ErrUnavailable)
 	}
 	return &vmm.Jail{
 		Helper: c.conf.Helper, Root: filepath.Join(dir, jailRootDir),

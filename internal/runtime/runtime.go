@@ -256,7 +256,7 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (vm *VM, err error) {
 		Shares: mounts.shares,
 		Net:    nic,
 	}
-	if cfg.Jail, cfg.Sandbox, err = r.confine.template(dir, spec.Unconfined); err != nil {
+	if cfg.Jail, cfg.Sandbox, err = r.confine.template(dir, spec.Unconfined, nic != nil && nic.Mode == vmm.NetUser); err != nil {
 		return nil, err
 	}
 	for _, p := range cfg.Ports {

@@ -120,6 +120,7 @@ func jailCommand(bin string, c *vmm.Config, files []*os.File, stderr *os.File) (
 		UID:      c.Jail.UID,
 		GID:      c.Jail.GID,
 		Binds:    append(append([]jail.Bind(nil), rf.binds...), binds...),
+		Proc:     true,
 		Cgroups:  c.Jail.Cgroups,
 		Argv:     argv,
 		Env:      append([]string{"LD_LIBRARY_PATH=" + rf.libPath}, c.Jail.Env...),
