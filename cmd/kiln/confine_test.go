@@ -123,8 +123,8 @@ func TestJailOfARunningVM(t *testing.T) {
 	for _, d := range ents {
 		top = append(top, d.Name())
 	}
-	if got := strings.Join(top, " "); got != "dev lib lib64 usr vm" {
-		t.Errorf("QEMU's root holds %q, want only dev lib lib64 usr vm", got)
+	if got := strings.Join(top, " "); got != "dev lib lib64 proc usr vm" {
+		t.Errorf("QEMU's root holds %q, want only dev lib lib64 proc usr vm", got)
 	}
 	for _, hostPath := range []string{"etc/passwd", "root", "tmp", strings.TrimPrefix(e.root, "/")} {
 		if _, err := os.Stat(filepath.Join(fmt.Sprintf("/proc/%d/root", pid), hostPath)); err == nil {
@@ -343,4 +343,33 @@ func TestUserModeGuestReachesOutsideNotTheHost(t *testing.T) {
 	if strings.Contains(r.stdout, "metadata") {
 		t.Errorf("the host-gateway opt-in opened link-local addresses too:\n%s", r)
 	}
+}
+
+// TestGuestMemoryHogHarmsNoOne: a guest that allocates past its memory is
+// killed inside its own VM (or, were QEMU itself to grow, by its cgroup);
+// the daemon and a neighbour VM stay up.
+func TestGuestMemoryHogHarmsNoOne(t *testing.T) {
+	requireRoot(t)
+	e := newEnv(t)
+	loadDebian(t, e, nil)
+	ok(t, "run -d neighbour", e.run("-d", "--name", "neighbour", "-p", "127.0.0.1::80", httpd(t)))
+	daemon := e.daemonPID()
+	// bash keeps the whole command substitution in its own memory: 400 MiB
+	// in a 128 MiB guest.
+	r := e.run("--rm", "--pull", "never", "--network", "none", "--memory", "128m", "kiln-test/debian:bookworm",
+		"/bin/bash", "-c", `x=$(head -c 400M /dev/zero | tr '\0' a); echo survived ${#x}`)
+	if r.code == 0 || strings.Contains(r.stdout, "survived") {
+		t.Errorf("a guest allocating 400 MiB in 128 MiB was not stopped:\n%s", r)
+	}
+	if e.daemonPID() != daemon || syscall.Kill(daemon, 0) != nil {
+		t.Errorf("the daemon (pid %d) did not survive a guest's memory hog", daemon)
+	}
+	if got := e.inspect("neighbour", "{{.State.Status}}"); got != "running" {
+		t.Errorf("the neighbour VM is %q after a guest's memory hog", got)
+	}
+	port := e.inspect("neighbour", "{{(index .Ports 0).HostPort}}")
+	if out := httpGet(t, "127.0.0.1:"+port); !strings.Contains(out, "hello from kiln VM neighbour") {
+		t.Errorf("the neighbour VM answers %q after a guest's memory hog", out)
+	}
+	ok(t, "rm -f neighbour", e.kiln("rm", "-f", "neighbour"))
 }
