@@ -156,11 +156,14 @@ func run(mib int, kiln, kernel string) error {
 	}
 	os.Remove(hostFile)
 
-	inVM := func(mount, file, backing string) (result, error) {
+	inVM := func(mount, file, backing string, unconfined bool) (result, error) {
 		var r result
 		for _, op := range []string{"write", "read"} {
-			out, err := kilnCmd("run", "--rm", "--kernel", kernel, "--network", "none", "--memory", "512m", "-v", mount,
-				self, "-guest", file, "-op", op, "-mib", strconv.Itoa(mib))
+			args := []string{"run", "--rm", "--kernel", kernel, "--network", "none", "--memory", "512m", "-v", mount}
+			if unconfined {
+				args = append(args, "--unconfined")
+			}
+			out, err := kilnCmd(append(args, self, "-guest", file, "-op", op, "-mib", strconv.Itoa(mib))...)
 			if err != nil {
 				return r, fmt.Errorf("kiln run (%s %s): %w\n%s", op, mount, err, out)
 			}
@@ -181,11 +184,22 @@ func run(mib int, kiln, kernel string) error {
 		}
 		return r, nil
 	}
-	vol, err := inVM("bench:/vol", "/vol/bench.dat", filepath.Join(root, "volumes", "bench", "disk.ext4"))
+	disk := filepath.Join(root, "volumes", "bench", "disk.ext4")
+	vol, err := inVM("bench:/vol", "/vol/bench.dat", disk, false)
 	if err != nil {
 		return err
 	}
-	ninep, err := inVM(shared+":/shared", "/shared/bench.dat", filepath.Join(shared, "bench.dat"))
+	volFree, err := inVM("bench:/vol", "/vol/bench.dat", disk, true)
+	if err != nil {
+		return err
+	}
+	ninep, err := inVM(shared+":/shared", "/shared/bench.dat", filepath.Join(shared, "bench.dat"), false)
+	if err != nil {
+		return err
+	}
+	// Unconfined: QEMU as root, 9p's security_model=none, no id-mapped
+	// mount: what host directories cost before the jail.
+	ninepFree, err := inVM(shared+":/shared", "/shared/bench.dat", filepath.Join(shared, "bench.dat"), true)
 	if err != nil {
 		return err
 	}
@@ -197,9 +211,13 @@ func run(mib int, kiln, kernel string) error {
 	fmt.Printf("  %-28s %9s %9s\n", "", "write", "read")
 	fmt.Printf("  %-28s %9.1f %9.1f\n", "host file (baseline)", host.write, host.read)
 	fmt.Printf("  %-28s %9.1f %9.1f\n", "named volume (virtio-blk)", vol.write, vol.read)
+	fmt.Printf("  %-28s %9.1f %9.1f\n", "named volume, --unconfined", volFree.write, volFree.read)
 	fmt.Printf("  %-28s %9.1f %9.1f\n", "host directory (9p)", ninep.write, ninep.read)
+	fmt.Printf("  %-28s %9.1f %9.1f\n", "host directory, --unconfined", ninepFree.write, ninepFree.read)
 	fmt.Printf("  ratio volume/host:          %9.3f %9.3f\n", vol.write/host.write, vol.read/host.read)
 	fmt.Printf("  ratio 9p/host:              %9.3f %9.3f\n", ninep.write/host.write, ninep.read/host.read)
+	fmt.Printf("  ratio volume jailed/unconf: %9.3f %9.3f\n", vol.write/volFree.write, vol.read/volFree.read)
+	fmt.Printf("  ratio 9p jailed/unconf:     %9.3f %9.3f\n", ninep.write/ninepFree.write, ninep.read/ninepFree.read)
 	return nil
 }
 

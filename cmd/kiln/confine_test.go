@@ -135,8 +135,8 @@ func TestJailOfARunningVM(t *testing.T) {
 	if want := strconv.Itoa((128 + 192 + 32) << 20); memory != want {
 		t.Errorf("QEMU's cgroup memory limit is %q, want %s (guest, plus QEMU's own)", memory, want)
 	}
-	if cpu != "100000/100000" && cpu != "100000 100000" {
-		t.Errorf("QEMU's cgroup CPU quota is %q, want one CPU", cpu)
+	if cpu != "200000/100000" && cpu != "200000 100000" {
+		t.Errorf("QEMU's cgroup CPU quota is %q, want two CPUs (the guest's one, and one for QEMU's own threads)", cpu)
 	}
 	if pids != "256" {
 		t.Errorf("QEMU's cgroup pids limit is %q, want 256", pids)

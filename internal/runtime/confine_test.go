@@ -41,7 +41,7 @@ func TestParseExtraHost(t *testing.T) {
 
 func TestCgroupLimitsCoverQEMU(t *testing.T) {
 	l := cgroupLimits(&Spec{MemoryMiB: 256, CPUs: 2})
-	if l.MemoryBytes != (256+192+64)<<20 || l.CPUs != 2 || l.Pids != qemuPids {
+	if l.MemoryBytes != (256+192+64)<<20 || l.CPUs != 3 || l.Pids != qemuPids {
 		t.Errorf("cgroupLimits = %+v", l)
 	}
 	if big := cgroupLimits(&Spec{MemoryMiB: 4096, CPUs: 1}); big.MemoryBytes <= 4096<<20+qemuOverheadMiB<<20 {
