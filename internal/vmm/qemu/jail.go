@@ -154,10 +154,17 @@ func grant(path string, c *vmm.Config, writable bool) error {
 	if st.IsDir() {
 		return nil // a share: reached through its own mapping
 	}
-	if st.Mode().Perm()&0o004 == 0 {
-		if err := os.Chmod(path, st.Mode().Perm()|0o444); err != nil {
-			return fmt.Errorf("making shared read-only %s readable by jailed VMs: %w", path, err)
-		}
+	if st.Mode().Perm()&0o004 != 0 {
+		return nil
+	}
+	// Only kiln's own files (under the root the VM's directory is in) are
+	// opened up; a file of the user's is theirs to decide on.
+	root := filepath.Dir(filepath.Dir(c.Dir))
+	if !strings.HasPrefix(path, root+string(filepath.Separator)) {
+		return fmt.Errorf("%s is not readable by the VM's jailed uid: make it readable by others (chmod o+r %s), or run the VM with --unconfined", path, path)
+	}
+	if err := os.Chmod(path, st.Mode().Perm()|0o444); err != nil {
+		return fmt.Errorf("making shared read-only %s readable by jailed VMs: %w", path, err)
 	}
 	return nil
 }

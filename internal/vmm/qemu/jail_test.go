@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 
 	"kiln.dev/kiln/internal/jail"
@@ -102,5 +103,47 @@ func TestRunFilesOfQEMU(t *testing.T) {
 	}
 	if rf.libPath == "" {
 		t.Error("no library path")
+	}
+}
+
+// TestGrant checks who gets what: the VM's own files become its uid's, a
+// shared read-only file of kiln's root is opened to all, a user's file
+// elsewhere is left alone and refused.
+func TestGrant(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("chown needs root: run the tests as root")
+	}
+	root := t.TempDir()
+	dir := filepath.Join(root, "vms", "abc")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	c := &vmm.Config{ID: "abc", Dir: dir, Jail: &vmm.Jail{UID: 1879048300, GID: 1879048301}}
+	write := func(p string) string {
+		if err := os.WriteFile(p, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	own := write(filepath.Join(dir, "initrd"))
+	shared := write(filepath.Join(root, "rootfs.sqfs"))
+	users := write(filepath.Join(t.TempDir(), "vmlinuz"))
+	if err := grant(own, c, false); err != nil {
+		t.Fatal(err)
+	}
+	if fi, _ := os.Stat(own); fi.Sys().(*syscall.Stat_t).Uid != 1879048300 || fi.Mode().Perm() != 0o600 {
+		t.Errorf("the VM's own file: %v uid %d", fi.Mode(), fi.Sys().(*syscall.Stat_t).Uid)
+	}
+	if err := grant(shared, c, false); err != nil {
+		t.Fatal(err)
+	}
+	if fi, _ := os.Stat(shared); fi.Sys().(*syscall.Stat_t).Uid != 0 || fi.Mode().Perm() != 0o644 {
+		t.Errorf("a shared read-only file of kiln's root: %v uid %d", fi.Mode(), fi.Sys().(*syscall.Stat_t).Uid)
+	}
+	if err := grant(users, c, false); err == nil || !strings.Contains(err.Error(), "chmod o+r") {
+		t.Errorf("grant of a user's unreadable file = %v, want a refusal with the fix", err)
+	}
+	if fi, _ := os.Stat(users); fi.Mode().Perm() != 0o600 {
+		t.Errorf("grant changed a user's file to %v", fi.Mode())
 	}
 }
