@@ -64,7 +64,7 @@ func copyIn(ch *agent.Channel, raw string) {
 		return
 	}
 	r := &chanReader{ch: ch}
-	err := tartree.Extract(tar.NewReader(r), dir, rename)
+	err := tartree.Extract(tar.NewReader(r), dir, "", rename)
 	if err == nil {
 		_, err = io.Copy(io.Discard, r) // the rest, to the host's EOF
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 
@@ -53,7 +54,7 @@ and extracts it into the VM directory DEST.`,
 					_, err = io.Copy(cmd.OutOrStdout(), rc)
 					return err
 				}
-				return extractHost(tar.NewReader(rc), dst)
+				return extractHost(tar.NewReader(rc), dst, path.Base(path.Clean("/"+src)))
 			}
 			if !strings.HasPrefix(dst, "/") {
 				return errdefs.Invalid(fmt.Sprintf("kiln cp: the path in the VM %q must be absolute", dst))
@@ -95,14 +96,18 @@ func checkHostDest(dst string) error {
 }
 
 // extractHost extracts an archive from a VM to dst on this host, as
-// docker cp: into dst when it is a directory, otherwise as dst. Entries
+// docker cp: into dst when it is a directory, otherwise as dst. Only
+// entries under top (the base name of what was asked for) are taken; they
 // never land outside that directory, nor through a link in it.
-func extractHost(tr *tar.Reader, dst string) error {
+func extractHost(tr *tar.Reader, dst, top string) error {
 	dir, rename := dst, ""
 	if st, err := os.Stat(dst); err != nil || !st.IsDir() {
 		dir, rename = filepath.Dir(dst), filepath.Base(dst)
 	}
-	if err := tartree.Extract(tr, dir, rename); err != nil {
+	if top == "/" {
+		top = "" // the guest's root: docker names its entries after "."
+	}
+	if err := tartree.Extract(tr, dir, top, rename); err != nil {
 		return fmt.Errorf("kiln cp: %w", err)
 	}
 	return nil

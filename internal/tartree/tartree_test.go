@@ -45,7 +45,7 @@ func archive(t *testing.T, root, name string, owners bool) []byte {
 func TestRoundTripKeepsContentModesAndLinks(t *testing.T) {
 	root := tree(t)
 	dst := t.TempDir()
-	if err := Extract(tar.NewReader(bytes.NewReader(archive(t, root, "a", false))), dst, ""); err != nil {
+	if err := Extract(tar.NewReader(bytes.NewReader(archive(t, root, "a", false))), dst, "a", ""); err != nil {
 		t.Fatal(err)
 	}
 	for p, want := range map[string]string{"a/f": "eff", "a/sub/g": "gee", "a/link": "eff"} {
@@ -85,7 +85,7 @@ func TestOwnersOnlyWhenKept(t *testing.T) {
 func TestRenameTakesTheTopEntry(t *testing.T) {
 	root := tree(t)
 	dst := t.TempDir()
-	if err := Extract(tar.NewReader(bytes.NewReader(archive(t, root, "a", false))), dst, "b"); err != nil {
+	if err := Extract(tar.NewReader(bytes.NewReader(archive(t, root, "a", false))), dst, "a", "b"); err != nil {
 		t.Fatal(err)
 	}
 	if b, err := os.ReadFile(filepath.Join(dst, "b/sub/g")); err != nil || string(b) != "gee" {
@@ -120,32 +120,68 @@ func TestHostileArchivesStayInside(t *testing.T) {
 	outside := t.TempDir()
 	cases := []struct {
 		name    string
+		top     string
 		entries []*tar.Header
+		// pre makes what dst holds before the extraction.
+		pre     func(dst string)
 		wantErr string
 	}{
-		{"dot-dot is cleaned to inside", []*tar.Header{{Name: "../../escape", Typeflag: tar.TypeReg, Mode: 0o644}}, ""},
-		{"absolute is cleaned to inside", []*tar.Header{{Name: filepath.Join(outside, "abs"), Typeflag: tar.TypeReg, Mode: 0o644}}, ""},
-		{"through a symlink", []*tar.Header{
+		{name: "dot-dot is cleaned to inside", entries: []*tar.Header{{Name: "../../escape", Typeflag: tar.TypeReg, Mode: 0o644}}},
+		{name: "absolute is cleaned to inside", entries: []*tar.Header{{Name: filepath.Join(outside, "abs"), Typeflag: tar.TypeReg, Mode: 0o644}}},
+		{name: "through a symlink", entries: []*tar.Header{
 			{Name: "d", Typeflag: tar.TypeSymlink, Linkname: outside},
 			{Name: "d/evil", Typeflag: tar.TypeReg, Mode: 0o644},
-		}, "through the symbolic link"},
-		{"hard link through a symlink", []*tar.Header{
+		}, wantErr: "through a symbolic link"},
+		{name: "hard link through a symlink", entries: []*tar.Header{
 			{Name: "d", Typeflag: tar.TypeSymlink, Linkname: outside},
 			{Name: "h", Typeflag: tar.TypeLink, Linkname: "d/secret"},
-		}, "through the symbolic link"},
+		}, wantErr: "through a symbolic link"},
+		{name: "directory entry over a symlink", entries: []*tar.Header{
+			{Name: "d", Typeflag: tar.TypeSymlink, Linkname: outside},
+			{Name: "d/", Typeflag: tar.TypeDir, Mode: 0o755},
+			{Name: "d/evil", Typeflag: tar.TypeReg, Mode: 0o644},
+		}, wantErr: "through a symbolic link"},
+		{name: "through a symlink already in the destination", top: "app.log",
+			pre:     func(dst string) { os.Symlink(outside, filepath.Join(dst, "app.log")) },
+			entries: []*tar.Header{{Name: "app.log/evil", Typeflag: tar.TypeReg, Mode: 0o644}},
+			wantErr: "through a symbolic link"},
+		{name: "a file replaces a symlink, not its target", top: "app.log",
+			pre:     func(dst string) { os.Symlink(filepath.Join(outside, "secret"), filepath.Join(dst, "app.log")) },
+			entries: []*tar.Header{{Name: "app.log", Typeflag: tar.TypeReg, Mode: 0o644}}},
+		// kiln cp web:/var/log/app.log . run in a home directory: the
+		// guest answers with more than app.log.
+		{name: "an entry beside what was asked for", top: "app.log",
+			entries: []*tar.Header{
+				{Name: "app.log", Typeflag: tar.TypeReg, Mode: 0o644},
+				{Name: ".ssh/authorized_keys", Typeflag: tar.TypeReg, Mode: 0o600},
+			}, wantErr: `refusing archive entry ".ssh/authorized_keys": not under "app.log"`},
+		{name: "a name that only starts like what was asked for", top: "app",
+			entries: []*tar.Header{{Name: "app.log", Typeflag: tar.TypeReg, Mode: 0o644}},
+			wantErr: "not under"},
 	}
 	if err := os.WriteFile(filepath.Join(outside, "secret"), []byte("s"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	for _, c := range cases {
-		dst := t.TempDir()
-		err := Extract(tar.NewReader(bytes.NewReader(hostile(t, c.entries...))), dst, "")
-		if c.wantErr == "" && err != nil || c.wantErr != "" && (err == nil || !strings.Contains(err.Error(), c.wantErr)) {
-			t.Errorf("%s: err = %v, want %q", c.name, err, c.wantErr)
-		}
-		ents, _ := os.ReadDir(outside)
-		if len(ents) != 1 {
-			t.Errorf("%s: something was written outside: %v", c.name, ents)
-		}
+		t.Run(c.name, func(t *testing.T) {
+			dst := t.TempDir()
+			if c.pre != nil {
+				c.pre(dst)
+			}
+			err := Extract(tar.NewReader(bytes.NewReader(hostile(t, c.entries...))), dst, c.top, "")
+			if c.wantErr == "" && err != nil || c.wantErr != "" && (err == nil || !strings.Contains(err.Error(), c.wantErr)) {
+				t.Errorf("err = %v, want %q", err, c.wantErr)
+			}
+			ents, _ := os.ReadDir(outside)
+			if len(ents) != 1 {
+				t.Errorf("something was written outside: %v", ents)
+			}
+			if b, _ := os.ReadFile(filepath.Join(outside, "secret")); string(b) != "s" {
+				t.Errorf("the file outside was changed: %q", b)
+			}
+			if _, err := os.Stat(filepath.Join(dst, ".ssh")); err == nil {
+				t.Error("an entry beside what was asked for was extracted")
+			}
+		})
 	}
 }
