@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"path/filepath"
 	"sync"
 	"time"
@@ -172,7 +171,7 @@ func (s *Session) Close() {
 // oomKilled reports whether the last run's exit record says the guest's
 // kernel killed a process for lack of memory.
 func (vm *VM) oomKilled() bool {
-	data, err := os.ReadFile(filepath.Join(vm.Dir, statusFile))
+	data, err := vm.readStatus()
 	if err != nil {
 		return false
 	}

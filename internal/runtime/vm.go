@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -351,7 +352,7 @@ func (vm *VM) Wait(ctx context.Context) (*Exit, error) {
 }
 
 func (vm *VM) exit() (*Exit, error) {
-	data, err := os.ReadFile(filepath.Join(vm.Dir, statusFile))
+	data, err := vm.readStatus()
 	if err != nil {
 		return nil, fmt.Errorf("reading VM status: %w", err)
 	}
@@ -468,27 +469,80 @@ func (vm *VM) Discard() error {
 	return err
 }
 
-// lineWriter calls fn for each complete line written to it.
+// Bounds on what the guest writes to its status port (status.jsonl):
+// kiln-init's records are a few hundred bytes, and a run writes a handful.
+// A hostile guest may write anything; the host never holds more than this.
+const (
+	// maxStatusLine is the longest status record kept; a longer line is
+	// dropped whole.
+	maxStatusLine = 64 << 10
+	// maxStatusRead is how much of status.jsonl is read to learn how a run
+	// ended: records past it are ignored.
+	maxStatusRead = 1 << 20
+	// maxConsoleTail is how much of the console's end is read for the
+	// lines a failed boot is reported with.
+	maxConsoleTail = 64 << 10
+)
+
+// lineWriter calls fn for each complete line written to it, up to
+// maxStatusLine bytes; a longer line is dropped (up to its newline), so
+// its buffer never holds more than that.
 type lineWriter struct {
-	buf []byte
-	fn  func([]byte)
+	buf      []byte
+	skipping bool // inside a line that was too long
+	fn       func([]byte)
 }
 
 func (w *lineWriter) Write(p []byte) (int, error) {
-	w.buf = append(w.buf, p...)
-	for {
-		i := bytes.IndexByte(w.buf, '\n')
-		if i < 0 {
-			return len(p), nil
+	n := len(p)
+	for len(p) > 0 {
+		i := bytes.IndexByte(p, '\n')
+		if w.skipping {
+			if i < 0 {
+				return n, nil
+			}
+			w.skipping, p = false, p[i+1:]
+			continue
 		}
-		w.fn(w.buf[:i+1])
-		w.buf = w.buf[i+1:]
+		if i < 0 {
+			if len(w.buf)+len(p) > maxStatusLine {
+				w.buf, w.skipping = w.buf[:0], true
+				return n, nil
+			}
+			w.buf = append(w.buf, p...)
+			return n, nil
+		}
+		if len(w.buf)+i+1 <= maxStatusLine {
+			w.fn(append(w.buf, p[:i+1]...))
+		}
+		w.buf, p = w.buf[:0], p[i+1:]
 	}
+	return n, nil
 }
 
-// lastLines returns the last n non-empty lines of a file joined by " | ".
+// readStatus reads what a run's status records say, at most maxStatusRead
+// bytes of them.
+func (vm *VM) readStatus() ([]byte, error) {
+	f, err := os.Open(filepath.Join(vm.Dir, statusFile))
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxStatusRead))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) == maxStatusRead {
+		// Cut at the last whole line: a record cut in two is no record.
+		b = b[:bytes.LastIndexByte(b, '\n')+1]
+	}
+	return b, nil
+}
+
+// lastLines returns the last n non-empty lines of a file joined by " | ",
+// read from its last maxConsoleTail bytes.
 func lastLines(path string, n int) string {
-	b, err := os.ReadFile(path)
+	b, err := readTail(path, maxConsoleTail)
 	if err != nil {
 		return "(no console output)"
 	}
@@ -505,6 +559,34 @@ func lastLines(path string, n int) string {
 		return "(no console output)"
 	}
 	return strings.Join(lines, " | ")
+}
+
+// readTail reads at most max bytes from the end of a file; when it starts
+// mid-file, the partial first line is dropped.
+func readTail(path string, max int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	off := st.Size() - max
+	if off < 0 {
+		off = 0
+	}
+	b, err := io.ReadAll(io.NewSectionReader(f, off, max))
+	if err != nil {
+		return nil, err
+	}
+	if off > 0 {
+		if i := bytes.IndexByte(b, '\n'); i >= 0 {
+			b = b[i+1:]
+		}
+	}
+	return b, nil
 }
 
 // BootUptime returns the guest's uptime when kiln-init started, once the
