@@ -16,6 +16,16 @@ import (
 // ErrOldGuest is wrapped when the guest does not speak ControlVersion.
 var ErrOldGuest = errors.New("the guest agent speaks another protocol version")
 
+// ErrNoReply is returned when the guest agent does not answer a request
+// within the client's reply deadline: a hung or hostile guest never holds
+// a host caller.
+var ErrNoReply = errors.New("the guest agent did not reply in time")
+
+// DefaultReplyTimeout bounds the wait for the guest's Reply to a request
+// (the Reply only: an exec's output and exit may take as long as the
+// command does).
+const DefaultReplyTimeout = 10 * time.Second
+
 // Client is the host's end of a guest's control port.
 type Client struct {
 	conn net.Conn
@@ -23,6 +33,9 @@ type Client struct {
 
 	mu   sync.Mutex
 	next uint32
+	// ReplyTimeout bounds the wait for each Reply; 0 means
+	// DefaultReplyTimeout. Set before the first request.
+	ReplyTimeout time.Duration
 }
 
 // NewClient greets the guest on conn (Magic and Hello, waiting up to
@@ -101,6 +114,15 @@ func (c *Client) Open(req OpenRequest) (*Channel, *Reply, error) {
 		ch.Close()
 		return nil, nil, err
 	}
+	timeout := c.ReplyTimeout
+	if timeout == 0 {
+		timeout = DefaultReplyTimeout
+	}
+	// A guest that never replies ends the channel, and so the wait.
+	deadline := time.AfterFunc(timeout, func() {
+		ch.end(fmt.Errorf("%w: no reply to %s within %s", ErrNoReply, req.Op, timeout))
+	})
+	defer deadline.Stop()
 	for {
 		f, err := ch.Recv()
 		if err != nil {
@@ -109,6 +131,11 @@ func (c *Client) Open(req OpenRequest) (*Channel, *Reply, error) {
 		}
 		if f.Type != FrameReply {
 			continue
+		}
+		if !deadline.Stop() {
+			// The deadline fired as the reply came: the channel is ended.
+			ch.Close()
+			return nil, nil, fmt.Errorf("%w: reply to %s after %s", ErrNoReply, req.Op, timeout)
 		}
 		var r Reply
 		if err := json.Unmarshal(f.Payload, &r); err != nil {

@@ -34,6 +34,9 @@ func fakeGuest(t *testing.T, h *Hello) net.Conn {
 		m := NewMux(r, guest, func(ch *Channel, req []byte) {
 			var o OpenRequest
 			json.Unmarshal(req, &o)
+			if o.Op == "hang" {
+				return // a hostile guest: it takes the request and never answers
+			}
 			if o.Op == "fail" {
 				ch.SendJSON(FrameReply, Reply{Error: "no such thing", ExitCode: 127})
 			} else {
@@ -77,5 +80,30 @@ func TestClientMeetsAnOldGuest(t *testing.T) {
 				t.Fatalf("got %v, want ErrOldGuest saying %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestClientDoesNotWaitForeverOnAHungGuest: a guest that takes a request
+// and never answers costs the caller the reply deadline, and the
+// connection stays usable for the next request.
+func TestClientDoesNotWaitForeverOnAHungGuest(t *testing.T) {
+	c, err := NewClient(fakeGuest(t, &Hello{Version: ControlVersion}), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.ReplyTimeout = 200 * time.Millisecond
+	done := make(chan error, 1)
+	go func() { _, err := c.Do(OpenRequest{Op: "hang"}); done <- err }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrNoReply) {
+			t.Errorf("Do on a guest that never replies = %v, want ErrNoReply", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Do on a guest that never replies did not return")
+	}
+	if r, err := c.Do(OpenRequest{Op: OpSignal, Signal: 1}); err != nil || r.PID != 42 {
+		t.Errorf("the next request after a hung one: %+v, %v", r, err)
 	}
 }

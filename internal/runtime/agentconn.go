@@ -84,6 +84,9 @@ func (vm *VM) Stats() (*agent.Stats, error) {
 	if err != nil {
 		return nil, err
 	}
+	if r.Stats == nil {
+		return nil, fmt.Errorf("VM %s: the guest agent's stats reply has no stats", vm.Name)
+	}
 	return r.Stats, nil
 }
 
