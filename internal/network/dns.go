@@ -45,9 +45,22 @@ type DNS struct {
 type dnsServer struct {
 	conn *net.UDPConn
 	tcp  *net.TCPListener
-	mu   sync.Mutex
-	zone DNSZone
+	// work and conns are semaphores: the queries answered at once, and the
+	// TCP connections served at once. A flood from a hostile guest is
+	// dropped past them (a resolver retries) instead of costing the
+	// daemon a goroutine and an upstream socket per datagram.
+	work  chan struct{}
+	conns chan struct{}
+	mu    sync.Mutex
+	zone  DNSZone
 }
+
+// Bounds of one name server: what a VM (or all of one network's) can make
+// the daemon hold.
+const (
+	dnsWorkers  = 32
+	dnsTCPConns = 16
+)
 
 func (s *dnsServer) close() {
 	s.conn.Close()
@@ -104,7 +117,7 @@ func (d *DNS) Update(zones []DNSZone) error {
 			}
 			continue
 		}
-		s := &dnsServer{conn: conn, tcp: tcp, zone: z}
+		s := &dnsServer{conn: conn, tcp: tcp, zone: z, work: make(chan struct{}, dnsWorkers), conns: make(chan struct{}, dnsTCPConns)}
 		d.servers[gw] = s
 		go d.serve(s)
 		go d.serveTCP(s)
@@ -132,9 +145,15 @@ func (d *DNS) serve(s *dnsServer) {
 			}
 			return
 		}
+		select {
+		case s.work <- struct{}{}:
+		default:
+			continue // every worker is busy: dropped, as a full queue would
+		}
 		z := s.currentZone()
 		q := append([]byte(nil), buf[:n]...)
 		go func() {
+			defer func() { <-s.work }()
 			resp := d.answer(z, q, false)
 			if resp != nil {
 				_, _ = s.conn.WriteToUDPAddrPort(resp, from)
@@ -158,7 +177,14 @@ func (d *DNS) serveTCP(s *dnsServer) {
 			}
 			return
 		}
+		select {
+		case s.conns <- struct{}{}:
+		default:
+			c.Close() // too many at once: the client may come back
+			continue
+		}
 		go func() {
+			defer func() { <-s.conns }()
 			defer c.Close()
 			for {
 				c.SetDeadline(time.Now().Add(tcpIdle))

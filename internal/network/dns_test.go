@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	goruntime "runtime"
 	"testing"
 	"time"
 
@@ -216,5 +217,103 @@ func dnsServesUDPAndTCP(t *testing.T, upstream string) {
 	if c, err := net.Dial("tcp4", "127.0.0.1:53"); err == nil {
 		c.Close()
 		t.Error("the TCP server still listens after its network went")
+	}
+}
+
+// TestDNSFloodIsBounded plays a hostile guest that floods its gateway's
+// name server with queries that must go upstream to a resolver that never
+// answers, and holds TCP connections open: the server's goroutines stay
+// within its worker and connection bounds, and a query for a VM's name is
+// still answered when the flood stops.
+func TestDNSFloodIsBounded(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("network namespaces need root: run the tests as root")
+	}
+	// An upstream that takes queries and never answers.
+	up, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		inNewNetns(t, func() { dnsFlood(t, up.LocalAddr().String()) })
+	}()
+	<-done
+}
+
+func dnsFlood(t *testing.T, upstream string) {
+	lo, err := netlink.LinkByName("lo")
+	if err == nil {
+		err = netlink.LinkSetUp(lo)
+	}
+	if err != nil {
+		t.Errorf("bringing lo up: %v", err)
+		return
+	}
+	d := NewDNS(slog.New(slog.DiscardHandler))
+	d.Upstream = func() []string { return []string{upstream} }
+	zone := DNSZone{Network: "n", Gateway: netip.MustParseAddr("127.0.0.1"), Egress: true, Records: map[string]netip.Addr{"web": netip.MustParseAddr("10.99.0.2")}}
+	if err := d.Update([]DNSZone{zone}); err != nil {
+		t.Error(err)
+		return
+	}
+	defer d.Close()
+	base := goruntime.NumGoroutine()
+	u, err := net.Dial("udp4", "127.0.0.1:53")
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	defer u.Close()
+	q := query(t, "elsewhere.example.", dnsmessage.TypeA)
+	peak := 0
+	for i := range 3000 {
+		u.Write(q)
+		if i%100 == 0 {
+			peak = max(peak, goruntime.NumGoroutine()-base)
+		}
+	}
+	var held []net.Conn
+	for range 3 * dnsTCPConns {
+		c, err := net.Dial("tcp4", "127.0.0.1:53")
+		if err != nil {
+			break
+		}
+		held = append(held, c)
+	}
+	time.Sleep(200 * time.Millisecond) // let the server take them all; nothing to wait on
+	peak = max(peak, goruntime.NumGoroutine()-base)
+	if peak > dnsWorkers+dnsTCPConns+8 {
+		t.Errorf("the flood made the name server hold %d goroutines, bound %d + %d", peak, dnsWorkers, dnsTCPConns)
+	}
+	open := 0
+	for _, c := range held {
+		c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		_, err := c.Read(make([]byte, 1))
+		if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			open++ // served: waiting for a query
+		}
+		c.Close()
+	}
+	if open > dnsTCPConns {
+		t.Errorf("%d TCP connections held open at once, bound %d", open, dnsTCPConns)
+	}
+	// The flood's queries time out upstream; then a VM's name is answered.
+	deadline := time.Now().Add(15 * time.Second)
+	buf := make([]byte, 1500)
+	for {
+		u.Write(query(t, "web.", dnsmessage.TypeA))
+		u.SetReadDeadline(time.Now().Add(time.Second))
+		n, err := u.Read(buf)
+		var m dnsmessage.Message
+		if err == nil && m.Unpack(buf[:n]) == nil && len(m.Answers) == 1 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("after the flood a VM's name is not answered: %v", err)
+			return
+		}
 	}
 }
