@@ -278,10 +278,37 @@ func (s *Supervisor) onUnhealthy(m *managed, action string) {
 	}
 }
 
-// probe runs one check through the guest agent.
+// probe runs one check through the guest agent. timeout covers the whole
+// probe, opening the exec included: a guest that is slow to answer the
+// open fails the check in time as one slow to run the command does.
 func probe(vm *VM, args []string, timeout time.Duration) HealthResult {
-	r := HealthResult{Start: time.Now().UTC()}
-	sess, err := vm.Exec(agent.ExecRequest{Args: args})
+	begin := time.Now()
+	r := HealthResult{Start: begin.UTC()}
+	type opened struct {
+		sess *Session
+		err  error
+	}
+	ch := make(chan opened, 1)
+	go func() {
+		sess, err := vm.Exec(agent.ExecRequest{Args: args})
+		ch <- opened{sess, err}
+	}()
+	openTimer := time.NewTimer(timeout)
+	var o opened
+	select {
+	case o = <-ch:
+		openTimer.Stop()
+	case <-openTimer.C:
+		go func() { // the open ends within the agent's reply deadline
+			if o := <-ch; o.sess != nil {
+				o.sess.Close()
+			}
+		}()
+		r.ExitCode, r.Output = -1, fmt.Sprintf("health check timed out after %s (the guest agent did not open it)", timeout)
+		r.End = time.Now().UTC()
+		return r
+	}
+	sess, err := o.sess, o.err
 	if err != nil {
 		r.ExitCode, r.Output = -1, err.Error()
 		if ee, ok := err.(*ExecError); ok {
@@ -290,7 +317,7 @@ func probe(vm *VM, args []string, timeout time.Duration) HealthResult {
 		r.End = time.Now().UTC()
 		return r
 	}
-	timer := time.AfterFunc(timeout, sess.Close)
+	timer := time.AfterFunc(max(timeout-time.Since(begin), 0), sess.Close)
 	defer timer.Stop()
 	var out []byte
 	for {
