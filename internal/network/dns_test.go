@@ -153,21 +153,31 @@ func TestDNSServesUDPAndTCP(t *testing.T) {
 	<-done
 }
 
-func dnsServesUDPAndTCP(t *testing.T, upstream string) {
+// loopbackDNS brings lo up in the current namespace and serves, on
+// 127.0.0.1:53, a zone with egress where "web" is 10.99.0.2 and other names
+// go to upstream; nil (after reporting why) when it cannot.
+func loopbackDNS(t *testing.T, upstream string) *DNS {
 	lo, err := netlink.LinkByName("lo")
 	if err == nil {
 		err = netlink.LinkSetUp(lo)
 	}
 	if err != nil {
 		t.Errorf("bringing lo up: %v", err)
-		return
+		return nil
 	}
 	d := NewDNS(slog.New(slog.DiscardHandler))
 	d.Upstream = func() []string { return []string{upstream} }
-	gw := netip.MustParseAddr("127.0.0.1")
-	zone := DNSZone{Network: "n", Gateway: gw, Egress: true, Records: map[string]netip.Addr{"web": netip.MustParseAddr("10.99.0.2")}}
+	zone := DNSZone{Network: "n", Gateway: netip.MustParseAddr("127.0.0.1"), Egress: true, Records: map[string]netip.Addr{"web": netip.MustParseAddr("10.99.0.2")}}
 	if err := d.Update([]DNSZone{zone}); err != nil {
 		t.Error(err)
+		return nil
+	}
+	return d
+}
+
+func dnsServesUDPAndTCP(t *testing.T, upstream string) {
+	d := loopbackDNS(t, upstream)
+	if d == nil {
 		return
 	}
 	defer d.Close()
@@ -244,19 +254,8 @@ func TestDNSFloodIsBounded(t *testing.T) {
 }
 
 func dnsFlood(t *testing.T, upstream string) {
-	lo, err := netlink.LinkByName("lo")
-	if err == nil {
-		err = netlink.LinkSetUp(lo)
-	}
-	if err != nil {
-		t.Errorf("bringing lo up: %v", err)
-		return
-	}
-	d := NewDNS(slog.New(slog.DiscardHandler))
-	d.Upstream = func() []string { return []string{upstream} }
-	zone := DNSZone{Network: "n", Gateway: netip.MustParseAddr("127.0.0.1"), Egress: true, Records: map[string]netip.Addr{"web": netip.MustParseAddr("10.99.0.2")}}
-	if err := d.Update([]DNSZone{zone}); err != nil {
-		t.Error(err)
+	d := loopbackDNS(t, upstream)
+	if d == nil {
 		return
 	}
 	defer d.Close()
