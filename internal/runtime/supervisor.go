@@ -721,6 +721,11 @@ func (s *Supervisor) adopt(rec *state.VM) {
 		m.mu.Unlock()
 		return
 	}
+	// Not running: a cgroup its last run left (it ended while no daemon
+	// watched) goes now, not at some later rm.
+	if err := s.rt.confine.removeCgroup(rec.ID); err != nil {
+		s.log.Warn("removing the cgroup of a VM that ended unwatched", "vm", rec.ID, "err", err)
+	}
 	if wasRunning {
 		// It ended while nobody watched: record how, from what its guest
 		// left on the status port.
