@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -457,4 +458,39 @@ func (h *Hierarchy) MemoryUsedBy(parent, except string) (int64, error) {
 		sum += n
 	}
 	return sum, nil
+}
+
+// SweepEmpty removes the groups under parent that hold no process and
+// whose directory is older than minAge: groups a VM left when it ended in
+// a way nothing saw through (a daemon killed as it ended, a root deleted
+// without rm). minAge spares a group made a moment ago whose process is
+// about to join it. It returns how many it removed.
+func (h *Hierarchy) SweepEmpty(parent string, minAge time.Duration) int {
+	removed := 0
+	seen := map[string]bool{}
+	for _, root := range h.roots() {
+		ents, err := os.ReadDir(filepath.Join(root, parent))
+		if err != nil {
+			continue
+		}
+		for _, e := range ents {
+			if !e.IsDir() || seen[e.Name()] {
+				continue
+			}
+			info, err := e.Info()
+			if err != nil || time.Since(info.ModTime()) < minAge {
+				continue
+			}
+			procs, err := readFields(filepath.Join(root, parent, e.Name(), "cgroup.procs"))
+			if err != nil || len(procs) > 0 {
+				continue
+			}
+			seen[e.Name()] = true
+			g, err := h.Open(parent, e.Name())
+			if err == nil && g.Remove() == nil {
+				removed++
+			}
+		}
+	}
+	return removed
 }

@@ -499,3 +499,32 @@ func TestRealMemoryUsedBy(t *testing.T) {
 		t.Errorf("MemoryUsedBy of an absent parent = %d, %v", got, err)
 	}
 }
+
+// TestRealSweepEmpty: empty groups go, a group holding a process stays,
+// and so does one younger than the minimum age.
+func TestRealSweepEmpty(t *testing.T) {
+	h := realHierarchy(t)
+	parent := testParent(t, h.roots())
+	if _, err := h.Create(parent, "left", Limits{MemoryBytes: 64 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	busy, err := h.Create(parent, "busy", Limits{MemoryBytes: 64 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := busy.Join(startSleep(t).Process.Pid); err != nil {
+		t.Fatal(err)
+	}
+	if n := h.SweepEmpty(parent, time.Hour); n != 0 {
+		t.Errorf("SweepEmpty with an hour's minimum age removed %d young groups", n)
+	}
+	if n := h.SweepEmpty(parent, 0); n != 1 {
+		t.Errorf("SweepEmpty removed %d groups, want 1 (the empty one)", n)
+	}
+	if _, err := h.Open(parent, "left"); err == nil {
+		t.Error("the empty group is still there")
+	}
+	if _, err := h.Open(parent, "busy"); err != nil {
+		t.Errorf("the group holding a process was removed: %v", err)
+	}
+}

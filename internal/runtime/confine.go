@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"kiln.dev/kiln/internal/cgroup"
 	"kiln.dev/kiln/internal/errdefs"
@@ -338,4 +339,15 @@ func (vm *VM) Confinement() *ConfinementView {
 		}
 	}
 	return v
+}
+
+// sweepCgroups removes, host-wide, the VM cgroups that hold no process and
+// are older than two minutes: what VMs of any root left when they ended
+// unseen. A younger empty group may belong to a VM being started.
+func (c *confiner) sweepCgroups() int {
+	c.probe()
+	if c.cg == nil {
+		return 0
+	}
+	return c.cg.SweepEmpty(CgroupParent, 2*time.Minute)
 }

@@ -671,6 +671,9 @@ func (s *Supervisor) Reconcile(ctx context.Context) error {
 			s.log.Warn("removing the cgroup of an untracked VM", "vm", id, "err", err)
 		}
 	}
+	if n := s.rt.confine.sweepCgroups(); n > 0 {
+		s.log.Info("removed cgroups that ended VMs left", "count", n)
+	}
 	if err := s.reconcileNetworks(ctx); err != nil {
 		s.log.Warn("reconciling networks", "err", err)
 	}
