@@ -99,8 +99,8 @@ type View struct {
 	// OOMKilled: the last run's guest ran out of memory and its kernel
 	// killed a process.
 	OOMKilled bool
-	// Confinement is how the running VM's QEMU is confined; nil when it
-	// does not run.
+	// Confinement is how the running VM's QEMU is confined; set by Get
+	// only, nil when the VM does not run.
 	Confinement *ConfinementView
 }
 
@@ -114,7 +114,6 @@ func (m *managed) view() *View {
 		if m.runDone != nil {
 			v.Ports = m.vm.Ports()
 			v.Health = m.health.snapshot()
-			v.Confinement = m.vm.Confinement()
 		} else {
 			v.OOMKilled = m.vm.oomKilled()
 		}
@@ -584,8 +583,15 @@ func (s *Supervisor) Get(ctx context.Context, ref string) (*View, error) {
 		return nil, err
 	}
 	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.view(), nil
+	v := m.view()
+	vm, running := m.vm, m.runDone != nil
+	m.mu.Unlock()
+	// Read from /proc and the cgroup files for inspect alone (not for every
+	// VM of a ps), outside the VM's lock.
+	if vm != nil && running {
+		v.Confinement = vm.Confinement()
+	}
+	return v, nil
 }
 
 // List returns every VM, oldest first.
