@@ -13,6 +13,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"golang.org/x/sys/unix"
+
+	"kiln.dev/kiln/internal/atomicfile"
 )
 
 // authFile is the subset of docker's config.json that holds credentials,
@@ -88,7 +90,7 @@ func (s *Store) updateAuth(fn func(*authFile)) error {
 	if err != nil {
 		return fmt.Errorf("encoding credentials: %w", err)
 	}
-	return writeFileAtomic(s.authPath(), b, 0o600)
+	return atomicfile.WriteFile(s.authPath(), b, 0o600)
 }
 
 func readAuthFile(path string) (*authFile, error) {

@@ -17,6 +17,8 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"golang.org/x/sys/unix"
+
+	"kiln.dev/kiln/internal/atomicfile"
 )
 
 // Store is the content-addressed image store under <root>/images. It is
@@ -243,38 +245,10 @@ func (s *Store) updateIndex(fn func(*index) error) error {
 	if err != nil {
 		return fmt.Errorf("encoding image index: %w", err)
 	}
-	if err := writeFileAtomic(s.indexPath(), b, 0o600); err != nil {
+	if err := atomicfile.WriteFile(s.indexPath(), b, 0o600); err != nil {
 		return fmt.Errorf("writing image index: %w", err)
 	}
 	return nil
-}
-
-// writeFileAtomic writes data to path via a synced temporary file in the
-// same directory and a rename, so readers never see a partial file.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) (err error) {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
-	if _, err = f.Write(data); err != nil {
-		return err
-	}
-	if err = f.Chmod(perm); err != nil {
-		return err
-	}
-	if err = f.Sync(); err != nil {
-		return err
-	}
-	if err = f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
 }
 
 // toImage builds the public view of r.

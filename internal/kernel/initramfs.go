@@ -9,6 +9,10 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"strings"
+	"sync"
+
+	"kiln.dev/kiln/internal/atomicfile"
 )
 
 // ModulesDir is where an imported kernel's modules sit inside the initramfs.
@@ -54,7 +58,7 @@ func BaseInitramfs(cacheDir, initPath string, k *Kernel) (p string, err error) {
 		}
 	}
 	p = filepath.Join(cacheDir, "initramfs-"+hex.EncodeToString(h.Sum(nil))[:32]+".cpio")
-	if _, err := os.Stat(p); err == nil {
+	if cachedIntact(p) {
 		return p, nil
 	}
 	if err := os.MkdirAll(cacheDir, 0o755); err != nil {
@@ -70,7 +74,8 @@ func BaseInitramfs(cacheDir, initPath string, k *Kernel) (p string, err error) {
 			os.Remove(tmp.Name())
 		}
 	}()
-	w := newCPIOWriter(tmp)
+	sum := sha256.New()
+	w := newCPIOWriter(io.MultiWriter(tmp, sum))
 	for _, d := range []string{"dev", "proc", "sys", "tmp", "run", "kiln", "kiln/modules", "usr", "usr/local", "usr/local/bin", "etc", "root"} {
 		if err := w.Dir(d, 0o755); err != nil {
 			return "", fmt.Errorf("writing initramfs: %w", err)
@@ -93,13 +98,72 @@ func BaseInitramfs(cacheDir, initPath string, k *Kernel) (p string, err error) {
 	if err := w.Close(); err != nil {
 		return "", fmt.Errorf("writing initramfs: %w", err)
 	}
-	if err := tmp.Close(); err != nil {
-		return "", fmt.Errorf("writing initramfs: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), p); err != nil {
+	// The content's hash first, then the archive: an archive is only
+	// used when its hash is there and matches.
+	if err := atomicfile.WriteFile(p+sumSuffix, []byte(hex.EncodeToString(sum.Sum(nil))+"\n"), 0o644); err != nil {
 		return "", fmt.Errorf("storing initramfs: %w", err)
 	}
+	if err := atomicfile.Commit(tmp, p); err != nil {
+		return "", fmt.Errorf("storing initramfs: %w", err)
+	}
+	markIntact(p)
 	return p, nil
+}
+
+// sumSuffix names the file beside a cached archive that holds the SHA-256
+// of its content.
+const sumSuffix = ".sha256"
+
+// intact remembers the cached archives this process has checked, by path,
+// with the size and modification time they had then: each is hashed once
+// per process, not once per VM.
+var intact sync.Map // path -> fileStamp
+
+type fileStamp struct {
+	size  int64
+	mtime int64
+}
+
+func stampOf(p string) (fileStamp, bool) {
+	st, err := os.Stat(p)
+	if err != nil {
+		return fileStamp{}, false
+	}
+	return fileStamp{st.Size(), st.ModTime().UnixNano()}, true
+}
+
+func markIntact(p string) {
+	if s, ok := stampOf(p); ok {
+		intact.Store(p, s)
+	}
+}
+
+// cachedIntact reports whether the archive at p exists and its content
+// matches the hash stored beside it. One that does not (torn by a crash,
+// emptied, changed by hand) is removed, to be built again.
+func cachedIntact(p string) bool {
+	s, ok := stampOf(p)
+	if !ok {
+		return false
+	}
+	if v, ok := intact.Load(p); ok && v.(fileStamp) == s {
+		return true
+	}
+	want, err := os.ReadFile(p + sumSuffix)
+	if err == nil {
+		var f *os.File
+		if f, err = os.Open(p); err == nil {
+			h := sha256.New()
+			_, err = io.Copy(h, f)
+			f.Close()
+			if err == nil && hex.EncodeToString(h.Sum(nil)) == strings.TrimSpace(string(want)) {
+				intact.Store(p, s)
+				return true
+			}
+		}
+	}
+	os.Remove(p)
+	return false
 }
 
 func addHostFile(w *cpioWriter, name string, perm uint32, src string) error {

@@ -294,3 +294,37 @@ func TestWriteInitrdFailureLeavesNoFile(t *testing.T) {
 		})
 	}
 }
+
+// A cached archive emptied or torn (a crash before its data reached the
+// disk) is found out by its hash and built again, not handed to every VM.
+func TestBaseInitramfsRebuildsADamagedCache(t *testing.T) {
+	src := t.TempDir()
+	cache := t.TempDir()
+	initBin := writeFile(t, filepath.Join(src, "kiln-init"), []byte("\x7fELF init v1"))
+	k := &Kernel{}
+	p, err := BaseInitramfs(cache, initBin, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	good, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, damage := range []struct {
+		name string
+		data []byte
+	}{{"emptied", nil}, {"torn", good[:len(good)/2]}, {"changed", append([]byte("x"), good[1:]...)}} {
+		if err := os.WriteFile(p, damage.data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		// Another process (a new daemon) has not checked it yet.
+		intact.Delete(p)
+		got, err := BaseInitramfs(cache, initBin, k)
+		if err != nil {
+			t.Fatalf("%s cache: %v", damage.name, err)
+		}
+		if b, _ := os.ReadFile(got); !bytes.Equal(b, good) {
+			t.Errorf("%s cache: BaseInitramfs handed back %d bytes, not the %d-byte archive", damage.name, len(b), len(good))
+		}
+	}
+}

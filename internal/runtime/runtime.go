@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 
+	"kiln.dev/kiln/internal/atomicfile"
 	"kiln.dev/kiln/internal/agent"
 	"kiln.dev/kiln/internal/errdefs"
 	"kiln.dev/kiln/internal/kernel"
@@ -277,7 +278,7 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (vm *VM, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("encoding VM record: %w", err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, specFile), b, 0o600); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, specFile), b, 0o600); err != nil {
 		return nil, fmt.Errorf("writing VM record: %w", err)
 	}
 	vm = rec.vm(r)

@@ -27,6 +27,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"kiln.dev/kiln/internal/atomicfile"
 	"kiln.dev/kiln/internal/disk"
 	"kiln.dev/kiln/internal/errdefs"
 )
@@ -149,7 +150,7 @@ func (s *Store) create(ctx context.Context, v *Volume) (*Volume, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encoding volume %s: %w", name, err)
 	}
-	if err := os.WriteFile(filepath.Join(tmp, metaFile), b, 0o600); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(tmp, metaFile), b, 0o600); err != nil {
 		return nil, fmt.Errorf("writing volume %s: %w", name, err)
 	}
 	if err := os.Chmod(tmp, 0o700); err != nil {
@@ -161,6 +162,9 @@ func (s *Store) create(ctx context.Context, v *Volume) (*Volume, error) {
 		if errors.Is(err, fs.ErrExist) || errors.Is(err, unix.ENOTEMPTY) {
 			return nil, fmt.Errorf("volume %s already exists: %w", name, errdefs.ErrConflict)
 		}
+		return nil, fmt.Errorf("creating volume %s: %w", name, err)
+	}
+	if err := atomicfile.SyncDir(s.dir); err != nil {
 		return nil, fmt.Errorf("creating volume %s: %w", name, err)
 	}
 	v.Dir = final
@@ -189,7 +193,7 @@ func (s *Store) Get(name string) (*Volume, error) {
 	return &v, nil
 }
 
-// List returns the volumes, sorted by name.
+// List returns the volumes whose records can be read, sorted by name.
 func (s *Store) List() ([]*Volume, error) {
 	ents, err := os.ReadDir(s.dir)
 	if err != nil {
@@ -201,11 +205,11 @@ func (s *Store) List() ([]*Volume, error) {
 			continue
 		}
 		v, err := s.Get(e.Name())
-		if errors.Is(err, errdefs.ErrNotFound) || errors.Is(err, errdefs.ErrInvalidArgument) {
-			continue // removed meanwhile, or not a volume
-		}
 		if err != nil {
-			return nil, err
+			// Removed meanwhile, not a volume, or a record that cannot be
+			// read: one bad volume does not hide the others (inspect
+			// names what is wrong with it).
+			continue
 		}
 		out = append(out, v)
 	}
