@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"kiln.dev/kiln/internal/errdefs"
 )
 
@@ -25,12 +27,62 @@ func Ext4Args(path, label string) []string {
 		"-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard", path}
 }
 
+// DefaultFreeReserve is the free space kiln keeps on the filesystem of its
+// disk images unless told otherwise: no new disk or volume is made when
+// less is free.
+const DefaultFreeReserve = 1 << 30
+
+// FreeReserveEnv, when set, is the daemon's free-space reserve unless
+// --disk-reserve is given.
+const FreeReserveEnv = "KILN_DISK_RESERVE"
+
+// FreeReserve is the free space MakeExt4 requires on the filesystem it
+// makes a disk in. Disks are sparse: what they will hold is taken as the
+// guests write, and a filesystem that runs out gives every VM on it write
+// errors. So kiln refuses new disks while there is still room for the ones
+// that exist. Set once, at start.
+var FreeReserve int64 = DefaultFreeReserve
+
+// CheckFree returns an error wrapping errdefs.ErrUnavailable when the
+// filesystem of dir has less than FreeReserve free for an unprivileged
+// writer.
+func CheckFree(dir string) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return fmt.Errorf("checking free space in %s: %w", dir, err)
+	}
+	free := int64(st.Bavail) * st.Bsize
+	if free < FreeReserve {
+		return fmt.Errorf("not enough free space for a new disk in %s: %s free, and kiln keeps %s free for the disks of existing VMs (--disk-reserve or $%s): %w",
+			dir, humanBinary(free), humanBinary(FreeReserve), FreeReserveEnv, errdefs.ErrUnavailable)
+	}
+	return nil
+}
+
+// HumanBytes writes n in the largest binary unit that keeps it at least 1,
+// as 1.5 GiB.
+func humanBinary(n int64) string {
+	const units = "KMGTPE"
+	if n < 1024 {
+		return fmt.Sprintf("%d B", n)
+	}
+	v, i := float64(n)/1024, 0
+	for v >= 1024 && i < len(units)-1 {
+		v, i = v/1024, i+1
+	}
+	return fmt.Sprintf("%.1f %ciB", v, units[i])
+}
+
 // MakeExt4 creates a sparse file of mib MiB at path holding an empty ext4
-// filesystem labelled label. An existing file is never overwritten; on an
-// error the caller removes what is at path.
+// filesystem labelled label, when its filesystem has FreeReserve free. An
+// existing file is never overwritten; on an error the caller removes what
+// is at path.
 func MakeExt4(ctx context.Context, path string, mib int, label string) error {
 	mkfs, err := FindTool("mkfs.ext4", "e2fsprogs")
 	if err != nil {
+		return err
+	}
+	if err := CheckFree(filepath.Dir(path)); err != nil {
 		return err
 	}
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)

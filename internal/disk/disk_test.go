@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -66,5 +67,36 @@ func TestFindToolNamesThePackage(t *testing.T) {
 	}
 	if got := err.Error(); got != "kiln-no-such-tool not found (install the Debian package kiln-no-such-package): "+errdefs.ErrUnavailable.Error() {
 		t.Errorf("error %q does not name the tool and its package", got)
+	}
+}
+
+// A disk is not made while its filesystem has less than the reserve free,
+// and nothing is left of it.
+func TestMakeExt4KeepsTheFreeReserve(t *testing.T) {
+	if _, err := FindTool("mkfs.ext4", "e2fsprogs"); err != nil {
+		t.Skip(err)
+	}
+	dir := t.TempDir()
+	defer func(r int64) { FreeReserve = r }(FreeReserve)
+	FreeReserve = 1 << 62
+	p := filepath.Join(dir, "disk.ext4")
+	err := MakeExt4(context.Background(), p, 64, "kiln-disk")
+	if !errors.Is(err, errdefs.ErrUnavailable) || !strings.Contains(err.Error(), dir) || !strings.Contains(err.Error(), "--disk-reserve") {
+		t.Fatalf("MakeExt4 with a reserve above the free space: %v; want an unavailable error naming %s and --disk-reserve", err, dir)
+	}
+	if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a refused disk left %s behind", p)
+	}
+	FreeReserve = 0
+	if err := MakeExt4(context.Background(), p, 64, "kiln-disk"); err != nil {
+		t.Fatalf("MakeExt4 with no reserve: %v", err)
+	}
+}
+
+func TestHumanBinary(t *testing.T) {
+	for n, want := range map[int64]string{512: "512 B", 1536: "1.5 KiB", 1 << 30: "1.0 GiB", 3 << 40: "3.0 TiB"} {
+		if got := humanBinary(n); got != want {
+			t.Errorf("humanBinary(%d) = %q, want %q", n, got, want)
+		}
 	}
 }
