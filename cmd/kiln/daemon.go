@@ -18,7 +18,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"kiln.dev/kiln/client"
+	"kiln.dev/kiln/internal/atomicfile"
 	"kiln.dev/kiln/internal/daemon"
+	"kiln.dev/kiln/internal/disk"
 	"kiln.dev/kiln/internal/errdefs"
 	"kiln.dev/kiln/internal/jail"
 	"kiln.dev/kiln/internal/runtime"
@@ -32,6 +34,7 @@ func newDaemonCmd(g *globals) *cobra.Command {
 	var allow []int
 	var uids string
 	var memShare float64
+	var consoleMax, diskReserve string
 	c := &cobra.Command{
 		Use:   "daemon",
 		Short: "Run the kiln daemon in the foreground (for systemd; the CLI starts one on demand)",
@@ -44,7 +47,7 @@ func newDaemonCmd(g *globals) *cobra.Command {
 				log = (&globals{logLevel: "info"}).logger(cmd.ErrOrStderr())
 			}
 			ready := func() {
-				_ = os.WriteFile(filepath.Join(g.root, "run", "kiln.pid"), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o600)
+				_ = atomicfile.WriteFile(filepath.Join(g.root, "run", "kiln.pid"), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o600)
 				if fd, err := strconv.Atoi(os.Getenv(readyFDEnv)); err == nil {
 					f := os.NewFile(uintptr(fd), "ready")
 					fmt.Fprintln(f, "ready")
@@ -65,12 +68,32 @@ func newDaemonCmd(g *globals) *cobra.Command {
 				return errdefs.Invalid(fmt.Sprintf("invalid --memory-share %g: want a share of host memory above 0 and at most 1", memShare))
 			}
 			conf.MemoryShare = memShare
+			if consoleMax == "" {
+				consoleMax = os.Getenv(runtime.ConsoleMaxSizeEnv)
+			}
+			if consoleMax != "" {
+				if conf.ConsoleMaxSize, err = runtime.ParseConsoleMaxSize(consoleMax); err != nil {
+					return err
+				}
+			}
+			if diskReserve == "" {
+				diskReserve = os.Getenv(disk.FreeReserveEnv)
+			}
+			if diskReserve != "" {
+				n, err := runtime.ParseBytes(diskReserve)
+				if err != nil {
+					return errdefs.Invalid(fmt.Sprintf("invalid --disk-reserve %q: want a size like 1g or 0", diskReserve))
+				}
+				disk.FreeReserve = n
+			}
 			return daemon.Run(ctx, daemon.Config{Root: g.root, AllowUIDs: allow, Logger: log, Confinement: &conf}, ready)
 		},
 	}
 	c.Flags().IntSliceVar(&allow, "allow-uid", nil, "also accept API requests from this uid")
 	c.Flags().StringVar(&uids, "jail-uids", "", fmt.Sprintf("uids (and gids) jailed VMs run as, MIN-MAX, used by no host user or group (default $%s or %d-%d)", jail.UIDsEnv, jail.DefaultUIDMin, jail.DefaultUIDMax))
 	c.Flags().Float64Var(&memShare, "memory-share", runtime.DefaultMemoryShare, "share of host memory the cgroups of running VMs may hold together; a VM that would pass it is refused")
+	c.Flags().StringVar(&consoleMax, "console-max-size", "", fmt.Sprintf("serial console kept on disk per VM, console.log and console.log.1 together (default $%s or 16m)", runtime.ConsoleMaxSizeEnv))
+	c.Flags().StringVar(&diskReserve, "disk-reserve", "", fmt.Sprintf("free space kept on kiln's filesystem: no VM disk or volume is made when less is free (default $%s or 1g)", disk.FreeReserveEnv))
 	return c
 }
 

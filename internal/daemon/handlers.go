@@ -334,19 +334,30 @@ func (d *Daemon) logs(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	ref := r.PathValue("ref")
 	if q.Get("console") == "1" {
-		p, err := d.sup.Console(r.Context(), ref)
+		paths, err := d.sup.Console(r.Context(), ref)
 		if err != nil {
 			d.fail(w, err)
 			return
 		}
-		f, err := os.Open(p)
-		if err != nil {
-			d.fail(w, fmt.Errorf("reading console: %w", err))
-			return
+		var files []*os.File
+		for _, p := range paths {
+			f, err := os.Open(p)
+			if errors.Is(err, os.ErrNotExist) {
+				continue
+			}
+			if err != nil {
+				d.fail(w, fmt.Errorf("reading console: %w", err))
+				return
+			}
+			defer f.Close()
+			files = append(files, f)
 		}
-		defer f.Close()
 		w.Header().Set("Content-Type", "text/plain")
-		_, _ = io.Copy(w, f)
+		for _, f := range files {
+			if _, err := io.Copy(w, f); err != nil {
+				return
+			}
+		}
 		return
 	}
 	lq := runtime.LogQuery{Tail: -1, Follow: q.Get("follow") == "1"}

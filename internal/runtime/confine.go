@@ -32,6 +32,9 @@ type Confinement struct {
 	// running VMs together may hold; a VM that would pass it is refused
 	// before it boots. 0 means DefaultMemoryShare.
 	MemoryShare float64
+	// ConsoleMaxSize is how much of each VM's serial console is kept on
+	// disk; 0 means DefaultConsoleMaxSize.
+	ConsoleMaxSize int64
 }
 
 // DefaultMemoryShare leaves a tenth of the host's memory, at least, to the

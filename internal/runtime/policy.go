@@ -126,7 +126,7 @@ func ParseLogOpts(opts []string) (LogConfig, error) {
 		case !ok:
 			return c, errdefs.Invalid(fmt.Sprintf("invalid log option %q: want key=value", o))
 		case k == "max-size":
-			bytes, err := parseBytes(v)
+			bytes, err := ParseBytes(v)
 			if err != nil || bytes < 1024 {
 				return c, errdefs.Invalid(fmt.Sprintf("invalid log option %q: max-size wants a size of at least 1k, like 10m", o))
 			}
@@ -144,8 +144,9 @@ func ParseLogOpts(opts []string) (LogConfig, error) {
 	return c, nil
 }
 
-// parseBytes parses a size with an optional b/k/m/g unit into bytes.
-func parseBytes(s string) (int64, error) {
+// ParseBytes parses a size with an optional b/k/m/g unit (binary: 1k is
+// 1024) into bytes.
+func ParseBytes(s string) (int64, error) {
 	t := strings.ToLower(strings.TrimSpace(s))
 	mult := int64(1)
 	if t != "" {

@@ -222,7 +222,7 @@ func TestParseLogOptsOverflow(t *testing.T) {
 		t.Run(v, func(t *testing.T) {
 			got, err := ParseLogOpts([]string{"max-size=" + v})
 			if err == nil {
-				t.Fatalf("regression: policy.go parseBytes: n*mult overflows; max-size=%s is accepted as %d bytes", v, got.MaxSize)
+				t.Fatalf("regression: policy.go ParseBytes: n*mult overflows; max-size=%s is accepted as %d bytes", v, got.MaxSize)
 			}
 			checkInvalid(t, err, "max-size")
 		})

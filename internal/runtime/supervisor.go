@@ -452,8 +452,8 @@ func (s *Supervisor) Restart(ctx context.Context, ref string, grace time.Duratio
 	return s.startLocked(m, EventRestarted)
 }
 
-// Kill sends sig to the VM's program (through the guest agent); SIGKILL
-// ends the VM at once when the agent cannot be reached.
+// Kill sends sig to the VM's program through the guest agent; SIGKILL
+// kills the VM's QEMU at once, without asking the guest.
 func (s *Supervisor) Kill(ctx context.Context, ref string, sig syscall.Signal) error {
 	m, err := s.get(ctx, ref)
 	if err != nil {
@@ -465,9 +465,12 @@ func (s *Supervisor) Kill(ctx context.Context, ref string, sig syscall.Signal) e
 	if done == nil {
 		return fmt.Errorf("VM %s is not running: %w", rec.Name, errdefs.ErrConflict)
 	}
-	err = vm.Signal(int(sig))
-	if err != nil && sig == syscall.SIGKILL {
+	if sig == syscall.SIGKILL {
+		// Straight to QEMU: a guest that does not answer its agent (or
+		// answers slowly) cannot hold off a kill.
 		err = vm.Kill()
+	} else {
+		err = vm.Signal(int(sig))
 	}
 	if err != nil {
 		return fmt.Errorf("signalling VM %s: %w", rec.Name, err)
@@ -632,13 +635,15 @@ func (s *Supervisor) Logs(ctx context.Context, ref string, q LogQuery) ([]LogEnt
 	return logs.Read(q, live)
 }
 
-// Console returns the path of a VM's serial console log.
-func (s *Supervisor) Console(ctx context.Context, ref string) (string, error) {
+// Console returns the paths of a VM's serial console log, oldest first:
+// console.log.1 (what rotation kept) and console.log.
+func (s *Supervisor) Console(ctx context.Context, ref string) ([]string, error) {
 	m, err := s.get(ctx, ref)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
-	return filepath.Join(s.rt.VMDir(m.id), qemu.ConsoleLog), nil
+	p := filepath.Join(s.rt.VMDir(m.id), qemu.ConsoleLog)
+	return []string{p + ".1", p}, nil
 }
 
 // Reconcile brings the store in line with reality when the supervisor

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"kiln.dev/kiln/internal/atomicfile"
 	"kiln.dev/kiln/internal/agent"
 	"kiln.dev/kiln/internal/errdefs"
 	"kiln.dev/kiln/internal/follow"
@@ -114,7 +115,17 @@ func (vm *VM) Start(ctx context.Context) error {
 		cl.release()
 		return err
 	}
+	con, err := startConsole(vm.Dir, vm.confine.conf.ConsoleMaxSize, vm.log)
+	if err != nil {
+		cl.release()
+		fl.Stop()
+		vm.mu.Lock()
+		close(vm.watching)
+		vm.mu.Unlock()
+		return err
+	}
 	if err := m.Start(ctx); err != nil {
+		con.stop()
 		cl.release()
 		fl.Stop()
 		vm.mu.Lock()
@@ -123,7 +134,7 @@ func (vm *VM) Start(ctx context.Context) error {
 		return fmt.Errorf("starting VM %s: %w", vm.Name, err)
 	}
 	cl.started()
-	go vm.watch(m, fl)
+	go vm.watch(m, fl, con)
 	return nil
 }
 
@@ -158,18 +169,14 @@ func (vm *VM) resolvePorts() (vmm.Config, error) {
 	return cfg, nil
 }
 
-// writePorts records the resolved ports of a run (write-temp-then-rename:
-// a reader sees the old list or the new one).
+// writePorts records the resolved ports of a run (atomically: a reader
+// sees the old list or the new one).
 func writePorts(dir string, ports []network.PortMapping) error {
 	b, err := json.Marshal(ports)
 	if err != nil {
 		return fmt.Errorf("encoding published ports: %w", err)
 	}
-	tmp := filepath.Join(dir, portsFile+".tmp")
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return fmt.Errorf("recording published ports: %w", err)
-	}
-	if err := os.Rename(tmp, filepath.Join(dir, portsFile)); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, portsFile), b, 0o600); err != nil {
 		return fmt.Errorf("recording published ports: %w", err)
 	}
 	return nil
@@ -217,7 +224,12 @@ func (vm *VM) Attach() error {
 	if err != nil {
 		return err
 	}
-	go vm.watch(m, fl)
+	con, err := startConsole(vm.Dir, vm.confine.conf.ConsoleMaxSize, vm.log)
+	if err != nil {
+		// The VM runs on; only its console is not kept.
+		vm.log.Warn("keeping VM console", "vm", vm.ID, "err", err)
+	}
+	go vm.watch(m, fl, con)
 	return nil
 }
 
@@ -226,8 +238,9 @@ func (vm *VM) Attach() error {
 func (vm *VM) LastExit() (*Exit, error) { return vm.exit() }
 
 // watch reads status records as the guest writes them, closes started on
-// the first "started" record, and enforces the boot deadline.
-func (vm *VM) watch(m vmm.VMM, fl *follow.Follower) {
+// the first "started" record, and enforces the boot deadline. Once QEMU
+// has exited it takes the rest of the console (con, nil when not kept).
+func (vm *VM) watch(m vmm.VMM, fl *follow.Follower, con *consoleCopier) {
 	defer close(vm.watching)
 	lines := &lineWriter{fn: func(line []byte) {
 		recs, err := agent.ParseRecords(line)
@@ -278,6 +291,7 @@ func (vm *VM) watch(m vmm.VMM, fl *follow.Follower) {
 	}
 	fl.Stop()
 	<-copied
+	con.stop()
 	vm.closeAgent()
 	if vm.cfg.Jail != nil {
 		vm.endCgroup()

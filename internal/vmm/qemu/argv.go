@@ -14,7 +14,14 @@ const (
 	QMPSocket  = "qmp.sock"
 	PIDFile    = "qemu.pid"
 	ConsoleLog = "console.log"
-	StderrLog  = "qemu.log"
+	// ConsolePipe names the serial console's FIFOs: QEMU writes the
+	// console into ConsolePipe+".out" (and reads ConsolePipe+".in", which
+	// nothing writes), and kiln copies what comes out into ConsoleLog,
+	// capped and rotated. A FIFO holds at most its pipe buffer: a guest
+	// that floods its console while no kiln process reads it is held back
+	// by its serial port, it cannot grow a file on the host.
+	ConsolePipe = "console"
+	StderrLog   = "qemu.log"
 )
 
 // Sandbox is QEMU's seccomp filter for kiln's VMs: every group of system
@@ -37,7 +44,7 @@ func ProcessName(id string) string { return "kiln-" + id }
 // guest kernel then finds the virtio-mmio devices on its command line, where
 // QEMU appends them. No
 // device is created implicitly (-nodefaults, -nic none); the serial console
-// goes to a file; the listeners for QMP and socket ports are made by kiln
+// goes to a FIFO (ConsolePipe); the listeners for QMP and socket ports are made by kiln
 // before QEMU starts and handed over as descriptors, so nothing races to
 // connect to them.
 func Argv(binary string, c *vmm.Config) []string {
@@ -68,7 +75,7 @@ func Argv(binary string, c *vmm.Config) []string {
 	}
 	a = append(a,
 		"-append", c.Cmdline,
-		"-chardev", "file,id=console,path="+optValue(filepath.Join(c.Dir, ConsoleLog))+",append=on",
+		"-chardev", "pipe,id=console,path="+optValue(filepath.Join(c.Dir, ConsolePipe)),
 		"-serial", "chardev:console",
 		"-chardev", fmt.Sprintf("socket,id=qmp,fd=%d,server=on,wait=off", qmpFD),
 		"-mon", "chardev=qmp,mode=control",
@@ -130,7 +137,11 @@ func driveArgs(d vmm.Drive) []string {
 	if d.ReadOnly {
 		opts += ",readonly=on"
 	}
-	opts += ",cache=writeback"
+	// A write or read error (the host's filesystem full, an I/O error)
+	// reaches the guest as an I/O error on that disk, as a failing disk
+	// would; QEMU's default stops the whole VM instead, which kiln would
+	// show as running while nothing in it runs.
+	opts += ",cache=writeback,werror=report,rerror=report"
 	dev := "virtio-blk-device,drive=" + d.ID
 	if d.Serial != "" {
 		dev += ",serial=" + d.Serial

@@ -37,7 +37,7 @@ func TestArgv(t *testing.T) {
 				"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
 				"-kernel", "/k/vmlinux",
 				"-append", "console=ttyS0 quiet",
-				"-chardev", "file,id=console,path=/run/kiln/vms/abc/console.log,append=on",
+				"-chardev", "pipe,id=console,path=/run/kiln/vms/abc/console",
 				"-serial", "chardev:console",
 				"-chardev", "socket,id=qmp,fd=3,server=on,wait=off",
 				"-mon", "chardev=qmp,mode=control",
@@ -74,7 +74,7 @@ func TestArgv(t *testing.T) {
 				"-kernel", "/k/bzImage",
 				"-initrd", "/var/lib/kiln/vms/vm2/initrd",
 				"-append", "console=ttyS0",
-				"-chardev", "file,id=console,path=/var/lib/kiln/vms/vm2/console.log,append=on",
+				"-chardev", "pipe,id=console,path=/var/lib/kiln/vms/vm2/console",
 				"-serial", "chardev:console",
 				"-chardev", "socket,id=qmp,fd=3,server=on,wait=off",
 				"-mon", "chardev=qmp,mode=control",
@@ -108,7 +108,7 @@ func TestArgv(t *testing.T) {
 				"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
 				"-kernel", "/k",
 				"-append", "",
-				"-chardev", "file,id=console,path=/d/console.log,append=on",
+				"-chardev", "pipe,id=console,path=/d/console",
 				"-serial", "chardev:console",
 				"-chardev", "socket,id=qmp,fd=3,server=on,wait=off",
 				"-mon", "chardev=qmp,mode=control",
@@ -155,7 +155,7 @@ func TestArgvCommaInPath(t *testing.T) {
 		Ports: []vmm.Port{{Name: "out", File: "/home/a,b/vms/c/out"}}}
 	got := Argv("qemu", &c)
 	for _, want := range []string{
-		"file,id=console,path=/home/a,,b/vms/c/console.log,append=on",
+		"pipe,id=console,path=/home/a,,b/vms/c/console",
 		"file,id=port0,path=/home/a,,b/vms/c/out,append=on",
 	} {
 		if !slices.Contains(got, want) {

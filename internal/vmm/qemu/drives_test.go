@@ -34,9 +34,9 @@ func TestArgvDrives(t *testing.T) {
 				{ID: "upper", Path: "/var/lib/kiln/vms/d1/disk.ext4", Serial: "kiln-upper"},
 			},
 			want: []string{
-				"-drive", "file=/var/lib/kiln/images/rootfs/ab.sqfs,if=none,id=image,format=raw,readonly=on,cache=writeback",
+				"-drive", "file=/var/lib/kiln/images/rootfs/ab.sqfs,if=none,id=image,format=raw,readonly=on,cache=writeback,werror=report,rerror=report",
 				"-device", "virtio-blk-device,drive=image,serial=kiln-image",
-				"-drive", "file=/var/lib/kiln/vms/d1/disk.ext4,if=none,id=upper,format=raw,cache=writeback",
+				"-drive", "file=/var/lib/kiln/vms/d1/disk.ext4,if=none,id=upper,format=raw,cache=writeback,werror=report,rerror=report",
 				"-device", "virtio-blk-device,drive=upper,serial=kiln-upper",
 			},
 		},
@@ -44,7 +44,7 @@ func TestArgvDrives(t *testing.T) {
 			name:   "comma in path is escaped, no serial",
 			drives: []vmm.Drive{{ID: "d", Path: "/tmp/a,b/disk.img"}},
 			want: []string{
-				"-drive", "file=/tmp/a,,b/disk.img,if=none,id=d,format=raw,cache=writeback",
+				"-drive", "file=/tmp/a,,b/disk.img,if=none,id=d,format=raw,cache=writeback,werror=report,rerror=report",
 				"-device", "virtio-blk-device,drive=d",
 			},
 		},

@@ -14,7 +14,7 @@ import (
 )
 
 // jailDir is where a jailed QEMU finds its VM's files: the kernel, initrd,
-// disks, shares and the files its ports and console append to.
+// disks, shares, the files its ports append to and its console's FIFOs.
 const jailDir = "/vm"
 
 // jailed returns c as a jailed QEMU sees it, every host path replaced by
@@ -32,7 +32,9 @@ func jailed(c *vmm.Config) (vmm.Config, []jail.Bind) {
 		return dst
 	}
 	j.Dir = jailDir
-	bind(filepath.Join(c.Dir, ConsoleLog), filepath.Join(jailDir, ConsoleLog), true)
+	for _, end := range []string{".in", ".out"} {
+		bind(filepath.Join(c.Dir, ConsolePipe+end), filepath.Join(jailDir, ConsolePipe+end), true)
+	}
 	j.Kernel = bind(c.Kernel, jailDir+"/kernel", false)
 	if c.Initrd != "" {
 		j.Initrd = bind(c.Initrd, jailDir+"/initrd", false)

@@ -34,7 +34,8 @@ func TestJailedMapsEveryHostPath(t *testing.T) {
 	}
 	j, binds := jailed(&c)
 	want := []jail.Bind{
-		{Src: "/var/lib/kiln/vms/abc/console.log", Dst: "/vm/console.log", Writable: true},
+		{Src: "/var/lib/kiln/vms/abc/console.in", Dst: "/vm/console.in", Writable: true},
+		{Src: "/var/lib/kiln/vms/abc/console.out", Dst: "/vm/console.out", Writable: true},
 		{Src: "/var/lib/kiln/kernels/default/vmlinux", Dst: "/vm/kernel"},
 		{Src: "/var/lib/kiln/vms/abc/initrd", Dst: "/vm/initrd"},
 		{Src: "/var/lib/kiln/vms/abc/stdout.log", Dst: "/vm/port-kiln.stdout", Writable: true},
@@ -57,7 +58,7 @@ func TestJailedMapsEveryHostPath(t *testing.T) {
 			t.Errorf("jailed argv names %q:\n%s", host, argv)
 		}
 	}
-	for _, s := range []string{"-sandbox " + Sandbox, "-kernel /vm/kernel", "-initrd /vm/initrd", "path=/vm/console.log",
+	for _, s := range []string{"-sandbox " + Sandbox, "-kernel /vm/kernel", "-initrd /vm/initrd", "pipe,id=console,path=/vm/console ",
 		"file=/vm/drive-data,", "path=/vm/share-s0,", "-netdev tap,id=net0,fd=5 "} {
 		if !strings.Contains(argv, s) {
 			t.Errorf("jailed argv lacks %q:\n%s", s, argv)

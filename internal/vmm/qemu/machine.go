@@ -22,6 +22,7 @@ import (
 	"github.com/digitalocean/go-qemu/qmp"
 	"golang.org/x/sys/unix"
 
+	"kiln.dev/kiln/internal/atomicfile"
 	"kiln.dev/kiln/internal/unixsock"
 	"kiln.dev/kiln/internal/vmm"
 )
@@ -110,7 +111,7 @@ func (m *Machine) Start(ctx context.Context) (err error) {
 		}
 		files = append(files, f)
 	}
-	if err := touch(filepath.Join(m.cfg.Dir, ConsoleLog)); err != nil {
+	if err := MakeConsole(m.cfg.Dir); err != nil {
 		return err
 	}
 	stderr, err := os.OpenFile(filepath.Join(m.cfg.Dir, StderrLog), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
@@ -463,12 +464,33 @@ func touch(path string) error {
 	return f.Close()
 }
 
-func writeFileAtomic(path string, data []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		return err
+// ConsoleFIFO returns the FIFO in dir that a VM's serial console comes out
+// of.
+func ConsoleFIFO(dir string) string { return filepath.Join(dir, ConsolePipe+".out") }
+
+// MakeConsole makes the console's FIFOs in dir, unless they are there; a
+// file of another kind in their place (a console of an older kiln) is
+// replaced.
+func MakeConsole(dir string) error {
+	for _, end := range []string{".in", ".out"} {
+		p := filepath.Join(dir, ConsolePipe+end)
+		if st, err := os.Lstat(p); err == nil {
+			if st.Mode()&os.ModeNamedPipe != 0 {
+				continue
+			}
+			if err := os.Remove(p); err != nil {
+				return fmt.Errorf("replacing %s with a FIFO: %w", p, err)
+			}
+		}
+		if err := unix.Mkfifo(p, 0o600); err != nil {
+			return fmt.Errorf("creating console FIFO %s: %w", p, err)
+		}
 	}
-	return os.Rename(tmp, path)
+	return nil
+}
+
+func writeFileAtomic(path string, data []byte) error {
+	return atomicfile.WriteFile(path, data, 0o600)
 }
 
 // lastLines returns the last n non-empty lines of a file, joined by " | ".
