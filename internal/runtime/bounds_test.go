@@ -4,8 +4,13 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	gort "runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestLineWriterBoundsAHostileStatusPort plays a guest that writes a 10 MB
@@ -67,5 +72,65 @@ func TestReadStatusAndConsoleAreBounded(t *testing.T) {
 	tail, err := readTail(console, maxConsoleTail)
 	if err != nil || len(tail) > maxConsoleTail {
 		t.Errorf("readTail read %d bytes, bound %d (%v)", len(tail), maxConsoleTail, err)
+	}
+}
+
+// TestCollectorTakesABacklogInBoundedMemory plays a guest that wrote 48 MiB
+// of stdout while no daemon ran: the collector that starts afterwards
+// works through it without holding it in memory, and keeps every byte
+// (the last line arrives, and the raw file's taken part is given back).
+func TestCollectorTakesABacklogInBoundedMemory(t *testing.T) {
+	dir := logDir(t)
+	f, err := os.OpenFile(filepath.Join(dir, stdoutFile), os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	line := append(bytes.Repeat([]byte("y"), 1023), '\n')
+	block := bytes.Repeat(line, 1024) // 1 MiB
+	for range 48 {
+		if _, err := f.Write(block); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.WriteString("the last line\n")
+	f.Close()
+
+	gort.GC()
+	var base gort.MemStats
+	gort.ReadMemStats(&base)
+	var peak atomic.Uint64
+	stop := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		var m gort.MemStats
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(2 * time.Millisecond):
+			}
+			gort.ReadMemStats(&m)
+			if m.HeapInuse > peak.Load() {
+				peak.Store(m.HeapInuse)
+			}
+		}
+	}()
+	c := startTest(t, dir, LogConfig{MaxSize: 1 << 20, MaxFiles: 2})
+	close(stop)
+	<-sampled
+	if grew := int64(peak.Load()) - int64(base.HeapInuse); grew > 16<<20 {
+		t.Errorf("taking a 48 MiB backlog grew the heap by %d MiB", grew>>20)
+	}
+	entries := readAll(t, c)
+	if len(entries) == 0 || entries[len(entries)-1].Line != "the last line\n" {
+		t.Fatalf("the last line of the backlog was not kept")
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(filepath.Join(dir, stdoutFile), &st); err != nil {
+		t.Fatal(err)
+	}
+	if used := st.Blocks * 512; used > 2*punchEvery {
+		t.Errorf("the raw stdout file still takes %d bytes once taken", used)
 	}
 }

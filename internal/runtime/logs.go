@@ -34,6 +34,8 @@ const (
 	// punchEvery is how much consumed raw output accumulates before its
 	// disk space is given back.
 	punchEvery = 1 << 20
+	// takeChunk is how much raw output is read at a time.
+	takeChunk = 1 << 20
 )
 
 // collector turns a VM's raw output (what the guest writes to stdout.log
@@ -142,7 +144,9 @@ func (c *collector) Sync() {
 	}
 }
 
-// take reads stream i from its offset to the end. Preconditions: c.mu held.
+// take reads stream i from its offset to the end, takeChunk bytes at a
+// time: a backlog the guest wrote while no daemon ran is worked through in
+// bounded memory however large it is. Preconditions: c.mu held.
 func (c *collector) take(i int) error {
 	// Read-write: punching holes needs a writable descriptor.
 	f, err := os.OpenFile(rawFile(c.dir, i), os.O_RDWR, 0)
@@ -150,16 +154,33 @@ func (c *collector) take(i int) error {
 		return err
 	}
 	defer f.Close()
-	if _, err := f.Seek(c.offsets[i]+int64(len(c.partial[i])), io.SeekStart); err != nil {
-		return err
+	buf := make([]byte, takeChunk)
+	for {
+		n, err := f.ReadAt(buf, c.offsets[i]+int64(len(c.partial[i])))
+		if n > 0 {
+			if err := c.lines(i, buf[:n]); err != nil {
+				return err
+			}
+			if c.offsets[i]-c.punched[i] >= punchEvery {
+				end := c.offsets[i] &^ 4095
+				if err := unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 0, end); err == nil {
+					c.punched[i] = end
+				}
+			}
+		}
+		if errors.Is(err, io.EOF) || n == 0 {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
 	}
-	data, err := io.ReadAll(f)
-	if err != nil {
-		return err
-	}
-	if len(data) == 0 {
-		return nil
-	}
+}
+
+// lines emits the whole lines of stream i that data completes, splitting
+// any longer than maxLine, and keeps the unfinished rest (under maxLine).
+// Preconditions: c.mu held.
+func (c *collector) lines(i int, data []byte) error {
 	now := time.Now().UTC()
 	pending := append(c.partial[i], data...)
 	for len(pending) > 0 {
@@ -179,13 +200,7 @@ func (c *collector) take(i int) error {
 		c.offsets[i] += int64(n)
 		pending = pending[n:]
 	}
-	c.partial[i] = append([]byte(nil), pending...)
-	if c.offsets[i]-c.punched[i] >= punchEvery {
-		end := c.offsets[i] &^ 4095
-		if err := unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 0, end); err == nil {
-			c.punched[i] = end
-		}
-	}
+	c.partial[i] = append(c.partial[i][:0:0], pending...)
 	return nil
 }
 
