@@ -6,6 +6,7 @@
 package main
 
 import (
+	"bufio"
 	"flag"
 	"fmt"
 	"net"
@@ -32,6 +33,8 @@ func main() {
 	trapHUP := flag.Bool("trap-hup", false, "while sleeping, print each SIGHUP and keep sleeping")
 	allocMB := flag.Int("alloc-mb", 0, "allocate and touch this many MiB, one at a time, printing progress")
 	zero := flag.Int64("zero", -1, "write this many zero bytes to stdout and exit, printing nothing else")
+	fill := flag.String("fill", "", "write 1 MiB chunks (each synced) to this file until a write fails, then say how far it got and why")
+	console := flag.Int64("console", 0, "write this many bytes of numbered lines to the serial console (/dev/ttyS0), then say so on stdout")
 	flag.Parse()
 	if *zero >= 0 {
 		writeZeros(*zero)
@@ -67,6 +70,12 @@ func main() {
 		} else {
 			fmt.Printf("write %s: ok\n", *write)
 		}
+	}
+	if *console > 0 {
+		floodConsole(*console)
+	}
+	if *fill != "" {
+		fillFile(*fill)
 	}
 	for i := 1; i <= *lines; i++ {
 		fmt.Printf("line %d of %d\n", i, *lines)
@@ -179,5 +188,54 @@ func writeZeros(n int64) {
 			os.Exit(1)
 		}
 		n -= k
+	}
+}
+
+// floodConsole writes n bytes of numbered lines to the serial console, the
+// way a guest that floods its host's console log would, and ends with a
+// line naming the total.
+func floodConsole(n int64) {
+	f, err := os.OpenFile("/dev/ttyS0", os.O_WRONLY, 0)
+	if err != nil {
+		fmt.Printf("console: %v\n", err)
+		return
+	}
+	defer f.Close()
+	w := bufio.NewWriterSize(f, 64<<10)
+	var done int64
+	for i := 0; done < n; i++ {
+		k, _ := fmt.Fprintf(w, "console flood line %09d .........................................................\n", i)
+		done += int64(k)
+	}
+	fmt.Fprintf(w, "console flood done: %d bytes\n", done)
+	if err := w.Flush(); err != nil {
+		fmt.Printf("console: %v\n", err)
+		return
+	}
+	fmt.Printf("console flood done: %d bytes\n", done)
+}
+
+// fillFile writes to path until its disk is full or fails, syncing each
+// chunk so that the error comes from the disk and not later.
+func fillFile(path string) {
+	f, err := os.Create(path)
+	if err != nil {
+		fmt.Printf("fill: %v\n", err)
+		return
+	}
+	defer f.Close()
+	chunk := make([]byte, 1<<20)
+	for i := range chunk {
+		chunk[i] = byte(i)
+	}
+	for mib := 0; ; mib++ {
+		_, err := f.Write(chunk)
+		if err == nil {
+			err = f.Sync()
+		}
+		if err != nil {
+			fmt.Printf("fill: stopped after %d MiB: %v\n", mib, err)
+			return
+		}
 	}
 }

@@ -20,6 +20,7 @@ import (
 
 	"kiln.dev/kiln/internal/atomicfile"
 	"kiln.dev/kiln/internal/agent"
+	"kiln.dev/kiln/internal/disk"
 	"kiln.dev/kiln/internal/errdefs"
 	"kiln.dev/kiln/internal/kernel"
 	"kiln.dev/kiln/internal/network"
@@ -162,6 +163,9 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (vm *VM, err error) {
 	qemuBin, err := qemu.FindBinary(r.qemuBin)
 	if err != nil {
 		return nil, errdefs.Mark(err, errdefs.ErrUnavailable)
+	}
+	if err := disk.CheckFree(r.vmsDir()); err != nil {
+		return nil, err
 	}
 	initPath := r.initPath
 	if initPath == "" {

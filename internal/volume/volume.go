@@ -137,6 +137,9 @@ func (s *Store) create(ctx context.Context, v *Volume) (*Volume, error) {
 	if _, err := os.Lstat(final); err == nil {
 		return nil, fmt.Errorf("volume %s already exists: %w", name, errdefs.ErrConflict)
 	}
+	if err := disk.CheckFree(s.dir); err != nil {
+		return nil, err
+	}
 	tmp, err := os.MkdirTemp(s.dir, ".new-"+name+"-")
 	if err != nil {
 		return nil, fmt.Errorf("creating volume %s: %w", name, err)

@@ -1,0 +1,137 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// daemonRSS returns the resident set of the root's daemon, in bytes.
+func (e *env) daemonRSS() int64 {
+	e.t.Helper()
+	st := procStatus(e.t, e.daemonPID())
+	kb, err := strconv.ParseInt(strings.TrimSuffix(st["VmRSS"], " kB"), 10, 64)
+	if err != nil {
+		e.t.Fatalf("reading the daemon's VmRSS %q: %v", st["VmRSS"], err)
+	}
+	return kb << 10
+}
+
+// waitLog waits up to d for a line containing want in the VM's logs.
+func (e *env) waitLog(vm, want string, d time.Duration) bool {
+	e.t.Helper()
+	for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(500 * time.Millisecond) {
+		if r := e.kiln("logs", vm); strings.Contains(r.stdout, want) {
+			return true
+		}
+	}
+	return false
+}
+
+// TestGuestConsoleFloodIsCappedAndKillNeedsNoAgent plays a guest that
+// floods its serial console: the host keeps no more of it than the cap
+// (the newest part), the daemon stays small and answers. Then the guest
+// stops answering altogether (its QEMU frozen): kill -s KILL still ends it
+// at once, without waiting on the guest's agent.
+func TestGuestConsoleFloodIsCappedAndKillNeedsNoAgent(t *testing.T) {
+	const capBytes = 128 << 10
+	t.Setenv("KILN_CONSOLE_MAX_SIZE", strconv.Itoa(capBytes))
+	e := newEnv(t)
+	id := strings.TrimSpace(ok(t, "run -d flood", e.run("-d", "--name", "flood", e.hello(), "-console", "1000000", "-sleep", "1h")).stdout)
+	if !e.waitLog("flood", "console flood done", 3*time.Minute) {
+		t.Fatalf("the guest never finished flooding its console:\n%s", e.kiln("logs", "flood"))
+	}
+	start := time.Now()
+	ok(t, "ps during the flood", e.kiln("ps"))
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("kiln ps took %v after a console flood", d)
+	}
+	if rss := e.daemonRSS(); rss > 100<<20 {
+		t.Errorf("the daemon's RSS is %d MiB after a console flood", rss>>20)
+	}
+	dir := filepath.Join(e.root, "vms", id)
+	var kept int64
+	for _, f := range []string{"console.log", "console.log.1"} {
+		st, err := os.Stat(filepath.Join(dir, f))
+		if err != nil {
+			t.Fatalf("after a 1 MB flood and a %d-byte cap: %v", capBytes, err)
+		}
+		kept += st.Size()
+	}
+	if kept > capBytes {
+		t.Errorf("the host kept %d bytes of console, the cap is %d", kept, capBytes)
+	}
+	if r := ok(t, "logs --console", e.kiln("logs", "--console", "flood")); !strings.Contains(r.stdout, "console flood done: ") {
+		t.Errorf("the console log lost its newest line; it ends %q", r.stdout[max(0, len(r.stdout)-200):])
+	}
+
+	pids := qemuUnder(e.root)
+	if len(pids) != 1 {
+		t.Fatalf("want the VM's one QEMU, found %v", pids)
+	}
+	if err := syscall.Kill(pids[0], syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	start = time.Now()
+	ok(t, "kill of a frozen VM", e.kiln("kill", "flood"))
+	// The agent's reply deadline is 10 s: a kill through it would take that.
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("kill of a VM whose guest does not answer took %v", d)
+	}
+	for end := time.Now().Add(30 * time.Second); e.inspect("flood", "{{.State.Status}}") != "exited"; time.Sleep(200 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatalf("the killed VM is still %s", e.inspect("flood", "{{.State.Status}}"))
+		}
+	}
+	if code := e.inspect("flood", "{{.State.ExitCode}}"); code != "137" {
+		t.Errorf("a killed VM's exit code is %s, want 137", code)
+	}
+	ok(t, "rm flood", e.kiln("rm", "flood"))
+}
+
+// TestFullDiskReachesTheGuestAndTheReserveRefusesNewDisks runs kiln on a
+// 200 MiB filesystem. Below the free-space reserve no volume or VM is
+// made, and nothing is left of them. With no reserve, a guest that fills
+// the filesystem gets an I/O error and goes on (it reports it and exits),
+// where QEMU's default would pause the VM while kiln shows it running.
+func TestFullDiskReachesTheGuestAndTheReserveRefusesNewDisks(t *testing.T) {
+	requireRoot(t)
+	e := newEnv(t)
+	if err := unix.Mount("kiln-test", e.root, "tmpfs", 0, "size=200m,mode=0711"); err != nil {
+		t.Skipf("cannot mount a small tmpfs for kiln's root: %v", err)
+	}
+	t.Cleanup(func() {
+		e.stopDaemon()
+		_ = unix.Unmount(e.root, unix.MNT_DETACH)
+	})
+
+	t.Setenv("KILN_DISK_RESERVE", "1g")
+	for _, args := range [][]string{{"volume", "create", "big"}, {"run", "--kernel", e.kernel, "--rm", "-v", "big:/data", e.hello()}} {
+		r := e.kiln(args...)
+		if r.code != 125 || !strings.Contains(r.stderr, "not enough free space") || !strings.Contains(r.stderr, "--disk-reserve") {
+			t.Errorf("kiln %s below the reserve: want exit 125 naming the free space and --disk-reserve:\n%s", strings.Join(args, " "), r)
+		}
+	}
+	if d := e.vmDirs(); len(d) != 0 {
+		t.Errorf("refused VMs left directories %v", d)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(e.root, "volumes")); len(ents) != 0 {
+		t.Errorf("a refused volume left %v", ents)
+	}
+
+	e.stopDaemon()
+	t.Setenv("KILN_DISK_RESERVE", "0")
+	ok(t, "volume create big", e.kiln("volume", "create", "big"))
+	r := e.run("--rm", "-v", "big:/data", e.hello(), "-fill", "/data/fill")
+	if r.code != 0 || !strings.Contains(r.stdout, "fill: stopped after") || !strings.Contains(r.stdout, "input/output error") {
+		t.Fatalf("a guest filling the host's filesystem: want its write to fail with an I/O error and the VM to end:\n%s", r)
+	}
+	t.Logf("guest on a full disk: %s", strings.TrimSpace(r.stdout[strings.Index(r.stdout, "fill:"):]))
+	ok(t, "ps on a full disk", e.kiln("ps", "-a"))
+}
