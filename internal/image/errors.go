@@ -21,6 +21,14 @@ var (
 	// ErrInvalidArgument, so callers that only know that class still work.
 	ErrAmbiguous = &classError{msg: "ambiguous image reference", class: ErrInvalidArgument}
 
+	// ErrTooLarge means an image passes one of the limits that bound what
+	// building its root filesystem may cost: entries, names, symlink
+	// targets and xattrs held in memory, a layer's uncompressed size or
+	// expansion, a file's size (limits in flatten.go, stated in FORMAT.md).
+	// The message names the layer, the limit and the value. It wraps
+	// ErrInvalidArgument: the image is at fault, not the host.
+	ErrTooLarge = &classError{msg: "too large", class: ErrInvalidArgument}
+
 	// ErrConflict means the operation clashes with the current state.
 	ErrConflict = errors.New("conflict")
 
@@ -37,8 +45,9 @@ var (
 	// lack of them).
 	ErrUnauthorized = errors.New("unauthorized")
 
-	// ErrUnavailable means a host tool this package needs (tar2sqfs) is
-	// missing; the message names the Debian package to install.
+	// ErrUnavailable means the host lacks what an operation needs: a host
+	// tool (tar2sqfs), whose Debian package the message names, or free
+	// space beyond kiln's reserve for building a root filesystem.
 	ErrUnavailable = errors.New("unavailable")
 )
 

@@ -3,6 +3,7 @@ package image
 import (
 	"archive/tar"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -37,32 +38,99 @@ import (
 // climbs above the root after cleaning ("../x", "a/../../x") is rejected.
 // Symlink targets are stored as written: the guest resolves them in its own
 // root, and the flattener itself only follows them inside the tree.
+//
+// Layers are hostile input, so everything pass 1 keeps is bounded (see
+// limits): the entries, including directories created for undeclared
+// parents, and the bytes of names, symlink targets and xattrs, counted as
+// they arrive. Pass 2 keeps only the live nodes and spells each path out
+// from its parents as it writes it, so no path is held for long.
 
 const (
 	whiteoutPrefix = ".wh."
 	whiteoutMeta   = ".wh..wh."
 	opaqueMarker   = ".wh..wh..opq"
-	maxSymlinkHops = 40 // Linux's MAXSYMLINKS
-	maxNameLen     = 255
+	maxSymlinkHops = 40  // Linux's MAXSYMLINKS
+	maxNameLen     = 255 // Linux's NAME_MAX
+	maxXattrName   = 255 // Linux's XATTR_NAME_MAX
+	// zstdMaxWindow is the largest window a zstd layer may ask the
+	// decoder to keep in memory: the zstd tool's own default limit
+	// (window log 27), where the library's default would allow 512 MiB.
+	zstdMaxWindow = 128 << 20
 )
 
-// limits bounds what layer streams can make the flattener do.
+// limits bounds what a layer, which may come from an attacker, can make
+// building a root filesystem cost: the memory held by the tree between the
+// two passes, the bytes decompressed, the bytes written. defaultLimits
+// holds the values kiln uses; tests lower them. Going past one is an
+// ErrTooLarge error naming the layer (and the entry, where there is one),
+// the limit and the value that passed it.
 type limits struct {
+	// maxLayer bounds the uncompressed size of one layer's stream, tar
+	// padding and anything after the tar's end included: a decompression
+	// bomb stops there instead of being read to its end, twice.
+	maxLayer int64
+	// maxRatio bounds how many times a compressed layer may expand once
+	// more than ratioFloor bytes came out of it. Real file trees
+	// compress a few times, text some tens of times; only long runs of
+	// one byte (a bomb, or a preallocated file of zeros) reach a
+	// thousand. The floor leaves small layers, which are mostly tar
+	// padding, free to expand as they like.
+	maxRatio   int64
+	ratioFloor int64
 	// maxTotal bounds the bytes of entry content read from all layers.
 	maxTotal int64
 	// maxFile bounds one file's size.
 	maxFile int64
-	// maxEntries bounds tar entries across all layers (memory).
+	// maxEntries bounds the tree's entries: every tar entry of every
+	// layer, whiteouts included, and every directory created because an
+	// entry's parent was never declared. Each costs a few hundred bytes
+	// until the tree is written.
 	maxEntries int
-	// maxPath bounds a path's length in bytes.
+	// maxMeta bounds the bytes of names, symlink targets and xattrs
+	// (names and values) the tree holds, added up as entries arrive, in
+	// every layer: what a later layer replaces still counts, so the
+	// bound holds whatever order the layers add and remove things in.
+	maxMeta int64
+	// maxPath bounds a path's length in bytes: an entry's name, a hard
+	// link's target, and the path an entry lands at once symlinks in its
+	// parents are followed (which is what the tree writes out).
 	maxPath int
+	// maxLink bounds a symlink's target in bytes (Linux's PATH_MAX:
+	// symlink(2) refuses longer ones).
+	maxLink int
+	// maxXattr bounds one xattr's value in bytes (Linux's
+	// XATTR_SIZE_MAX); its name is bounded by maxXattrName.
+	maxXattr int
 }
 
+// defaultLimits are the limits every Store starts with. A tree at
+// maxEntries holds about 400 MiB between the passes, plus maxMeta (see
+// FORMAT.md).
 var defaultLimits = limits{
+	maxLayer:   64 << 30,
+	maxRatio:   1000,
+	ratioFloor: 1 << 30,
 	maxTotal:   64 << 30,
 	maxFile:    64 << 30,
-	maxEntries: 8 << 20,
+	maxEntries: 1 << 20,
+	maxMeta:    64 << 20,
 	maxPath:    4096,
+	maxLink:    4096,
+	maxXattr:   64 << 10,
+}
+
+// iec spells a byte count the way the limits are stated: "64 GiB" when it
+// is a whole number of one of those units, else in bytes.
+func iec(n int64) string {
+	for _, u := range []struct {
+		name string
+		size int64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+		if n >= u.size && n%u.size == 0 {
+			return fmt.Sprintf("%d %s", n/u.size, u.name)
+		}
+	}
+	return fmt.Sprintf("%d bytes", n)
 }
 
 // layerSource is one layer's uncompressed tar stream. open is called once
@@ -83,9 +151,9 @@ type inode struct {
 	// the name written with the content, so a link keeps pointing at the
 	// name the image author gave the file.
 	origin *node
-	// primary is the path written with the content; any other path of
+	// primary is the node written with the content; any other node of
 	// the inode becomes a hard link to it. Set by write.
-	primary string
+	primary *node
 }
 
 // node is one name in the tree.
@@ -99,6 +167,10 @@ type node struct {
 	// layer < L, so what layer L itself adds survives its own whiteouts,
 	// whatever order the tar lists them in.
 	layer int
+	// plen is the length of the node's path from the root ("a/b" is 3),
+	// so that the path can be spelt out when it is written instead of
+	// being held for every node.
+	plen int
 }
 
 func (n *node) isDir() bool     { return n.children != nil }
@@ -108,8 +180,9 @@ func (n *node) isSymlink() bool { return n.ino.hdr.Typeflag == tar.TypeSymlink }
 type tree struct {
 	root    *node
 	lim     limits
-	total   int64
-	entries int
+	total   int64 // bytes of entry content, against lim.maxTotal
+	entries int   // entries, against lim.maxEntries
+	meta    int64 // bytes of names, symlink targets and xattrs, against lim.maxMeta
 }
 
 func newTree(lim limits) *tree {
@@ -152,7 +225,10 @@ func (t *tree) scan(ctx context.Context, layer int, l layerSource) (err error) {
 			rc.Close()
 		}
 	}()
-	tr := tar.NewReader(rc)
+	// Every read checks ctx: skipping a large entry's content happens
+	// inside tr.Next.
+	cr := &ctxReader{ctx: ctx, r: rc}
+	tr := tar.NewReader(cr)
 	last := "(start of layer)"
 	for ord := 0; ; ord++ {
 		if err := ctx.Err(); err != nil {
@@ -163,6 +239,9 @@ func (t *tree) scan(ctx context.Context, layer int, l layerSource) (err error) {
 			break
 		}
 		if err != nil {
+			if errors.Is(err, ErrTooLarge) || ctx.Err() != nil {
+				return fmt.Errorf("reading tar after entry %q: %w", last, err)
+			}
 			return fmt.Errorf("reading tar after entry %q: %w: %w", last, ErrCorrupt, err)
 		}
 		last = hdr.Name
@@ -171,8 +250,8 @@ func (t *tree) scan(ctx context.Context, layer int, l layerSource) (err error) {
 		}
 	}
 	// Read to the end and close, so the source can check the digests of
-	// everything it served.
-	if _, err := io.Copy(io.Discard, rc); err != nil {
+	// everything it served. The source bounds how much that is.
+	if _, err := io.Copy(io.Discard, cr); err != nil {
 		return fmt.Errorf("reading tar: %w", err)
 	}
 	closed = true
@@ -195,7 +274,7 @@ func canonicalType(h *tar.Header) (byte, error) {
 // result is the root.
 func (t *tree) splitName(name string) ([]string, error) {
 	if len(name) > t.lim.maxPath {
-		return nil, fmt.Errorf("path longer than %d bytes: %w", t.lim.maxPath, ErrInvalidArgument)
+		return nil, fmt.Errorf("path of %d bytes, over the %d-byte limit: %w", len(name), t.lim.maxPath, ErrTooLarge)
 	}
 	if strings.ContainsRune(name, 0) {
 		return nil, fmt.Errorf("NUL byte in path: %w", ErrInvalidArgument)
@@ -279,11 +358,84 @@ func clampTime(t time.Time) time.Time {
 	return time.Unix(s, 0).UTC()
 }
 
-// apply adds one layer entry to the tree.
-func (t *tree) apply(layer, ord int, h *tar.Header) error {
+// addEntry counts one more entry of the tree against its limit.
+func (t *tree) addEntry() error {
 	t.entries++
 	if t.entries > t.lim.maxEntries {
-		return fmt.Errorf("more than %d entries: %w", t.lim.maxEntries, ErrInvalidArgument)
+		return fmt.Errorf("more than %d entries (tar entries of all layers, and the directories they imply): %w", t.lim.maxEntries, ErrTooLarge)
+	}
+	return nil
+}
+
+// addMeta counts n more bytes of names, symlink targets and xattrs held
+// by the tree against their limit.
+func (t *tree) addMeta(n int) error {
+	t.meta += int64(n)
+	if t.meta > t.lim.maxMeta {
+		return fmt.Errorf("names, symlink targets and xattrs of the layers add up to %d bytes, over the %s limit on what flattening holds in memory: %w",
+			t.meta, iec(t.lim.maxMeta), ErrTooLarge)
+	}
+	return nil
+}
+
+// checkMeta checks what the tree is about to keep of an entry named name
+// (its last component) with header hdr, and counts it.
+func (t *tree) checkMeta(name string, hdr *tar.Header) error {
+	n := len(name)
+	if hdr.Typeflag == tar.TypeSymlink {
+		if len(hdr.Linkname) > t.lim.maxLink {
+			return fmt.Errorf("symlink target of %d bytes, over the %d-byte limit: %w", len(hdr.Linkname), t.lim.maxLink, ErrTooLarge)
+		}
+		n += len(hdr.Linkname)
+	}
+	for k, v := range hdr.PAXRecords {
+		x := strings.TrimPrefix(k, "SCHILY.xattr.")
+		if len(x) > maxXattrName {
+			return fmt.Errorf("xattr name of %d bytes, over the %d-byte limit: %w", len(x), maxXattrName, ErrTooLarge)
+		}
+		if len(v) > t.lim.maxXattr {
+			return fmt.Errorf("xattr %s of %d bytes, over the %s limit: %w", x, len(v), iec(int64(t.lim.maxXattr)), ErrTooLarge)
+		}
+		n += len(x) + len(v)
+	}
+	return t.addMeta(n)
+}
+
+// newNode makes the node name under parent, checking the length of the
+// path it lands at (through any symlinks followed to reach parent).
+func (t *tree) newNode(parent *node, name string, layer int) (*node, error) {
+	if len(name) > maxNameLen {
+		return nil, fmt.Errorf("path component of %d bytes, over the %d-byte limit: %w", len(name), maxNameLen, ErrTooLarge)
+	}
+	plen := parent.plen + len(name)
+	if parent != t.root {
+		plen++
+	}
+	if plen > t.lim.maxPath {
+		return nil, fmt.Errorf("%q lands at a path of %d bytes once symlinks are followed, over the %d-byte limit: %w", name, plen, t.lim.maxPath, ErrTooLarge)
+	}
+	return &node{name: name, parent: parent, layer: layer, plen: plen}, nil
+}
+
+// pathOf spells out n's path from the root ("a/b"; "" for the root).
+func pathOf(n *node) string {
+	b := make([]byte, n.plen)
+	i := len(b)
+	for ; n.parent != nil; n = n.parent {
+		i -= len(n.name)
+		copy(b[i:], n.name)
+		if i > 0 {
+			i--
+			b[i] = '/'
+		}
+	}
+	return string(b)
+}
+
+// apply adds one layer entry to the tree.
+func (t *tree) apply(layer, ord int, h *tar.Header) error {
+	if err := t.addEntry(); err != nil {
+		return err
 	}
 	if h.Typeflag == tar.TypeXGlobalHeader {
 		return nil
@@ -292,11 +444,11 @@ func (t *tree) apply(layer, ord int, h *tar.Header) error {
 		return fmt.Errorf("negative size: %w", ErrCorrupt)
 	}
 	if h.Size > t.lim.maxFile {
-		return fmt.Errorf("size %d exceeds the %d-byte file limit: %w", h.Size, t.lim.maxFile, ErrInvalidArgument)
+		return fmt.Errorf("size %d, over the %s limit for one file: %w", h.Size, iec(t.lim.maxFile), ErrTooLarge)
 	}
 	t.total += h.Size
 	if t.total > t.lim.maxTotal {
-		return fmt.Errorf("layers hold more than %d bytes: %w", t.lim.maxTotal, ErrInvalidArgument)
+		return fmt.Errorf("files of the layers add up to %d bytes, over the %s limit: %w", t.total, iec(t.lim.maxTotal), ErrTooLarge)
 	}
 	comps, err := t.splitName(h.Name)
 	if err != nil {
@@ -313,6 +465,9 @@ func (t *tree) apply(layer, ord int, h *tar.Header) error {
 	if len(comps) == 0 {
 		if typ != tar.TypeDir {
 			return fmt.Errorf("root entry is not a directory: %w", ErrInvalidArgument)
+		}
+		if err := t.checkMeta("", &hdr); err != nil {
+			return err
 		}
 		t.root.ino.hdr = hdr
 		return nil
@@ -339,6 +494,9 @@ func (t *tree) apply(layer, ord int, h *tar.Header) error {
 		return nil
 	}
 
+	if err := t.checkMeta(base, &hdr); err != nil {
+		return err
+	}
 	var linked *inode
 	switch typ {
 	case tar.TypeLink:
@@ -365,7 +523,10 @@ func (t *tree) apply(layer, ord int, h *tar.Header) error {
 		old.layer = layer
 		return nil
 	}
-	n := &node{name: base, parent: parent, layer: layer}
+	n, err := t.newNode(parent, base, layer)
+	if err != nil {
+		return err
+	}
 	switch typ {
 	case tar.TypeDir:
 		n.children = map[string]*node{}
@@ -430,7 +591,19 @@ func (t *tree) walk(start *node, comps []string, layer int, create bool, hops *i
 			if !create {
 				return nil, nil
 			}
-			child = &node{name: c, parent: cur, children: map[string]*node{}, ino: &inode{hdr: implicitDir()}, layer: layer}
+			// A directory no entry declared still costs what an entry
+			// does: a path of one-byte names makes two thousand.
+			if err := t.addEntry(); err != nil {
+				return nil, err
+			}
+			if err := t.addMeta(len(c)); err != nil {
+				return nil, err
+			}
+			n, err := t.newNode(cur, c, layer)
+			if err != nil {
+				return nil, err
+			}
+			child, n.children, n.ino = n, map[string]*node{}, &inode{hdr: implicitDir()}
 			cur.children[c] = child
 		}
 		if child.isSymlink() {
@@ -469,18 +642,16 @@ func hideLower(dir *node, layer int) {
 	}
 }
 
-// treeFile is an inode at one of its final paths.
-type treeFile struct {
-	path string
-	ino  *inode
-}
-
 // write is pass 2: it emits the tree as one tar. Preconditions: all layers
 // were scanned into t.
+//
+// It holds the live nodes and spells out each path only as it writes it,
+// so its memory grows with the entry count (bounded by lim.maxEntries),
+// not with the paths' lengths.
 func (t *tree) write(ctx context.Context, layers []layerSource, w io.Writer) error {
 	tw := tar.NewWriter(w)
-	files := make([]map[int]treeFile, len(layers)) // layer -> entry ordinal -> file
-	var links []treeFile                           // secondary names of shared inodes
+	files := make([]map[int]*node, len(layers)) // layer -> entry ordinal -> node
+	var links []*node                           // secondary names of shared inodes
 
 	root := t.root.ino.hdr
 	root.Name = "./"
@@ -488,13 +659,9 @@ func (t *tree) write(ctx context.Context, layers []layerSource, w io.Writer) err
 		return fmt.Errorf("writing root: %w", err)
 	}
 	// Collect the live names, parents before children, in a stable order.
-	type liveNode struct {
-		path string
-		n    *node
-	}
-	var live []liveNode
-	var collect func(dir *node, prefix string)
-	collect = func(dir *node, prefix string) {
+	var live []*node
+	var collect func(dir *node)
+	collect = func(dir *node) {
 		names := make([]string, 0, len(dir.children))
 		for n := range dir.children {
 			names = append(names, n)
@@ -502,44 +669,44 @@ func (t *tree) write(ctx context.Context, layers []layerSource, w io.Writer) err
 		slices.Sort(names)
 		for _, name := range names {
 			c := dir.children[name]
-			live = append(live, liveNode{path: prefix + name, n: c})
+			live = append(live, c)
 			if c.isDir() {
-				collect(c, prefix+name+"/")
+				collect(c)
 			}
 		}
 	}
-	collect(t.root, "")
-	for _, l := range live {
-		l.n.ino.primary = ""
+	collect(t.root)
+	for _, n := range live {
+		n.ino.primary = nil
 	}
-	for _, l := range live {
-		if l.n.ino.origin == l.n {
-			l.n.ino.primary = l.path
+	for _, n := range live {
+		if n.ino.origin == n {
+			n.ino.primary = n
 		}
 	}
-	for _, l := range live {
-		ino := l.n.ino
-		if ino.primary == "" {
-			ino.primary = l.path // the original name is gone; first wins
+	for _, n := range live {
+		ino := n.ino
+		if ino.primary == nil {
+			ino.primary = n // the original name is gone; first wins
 		}
-		if ino.primary != l.path {
-			links = append(links, treeFile{path: l.path, ino: ino})
+		if ino.primary != n {
+			links = append(links, n)
 			continue
 		}
 		switch ino.hdr.Typeflag {
 		case tar.TypeReg:
 			if files[ino.layer] == nil {
-				files[ino.layer] = map[int]treeFile{}
+				files[ino.layer] = map[int]*node{}
 			}
-			files[ino.layer][ino.ord] = treeFile{path: l.path, ino: ino}
+			files[ino.layer][ino.ord] = n
 		default:
 			h := ino.hdr
-			h.Name = l.path
+			h.Name = pathOf(n)
 			if ino.hdr.Typeflag == tar.TypeDir {
 				h.Name += "/"
 			}
 			if err := tw.WriteHeader(&h); err != nil {
-				return fmt.Errorf("writing %q: %w", l.path, err)
+				return fmt.Errorf("writing %q: %w", h.Name, err)
 			}
 		}
 	}
@@ -554,13 +721,13 @@ func (t *tree) write(ctx context.Context, layers []layerSource, w io.Writer) err
 	for _, l := range links {
 		h := l.ino.hdr
 		h.Typeflag = tar.TypeLink
-		h.Name = l.path
-		h.Linkname = l.ino.primary
+		h.Name = pathOf(l)
+		h.Linkname = pathOf(l.ino.primary)
 		h.Size = 0
 		h.Devmajor, h.Devminor = 0, 0
 		h.PAXRecords = nil // the xattrs belong to the inode, written once
 		if err := tw.WriteHeader(&h); err != nil {
-			return fmt.Errorf("writing %q: %w", l.path, err)
+			return fmt.Errorf("writing %q: %w", h.Name, err)
 		}
 	}
 	if err := tw.Close(); err != nil {
@@ -571,34 +738,41 @@ func (t *tree) write(ctx context.Context, layers []layerSource, w io.Writer) err
 
 // copyFiles re-reads one layer and copies the contents of the entries in
 // want (by ordinal) under their final paths.
-func copyFiles(ctx context.Context, tw *tar.Writer, l layerSource, want map[int]treeFile) error {
+func copyFiles(ctx context.Context, tw *tar.Writer, l layerSource, want map[int]*node) error {
 	rc, err := l.open()
 	if err != nil {
 		return err
 	}
 	defer rc.Close()
-	tr := tar.NewReader(rc)
+	cr := &ctxReader{ctx: ctx, r: rc}
+	tr := tar.NewReader(cr)
+	// One buffer for the layer: io.Copy would allocate one per file, and
+	// a layer may hold a million small files.
+	buf := make([]byte, 32<<10)
 	left := len(want)
 	for ord := 0; left > 0; ord++ {
 		hdr, err := tr.Next()
 		if err != nil {
+			if ctx.Err() != nil {
+				return err
+			}
 			// The layer was complete in pass 1; anything else means it
 			// changed underneath us.
 			return fmt.Errorf("re-reading tar at entry %d: %w: %w", ord, ErrCorrupt, err)
 		}
-		fl, ok := want[ord]
+		n, ok := want[ord]
 		if !ok {
 			continue
 		}
-		if hdr.Size != fl.ino.hdr.Size {
+		if hdr.Size != n.ino.hdr.Size {
 			return fmt.Errorf("entry %q changed size between passes: %w", hdr.Name, ErrCorrupt)
 		}
-		h := fl.ino.hdr
-		h.Name = fl.path
+		h := n.ino.hdr
+		h.Name = pathOf(n)
 		if err := tw.WriteHeader(&h); err != nil {
-			return fmt.Errorf("writing %q: %w", fl.path, err)
+			return fmt.Errorf("writing %q: %w", h.Name, err)
 		}
-		if _, err := io.Copy(tw, &ctxReader{ctx: ctx, r: tr}); err != nil {
+		if _, err := io.CopyBuffer(tw, tr, buf); err != nil {
 			return fmt.Errorf("copying %q: %w", hdr.Name, err)
 		}
 		left--

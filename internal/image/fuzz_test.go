@@ -28,7 +28,8 @@ func FuzzFlatten(f *testing.F) {
 	for _, s := range seeds {
 		f.Add(s[0], s[1])
 	}
-	lim := limits{maxTotal: 1 << 20, maxFile: 1 << 20, maxEntries: 2000, maxPath: 4096}
+	lim := defaultLimits
+	lim.maxTotal, lim.maxFile, lim.maxEntries = 1<<20, 1<<20, 2000
 	f.Fuzz(func(t *testing.T, l1, l2 []byte) {
 		var out bytes.Buffer
 		err := flatten(context.Background(), memSources(l1, l2), &out, lim)

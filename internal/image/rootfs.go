@@ -60,6 +60,8 @@ import (
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
 	"golang.org/x/sys/unix"
+
+	"kiln.dev/kiln/internal/disk"
 )
 
 const (
@@ -199,7 +201,15 @@ func (s *Store) rootFS(ctx context.Context, id string) (_ RootFS, err error) {
 }
 
 // buildSquashfs streams the flattened layers into tar2sqfs writing out.
+// The build stops when out's filesystem gets down to kiln's free-space
+// reserve: a squashfs has no size fixed in advance, it grows with what
+// the layers hold (bounded by limits.maxTotal), and the VMs' disks share
+// that filesystem.
 func (s *Store) buildSquashfs(ctx context.Context, bin string, layers []layerSource, out string) error {
+	guard := &freeGuard{dir: filepath.Dir(out), free: statfsFree}
+	if err := guard.check(); err != nil {
+		return err
+	}
 	cmd := exec.CommandContext(ctx, bin, tar2sqfsArgs(out, runtime.NumCPU())...)
 	cmd.WaitDelay = 5 * time.Second
 	stderr := &tailBuffer{max: 8 << 10}
@@ -211,7 +221,8 @@ func (s *Store) buildSquashfs(ctx context.Context, bin string, layers []layerSou
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("starting %s: %w", bin, err)
 	}
-	bw := bufio.NewWriterSize(stdin, 1<<20)
+	guard.w = stdin
+	bw := bufio.NewWriterSize(guard, 1<<20)
 	werr := flatten(ctx, layers, bw, s.limits)
 	if werr == nil {
 		werr = bw.Flush()
@@ -229,6 +240,67 @@ func (s *Store) buildSquashfs(ctx context.Context, bin string, layers []layerSou
 		return werr
 	}
 	return ctx.Err()
+}
+
+// freeCheckEvery is how many bytes of tar a build writes between two
+// looks at the free space.
+const freeCheckEvery = 64 << 20
+
+// freeGuard passes a build's tar to w, and fails it with ErrUnavailable
+// once the filesystem of dir has less than kiln's free-space reserve
+// (disk.FreeReserve, the daemon's --disk-reserve) free, looking every
+// freeCheckEvery bytes.
+type freeGuard struct {
+	w    io.Writer
+	dir  string
+	free func(dir string) (int64, error)
+	n    int64 // bytes written since the last look
+}
+
+func (g *freeGuard) Write(p []byte) (int, error) {
+	if g.n += int64(len(p)); g.n >= freeCheckEvery {
+		g.n = 0
+		if err := g.check(); err != nil {
+			return 0, err
+		}
+	}
+	return g.w.Write(p)
+}
+
+func (g *freeGuard) check() error {
+	free, err := g.free(g.dir)
+	if err != nil {
+		return fmt.Errorf("checking free space in %s: %w", g.dir, err)
+	}
+	if free < disk.FreeReserve {
+		return fmt.Errorf("%s has %s free, less than the %s kiln keeps free for the disks of its VMs (--disk-reserve or $%s): %w",
+			g.dir, humanBytes(free), humanBytes(disk.FreeReserve), disk.FreeReserveEnv, ErrUnavailable)
+	}
+	return nil
+}
+
+// statfsFree is the space of dir's filesystem an unprivileged writer may
+// still take.
+func statfsFree(dir string) (int64, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return 0, err
+	}
+	return int64(st.Bavail) * st.Bsize, nil
+}
+
+// humanBytes spells n in the largest binary unit that keeps it at least
+// 1, as "1.5 GiB".
+func humanBytes(n int64) string {
+	const units = "KMGTPE"
+	if n < 1024 {
+		return fmt.Sprintf("%d B", n)
+	}
+	v, i := float64(n)/1024, 0
+	for v >= 1024 && i < len(units)-1 {
+		v, i = v/1024, i+1
+	}
+	return fmt.Sprintf("%.1f %ciB", v, units[i])
 }
 
 func syncFile(p string) error {
@@ -267,13 +339,16 @@ func (s *Store) layerSource(l layerRecord) layerSource {
 // layers loosely). Read to EOF, Close also checks the compressed bytes
 // against the layer digest and the uncompressed ones against the config's
 // diff ID, so a blob damaged at rest is caught before its rootfs is used.
+// Reads fail with ErrTooLarge once the layer passes the store's limits on
+// a layer's uncompressed size and on how many times it expands.
 func (s *Store) openLayer(l layerRecord) (io.ReadCloser, error) {
 	f, err := s.openBlob(l.Digest)
 	if err != nil {
 		return nil, err
 	}
-	lr := &layerReader{f: f, digest: l.Digest, diffID: l.DiffID, ch: sha256.New(), dh: sha256.New()}
-	lr.comp = bufio.NewReaderSize(io.TeeReader(f, lr.ch), 256<<10)
+	lr := &layerReader{f: f, digest: l.Digest, diffID: l.DiffID, ch: sha256.New(), dh: sha256.New(), lim: s.limits}
+	lr.comp = bufio.NewReaderSize(io.TeeReader(&lr.read, lr.ch), 256<<10)
+	lr.read.r = f
 	magic, _ := lr.comp.Peek(4)
 	switch {
 	case len(magic) >= 2 && magic[0] == 0x1f && magic[1] == 0x8b:
@@ -282,39 +357,78 @@ func (s *Store) openLayer(l layerRecord) (io.ReadCloser, error) {
 			f.Close()
 			return nil, fmt.Errorf("decompressing layer %s: %w: %w", l.Digest, ErrCorrupt, err)
 		}
-		lr.dec, lr.closeDec = zr, func() { zr.Close() }
+		lr.dec, lr.closeDec, lr.compressed = zr, func() { zr.Close() }, true
 	case bytes.Equal(magic, []byte{0x28, 0xb5, 0x2f, 0xfd}):
-		zr, err := zstd.NewReader(lr.comp)
+		zr, err := zstd.NewReader(lr.comp, zstd.WithDecoderMaxWindow(zstdMaxWindow))
 		if err != nil {
 			f.Close()
 			return nil, fmt.Errorf("decompressing layer %s: %w: %w", l.Digest, ErrCorrupt, err)
 		}
-		lr.dec, lr.closeDec = zr, zr.Close
+		lr.dec, lr.closeDec, lr.compressed = zr, zr.Close, true
 	default:
 		lr.dec = lr.comp
 	}
 	return lr, nil
 }
 
-// layerReader is a decompressing, digest-checking layer stream.
+// layerReader is a decompressing, digest-checking, bounded layer stream.
 type layerReader struct {
 	f              *os.File
+	read           countReader // the blob's bytes taken so far
 	comp           *bufio.Reader
 	dec            io.Reader
 	closeDec       func()
+	compressed     bool
 	ch, dh         hash.Hash
 	digest, diffID string
+	lim            limits
+	out            int64 // uncompressed bytes served
 	eof            bool
+	err            error // a limit passed: every later Read fails with it
 }
 
 func (r *layerReader) Read(p []byte) (int, error) {
+	if r.err != nil {
+		return 0, r.err
+	}
 	n, err := r.dec.Read(p)
 	r.dh.Write(p[:n])
+	r.out += int64(n)
+	if err := r.checkLimits(); err != nil {
+		r.err = err
+		return n, err
+	}
 	if err == io.EOF {
 		r.eof = true
 	} else if err != nil {
 		err = fmt.Errorf("decompressing layer %s: %w: %w", r.digest, ErrCorrupt, err)
 	}
+	return n, err
+}
+
+// checkLimits stops a decompression bomb: a layer past the size limit, or
+// one that expands absurdly. The blob's bytes counted include what the
+// buffer read ahead, so the ratio errs low.
+func (r *layerReader) checkLimits() error {
+	if r.out > r.lim.maxLayer {
+		return fmt.Errorf("layer %s uncompresses to more than %s, the limit for one layer: %w", r.digest, iec(r.lim.maxLayer), ErrTooLarge)
+	}
+	if r.compressed && r.out > r.lim.ratioFloor && r.out > r.lim.maxRatio*max(r.read.n, 1) {
+		return fmt.Errorf("layer %s expands to %d bytes out of %d, more than the %d times allowed past the first %s: a decompression bomb: %w",
+			r.digest, r.out, r.read.n, r.lim.maxRatio, iec(r.lim.ratioFloor), ErrTooLarge)
+	}
+	return nil
+}
+
+// countReader counts the bytes read through it.
+type countReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
 	return n, err
 }
 

@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"debug/elf"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -41,6 +43,19 @@ const (
 
 	diskFile   = "disk.ext4"
 	diskFSType = "ext4"
+)
+
+// What binary mode takes out of an image is bounded, since the image may
+// come from an attacker: each file is streamed from the image's root
+// filesystem to the VM's directory, and from there into its initrd, which
+// the guest holds in memory. A larger file is refused, naming the limit.
+// Tests lower these.
+var (
+	// maxBinarySize bounds the program binary mode runs: 1 GiB.
+	maxBinarySize int64 = 1 << 30
+	// maxUserDBSize bounds each of the image's /etc/passwd and
+	// /etc/group, taken along for user names to resolve: 1 MiB.
+	maxUserDBSize int64 = 1 << 20
 )
 
 // imageStores holds the runtime's image store, opened on first use.
@@ -78,9 +93,21 @@ type imagePlan struct {
 	workingDir string
 	// user is resolved in the guest ("" is root).
 	user string
-	// files go into the VM's initrd (binary mode: the ELF, and the
-	// image's user databases when it has them).
-	files []kernel.File
+	// binary is what binary mode takes out of the image into the VM's
+	// initrd: the ELF first, then the image's user databases when it has
+	// them. findBinary picks them; attach copies them.
+	binary []imageFile
+	// rdsquashfs is the tool that reads them out of the image.
+	rdsquashfs string
+}
+
+// imageFile is one file binary mode takes out of the image.
+type imageFile struct {
+	guest string // its path in the image, and in the guest
+	real  string // its path in the image with no symbolic link in it
+	perm  uint32
+	max   int64  // the most bytes it may hold
+	host  string // the file attach copies it to, in the VM's directory
 }
 
 // resolveImage gets spec's image (pulling it as the pull policy says),
@@ -138,7 +165,7 @@ func (r *Runtime) resolveImage(ctx context.Context, s *Spec) (*imagePlan, error)
 		return nil, imageErr(err)
 	}
 	if p.mode == ModeBinary {
-		if err := p.extractBinary(ctx, s); err != nil {
+		if err := p.findBinary(ctx, s); err != nil {
 			return nil, err
 		}
 	}
@@ -231,11 +258,12 @@ func ParseSignal(s string) (int, error) {
 }
 
 // attach prepares the VM's side of the plan in its directory dir: in full
-// mode its writable disk and both drives; in binary mode nothing (the ELF
-// goes into the initrd).
+// mode its writable disk and both drives; in binary mode the files that go
+// into the initrd, copied out of the image into dir.
 func (p *imagePlan) attach(ctx context.Context, dir string, s *Spec) ([]kernel.File, []vmm.Drive, error) {
 	if p.mode == ModeBinary {
-		return p.files, nil, nil
+		files, err := p.extractBinary(ctx, dir, s)
+		return files, nil, err
 	}
 	diskPath := filepath.Join(dir, diskFile)
 	if err := disk.MakeExt4(ctx, diskPath, s.DiskMiB, "kiln-disk"); err != nil {
@@ -278,17 +306,20 @@ func (p *imagePlan) agentSpec(s *Spec, k *kernel.Kernel) *agent.Spec {
 	return as
 }
 
-// extractBinary finds the static ELF a binary-mode image is for and reads
-// it out of the image's root filesystem: /usr/local/bin/<repository base
-// name> when the image has it, else the command's program (looked up in
-// the image's PATH when it has no slash). The file goes into the initrd at
-// the path it had in the image, so the command finds it there; the image's
-// /etc/passwd and /etc/group go along, for the user to be resolved.
-func (p *imagePlan) extractBinary(ctx context.Context, s *Spec) error {
+// findBinary finds the static ELF a binary-mode image is for:
+// /usr/local/bin/<repository base name> when the image has it, else the
+// command's program (looked up in the image's PATH when it has no slash).
+// The file goes into the initrd at the path it had in the image, so the
+// command finds it there; the image's /etc/passwd and /etc/group go along,
+// for the user to be resolved. It reads only what the image's root
+// filesystem says about those files, and refuses one over its size limit
+// before anything is copied; extractBinary copies them.
+func (p *imagePlan) findBinary(ctx context.Context, s *Spec) error {
 	bin, err := disk.FindTool("rdsquashfs", "squashfs-tools-ng")
 	if err != nil {
 		return err
 	}
+	p.rdsquashfs = bin
 	sq := &squashfs{bin: bin, path: p.rootfs.Path, ctx: ctx}
 	var candidates []string
 	if base := repoBase(s.Image, p.img); base != "" {
@@ -313,23 +344,24 @@ func (p *imagePlan) extractBinary(ctx context.Context, s *Spec) error {
 		if err != nil || st.typ != "file" {
 			continue
 		}
-		data, err := sq.cat(real)
-		if err != nil {
-			return err
+		if st.size > maxBinarySize {
+			return fmt.Errorf("image %s: %s is %d bytes, over the %s limit of binary mode (use --mode full): %w",
+				s.Image, c, st.size, sizeName(maxBinarySize), errdefs.ErrInvalidArgument)
 		}
-		if err := checkStaticELF(data, s.Image, c); err != nil {
-			return err
-		}
-		p.files = append(p.files, kernel.File{Path: c, Mode: st.perm | 0o100, Data: data})
+		p.binary = append(p.binary, imageFile{guest: c, real: real, perm: st.perm | 0o100, max: maxBinarySize, host: "image-binary"})
 		if len(p.args) == 0 {
 			p.args = []string{c}
 		}
 		for _, db := range []string{"/etc/passwd", "/etc/group"} {
-			if real, st, err := sq.resolve(db); err == nil && st.typ == "file" {
-				if b, err := sq.cat(real); err == nil {
-					p.files = append(p.files, kernel.File{Path: db, Mode: 0o644, Data: b})
-				}
+			real, st, err := sq.resolve(db)
+			if err != nil || st.typ != "file" {
+				continue
 			}
+			if st.size > maxUserDBSize {
+				return fmt.Errorf("image %s: %s is %d bytes, over the %s limit of binary mode (use --mode full): %w",
+					s.Image, db, st.size, sizeName(maxUserDBSize), errdefs.ErrInvalidArgument)
+			}
+			p.binary = append(p.binary, imageFile{guest: db, real: real, perm: 0o644, max: maxUserDBSize, host: "image-" + path.Base(db)})
 		}
 		return nil
 	}
@@ -338,6 +370,45 @@ func (p *imagePlan) extractBinary(ctx context.Context, s *Spec) error {
 	}
 	return fmt.Errorf("image %s: no binary for binary mode: none of %s is a file in the image (use --mode full, or --entrypoint): %w",
 		s.Image, strings.Join(candidates, ", "), errdefs.ErrInvalidArgument)
+}
+
+// extractBinary copies the files findBinary picked out of the image into
+// the VM's directory dir, each streamed to its file and never held in
+// memory, and returns them as the initrd's files. The program must be a
+// static x86-64 ELF.
+func (p *imagePlan) extractBinary(ctx context.Context, dir string, s *Spec) ([]kernel.File, error) {
+	sq := &squashfs{bin: p.rdsquashfs, path: p.rootfs.Path, ctx: ctx}
+	var files []kernel.File
+	for i, f := range p.binary {
+		dst := filepath.Join(dir, f.host)
+		if err := sq.extract(f.real, dst, f.max); err != nil {
+			if errors.Is(err, errOverLimit) {
+				return nil, fmt.Errorf("image %s: %s is over the %s limit of binary mode (use --mode full): %w",
+					s.Image, f.guest, sizeName(f.max), errdefs.ErrInvalidArgument)
+			}
+			return nil, err
+		}
+		if i == 0 {
+			if err := checkStaticELFFile(dst, s.Image, f.guest); err != nil {
+				return nil, err
+			}
+		}
+		files = append(files, kernel.File{Path: f.guest, Mode: f.perm, Source: dst})
+	}
+	return files, nil
+}
+
+// sizeName spells a size limit as the docs state it: "1 GiB".
+func sizeName(n int64) string {
+	for _, u := range []struct {
+		name string
+		size int64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+		if n >= u.size && n%u.size == 0 {
+			return fmt.Sprintf("%d %s", n/u.size, u.name)
+		}
+	}
+	return fmt.Sprintf("%d bytes", n)
 }
 
 func envOf(env []string, key string) string {
@@ -365,19 +436,48 @@ func repoBase(ref string, img *image.Image) string {
 	return ""
 }
 
-// checkStaticELF reports whether data is an x86-64 Linux executable that
-// needs no dynamic loader: in binary mode the VM holds nothing else.
-func checkStaticELF(data []byte, img, p string) error {
-	f, err := elf.NewFile(bytes.NewReader(data))
+// checkStaticELFFile is checkStaticELF on the host file name.
+func checkStaticELFFile(name, img, p string) error {
+	f, err := os.Open(name)
 	if err != nil {
-		return fmt.Errorf("image %s: %s is not an ELF executable, which binary mode needs (use --mode full): %w", img, p, errdefs.ErrInvalidArgument)
+		return err
 	}
 	defer f.Close()
-	if f.Machine != elf.EM_X86_64 || f.Class != elf.ELFCLASS64 || (f.Type != elf.ET_EXEC && f.Type != elf.ET_DYN) {
-		return fmt.Errorf("image %s: %s is not an x86-64 executable (%s %s): %w", img, p, f.Machine, f.Type, errdefs.ErrInvalidArgument)
+	return checkStaticELF(f, img, p)
+}
+
+// checkStaticELF reports whether r is an x86-64 Linux executable that
+// needs no dynamic loader: in binary mode the VM holds nothing else. It
+// reads the ELF header and program headers only (debug/elf would also
+// read the section name table, whatever size the file claims for it).
+func checkStaticELF(r io.ReaderAt, img, p string) error {
+	notELF := fmt.Errorf("image %s: %s is not an ELF executable, which binary mode needs (use --mode full): %w", img, p, errdefs.ErrInvalidArgument)
+	var ident [elf.EI_NIDENT]byte
+	if _, err := r.ReadAt(ident[:], 0); err != nil || string(ident[:4]) != elf.ELFMAG {
+		return notELF
 	}
-	for _, prog := range f.Progs {
-		if prog.Type == elf.PT_INTERP {
+	if class, data := elf.Class(ident[elf.EI_CLASS]), elf.Data(ident[elf.EI_DATA]); class != elf.ELFCLASS64 || data != elf.ELFDATA2LSB {
+		return fmt.Errorf("image %s: %s is not an x86-64 executable (%s %s): %w", img, p, class, data, errdefs.ErrInvalidArgument)
+	}
+	var h elf.Header64
+	if err := binary.Read(io.NewSectionReader(r, 0, int64(binary.Size(h))), binary.LittleEndian, &h); err != nil {
+		return notELF
+	}
+	machine, typ := elf.Machine(h.Machine), elf.Type(h.Type)
+	if machine != elf.EM_X86_64 || (typ != elf.ET_EXEC && typ != elf.ET_DYN) {
+		return fmt.Errorf("image %s: %s is not an x86-64 executable (%s %s): %w", img, p, machine, typ, errdefs.ErrInvalidArgument)
+	}
+	var prog elf.Prog64
+	size := binary.Size(prog)
+	if h.Phnum > 0 && int(h.Phentsize) < size {
+		return notELF
+	}
+	for i := range int64(h.Phnum) {
+		off := int64(h.Phoff) + i*int64(h.Phentsize)
+		if err := binary.Read(io.NewSectionReader(r, off, int64(size)), binary.LittleEndian, &prog); err != nil {
+			return notELF
+		}
+		if elf.ProgType(prog.Type) == elf.PT_INTERP {
 			return fmt.Errorf("image %s: %s is dynamically linked, and binary mode has no libraries (use --mode full): %w", img, p, errdefs.ErrInvalidArgument)
 		}
 	}
@@ -397,20 +497,93 @@ type sqStat struct {
 	typ  string // "file", "directory", "symbolic link", ...
 	perm uint32
 	link string
+	size int64 // of a file
 }
 
-func (q *squashfs) run(args ...string) ([]byte, error) {
-	cmd := exec.CommandContext(q.ctx, q.bin, append(args, q.path)...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		return nil, fmt.Errorf("reading %s from %s: %w: %s", args[len(args)-1], q.path, err, bytes.TrimSpace(stderr.Bytes()))
+// errOverLimit is what a limitWriter returns once writing more would pass
+// its limit.
+var errOverLimit = errors.New("over the limit")
+
+// limitWriter passes at most max bytes to w; a write that would pass it
+// fails with errOverLimit, and so does every one after.
+type limitWriter struct {
+	w    io.Writer
+	n    int64
+	max  int64
+	over bool
+}
+
+func (l *limitWriter) Write(p []byte) (int, error) {
+	if l.over || l.n+int64(len(p)) > l.max {
+		l.over = true
+		return 0, errOverLimit
 	}
-	return out, nil
+	n, err := l.w.Write(p)
+	l.n += int64(n)
+	return n, err
 }
 
-func (q *squashfs) cat(p string) ([]byte, error) { return q.run("--cat", p) }
+// headBuffer keeps the first max bytes written to it and drops the rest:
+// enough of a tool's stderr to explain a failure.
+type headBuffer struct {
+	bytes.Buffer
+	max int
+}
+
+func (h *headBuffer) Write(p []byte) (int, error) {
+	if room := h.max - h.Len(); room > 0 {
+		h.Buffer.Write(p[:min(room, len(p))])
+	}
+	return len(p), nil
+}
+
+// run runs rdsquashfs with args and returns its output, which must be
+// small (a --stat): at most 64 KiB.
+func (q *squashfs) run(args ...string) ([]byte, error) {
+	var out bytes.Buffer
+	if err := q.runTo(&limitWriter{w: &out, max: 64 << 10}, args...); err != nil {
+		return nil, err
+	}
+	return out.Bytes(), nil
+}
+
+// runTo runs rdsquashfs with args, its output going to stdout. The tool
+// is stopped when stdout refuses what it writes (a broken pipe).
+func (q *squashfs) runTo(stdout io.Writer, args ...string) error {
+	cmd := exec.CommandContext(q.ctx, q.bin, append(args, q.path)...)
+	stderr := &headBuffer{max: 4 << 10}
+	cmd.Stdout, cmd.Stderr = stdout, stderr
+	if err := cmd.Run(); err != nil {
+		if lw, ok := stdout.(*limitWriter); ok && lw.over {
+			return errOverLimit
+		}
+		return fmt.Errorf("reading %s from %s: %w: %s", args[len(args)-1], q.path, err, bytes.TrimSpace(stderr.Bytes()))
+	}
+	if lw, ok := stdout.(*limitWriter); ok && lw.over {
+		return errOverLimit // the tool ended before the refused write reached it
+	}
+	return nil
+}
+
+// extract copies the regular file p of the image (a path with no symbolic
+// link in it) to dst, a new host file, as rdsquashfs streams it out: the
+// file is never held in memory. A file over max bytes is refused with
+// errOverLimit as soon as the stream passes max, and dst is removed.
+func (q *squashfs) extract(p, dst string, max int64) (err error) {
+	f, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("extracting %s from the image: %w", p, err)
+	}
+	defer func() {
+		if cerr := f.Close(); err == nil && cerr != nil {
+			err = fmt.Errorf("extracting %s from the image: %w", p, cerr)
+		}
+		if err != nil {
+			os.Remove(dst)
+		}
+	}()
+	return q.runTo(&limitWriter{w: f, max: max}, "--cat", p)
+}
 
 func (q *squashfs) stat(p string) (sqStat, error) {
 	out, err := q.run("--stat", p)
@@ -432,6 +605,10 @@ func (q *squashfs) stat(p string) (sqStat, error) {
 			}
 		case "Link target":
 			st.link = v
+		case "File size":
+			if n, err := strconv.ParseInt(v, 10, 64); err == nil {
+				st.size = n
+			}
 		}
 	}
 	return st, nil

@@ -4,15 +4,22 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	crand "crypto/rand"
+	"debug/elf"
+	"encoding/binary"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
+	goruntime "runtime"
 	"slices"
 	"strings"
 	"testing"
 
 	"kiln.dev/kiln/internal/disk"
+	"kiln.dev/kiln/internal/errdefs"
 	"kiln.dev/kiln/internal/image"
+	"kiln.dev/kiln/internal/kernel"
 )
 
 func TestImageArgs(t *testing.T) {
@@ -125,7 +132,7 @@ func TestCheckStaticELF(t *testing.T) {
 			t.Logf("skipping %s: %v", c.path, err)
 			continue
 		}
-		err = checkStaticELF(b, "img", c.path)
+		err = checkStaticELF(bytes.NewReader(b), "img", c.path)
 		if c.want == "" && err != nil || c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)) {
 			t.Errorf("%s: %v, want %q", c.path, err, c.want)
 		}
@@ -135,6 +142,13 @@ func TestCheckStaticELF(t *testing.T) {
 // testSquashfs builds a squashfs image from tar entries with tar2sqfs.
 func testSquashfs(t *testing.T, hdrs ...tar.Header) string {
 	t.Helper()
+	return testSquashfsBodies(t, nil, hdrs...)
+}
+
+// testSquashfsBodies is testSquashfs with the content of some files given
+// by name; the others hold "content of <name>".
+func testSquashfsBodies(t *testing.T, bodies map[string][]byte, hdrs ...tar.Header) string {
+	t.Helper()
 	bin, err := exec.LookPath("tar2sqfs")
 	if err != nil {
 		t.Skip("tar2sqfs not found: run scripts/setup (apt-get install squashfs-tools-ng)")
@@ -142,9 +156,12 @@ func testSquashfs(t *testing.T, hdrs ...tar.Header) string {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	for _, h := range hdrs {
-		body := ""
+		var body []byte
 		if h.Typeflag == tar.TypeReg {
-			body = "content of " + h.Name
+			body = []byte("content of " + h.Name)
+			if b, ok := bodies[h.Name]; ok {
+				body = b
+			}
 			h.Size = int64(len(body))
 		}
 		if h.Mode == 0 {
@@ -153,7 +170,7 @@ func testSquashfs(t *testing.T, hdrs ...tar.Header) string {
 		if err := tw.WriteHeader(&h); err != nil {
 			t.Fatal(err)
 		}
-		tw.Write([]byte(body))
+		tw.Write(body)
 	}
 	tw.Close()
 	out := filepath.Join(t.TempDir(), "img.sqfs")
@@ -187,8 +204,11 @@ func TestSquashfsResolveFollowsLinksInsideTheImage(t *testing.T) {
 			t.Errorf("resolve(%s) = %s, %+v, %v; want /usr/bin/app, a 0750 file", p, real, st, err)
 		}
 	}
-	if b, err := q.cat("/usr/bin/app"); err != nil || string(b) != "content of usr/bin/app" {
-		t.Errorf("cat = %q, %v", b, err)
+	dst := filepath.Join(t.TempDir(), "app")
+	if err := q.extract("/usr/bin/app", dst, 1<<20); err != nil {
+		t.Errorf("extract: %v", err)
+	} else if b, _ := os.ReadFile(dst); string(b) != "content of usr/bin/app" {
+		t.Errorf("extracted %q", b)
 	}
 	for _, p := range []string{"/loop", "/nope", "/bin/nope"} {
 		if real, _, err := q.resolve(p); err == nil {
@@ -228,5 +248,164 @@ func TestImageUsers(t *testing.T) {
 		if err != nil || !slices.Equal(got, want) {
 			t.Errorf("ImageUsers(%s) = %q, %v; want %q", id, got, err, want)
 		}
+	}
+}
+
+// tinyELF is an x86-64 executable of size bytes: an ELF header, a PT_LOAD
+// (and a PT_INTERP when dynamic), then random bytes.
+func tinyELF(t *testing.T, size int, dynamic bool) []byte {
+	t.Helper()
+	b := make([]byte, size)
+	crand.Read(b[64+2*56:])
+	h := elf.Header64{
+		Type: uint16(elf.ET_EXEC), Machine: uint16(elf.EM_X86_64), Version: uint32(elf.EV_CURRENT),
+		Entry: 0x400000, Phoff: 64, Ehsize: 64, Phentsize: 56, Phnum: 1,
+	}
+	copy(h.Ident[:], elf.ELFMAG)
+	h.Ident[elf.EI_CLASS], h.Ident[elf.EI_DATA], h.Ident[elf.EI_VERSION] = byte(elf.ELFCLASS64), byte(elf.ELFDATA2LSB), byte(elf.EV_CURRENT)
+	progs := []elf.Prog64{{Type: uint32(elf.PT_LOAD), Flags: uint32(elf.PF_R | elf.PF_X), Vaddr: 0x400000, Filesz: uint64(size), Memsz: uint64(size), Align: 0x1000}}
+	if dynamic {
+		progs = append(progs, elf.Prog64{Type: uint32(elf.PT_INTERP), Off: 64, Filesz: 28})
+		h.Phnum = 2
+	}
+	var buf bytes.Buffer
+	binary.Write(&buf, binary.LittleEndian, &h)
+	for _, p := range progs {
+		binary.Write(&buf, binary.LittleEndian, &p)
+	}
+	copy(b, buf.Bytes())
+	return b
+}
+
+func TestCheckStaticELFReadsOnlyHeaders(t *testing.T) {
+	if err := checkStaticELF(bytes.NewReader(tinyELF(t, 4096, false)), "img", "/app"); err != nil {
+		t.Errorf("static: %v", err)
+	}
+	if err := checkStaticELF(bytes.NewReader(tinyELF(t, 4096, true)), "img", "/app"); err == nil || !strings.Contains(err.Error(), "dynamically linked") {
+		t.Errorf("dynamic: %v", err)
+	}
+	arm := tinyELF(t, 4096, false)
+	arm[18] = byte(elf.EM_AARCH64)
+	if err := checkStaticELF(bytes.NewReader(arm), "img", "/app"); err == nil || !strings.Contains(err.Error(), "EM_AARCH64") {
+		t.Errorf("arm64: %v", err)
+	}
+	cut := tinyELF(t, 4096, true)[:70] // the program headers are missing
+	if err := checkStaticELF(bytes.NewReader(cut), "img", "/app"); err == nil || !strings.Contains(err.Error(), "not an ELF") {
+		t.Errorf("truncated: %v", err)
+	}
+}
+
+// binaryImage builds the root filesystem of an image whose program is
+// /usr/local/bin/app, holding prog.
+func binaryImage(t *testing.T, prog []byte) (*imagePlan, *Spec) {
+	t.Helper()
+	sq := testSquashfsBodies(t, map[string][]byte{"usr/local/bin/app": prog, "etc/passwd": []byte("root:x:0:0::/root:/bin/sh\n")},
+		tar.Header{Typeflag: tar.TypeDir, Name: "usr/"},
+		tar.Header{Typeflag: tar.TypeDir, Name: "usr/local/"},
+		tar.Header{Typeflag: tar.TypeDir, Name: "usr/local/bin/"},
+		tar.Header{Typeflag: tar.TypeReg, Name: "usr/local/bin/app", Mode: 0o755},
+		tar.Header{Typeflag: tar.TypeDir, Name: "etc/"},
+		tar.Header{Typeflag: tar.TypeReg, Name: "etc/passwd", Mode: 0o644},
+	)
+	if _, err := disk.FindTool("rdsquashfs", "squashfs-tools-ng"); err != nil {
+		t.Skip(err)
+	}
+	return &imagePlan{img: &image.Image{}, rootfs: image.RootFS{Path: sq, FSType: image.FSTypeSquashfs}, mode: ModeBinary},
+		&Spec{Image: "registry.example/team/app:1"}
+}
+
+// TestBinaryModeStreamsTheProgram takes an 8 MiB program out of an image:
+// it lands byte for byte in a file of the VM's directory, which the initrd
+// is written from, without the process allocating anything near its size.
+func TestBinaryModeStreamsTheProgram(t *testing.T) {
+	prog := tinyELF(t, 8<<20, false)
+	p, s := binaryImage(t, prog)
+	ctx := context.Background()
+	if err := p.findBinary(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(p.args, []string{"/usr/local/bin/app"}) {
+		t.Errorf("args = %q, want the program", p.args)
+	}
+	dir := t.TempDir()
+	var before, after goruntime.MemStats
+	goruntime.ReadMemStats(&before)
+	files, drives, err := p.attach(ctx, dir, s)
+	goruntime.ReadMemStats(&after)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 2<<20 {
+		t.Errorf("extracting an 8 MiB program allocated %d bytes: it was held in memory", alloc)
+	}
+	if len(drives) != 0 || len(files) != 2 {
+		t.Fatalf("attach = %+v, %+v; want the program and /etc/passwd, no drives", files, drives)
+	}
+	want := []kernel.File{
+		{Path: "/usr/local/bin/app", Mode: 0o755, Source: filepath.Join(dir, "image-binary")},
+		{Path: "/etc/passwd", Mode: 0o644, Source: filepath.Join(dir, "image-passwd")},
+	}
+	for i, f := range files {
+		if f.Path != want[i].Path || f.Mode != want[i].Mode || f.Source != want[i].Source || f.Data != nil {
+			t.Errorf("file %d = %+v, want %+v", i, f, want[i])
+		}
+	}
+	if b, err := os.ReadFile(files[0].Source); err != nil || !bytes.Equal(b, prog) {
+		t.Errorf("extracted program differs from the image's (%d bytes, %v)", len(b), err)
+	}
+}
+
+// TestBinaryModeRefusesALargeProgram lowers the 1 GiB limit: a program
+// over it is refused by its size in the image before anything is copied,
+// and, should the size not tell, as soon as the stream passes the limit.
+func TestBinaryModeRefusesALargeProgram(t *testing.T) {
+	if maxBinarySize != 1<<30 || maxUserDBSize != 1<<20 {
+		t.Errorf("limits %d, %d; docs/images.md says 1 GiB and 1 MiB", maxBinarySize, maxUserDBSize)
+	}
+	prog := tinyELF(t, 8<<20, false)
+	p, s := binaryImage(t, prog)
+	ctx := context.Background()
+	defer func(old int64) { maxBinarySize = old }(maxBinarySize)
+	maxBinarySize = 4 << 20
+	err := p.findBinary(ctx, s)
+	if !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), "/usr/local/bin/app is 8388608 bytes, over the 4 MiB limit of binary mode") {
+		t.Errorf("findBinary = %v, want the program refused naming its size and the limit", err)
+	}
+	if err == nil {
+		return
+	}
+
+	// The stream is capped too.
+	maxBinarySize = 1 << 30
+	p, s = binaryImage(t, prog)
+	if err := p.findBinary(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	p.binary[0].max = 4 << 20
+	dir := t.TempDir()
+	_, _, err = p.attach(ctx, dir, s)
+	if !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), "/usr/local/bin/app is over the 4 MiB limit of binary mode") {
+		t.Errorf("attach = %v, want the program refused naming the limit", err)
+	}
+	if left, _ := os.ReadDir(dir); len(left) != 0 {
+		t.Errorf("left in the VM directory: %v", left)
+	}
+
+	// A file exactly at the limit is taken.
+	p.binary[0].max = int64(len(prog))
+	if _, _, err := p.attach(ctx, dir, s); err != nil {
+		t.Errorf("a program at the limit: %v", err)
+	}
+}
+
+func TestBinaryModeRefusesADynamicProgram(t *testing.T) {
+	p, s := binaryImage(t, tinyELF(t, 1<<20, true))
+	ctx := context.Background()
+	if err := p.findBinary(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err := p.attach(ctx, t.TempDir(), s)
+	if !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), "dynamically linked") {
+		t.Errorf("attach = %v, want a dynamic program refused", err)
 	}
 }

@@ -240,6 +240,12 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (vm *VM, err error) {
 	if err := kernel.WriteInitrd(initrd, base, agent.SpecPath, specJSON, files); err != nil {
 		return nil, err
 	}
+	for _, f := range files {
+		// What binary mode copied out of the image is in the initrd now.
+		if filepath.Dir(f.Source) == dir && strings.HasPrefix(filepath.Base(f.Source), "image-") {
+			os.Remove(f.Source)
+		}
+	}
 	cfg := vmm.Config{
 		ID:        id,
 		Dir:       dir,
