@@ -316,3 +316,266 @@ func dnsFlood(t *testing.T, upstream string) {
 		}
 	}
 }
+
+func TestRateLimiter(t *testing.T) {
+	l := newRateLimiter(100, 200)
+	a, b := netip.MustParseAddr("10.99.0.2"), netip.MustParseAddr("10.99.0.3")
+	now := time.Unix(1000, 0)
+	allowed := func(src netip.Addr, n int, at time.Time) int {
+		ok := 0
+		for range n {
+			if l.allow(src, at) {
+				ok++
+			}
+		}
+		return ok
+	}
+	if got := allowed(a, 1000, now); got != 200 {
+		t.Errorf("a burst of 1000 let %d through, want the 200 of the bucket", got)
+	}
+	if got := allowed(b, 10, now); got != 10 {
+		t.Errorf("another source got %d of 10 while the first was limited", got)
+	}
+	// 100 a second: after 0.5 s, 50 more.
+	if got := allowed(a, 1000, now.Add(500*time.Millisecond)); got != 50 {
+		t.Errorf("after half a second %d more went through, want 50", got)
+	}
+	// A clock that goes back gives nothing.
+	if got := allowed(a, 10, now); got != 0 {
+		t.Errorf("a clock gone back gave %d tokens", got)
+	}
+
+	// The table is bounded: when it is full of busy sources a new one is
+	// refused; sources quiet long enough to have filled up again make room.
+	l = newRateLimiter(100, 200)
+	for i := range maxSources {
+		l.allow(netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)}), now)
+	}
+	if l.allow(netip.MustParseAddr("10.1.0.1"), now.Add(time.Second)) {
+		t.Error("a new source was let in while the table was full of busy ones")
+	}
+	if !l.allow(netip.MustParseAddr("10.1.0.1"), now.Add(2*time.Second)) || len(l.buckets) != 1 {
+		t.Errorf("a new source after the others went quiet: %d buckets, want just its own", len(l.buckets))
+	}
+}
+
+// fakeUpstream is a resolver on the host's loopback. It collects n queries,
+// noting the source port and ID of each, then hands them to answer.
+func fakeUpstream(t *testing.T, n int, answer func(c *net.UDPConn, from *net.UDPAddr, q dnsmessage.Message)) (addr string, ports, ids chan int) {
+	t.Helper()
+	up, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { up.Close() })
+	ports, ids = make(chan int, n), make(chan int, n)
+	go func() {
+		type query struct {
+			from *net.UDPAddr
+			m    dnsmessage.Message
+		}
+		var got []query
+		buf := make([]byte, 1500)
+		for len(got) < n {
+			k, from, err := up.ReadFromUDP(buf)
+			if err != nil {
+				return
+			}
+			var m dnsmessage.Message
+			if m.Unpack(buf[:k]) != nil {
+				continue
+			}
+			got = append(got, query{from, m})
+			ports <- from.Port
+			ids <- int(m.Header.ID)
+		}
+		for i := len(got) - 1; i >= 0; i-- { // out of order
+			answer(up, got[i].from, got[i].m)
+		}
+	}()
+	return up.LocalAddr().String(), ports, ids
+}
+
+// answerA answers q with an A record for addr.
+func answerA(c *net.UDPConn, to *net.UDPAddr, q dnsmessage.Message, addr [4]byte) {
+	q.Header.Response = true
+	q.Answers = []dnsmessage.Resource{{
+		Header: dnsmessage.ResourceHeader{Name: q.Questions[0].Name, Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET},
+		Body:   &dnsmessage.AResource{A: addr},
+	}}
+	b, _ := q.Pack()
+	c.WriteToUDP(b, to)
+}
+
+// TestDNSForwardsThroughOneSocket: queries forwarded at once all leave
+// from one socket, each under an ID of its own, and every answer (given
+// in another order) goes back to its own query with the query's ID.
+func TestDNSForwardsThroughOneSocket(t *testing.T) {
+	const n = 40
+	upstream, ports, ids := fakeUpstream(t, n, func(c *net.UDPConn, from *net.UDPAddr, q dnsmessage.Message) {
+		// Each name's answer is its number: q3.example. is 192.0.2.3.
+		var i byte
+		fmt.Sscanf(q.Questions[0].Name.String(), "q%d.", &i)
+		answerA(c, from, q, [4]byte{192, 0, 2, i})
+	})
+	d := NewDNS(slog.New(slog.DiscardHandler))
+	defer d.Close()
+	d.Upstream = func() []string { return []string{upstream} }
+	errs := make(chan error, n)
+	for i := range n {
+		go func() {
+			b := d.answer(DNSZone{Network: "n", Egress: true}, query(t, fmt.Sprintf("q%d.example.", i), dnsmessage.TypeA), false)
+			var m dnsmessage.Message
+			if err := m.Unpack(b); err != nil || len(m.Answers) != 1 || m.Header.ID != 7 {
+				errs <- fmt.Errorf("q%d: answer %+v, %v", i, m, err)
+				return
+			}
+			if a := m.Answers[0].Body.(*dnsmessage.AResource).A; a != [4]byte{192, 0, 2, byte(i)} {
+				errs <- fmt.Errorf("q%d: answered %v, another query's answer", i, a)
+				return
+			}
+			errs <- nil
+		}()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	seenPorts, seenIDs := map[int]bool{}, map[int]bool{}
+	for range n {
+		seenPorts[<-ports] = true
+		seenIDs[<-ids] = true
+	}
+	if len(seenPorts) != 1 {
+		t.Errorf("the upstream saw queries from %d source ports, want 1 (one socket)", len(seenPorts))
+	}
+	if len(seenIDs) != n {
+		t.Errorf("the upstream saw %d IDs for %d queries pending at once, want one each", len(seenIDs), n)
+	}
+}
+
+// TestDNSForwardToSilentUpstream plays a hostile upstream that never
+// answers, with a forger that answers each query (its ID, its question)
+// from another port and the upstream itself answering another question
+// under the query's ID: every query fails at its deadline, nothing is left
+// pending and no goroutine outlives the forwarding.
+func TestDNSForwardToSilentUpstream(t *testing.T) {
+	const n = 20
+	forger, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer forger.Close()
+	upstream, _, _ := fakeUpstream(t, n, func(c *net.UDPConn, from *net.UDPAddr, q dnsmessage.Message) {
+		answerA(forger, from, q, [4]byte{6, 6, 6, 6})
+		q.Questions[0].Name = dnsmessage.MustNewName("other.example.")
+		answerA(c, from, q, [4]byte{6, 6, 6, 6})
+	})
+	base := goruntime.NumGoroutine()
+	d := NewDNS(slog.New(slog.DiscardHandler))
+	d.forwardTimeout = 300 * time.Millisecond
+	d.Upstream = func() []string { return []string{upstream} }
+	start := time.Now()
+	rcodes := make(chan dnsmessage.RCode, n)
+	for i := range n {
+		go func() {
+			var m dnsmessage.Message
+			m.Unpack(d.answer(DNSZone{Network: "n", Egress: true}, query(t, fmt.Sprintf("q%d.example.", i), dnsmessage.TypeA), false))
+			rcodes <- m.Header.RCode
+		}()
+	}
+	for range n {
+		if rc := <-rcodes; rc != dnsmessage.RCodeServerFailure {
+			t.Errorf("a query to a silent upstream got %v, want SERVFAIL", rc)
+		}
+	}
+	if el := time.Since(start); el > 2*time.Second {
+		t.Errorf("the queries took %v, past their deadline of %v", el, d.forwardTimeout)
+	}
+	d.fwdMu.Lock()
+	f := d.fwd
+	d.fwdMu.Unlock()
+	f.mu.Lock()
+	left := len(f.pending)
+	f.mu.Unlock()
+	if left != 0 {
+		t.Errorf("%d queries left pending past their deadline", left)
+	}
+	d.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for goruntime.NumGoroutine() > base {
+		if time.Now().After(deadline) {
+			t.Errorf("%d goroutines outlive the forwarding", goruntime.NumGoroutine()-base)
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestDNSRateLimitsEachSource: a guest that floods its gateway's name
+// server is answered at its rate and no more, while another source is
+// answered in full meanwhile.
+func TestDNSRateLimitsEachSource(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("network namespaces need root: run the tests as root")
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		inNewNetns(t, func() { dnsRateLimits(t) })
+	}()
+	<-done
+}
+
+func dnsRateLimits(t *testing.T) {
+	d := loopbackDNS(t, "127.0.0.1:1")
+	if d == nil {
+		return
+	}
+	defer d.Close()
+	client := func(ip string) *net.UDPConn {
+		c, err := net.DialUDP("udp4", &net.UDPAddr{IP: net.ParseIP(ip)}, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 53})
+		if err != nil {
+			t.Error(err)
+			return nil
+		}
+		return c
+	}
+	flooder, other := client("127.0.0.2"), client("127.0.0.3")
+	if flooder == nil || other == nil {
+		return
+	}
+	defer flooder.Close()
+	defer other.Close()
+	q := query(t, "web.", dnsmessage.TypeA)
+	buf := make([]byte, 1500)
+	// Batches smaller than the workers: without a rate limit every query
+	// would be answered.
+	start, answered := time.Now(), 0
+	for range 40 {
+		for range 25 {
+			flooder.Write(q)
+		}
+		flooder.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+		for range 25 {
+			if _, err := flooder.Read(buf); err != nil {
+				break
+			}
+			answered++
+		}
+	}
+	if bound := dnsBurst + int(time.Since(start).Seconds()*dnsRate) + 5; answered > bound {
+		t.Errorf("a flood of 1000 queries got %d answers, bound %d", answered, bound)
+	} else {
+		t.Logf("a flood of 1000 queries got %d answers in %v", answered, time.Since(start))
+	}
+	for i := range 20 {
+		other.Write(q)
+		other.SetReadDeadline(time.Now().Add(time.Second))
+		if _, err := other.Read(buf); err != nil {
+			t.Errorf("query %d of another source during the flood: %v", i, err)
+			return
+		}
+	}
+}

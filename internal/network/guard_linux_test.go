@@ -226,7 +226,7 @@ func TestGuardTableOutlivesFirewall(t *testing.T) {
 				t.Errorf("ApplyFirewall: %v", err)
 				return
 			}
-			kilnChains := []string{"forward", "input", "output", "postrouting", "prerouting"}
+			kilnChains := []string{"forward", "input", "localnet", "output", "postrouting", "prerouting"}
 			if got := slices.Sorted(maps.Keys(tableChains(t, TableName))); !slices.Equal(got, kilnChains) {
 				t.Errorf("chains of table %s = %v, want %v", TableName, got, kilnChains)
 			}
@@ -739,12 +739,18 @@ func wantRules(t *testing.T, table, chain string, want []string) {
 // expressions kiln's rules are made of).
 func ruleTexts(t *testing.T, table, chain string) []string {
 	t.Helper()
+	return familyRuleTexts(t, nftables.TableFamilyINet, table, chain)
+}
+
+// familyRuleTexts is ruleTexts for a table of any family.
+func familyRuleTexts(t *testing.T, family nftables.TableFamily, table, chain string) []string {
+	t.Helper()
 	c, err := nftables.New()
 	if err != nil {
 		t.Error(err)
 		return nil
 	}
-	tab := &nftables.Table{Family: nftables.TableFamilyINet, Name: table}
+	tab := &nftables.Table{Family: family, Name: table}
 	rules, err := c.GetRules(tab, &nftables.Chain{Name: chain, Table: tab})
 	if err != nil {
 		t.Errorf("rules of %s: %v", chain, err)
@@ -764,7 +770,7 @@ func ruleText(es []expr.Any) string {
 	for _, e := range es {
 		switch e := e.(type) {
 		case *expr.Meta:
-			loaded, mask = map[expr.MetaKey]string{expr.MetaKeyNFPROTO: "nfproto", expr.MetaKeyL4PROTO: "l4proto", expr.MetaKeySKUID: "skuid"}[e.Key], nil
+			loaded, mask = map[expr.MetaKey]string{expr.MetaKeyNFPROTO: "nfproto", expr.MetaKeyL4PROTO: "l4proto", expr.MetaKeySKUID: "skuid", expr.MetaKeyIIFNAME: "iifname", expr.MetaKeyOIFNAME: "oifname"}[e.Key], nil
 			if loaded == "" {
 				loaded = fmt.Sprintf("meta %d", e.Key)
 			}
@@ -773,8 +779,21 @@ func ruleText(es []expr.Any) string {
 			switch {
 			case e.Base == expr.PayloadBaseNetworkHeader && (e.Offset == 16 && e.Len == 4 || e.Offset == 24 && e.Len == 16):
 				loaded = "daddr"
+			case e.Base == expr.PayloadBaseNetworkHeader && (e.Offset == 12 && e.Len == 4 || e.Offset == 8 && e.Len == 16):
+				loaded = "saddr"
 			case e.Base == expr.PayloadBaseTransportHeader && e.Offset == 2 && e.Len == 2:
 				loaded = "dport"
+			case e.Base == expr.PayloadBaseLLHeader && e.Offset == 6 && e.Len == 6:
+				loaded = "ether saddr"
+			case e.Base == expr.PayloadBaseLLHeader && e.Offset == 12 && e.Len == 2:
+				loaded = "ether type"
+			case e.Base == expr.PayloadBaseNetworkHeader && e.Len != 4: // only ARP's are read otherwise
+				loaded = map[[2]uint32]string{{0, 2}: "arp htype", {2, 2}: "arp ptype", {4, 1}: "arp hlen", {5, 1}: "arp plen", {8, 6}: "arp saddr ether"}[[2]uint32{e.Offset, e.Len}]
+			case e.Base == expr.PayloadBaseNetworkHeader && e.Offset == 14:
+				loaded = "arp saddr ip"
+			}
+			if loaded == "" {
+				loaded = fmt.Sprintf("payload %d@%d/%d", e.Base, e.Offset, e.Len)
 			}
 		case *expr.Ct:
 			loaded, mask = fmt.Sprintf("ct %d", e.Key), nil
@@ -792,6 +811,8 @@ func ruleText(es []expr.Any) string {
 			switch e.Kind {
 			case expr.VerdictAccept:
 				words = append(words, "accept")
+			case expr.VerdictDrop:
+				words = append(words, "drop")
 			case expr.VerdictJump:
 				words = append(words, "jump", e.Chain)
 			default:
@@ -819,10 +840,24 @@ func cmpText(loaded string, e *expr.Cmp, mask []byte) string {
 	case "nfproto":
 		s = map[byte]string{unix.NFPROTO_IPV4: "ipv4", unix.NFPROTO_IPV6: "ipv6"}[e.Data[0]]
 	case "l4proto":
-		s = map[byte]string{unix.IPPROTO_TCP: "tcp", unix.IPPROTO_UDP: "udp"}[e.Data[0]]
-	case "dport":
+		s = map[byte]string{unix.IPPROTO_TCP: "tcp", unix.IPPROTO_UDP: "udp", unix.IPPROTO_ICMP: "icmp"}[e.Data[0]]
+	case "dport", "arp htype":
 		s = strconv.Itoa(int(binaryutil.BigEndian.Uint16(e.Data)))
-	case "daddr":
+	case "iifname", "oifname":
+		name, exact := strings.CutSuffix(string(e.Data), "\x00")
+		if s = strconv.Quote(name); !exact {
+			s = strconv.Quote(name + "*")
+		}
+	case "ether saddr", "arp saddr ether":
+		s = net.HardwareAddr(e.Data).String()
+	case "ether type", "arp ptype":
+		s = map[uint16]string{unix.ETH_P_IP: "ip", unix.ETH_P_ARP: "arp"}[binaryutil.BigEndian.Uint16(e.Data)]
+	case "arp hlen", "arp plen":
+		s = strconv.Itoa(int(e.Data[0]))
+	case "arp saddr ip":
+		a, _ := netip.AddrFromSlice(e.Data)
+		s = a.String()
+	case "daddr", "saddr":
 		a, _ := netip.AddrFromSlice(e.Data)
 		bits := a.BitLen()
 		if mask != nil {
@@ -835,9 +870,13 @@ func cmpText(loaded string, e *expr.Cmp, mask []byte) string {
 		}
 		s = netip.PrefixFrom(a, bits).String()
 	case "ct state":
-		if e.Op == expr.CmpOpNeq && slices.Equal(e.Data, []byte{0, 0, 0, 0}) &&
-			slices.Equal(mask, binaryutil.NativeEndian.PutUint32(expr.CtStateBitNEW)) {
-			return "new"
+		if e.Op == expr.CmpOpNeq && slices.Equal(e.Data, []byte{0, 0, 0, 0}) {
+			switch {
+			case slices.Equal(mask, binaryutil.NativeEndian.PutUint32(expr.CtStateBitNEW)):
+				return "new"
+			case slices.Equal(mask, binaryutil.NativeEndian.PutUint32(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED)):
+				return "established,related"
+			}
 		}
 	}
 	if e.Op != expr.CmpOpEq {

@@ -30,7 +30,10 @@ func privErr(what string, err error) error {
 
 // EnsureBridge makes the bridge (if missing) with gateway/prefix as its
 // address, up, and lets traffic from 127.0.0.1 be routed to it (published
-// ports reached on the host's loopback are DNATed to its VMs).
+// ports reached on the host's loopback are DNATed to its VMs). Reverse
+// path filtering is strict on it: a packet that comes in on the bridge
+// from an address the host would not route back through the bridge is
+// dropped (the kernel applies the larger of this and conf/all).
 func EnsureBridge(name string, gateway netip.Addr, subnet netip.Prefix) error {
 	link, err := netlink.LinkByName(name)
 	if err != nil {
@@ -53,7 +56,11 @@ func EnsureBridge(name string, gateway netip.Addr, subnet netip.Prefix) error {
 	if err := netlink.LinkSetUp(link); err != nil {
 		return privErr("bringing up bridge "+name, err)
 	}
-	return writeSysctl(filepath.Join("/proc/sys/net/ipv4/conf", name, "route_localnet"), "1")
+	conf := filepath.Join("/proc/sys/net/ipv4/conf", name)
+	if err := writeSysctl(filepath.Join(conf, "route_localnet"), "1"); err != nil {
+		return err
+	}
+	return writeSysctl(filepath.Join(conf, "rp_filter"), "1")
 }
 
 // EnsureTAP makes the VM's persistent TAP (if missing), a port of the

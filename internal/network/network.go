@@ -2,7 +2,7 @@
 // have, docker-style published-port specs, and the checks and choices made
 // on the host before a VM with forwards boots (a host port in use, an
 // ephemeral port); bridge networks: their bridges and TAPs (netlink), kiln's
-// nftables table, and the name server on each bridge's gateway.
+// nftables tables, and the name server on each bridge's gateway.
 package network
 
 import (

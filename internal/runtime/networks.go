@@ -259,10 +259,13 @@ func (s *Supervisor) syncNetworks() error {
 	var fw network.Firewall
 	zones := map[string]*network.DNSZone{}
 	for _, n := range nets {
-		fw.Networks = append(fw.Networks, network.FirewallNetwork{Bridge: n.Bridge, Subnet: n.Subnet, Egress: n.Egress})
+		fw.Networks = append(fw.Networks, network.FirewallNetwork{Bridge: n.Bridge, Subnet: n.Subnet, Gateway: n.Gateway, Egress: n.Egress})
 		zones[n.Name] = &network.DNSZone{Network: n.Name, Gateway: n.Gateway, Egress: n.Egress, Records: map[string]netip.Addr{}}
 	}
 	for _, l := range leases {
+		// Every lease's TAP may send as its VM, whatever state the VM is
+		// in: the lease, not the VM, says which address is whose.
+		fw.Ports = append(fw.Ports, network.VMPort(l.VMID, l.IP))
 		m, ok := vms[l.VMID]
 		if !ok {
 			continue // being created, or an orphan reconcile drops
