@@ -165,7 +165,7 @@ func TestArgvCommaInPath(t *testing.T) {
 }
 
 func TestCmdline(t *testing.T) {
-	const base = "console=ttyS0 reboot=t panic=-1 quiet 8250.nr_uarts=1"
+	const base = "console=ttyS0 reboot=t panic=-1 quiet 8250.nr_uarts=1 no_timer_check"
 	tests := []struct {
 		name  string
 		accel vmm.Accel
