@@ -35,8 +35,12 @@ const (
 	// disk space is given back.
 	punchEvery = 1 << 20
 	// takeChunk is how much raw output is read at a time.
-	takeChunk = 1 << 20
+	takeChunk = 256 << 10
 )
+
+// takeBufs holds the buffers raw output is read into, shared by the
+// collectors of all VMs: most takes are small and frequent.
+var takeBufs = sync.Pool{New: func() any { b := make([]byte, takeChunk); return &b }}
 
 // collector turns a VM's raw output (what the guest writes to stdout.log
 // and stderr.log) into timestamped JSON lines in vm.log, rotated by size,
@@ -154,7 +158,9 @@ func (c *collector) take(i int) error {
 		return err
 	}
 	defer f.Close()
-	buf := make([]byte, takeChunk)
+	bp := takeBufs.Get().(*[]byte)
+	defer takeBufs.Put(bp)
+	buf := *bp
 	for {
 		n, err := f.ReadAt(buf, c.offsets[i]+int64(len(c.partial[i])))
 		if n > 0 {
@@ -390,6 +396,11 @@ func readLogFiles(dir string, maxFiles int, q LogQuery) ([]LogEntry, error) {
 				continue
 			}
 			out = append(out, e)
+			if q.Tail >= 0 && len(out) >= 2*q.Tail+1024 {
+				// Only the last Tail are wanted: memory stays bounded by
+				// the tail asked for, not by the size of the logs.
+				out = append(out[:0], out[len(out)-q.Tail:]...)
+			}
 		}
 		f.Close()
 		if err := sc.Err(); err != nil {
