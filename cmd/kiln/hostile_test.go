@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -134,4 +135,72 @@ func TestFullDiskReachesTheGuestAndTheReserveRefusesNewDisks(t *testing.T) {
 	}
 	t.Logf("guest on a full disk: %s", strings.TrimSpace(r.stdout[strings.Index(r.stdout, "fill:"):]))
 	ok(t, "ps on a full disk", e.kiln("ps", "-a"))
+}
+
+// dirBytes returns the bytes the files in dir take on disk, the VM's
+// initrd (written once, at create) aside.
+func dirBytes(t *testing.T, dir string) int64 {
+	t.Helper()
+	var n int64
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		var st unix.Stat_t
+		if e.Name() == "initrd" || unix.Lstat(filepath.Join(dir, e.Name()), &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+			continue
+		}
+		n += st.Blocks * 512
+	}
+	return n
+}
+
+// TestGuestStdoutWhileTheDaemonIsDownIsBoundedAndKept plays a guest that
+// writes all it can to stdout while the daemon is killed: nothing on the
+// host grows (the guest waits on its full pipe), and once a daemon is back
+// every line arrives, in order, and the exit code the program ended with
+// (while no daemon ran) is known.
+func TestGuestStdoutWhileTheDaemonIsDownIsBoundedAndKept(t *testing.T) {
+	const lines = 300000
+	e := newEnv(t)
+	id := strings.TrimSpace(ok(t, "run -d", e.run("-d", "--name", "chatty", e.hello(), "-lines", strconv.Itoa(lines), "-exit", "7")).stdout)
+	if !e.waitLog("chatty", "line 1 of", time.Minute) {
+		t.Fatalf("the guest never wrote:\n%s", e.kiln("logs", "chatty"))
+	}
+	if err := syscall.Kill(e.daemonPID(), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(e.root, "vms", id)
+	before := dirBytes(t, dir)
+	time.Sleep(20 * time.Second)
+	if grew := dirBytes(t, dir) - before; grew > 0 {
+		t.Errorf("with no daemon, the guest's output grew the host's files by %d bytes", grew)
+	}
+	if len(qemuUnder(e.root)) != 1 {
+		t.Fatalf("the VM did not wait for a daemon to take its output")
+	}
+	ok(t, "ps (a new daemon)", e.kiln("ps"))
+	ok(t, "wait", e.kiln("wait", "chatty"))
+	if code := e.inspect("chatty", "{{.State.ExitCode}}"); code != "7" {
+		t.Errorf("exit code %s, want the program's 7", code)
+	}
+	if rss := e.daemonRSS(); rss > 100<<20 {
+		t.Errorf("the daemon's RSS is %d MiB after taking the backlog", rss>>20)
+	}
+	r := ok(t, "logs", e.kiln("logs", "chatty"))
+	next := 1
+	for _, l := range strings.Split(r.stdout, "\n") {
+		if !strings.HasPrefix(l, "line ") {
+			continue
+		}
+		if want := fmt.Sprintf("line %d of %d", next, lines); l != want {
+			t.Fatalf("line %q where %q was due: output lost or out of order", l, want)
+		}
+		next++
+	}
+	if next != lines+1 {
+		t.Errorf("the logs hold %d of the %d lines", next-1, lines)
+	}
+	ok(t, "rm", e.kiln("rm", "chatty"))
 }

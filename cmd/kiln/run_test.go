@@ -43,9 +43,9 @@ func TestRunKeepsVMStateWithoutRm(t *testing.T) {
 	if len(dirs) != 1 {
 		t.Fatalf("want one VM directory, got %v", dirs)
 	}
-	out, err := os.ReadFile(filepath.Join(e.root, "vms", dirs[0], "stdout.log"))
+	out, err := os.ReadFile(filepath.Join(e.root, "vms", dirs[0], "vm.log"))
 	if err != nil || !strings.Contains(string(out), "hello from kept") {
-		t.Errorf("stdout.log = %q, %v; want the program's output", out, err)
+		t.Errorf("vm.log = %q, %v; want the program's output", out, err)
 	}
 }
 

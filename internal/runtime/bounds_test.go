@@ -2,6 +2,8 @@ package runtime
 
 import (
 	"bytes"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	gort "runtime"
@@ -11,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"kiln.dev/kiln/internal/vmm/qemu"
 )
 
 // TestLineWriterBoundsAHostileStatusPort plays a guest that writes a 10 MB
@@ -132,5 +136,68 @@ func TestCollectorTakesABacklogInBoundedMemory(t *testing.T) {
 	}
 	if used := st.Blocks * 512; used > 2*punchEvery {
 		t.Errorf("the raw stdout file still takes %d bytes once taken", used)
+	}
+}
+
+// pipeDir makes a VM directory whose output comes through FIFOs, and opens
+// stdout's write end as QEMU does (read-write, non-blocking).
+func pipeDir(t *testing.T) (string, *os.File) {
+	t.Helper()
+	dir := t.TempDir()
+	for _, p := range []string{stdoutPipe, stderrPipe} {
+		if err := qemu.MakePipe(filepath.Join(dir, p)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w, err := os.OpenFile(pipeFIFO(dir, 0), os.O_RDWR|unix.O_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.Close() })
+	return dir, w
+}
+
+// TestCollectorPipesHoldAtMostTheirBufferAndLoseNothing plays a guest that
+// writes all it can while no daemon runs: the FIFO takes no more than its
+// buffer (the guest's next write would wait), and the collector that
+// starts afterwards takes every line of it, in order; an unfinished line
+// is kept when the collector stops.
+func TestCollectorPipesHoldAtMostTheirBufferAndLoseNothing(t *testing.T) {
+	dir, w := pipeDir(t)
+	c := startTest(t, dir, LogConfig{MaxSize: 64 << 20, MaxFiles: 2})
+	c.Close() // the daemon goes; QEMU's end keeps the pipe
+
+	var held, n int
+	for {
+		line := fmt.Appendf(nil, "line %07d\n", n)
+		k, err := unix.Write(int(w.Fd()), line)
+		if errors.Is(err, unix.EAGAIN) {
+			break
+		}
+		if err != nil || k != len(line) {
+			t.Fatalf("write: %d, %v", k, err)
+		}
+		held, n = held+k, n+1
+	}
+	if held > outputPipeSize {
+		t.Fatalf("the stdout FIFO took %d bytes with no reader; its bound is %d", held, outputPipeSize)
+	}
+	c = startTest(t, dir, LogConfig{MaxSize: 64 << 20, MaxFiles: 2})
+	c.Sync()
+	unix.Write(int(w.Fd()), []byte("unfinished"))
+	c.Sync()
+	c.Close()
+	c = startTest(t, dir, LogConfig{MaxSize: 64 << 20, MaxFiles: 2})
+	entries := readAll(t, c)
+	if len(entries) != n+1 {
+		t.Fatalf("%d entries, want the %d lines written and the unfinished one", len(entries), n)
+	}
+	for i, e := range entries[:n] {
+		if want := fmt.Sprintf("line %07d\n", i); e.Line != want {
+			t.Fatalf("entry %d is %q, want %q", i, e.Line, want)
+		}
+	}
+	if last := entries[n].Line; last != "unfinished" {
+		t.Errorf("the unfinished line came out as %q", last)
 	}
 }

@@ -65,9 +65,12 @@ type collector struct {
 	subs    map[chan LogEntry]struct{}
 	closed  bool
 
-	notify *os.File // inotify on the raw files
-	stop   chan struct{}
-	done   chan struct{}
+	notify *os.File // inotify on the raw files (file mode)
+	// pipes are the output FIFOs (pipe mode), read-write so that they
+	// never read end-of-file and their buffers outlive a QEMU that exits.
+	pipes [2]*os.File
+	stop  chan struct{}
+	done  chan struct{}
 }
 
 var streams = [2]string{"stdout", "stderr"}
@@ -79,9 +82,26 @@ func rawFile(dir string, i int) string {
 	return filepath.Join(dir, stderrFile)
 }
 
-// startCollector starts collecting the output of the VM in dir.
+// pipeFIFO is the FIFO stream i comes out of, in pipe mode.
+func pipeFIFO(dir string, i int) string {
+	if i == 0 {
+		return filepath.Join(dir, stdoutPipe+".out")
+	}
+	return filepath.Join(dir, stderrPipe+".out")
+}
+
+// outputPipeSize is the pipe buffer of each output FIFO: what a guest's
+// stdout or stderr holds while no daemon reads it, before its writes wait.
+const outputPipeSize = 1 << 20
+
+// startCollector starts collecting the output of the VM in dir: from its
+// FIFOs (pipe mode) when it has them, else from the raw files an older
+// kiln's VM appends to (file mode).
 func startCollector(dir string, cfg LogConfig, log *slog.Logger) (*collector, error) {
 	c := &collector{dir: dir, cfg: cfg, log: log, subs: map[chan LogEntry]struct{}{}, stop: make(chan struct{}), done: make(chan struct{})}
+	if st, err := os.Lstat(pipeFIFO(dir, 0)); err == nil && st.Mode()&os.ModeNamedPipe != 0 {
+		return c, c.startPipes()
+	}
 	if b, err := os.ReadFile(filepath.Join(dir, offsetsFile)); err == nil {
 		f := strings.Fields(string(b))
 		for i := 0; i < 2 && i < len(f); i++ {
@@ -120,6 +140,107 @@ func closedCollector(dir string) *collector {
 	return c
 }
 
+// startPipes opens the output FIFOs and reads them as they fill. Each
+// stream is taken only under c.mu, by its reader or by Sync, so its
+// entries keep the order the guest wrote them in.
+func (c *collector) startPipes() error {
+	for i := range streams {
+		f, err := os.OpenFile(pipeFIFO(c.dir, i), os.O_RDWR|unix.O_NONBLOCK, 0)
+		if err != nil {
+			c.closePipes()
+			return fmt.Errorf("opening VM output: %w", err)
+		}
+		if rc, err := f.SyscallConn(); err == nil {
+			_ = rc.Control(func(fd uintptr) { _, _ = unix.FcntlInt(fd, unix.F_SETPIPE_SZ, outputPipeSize) })
+		}
+		c.pipes[i] = f
+	}
+	out, err := os.OpenFile(filepath.Join(c.dir, logFile), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		c.closePipes()
+		return fmt.Errorf("opening VM log: %w", err)
+	}
+	st, _ := out.Stat()
+	c.out, c.size = out, st.Size()
+	readers := make(chan struct{}, 2)
+	for i := range streams {
+		rc, err := c.pipes[i].SyscallConn()
+		if err != nil {
+			return err
+		}
+		go func() {
+			defer func() { readers <- struct{}{} }()
+			// Read calls the function each time the FIFO turns readable,
+			// until it reports true or the FIFO is closed.
+			// The lock is let go between chunks, so a guest that never
+			// stops writing does not keep readers of the log out.
+			_ = rc.Read(func(fd uintptr) bool {
+				for {
+					c.mu.Lock()
+					if c.closed {
+						c.mu.Unlock()
+						return true
+					}
+					empty := c.drainChunk(i, int(fd))
+					c.mu.Unlock()
+					if empty {
+						return false
+					}
+				}
+			})
+		}()
+	}
+	go func() {
+		<-readers
+		<-readers
+		close(c.done)
+	}()
+	return nil
+}
+
+// drain takes what stream i's FIFO holds now: at most twice its buffer,
+// so a guest that never stops writing cannot keep it going. Preconditions:
+// c.mu held.
+func (c *collector) drain(i, fd int) {
+	for range 2 * outputPipeSize / takeChunk {
+		if c.drainChunk(i, fd) {
+			return
+		}
+	}
+}
+
+// drainChunk takes at most one buffer of stream i's FIFO, and reports
+// whether the FIFO is empty. Preconditions: c.mu held.
+func (c *collector) drainChunk(i, fd int) (empty bool) {
+	bp := takeBufs.Get().(*[]byte)
+	defer takeBufs.Put(bp)
+	n, err := unix.Read(fd, *bp)
+	if n > 0 {
+		if err := c.lines(i, (*bp)[:n]); err != nil {
+			c.log.Warn("collecting VM output", "dir", c.dir, "err", err)
+		}
+	}
+	return n <= 0 || err != nil
+}
+
+// syncPipes takes what the FIFOs hold now. Preconditions: c.mu held.
+func (c *collector) syncPipes() {
+	for i, f := range c.pipes {
+		if rc, err := f.SyscallConn(); err == nil {
+			_ = rc.Control(func(fd uintptr) { c.drain(i, int(fd)) })
+		}
+	}
+}
+
+func (c *collector) closePipes() {
+	for i, f := range c.pipes {
+		if f != nil {
+			f.Close()
+			c.pipes[i] = nil
+		}
+	}
+}
+
 func (c *collector) loop() {
 	defer close(c.done)
 	buf := make([]byte, 4096)
@@ -131,11 +252,15 @@ func (c *collector) loop() {
 	}
 }
 
-// Sync takes everything the raw files hold now.
+// Sync takes everything the FIFOs or raw files hold now.
 func (c *collector) Sync() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
+		return
+	}
+	if c.pipes[0] != nil {
+		c.syncPipes()
 		return
 	}
 	for i := range streams {
@@ -221,7 +346,9 @@ func (c *collector) flushPartial() {
 			c.partial[i] = nil
 		}
 	}
-	_ = c.saveOffsets()
+	if c.pipes[0] == nil {
+		_ = c.saveOffsets()
+	}
 }
 
 // emit writes one entry, rotating first when the file is full, and hands it
@@ -317,6 +444,13 @@ func (c *collector) Close() {
 		c.mu.Unlock()
 		return
 	}
+	if c.pipes[0] != nil {
+		// A daemon that stops takes what the FIFOs hold, unfinished
+		// lines as they are; what the guest writes after waits in the
+		// FIFOs for the next daemon.
+		c.syncPipes()
+		c.flushPartial()
+	}
 	c.closed = true
 	for ch := range c.subs {
 		close(ch)
@@ -324,7 +458,10 @@ func (c *collector) Close() {
 	}
 	c.out.Close()
 	c.mu.Unlock()
-	c.notify.Close()
+	if c.notify != nil {
+		c.notify.Close()
+	}
+	c.closePipes()
 	<-c.done
 }
 

@@ -128,6 +128,12 @@ func (r *Runtime) ChooseAccel(a vmm.Accel) (vmm.AccelChoice, error) {
 const (
 	initrdFile = "initrd"
 	statusFile = "status.jsonl"
+	statusSock = "status.sock"
+	// stdoutPipe and stderrPipe name the FIFOs (".in", ".out") the guest's
+	// output comes through; stdoutFile and stderrFile are where VMs made
+	// by an older kiln have it appended.
+	stdoutPipe = "stdout"
+	stderrPipe = "stderr"
 	stdoutFile = "stdout.log"
 	stderrFile = "stderr.log"
 	agentSock  = "agent.sock"
@@ -258,9 +264,13 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (vm *VM, err error) {
 		ACPI:      k.ACPI,
 		Binary:    qemuBin,
 		Ports: []vmm.Port{
-			{Name: agent.PortStatus, File: filepath.Join(dir, statusFile)},
-			{Name: agent.PortStdout, File: filepath.Join(dir, stdoutFile)},
-			{Name: agent.PortStderr, File: filepath.Join(dir, stderrFile)},
+			// The status records come over a socket, and the program's
+			// output through FIFOs: while no daemon takes them, the
+			// guest's writes wait (a status record at once, output once
+			// a pipe buffer is full) and the host holds no more.
+			{Name: agent.PortStatus, Socket: filepath.Join(dir, statusSock)},
+			{Name: agent.PortStdout, Pipe: filepath.Join(dir, stdoutPipe)},
+			{Name: agent.PortStderr, Pipe: filepath.Join(dir, stderrPipe)},
 			{Name: agent.PortControl, Socket: filepath.Join(dir, agentSock)},
 		},
 		Drives: drives,
@@ -271,11 +281,14 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (vm *VM, err error) {
 		return nil, err
 	}
 	for _, p := range cfg.Ports {
-		if p.File != "" {
-			if err := os.WriteFile(p.File, nil, 0o600); err != nil {
-				return nil, fmt.Errorf("creating %s: %w", filepath.Base(p.File), err)
+		if p.Pipe != "" {
+			if err := qemu.MakePipe(p.Pipe); err != nil {
+				return nil, err
 			}
 		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, statusFile), nil, 0o600); err != nil {
+		return nil, fmt.Errorf("creating %s: %w", statusFile, err)
 	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err

@@ -17,7 +17,6 @@ import (
 	"kiln.dev/kiln/internal/atomicfile"
 	"kiln.dev/kiln/internal/agent"
 	"kiln.dev/kiln/internal/errdefs"
-	"kiln.dev/kiln/internal/follow"
 	"kiln.dev/kiln/internal/kernel"
 	"kiln.dev/kiln/internal/network"
 	"kiln.dev/kiln/internal/vmm"
@@ -119,6 +118,7 @@ func (vm *VM) Start(ctx context.Context) error {
 	if err != nil {
 		cl.release()
 		fl.Stop()
+		fl.keep.close()
 		vm.mu.Lock()
 		close(vm.watching)
 		vm.mu.Unlock()
@@ -128,6 +128,7 @@ func (vm *VM) Start(ctx context.Context) error {
 		con.stop()
 		cl.release()
 		fl.Stop()
+		fl.keep.close()
 		vm.mu.Lock()
 		close(vm.watching)
 		vm.mu.Unlock()
@@ -196,11 +197,13 @@ func (vm *VM) Ports() []network.PortMapping {
 	return ps
 }
 
-// begin makes m the current monitor and opens the status file to watch.
-func (vm *VM) begin(m vmm.VMM) (*follow.Follower, error) {
-	fl, err := follow.Open(filepath.Join(vm.Dir, statusFile), 0)
+// begin makes m the current monitor and opens where its status records
+// come from. A VM whose records kiln keeps, and that has started already
+// (a daemon attaching to it again), is known started from them.
+func (vm *VM) begin(m vmm.VMM) (*watchedStatus, error) {
+	src, keep, err := vm.statusSource()
 	if err != nil {
-		return nil, fmt.Errorf("watching VM status: %w", err)
+		return nil, err
 	}
 	vm.mu.Lock()
 	vm.machine = m
@@ -208,9 +211,28 @@ func (vm *VM) begin(m vmm.VMM) (*follow.Follower, error) {
 	vm.bootFail = false
 	vm.started = make(chan struct{})
 	vm.watching = make(chan struct{})
+	if keep != nil {
+		if b, err := vm.readStatus(); err == nil {
+			if recs, err := agent.ParseRecords(b); err == nil && len(recs) > 0 && recs[0].Kind == agent.KindStarted {
+				r := recs[0]
+				vm.record = &r
+				close(vm.started)
+			}
+		}
+	}
 	vm.mu.Unlock()
-	return fl, nil
+	return &watchedStatus{src: src, keep: keep}, nil
 }
+
+// watchedStatus is the status of a run being watched: where its records
+// come from, and the file they are kept in when kiln keeps them.
+type watchedStatus struct {
+	src  statusSource
+	keep *statusLog
+}
+
+// Stop stops reading the records, once what is there is taken.
+func (w *watchedStatus) Stop() { w.src.Stop() }
 
 // Attach takes over the VM's running QEMU, started earlier by this or
 // another kiln process. It returns an error wrapping vmm.ErrNotRunning when
@@ -240,13 +262,15 @@ func (vm *VM) LastExit() (*Exit, error) { return vm.exit() }
 // watch reads status records as the guest writes them, closes started on
 // the first "started" record, and enforces the boot deadline. Once QEMU
 // has exited it takes the rest of the console (con, nil when not kept).
-func (vm *VM) watch(m vmm.VMM, fl *follow.Follower, con *consoleCopier) {
+func (vm *VM) watch(m vmm.VMM, fl *watchedStatus, con *consoleCopier) {
 	defer close(vm.watching)
+	defer fl.keep.close()
 	lines := &lineWriter{fn: func(line []byte) {
 		recs, err := agent.ParseRecords(line)
 		if err != nil || len(recs) == 0 {
 			return
 		}
+		fl.keep.add(line)
 		if recs[0].Kind == agent.KindStarted {
 			vm.mu.Lock()
 			if vm.record == nil {
@@ -258,7 +282,7 @@ func (vm *VM) watch(m vmm.VMM, fl *follow.Follower, con *consoleCopier) {
 		}
 	}}
 	copied := make(chan error, 1)
-	go func() { copied <- fl.Copy(lines) }()
+	go func() { copied <- fl.src.Copy(lines) }()
 	exited := make(chan struct{})
 	go func() {
 		_ = m.Wait(context.Background())

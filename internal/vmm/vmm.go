@@ -78,8 +78,13 @@ type Port struct {
 	// not anyone on the host is reading.
 	File string
 	// Socket: a unix socket the monitor listens on; the host connects to
-	// talk to the guest.
+	// talk to the guest. While no one is connected the guest's writes to
+	// the port wait.
 	Socket string
+	// Pipe: the guest's writes go into the FIFO Pipe+".out" (Pipe+".in"
+	// is read, and never written), which holds at most its pipe buffer:
+	// while no one on the host reads, the guest's writes wait.
+	Pipe string
 }
 
 // Drive is a raw disk image shown to the guest as a virtio block device.
@@ -183,8 +188,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("vm config: accelerator %q: must be resolved to kvm or tcg", c.Accel)
 	}
 	for _, p := range c.Ports {
-		if (p.File == "") == (p.Socket == "") {
-			return fmt.Errorf("vm config: port %q needs exactly one of file and socket", p.Name)
+		if n := btoi(p.File != "") + btoi(p.Socket != "") + btoi(p.Pipe != ""); n != 1 {
+			return fmt.Errorf("vm config: port %q needs exactly one of file, socket and pipe", p.Name)
 		}
 	}
 	ids := map[string]bool{}
@@ -293,4 +298,11 @@ func (d *Drive) validate() error {
 		}
 	}
 	return nil
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

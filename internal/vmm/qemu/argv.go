@@ -89,6 +89,8 @@ func Argv(binary string, c *vmm.Config) []string {
 		id := "port" + strconv.Itoa(i)
 		if p.File != "" {
 			a = append(a, "-chardev", "file,id="+id+",path="+optValue(p.File)+",append=on")
+		} else if p.Pipe != "" {
+			a = append(a, "-chardev", "pipe,id="+id+",path="+optValue(p.Pipe))
 		} else {
 			fd++
 			a = append(a, "-chardev", fmt.Sprintf("socket,id=%s,fd=%d,server=on,wait=off", id, fd))

@@ -44,6 +44,12 @@ func jailed(c *vmm.Config) (vmm.Config, []jail.Bind) {
 		if p.File != "" {
 			j.Ports[i].File = bind(p.File, jailDir+"/port-"+p.Name, true)
 		}
+		if p.Pipe != "" {
+			j.Ports[i].Pipe = jailDir + "/port-" + p.Name
+			for _, end := range []string{".in", ".out"} {
+				bind(p.Pipe+end, j.Ports[i].Pipe+end, true)
+			}
+		}
 	}
 	j.Drives = append([]vmm.Drive(nil), c.Drives...)
 	for i, d := range j.Drives {

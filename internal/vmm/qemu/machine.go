@@ -99,6 +99,12 @@ func (m *Machine) Start(ctx context.Context) (err error) {
 	}
 	files = append(files, qmpFile)
 	for _, p := range m.cfg.Ports {
+		if p.Pipe != "" {
+			if err := MakePipe(p.Pipe); err != nil {
+				return err
+			}
+			continue
+		}
 		if p.Socket == "" {
 			if err := touch(p.File); err != nil {
 				return err
@@ -468,12 +474,15 @@ func touch(path string) error {
 // of.
 func ConsoleFIFO(dir string) string { return filepath.Join(dir, ConsolePipe+".out") }
 
-// MakeConsole makes the console's FIFOs in dir, unless they are there; a
-// file of another kind in their place (a console of an older kiln) is
-// replaced.
-func MakeConsole(dir string) error {
+// MakeConsole makes the console's FIFOs in dir (MakePipe).
+func MakeConsole(dir string) error { return MakePipe(filepath.Join(dir, ConsolePipe)) }
+
+// MakePipe makes the FIFOs of a pipe port or console, pipe+".in" and
+// pipe+".out", unless they are there; a file of another kind in their
+// place (left by an older kiln) is replaced.
+func MakePipe(pipe string) error {
 	for _, end := range []string{".in", ".out"} {
-		p := filepath.Join(dir, ConsolePipe+end)
+		p := pipe + end
 		if st, err := os.Lstat(p); err == nil {
 			if st.Mode()&os.ModeNamedPipe != 0 {
 				continue
@@ -483,7 +492,7 @@ func MakeConsole(dir string) error {
 			}
 		}
 		if err := unix.Mkfifo(p, 0o600); err != nil {
-			return fmt.Errorf("creating console FIFO %s: %w", p, err)
+			return fmt.Errorf("creating FIFO %s: %w", p, err)
 		}
 	}
 	return nil
