@@ -11,7 +11,6 @@ import (
 	"net/url"
 	"reflect"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -49,46 +48,6 @@ func TestStatusOf(t *testing.T) {
 	}
 }
 
-func TestParseSignal(t *testing.T) {
-	tests := []struct {
-		in      string
-		want    syscall.Signal
-		wantErr bool
-	}{
-		{in: "KILL", want: syscall.SIGKILL},
-		{in: "SIGKILL", want: syscall.SIGKILL},
-		{in: "kill", want: syscall.SIGKILL},
-		{in: "sigterm", want: syscall.SIGTERM},
-		{in: "usr1", want: syscall.SIGUSR1},
-		{in: "HUP", want: syscall.SIGHUP},
-		{in: "9", want: syscall.SIGKILL},
-		{in: "15", want: syscall.SIGTERM},
-		{in: "64", want: syscall.Signal(64)},
-		{in: "0", wantErr: true},
-		{in: "65", wantErr: true},
-		{in: "-9", wantErr: true},
-		{in: "NOPE", wantErr: true},
-		{in: "SIG", wantErr: true},
-		{in: "", wantErr: true},
-	}
-	for _, tt := range tests {
-		t.Run(tt.in, func(t *testing.T) {
-			got, err := ParseSignal(tt.in)
-			if tt.wantErr {
-				if !errors.Is(err, errdefs.ErrInvalidArgument) {
-					t.Fatalf("ParseSignal(%q) = %v, %v; want ErrInvalidArgument", tt.in, got, err)
-				}
-				if !strings.Contains(err.Error(), fmt.Sprintf("%q", tt.in)) {
-					t.Errorf("error %q does not name %q", err, tt.in)
-				}
-				return
-			}
-			if err != nil || got != tt.want {
-				t.Errorf("ParseSignal(%q) = %v, %v; want %v", tt.in, got, err, tt.want)
-			}
-		})
-	}
-}
 
 func queryRequest(key, value string) *http.Request {
 	return httptest.NewRequest(http.MethodGet, "/v1/events?"+url.Values{key: {value}}.Encode(), nil)

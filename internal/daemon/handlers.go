@@ -10,11 +10,9 @@ import (
 	"net/http"
 	"os"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
 
 	"kiln.dev/kiln/api"
 	"kiln.dev/kiln/internal/errdefs"
@@ -217,33 +215,15 @@ func (d *Daemon) kill(w http.ResponseWriter, r *http.Request) {
 	if name == "" {
 		name = "KILL"
 	}
-	sig, err := ParseSignal(name)
+	sig, err := runtime.ParseSignal(name)
 	if err == nil {
-		err = d.sup.Kill(r.Context(), r.PathValue("ref"), sig)
+		err = d.sup.Kill(r.Context(), r.PathValue("ref"), syscall.Signal(sig))
 	}
 	if err != nil {
 		d.fail(w, err)
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
-}
-
-// ParseSignal parses a signal by name (KILL, SIGKILL, sigusr1) or number.
-func ParseSignal(s string) (syscall.Signal, error) {
-	if n, err := strconv.Atoi(s); err == nil {
-		if n < 1 || n > 64 {
-			return 0, fmt.Errorf("invalid signal %q: numbers go from 1 to 64: %w", s, errdefs.ErrInvalidArgument)
-		}
-		return syscall.Signal(n), nil
-	}
-	name := strings.ToUpper(s)
-	if !strings.HasPrefix(name, "SIG") {
-		name = "SIG" + name
-	}
-	if sig := unix.SignalNum(name); sig != 0 {
-		return sig, nil
-	}
-	return 0, fmt.Errorf("invalid signal %q: use a name like TERM, HUP, USR1 or a number: %w", s, errdefs.ErrInvalidArgument)
 }
 
 // wait answers with the exit code when the VM's run ends. The status line

@@ -225,11 +225,12 @@ func imageArgs(c image.Config, s *Spec) []string {
 	return append(append([]string{}, entry...), cmd...)
 }
 
-// ParseSignal parses a stop signal as an image config or docker's
-// --stop-signal gives it: "SIGTERM", "TERM", "15" or "SIGRTMIN+3".
+// ParseSignal parses a signal as docker's kill -s, --stop-signal or an
+// image config gives it, in any case: "SIGTERM", "TERM", "term", "15",
+// "SIGRTMIN+3". The error names the bad value and what is allowed.
 func ParseSignal(s string) (int, error) {
 	bad := func() (int, error) {
-		return 0, errdefs.Invalid(fmt.Sprintf("invalid signal %q", s))
+		return 0, errdefs.Invalid(fmt.Sprintf("invalid signal %q: use a name like TERM, HUP, USR1 or RTMIN+3, or a number from 1 to 64", s))
 	}
 	if n, err := strconv.Atoi(s); err == nil {
 		if n < 1 || n > 64 {

@@ -8,6 +8,7 @@ import (
 	"debug/elf"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -55,13 +56,14 @@ func TestParseSignal(t *testing.T) {
 	}{
 		{"SIGTERM", 15}, {"TERM", 15}, {"sigquit", 3}, {"15", 15}, {"SIGKILL", 9},
 		{"SIGRTMIN", 34}, {"SIGRTMIN+3", 37}, {"SIGUSR1", 10}, {"9", 9},
-		{"", 0}, {"0", 0}, {"65", 0}, {"SIGNOPE", 0}, {"SIGRTMIN+31", 0}, {"SIGRTMIN+x", 0},
+		{"KILL", 9}, {"kill", 9}, {"usr1", 10}, {"HUP", 1}, {"64", 64}, {"rtmin+3", 37},
+		{"", 0}, {"0", 0}, {"65", 0}, {"-9", 0}, {"SIG", 0}, {"SIGNOPE", 0}, {"SIGRTMIN+31", 0}, {"SIGRTMIN+x", 0},
 	}
 	for _, tt := range tests {
 		got, err := ParseSignal(tt.in)
 		if tt.want == 0 {
-			if err == nil {
-				t.Errorf("ParseSignal(%q) = %d, want an error", tt.in, got)
+			if !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), fmt.Sprintf("%q", tt.in)) {
+				t.Errorf("ParseSignal(%q) = %d, %v; want an invalid-argument error naming it", tt.in, got, err)
 			}
 			continue
 		}
