@@ -48,7 +48,6 @@ func TestStatusOf(t *testing.T) {
 	}
 }
 
-
 func queryRequest(key, value string) *http.Request {
 	return httptest.NewRequest(http.MethodGet, "/v1/events?"+url.Values{key: {value}}.Encode(), nil)
 }

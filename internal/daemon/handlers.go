@@ -13,7 +13,6 @@ import (
 	"syscall"
 	"time"
 
-
 	"kiln.dev/kiln/api"
 	"kiln.dev/kiln/internal/errdefs"
 	"kiln.dev/kiln/internal/runtime"

@@ -73,9 +73,9 @@ func TestReadStatusAndConsoleAreBounded(t *testing.T) {
 	if got := lastLines(console, 2); got != "Kernel panic - not syncing | the last line" {
 		t.Errorf("lastLines = %.80q", got)
 	}
-	tail, err := readTail(console, maxConsoleTail)
-	if err != nil || len(tail) > maxConsoleTail {
-		t.Errorf("readTail read %d bytes, bound %d (%v)", len(tail), maxConsoleTail, err)
+	tail, err := qemu.ReadTail(console, qemu.MaxTail)
+	if err != nil || len(tail) > qemu.MaxTail {
+		t.Errorf("ReadTail read %d bytes, bound %d (%v)", len(tail), qemu.MaxTail, err)
 	}
 }
 

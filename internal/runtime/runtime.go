@@ -18,8 +18,8 @@ import (
 	"strconv"
 	"strings"
 
-	"kiln.dev/kiln/internal/atomicfile"
 	"kiln.dev/kiln/internal/agent"
+	"kiln.dev/kiln/internal/atomicfile"
 	"kiln.dev/kiln/internal/disk"
 	"kiln.dev/kiln/internal/errdefs"
 	"kiln.dev/kiln/internal/kernel"

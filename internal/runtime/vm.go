@@ -10,12 +10,11 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
-	"kiln.dev/kiln/internal/atomicfile"
 	"kiln.dev/kiln/internal/agent"
+	"kiln.dev/kiln/internal/atomicfile"
 	"kiln.dev/kiln/internal/errdefs"
 	"kiln.dev/kiln/internal/kernel"
 	"kiln.dev/kiln/internal/network"
@@ -517,9 +516,6 @@ const (
 	// maxStatusRead is how much of status.jsonl is read to learn how a run
 	// ended: records past it are ignored.
 	maxStatusRead = 1 << 20
-	// maxConsoleTail is how much of the console's end is read for the
-	// lines a failed boot is reported with.
-	maxConsoleTail = 64 << 10
 )
 
 // lineWriter calls fn for each complete line written to it, up to
@@ -578,53 +574,12 @@ func (vm *VM) readStatus() ([]byte, error) {
 }
 
 // lastLines returns the last n non-empty lines of a file joined by " | ",
-// read from its last maxConsoleTail bytes.
+// read from its last qemu.MaxTail bytes.
 func lastLines(path string, n int) string {
-	b, err := readTail(path, maxConsoleTail)
-	if err != nil {
-		return "(no console output)"
+	if s := qemu.LastLines(path, n); s != "" {
+		return s
 	}
-	var lines []string
-	for _, l := range strings.Split(string(b), "\n") {
-		if l = strings.TrimSpace(l); l != "" {
-			lines = append(lines, l)
-		}
-	}
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	if len(lines) == 0 {
-		return "(no console output)"
-	}
-	return strings.Join(lines, " | ")
-}
-
-// readTail reads at most max bytes from the end of a file; when it starts
-// mid-file, the partial first line is dropped.
-func readTail(path string, max int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	off := st.Size() - max
-	if off < 0 {
-		off = 0
-	}
-	b, err := io.ReadAll(io.NewSectionReader(f, off, max))
-	if err != nil {
-		return nil, err
-	}
-	if off > 0 {
-		if i := bytes.IndexByte(b, '\n'); i >= 0 {
-			b = b[i+1:]
-		}
-	}
-	return b, nil
+	return "(no console output)"
 }
 
 // BootUptime returns the guest's uptime when kiln-init started, once the

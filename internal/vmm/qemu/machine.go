@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -180,7 +181,7 @@ func (m *Machine) Start(ctx context.Context) (err error) {
 		}
 		select {
 		case <-done:
-			return fmt.Errorf("QEMU exited during start-up: %s: %w", lastLines(filepath.Join(m.cfg.Dir, StderrLog), 5), err)
+			return fmt.Errorf("QEMU exited during start-up: %s: %w", orNone(LastLines(filepath.Join(m.cfg.Dir, StderrLog), 5), "(no output)"), err)
 		default:
 			return fmt.Errorf("QEMU did not answer on QMP: %w", err)
 		}
@@ -502,23 +503,58 @@ func writeFileAtomic(path string, data []byte) error {
 	return atomicfile.WriteFile(path, data, 0o600)
 }
 
-// lastLines returns the last n non-empty lines of a file, joined by " | ".
-func lastLines(path string, n int) string {
-	b, err := os.ReadFile(path)
+// MaxTail is how much of the end of a log (the console, QEMU's own)
+// LastLines reads: what a guest made long is never read whole.
+const MaxTail = 64 << 10
+
+// LastLines returns the last n non-empty lines of a file, joined by " | ",
+// read from its last MaxTail bytes; "" when it has none.
+func LastLines(path string, n int) string {
+	b, err := ReadTail(path, MaxTail)
 	if err != nil {
-		return "(no output)"
+		return ""
 	}
 	var lines []string
-	for _, l := range bytes.Split(bytes.TrimSpace(b), []byte("\n")) {
-		if len(bytes.TrimSpace(l)) > 0 {
-			lines = append(lines, string(bytes.TrimSpace(l)))
+	for _, l := range strings.Split(string(b), "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			lines = append(lines, l)
 		}
 	}
 	if len(lines) > n {
 		lines = lines[len(lines)-n:]
 	}
-	if len(lines) == 0 {
-		return "(no output)"
-	}
 	return strings.Join(lines, " | ")
+}
+
+// ReadTail reads at most limit bytes from the end of a file; when it starts
+// mid-file, the partial first line is dropped.
+func ReadTail(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	off := max(0, st.Size()-limit)
+	b, err := io.ReadAll(io.NewSectionReader(f, off, limit))
+	if err != nil {
+		return nil, err
+	}
+	if off > 0 {
+		if i := bytes.IndexByte(b, '\n'); i >= 0 {
+			b = b[i+1:]
+		}
+	}
+	return b, nil
+}
+
+// orNone is s, or none when s is empty.
+func orNone(s, none string) string {
+	if s == "" {
+		return none
+	}
+	return s
 }

@@ -243,8 +243,8 @@ func TestLastLines(t *testing.T) {
 		n             int
 		want          string
 	}{
-		{"empty", "", 3, "(no output)"},
-		{"blank lines only", "\n  \n\n", 3, "(no output)"},
+		{"empty", "", 3, ""},
+		{"blank lines only", "\n  \n\n", 3, ""},
 		{"fewer than n", "a\n\nb\n", 5, "a | b"},
 		{"last n", "1\n2\n3\n4\n5\n", 2, "4 | 5"},
 		{"trims", "  x  \n\ty\t\n", 2, "x | y"},
@@ -255,13 +255,13 @@ func TestLastLines(t *testing.T) {
 			if err := os.WriteFile(p, []byte(tt.content), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			if got := lastLines(p, tt.n); got != tt.want {
-				t.Errorf("lastLines = %q, want %q", got, tt.want)
+			if got := LastLines(p, tt.n); got != tt.want {
+				t.Errorf("LastLines = %q, want %q", got, tt.want)
 			}
 		})
 	}
-	if got := lastLines(filepath.Join(dir, "missing"), 1); got != "(no output)" {
-		t.Errorf("lastLines(missing) = %q", got)
+	if got := LastLines(filepath.Join(dir, "missing"), 1); got != "" {
+		t.Errorf("LastLines(missing) = %q", got)
 	}
 }
 
