@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -203,4 +204,54 @@ func TestGuestStdoutWhileTheDaemonIsDownIsBoundedAndKept(t *testing.T) {
 		t.Errorf("the logs hold %d of the %d lines", next-1, lines)
 	}
 	ok(t, "rm", e.kiln("rm", "chatty"))
+}
+
+// neighbour returns the MAC the namespace's neighbour table holds for ip
+// ("" when none).
+func (e *netEnv) neighbour(ip string) string {
+	e.t.Helper()
+	out, err := exec.Command("ip", "-n", e.ns, "neigh", "show", ip).CombinedOutput()
+	if err != nil {
+		e.t.Fatalf("ip neigh show %s: %v: %s", ip, err, out)
+	}
+	f := strings.Fields(string(out))
+	for i := range f {
+		if f[i] == "lladdr" && i+1 < len(f) {
+			return f[i+1]
+		}
+	}
+	return ""
+}
+
+// TestBridgeGuestCannotSpoof runs a root guest on a bridge network that
+// sends raw frames claiming its neighbour's and its gateway's addresses
+// (ARP replies, UDP from them, UDP under a forged MAC). The host's
+// neighbour entry for the neighbour keeps the neighbour's MAC, and the
+// neighbour's published port still answers.
+func TestBridgeGuestCannotSpoof(t *testing.T) {
+	e := newNetEnv(t)
+	okr(t, "network create", e.kiln("network", "create", "lan", "--subnet", "10.93.0.0/24"))
+	e.runD("--name", "victim", "--network", "lan", "--ip", "10.93.0.10", "-p", "127.0.0.1:18097:80", httpd(t))
+	e.awaitLog("victim", "serving HTTP", 1)
+	get := func(when string) {
+		t.Helper()
+		if body, err := e.helper("get", "http://127.0.0.1:18097/"); err != nil || body != "hello from kiln VM victim\n" {
+			t.Errorf("GET the victim's published port %s = %q, %v", when, body, err)
+		}
+	}
+	get("before the attack")
+	mac := e.inspect("victim", "{{.NetworkSettings.MACAddress}}")
+	if got := e.neighbour("10.93.0.10"); got != mac {
+		t.Fatalf("the host's neighbour entry for the victim is %q, want its MAC %s", got, mac)
+	}
+	r := okr(t, "the attacker", e.run("--rm", "--network", "lan", "--ip", "10.93.0.20", e.hello(), "-spoof", "10.93.0.10,10.93.0.1"))
+	if !strings.Contains(r.stdout, "spoof: sent ") || strings.Contains(r.stdout, "spoof: sent 0 ") {
+		t.Fatalf("the attacking guest sent nothing:\n%s", r)
+	}
+	if got := e.neighbour("10.93.0.10"); got != "" && got != mac {
+		t.Errorf("a spoofing guest poisoned the host's neighbour entry for its neighbour: %s, want %s", got, mac)
+	}
+	get("after the attack")
+	okr(t, "rm", e.kiln("rm", "-f", "victim"))
+	okr(t, "network rm", e.kiln("network", "rm", "lan"))
 }

@@ -34,6 +34,7 @@ func main() {
 	allocMB := flag.Int("alloc-mb", 0, "allocate and touch this many MiB, one at a time, printing progress")
 	zero := flag.Int64("zero", -1, "write this many zero bytes to stdout and exit, printing nothing else")
 	fill := flag.String("fill", "", "write 1 MiB chunks (each synced) to this file until a write fails, then say how far it got and why")
+	spoof := flag.String("spoof", "", "for 3 s, send raw frames on eth0 claiming these IPv4 addresses (comma-separated): ARP replies, and UDP from them and from a forged MAC; then say how many were sent")
 	console := flag.Int64("console", 0, "write this many bytes of numbered lines to the serial console (/dev/ttyS0), then say so on stdout")
 	flag.Parse()
 	if *zero >= 0 {
@@ -76,6 +77,9 @@ func main() {
 	}
 	if *fill != "" {
 		fillFile(*fill)
+	}
+	if *spoof != "" {
+		spoofFrames(strings.Split(*spoof, ","))
 	}
 	for i := 1; i <= *lines; i++ {
 		fmt.Printf("line %d of %d\n", i, *lines)
@@ -238,4 +242,83 @@ func fillFile(path string) {
 			return
 		}
 	}
+}
+
+// spoofFrames plays a guest that tries to take other addresses on its
+// network: for 3 s it broadcasts ARP replies claiming each address with
+// its own MAC, sends UDP from each address, and UDP from its own address
+// under a forged MAC, all as raw frames on eth0.
+func spoofFrames(addrs []string) {
+	ifi, err := net.InterfaceByName("eth0")
+	if err != nil {
+		fmt.Printf("spoof: %v\n", err)
+		return
+	}
+	fd, err := syscall.Socket(syscall.AF_PACKET, syscall.SOCK_RAW, int(htons(syscall.ETH_P_ALL)))
+	if err != nil {
+		fmt.Printf("spoof: %v\n", err)
+		return
+	}
+	defer syscall.Close(fd)
+	to := &syscall.SockaddrLinklayer{Ifindex: ifi.Index, Halen: 6}
+	copy(to.Addr[:], []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
+	own := ifi.HardwareAddr
+	forged := net.HardwareAddr{0x52, 0x54, 0x00, 0xde, 0xad, 0x01}
+	var ownIP net.IP
+	if as, err := ifi.Addrs(); err == nil && len(as) > 0 {
+		ownIP = as[0].(*net.IPNet).IP.To4()
+	}
+	bcast := net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
+	var frames [][]byte
+	for _, a := range addrs {
+		ip := net.ParseIP(a).To4()
+		if ip == nil {
+			fmt.Printf("spoof: bad address %q\n", a)
+			return
+		}
+		frames = append(frames, arpReply(own, ip, bcast), udpFrame(own, bcast, ip, net.IPv4(10, 255, 255, 255).To4()))
+	}
+	if ownIP != nil {
+		frames = append(frames, udpFrame(forged, bcast, ownIP, net.IPv4(10, 255, 255, 255).To4()))
+	}
+	sent := 0
+	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		for _, f := range frames {
+			if syscall.Sendto(fd, f, 0, to) == nil {
+				sent++
+			}
+		}
+	}
+	fmt.Printf("spoof: sent %d frames\n", sent)
+}
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+// arpReply is an Ethernet frame holding an ARP reply that says ip is at
+// mac, sent to dst.
+func arpReply(mac net.HardwareAddr, ip net.IP, dst net.HardwareAddr) []byte {
+	f := append(append(append([]byte{}, dst...), mac...), 0x08, 0x06)
+	f = append(f, 0, 1, 8, 0, 6, 4, 0, 2) // Ethernet, IPv4, reply
+	f = append(append(f, mac...), ip...)
+	f = append(append(f, dst...), ip...)
+	return f
+}
+
+// udpFrame is an Ethernet frame from mac holding a small UDP datagram from
+// src:9 to dst:9.
+func udpFrame(mac, to net.HardwareAddr, src, dst net.IP) []byte {
+	payload := []byte("spoofed")
+	udp := []byte{0, 9, 0, 9, 0, byte(8 + len(payload)), 0, 0}
+	ip := []byte{0x45, 0, 0, byte(20 + len(udp) + len(payload)), 0, 0, 0x40, 0, 64, 17, 0, 0}
+	ip = append(append(ip, src...), dst...)
+	var sum uint32
+	for i := 0; i < len(ip); i += 2 {
+		sum += uint32(ip[i])<<8 | uint32(ip[i+1])
+	}
+	for sum > 0xffff {
+		sum = sum&0xffff + sum>>16
+	}
+	ip[10], ip[11] = byte(^sum>>8), byte(^sum)
+	f := append(append(append([]byte{}, to...), mac...), 0x08, 0x00)
+	return append(append(append(f, ip...), udp...), payload...)
 }
