@@ -182,7 +182,7 @@ func TestDaemonKilledVMsKeepRunningAndAreReattached(t *testing.T) {
 	for _, n := range names {
 		e.runD("--name", n, e.hello(), "-sleep", "10m")
 	}
-	e.runD("--name", "quick", e.hello(), "-sleep", "4s", "-exit", "9")
+	e.runD("--name", "quick", e.hello(), "-sleep", "12s", "-exit", "9")
 	for _, n := range append(names, "quick") {
 		e.awaitLog(n, "sleeping", 1)
 		pids[n] = e.inspect(n, "{{.State.PID}}")
@@ -194,7 +194,10 @@ func TestDaemonKilledVMsKeepRunningAndAreReattached(t *testing.T) {
 	// quick's program ends while no daemon runs: its VM waits, holding
 	// the exit status, until a daemon takes it (its status port has no one
 	// to write to).
-	time.Sleep(8 * time.Second)
+	if _, err := os.Stat("/proc/" + pids["quick"]); err != nil {
+		t.Fatalf("quick ended before the daemon was killed: the test ran too slowly to see it end without one")
+	}
+	time.Sleep(15 * time.Second)
 	if _, err := os.Stat("/proc/" + pids["quick"]); err != nil {
 		t.Errorf("the VM whose program ended while no daemon ran did not wait to hand over its exit: %v", err)
 	}
