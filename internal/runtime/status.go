@@ -36,42 +36,57 @@ type statusSocket struct {
 	stopped bool
 }
 
-// statusDial is how long Copy tries to connect: QEMU has just started and
-// listens already (kiln made its listener), or it has ended.
-const statusDial = 5 * time.Second
-
+// Copy connects to the status socket and copies what comes, until Stop.
+// Should the connection fail or end while QEMU still runs, it connects
+// again: the guest's status writes wait for as long as no kiln process is
+// connected, so the watcher must stay connected for the whole run.
 func (s *statusSocket) Copy(w io.Writer) error {
-	var conn net.Conn
-	for end := time.Now().Add(statusDial); ; time.Sleep(50 * time.Millisecond) {
+	for {
+		conn, err := s.dial()
+		if conn == nil {
+			return err // stopped
+		}
+		_, _ = io.Copy(w, conn)
+		conn.Close()
 		s.mu.Lock()
+		s.conn = nil
 		stopped := s.stopped
 		s.mu.Unlock()
 		if stopped {
 			return nil
 		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// dial connects to the status socket, trying until it can or Stop; it
+// returns nil once stopped.
+func (s *statusSocket) dial() (net.Conn, error) {
+	for {
+		s.mu.Lock()
+		stopped := s.stopped
+		s.mu.Unlock()
+		if stopped {
+			return nil, nil
+		}
+		var conn net.Conn
 		err := unixsock.WithPath(s.path, func(p string) error {
 			var err error
 			conn, err = net.DialTimeout("unix", p, time.Second)
 			return err
 		})
 		if err == nil {
-			break
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			if s.stopped {
+				conn.Close()
+				return nil, nil
+			}
+			s.conn = conn
+			return conn, nil
 		}
-		if time.Now().After(end) {
-			return fmt.Errorf("connecting to the status port: %w", err)
-		}
+		time.Sleep(50 * time.Millisecond)
 	}
-	s.mu.Lock()
-	if s.stopped {
-		s.mu.Unlock()
-		conn.Close()
-		return nil
-	}
-	s.conn = conn
-	s.mu.Unlock()
-	defer conn.Close()
-	_, err := io.Copy(w, conn)
-	return err
 }
 
 // Stop lets Copy read what the socket still holds (QEMU has exited, so it
