@@ -54,14 +54,14 @@ func CheckFree(dir string) error {
 	free := int64(st.Bavail) * st.Bsize
 	if free < FreeReserve {
 		return fmt.Errorf("not enough free space for a new disk in %s: %s free, and kiln keeps %s free for the disks of existing VMs (--disk-reserve or $%s): %w",
-			dir, humanBinary(free), humanBinary(FreeReserve), FreeReserveEnv, errdefs.ErrUnavailable)
+			dir, HumanBytes(free), HumanBytes(FreeReserve), FreeReserveEnv, errdefs.ErrUnavailable)
 	}
 	return nil
 }
 
-// HumanBytes writes n in the largest binary unit that keeps it at least 1,
-// as 1.5 GiB.
-func humanBinary(n int64) string {
+// HumanBytes spells n in the largest binary unit that keeps it at least 1,
+// as "1.5 GiB".
+func HumanBytes(n int64) string {
 	const units = "KMGTPE"
 	if n < 1024 {
 		return fmt.Sprintf("%d B", n)
@@ -71,6 +71,20 @@ func humanBinary(n int64) string {
 		v, i = v/1024, i+1
 	}
 	return fmt.Sprintf("%.1f %ciB", v, units[i])
+}
+
+// SizeName spells a size limit the way the docs state limits: "64 GiB"
+// when it is a whole number of one of those units, else in bytes.
+func SizeName(n int64) string {
+	for _, u := range []struct {
+		name string
+		size int64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+		if n >= u.size && n%u.size == 0 {
+			return fmt.Sprintf("%d %s", n/u.size, u.name)
+		}
+	}
+	return fmt.Sprintf("%d bytes", n)
 }
 
 // MakeExt4 creates a sparse file of mib MiB at path holding an empty ext4

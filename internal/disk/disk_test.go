@@ -93,10 +93,10 @@ func TestMakeExt4KeepsTheFreeReserve(t *testing.T) {
 	}
 }
 
-func TestHumanBinary(t *testing.T) {
+func TestHumanBytes(t *testing.T) {
 	for n, want := range map[int64]string{512: "512 B", 1536: "1.5 KiB", 1 << 30: "1.0 GiB", 3 << 40: "3.0 TiB"} {
-		if got := humanBinary(n); got != want {
-			t.Errorf("humanBinary(%d) = %q, want %q", n, got, want)
+		if got := HumanBytes(n); got != want {
+			t.Errorf("HumanBytes(%d) = %q, want %q", n, got, want)
 		}
 	}
 }

@@ -11,6 +11,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"kiln.dev/kiln/internal/disk"
 )
 
 // Flattening turns an image's layer tars into one tar of the final tree,
@@ -117,20 +119,6 @@ var defaultLimits = limits{
 	maxPath:    4096,
 	maxLink:    4096,
 	maxXattr:   64 << 10,
-}
-
-// iec spells a byte count the way the limits are stated: "64 GiB" when it
-// is a whole number of one of those units, else in bytes.
-func iec(n int64) string {
-	for _, u := range []struct {
-		name string
-		size int64
-	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
-		if n >= u.size && n%u.size == 0 {
-			return fmt.Sprintf("%d %s", n/u.size, u.name)
-		}
-	}
-	return fmt.Sprintf("%d bytes", n)
 }
 
 // layerSource is one layer's uncompressed tar stream. open is called once
@@ -373,7 +361,7 @@ func (t *tree) addMeta(n int) error {
 	t.meta += int64(n)
 	if t.meta > t.lim.maxMeta {
 		return fmt.Errorf("names, symlink targets and xattrs of the layers add up to %d bytes, over the %s limit on what flattening holds in memory: %w",
-			t.meta, iec(t.lim.maxMeta), ErrTooLarge)
+			t.meta, disk.SizeName(t.lim.maxMeta), ErrTooLarge)
 	}
 	return nil
 }
@@ -394,7 +382,7 @@ func (t *tree) checkMeta(name string, hdr *tar.Header) error {
 			return fmt.Errorf("xattr name of %d bytes, over the %d-byte limit: %w", len(x), maxXattrName, ErrTooLarge)
 		}
 		if len(v) > t.lim.maxXattr {
-			return fmt.Errorf("xattr %s of %d bytes, over the %s limit: %w", x, len(v), iec(int64(t.lim.maxXattr)), ErrTooLarge)
+			return fmt.Errorf("xattr %s of %d bytes, over the %s limit: %w", x, len(v), disk.SizeName(int64(t.lim.maxXattr)), ErrTooLarge)
 		}
 		n += len(x) + len(v)
 	}
@@ -444,11 +432,11 @@ func (t *tree) apply(layer, ord int, h *tar.Header) error {
 		return fmt.Errorf("negative size: %w", ErrCorrupt)
 	}
 	if h.Size > t.lim.maxFile {
-		return fmt.Errorf("size %d, over the %s limit for one file: %w", h.Size, iec(t.lim.maxFile), ErrTooLarge)
+		return fmt.Errorf("size %d, over the %s limit for one file: %w", h.Size, disk.SizeName(t.lim.maxFile), ErrTooLarge)
 	}
 	t.total += h.Size
 	if t.total > t.lim.maxTotal {
-		return fmt.Errorf("files of the layers add up to %d bytes, over the %s limit: %w", t.total, iec(t.lim.maxTotal), ErrTooLarge)
+		return fmt.Errorf("files of the layers add up to %d bytes, over the %s limit: %w", t.total, disk.SizeName(t.lim.maxTotal), ErrTooLarge)
 	}
 	comps, err := t.splitName(h.Name)
 	if err != nil {

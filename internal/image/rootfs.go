@@ -274,7 +274,7 @@ func (g *freeGuard) check() error {
 	}
 	if free < disk.FreeReserve {
 		return fmt.Errorf("%s has %s free, less than the %s kiln keeps free for the disks of its VMs (--disk-reserve or $%s): %w",
-			g.dir, humanBytes(free), humanBytes(disk.FreeReserve), disk.FreeReserveEnv, ErrUnavailable)
+			g.dir, disk.HumanBytes(free), disk.HumanBytes(disk.FreeReserve), disk.FreeReserveEnv, ErrUnavailable)
 	}
 	return nil
 }
@@ -287,20 +287,6 @@ func statfsFree(dir string) (int64, error) {
 		return 0, err
 	}
 	return int64(st.Bavail) * st.Bsize, nil
-}
-
-// humanBytes spells n in the largest binary unit that keeps it at least
-// 1, as "1.5 GiB".
-func humanBytes(n int64) string {
-	const units = "KMGTPE"
-	if n < 1024 {
-		return fmt.Sprintf("%d B", n)
-	}
-	v, i := float64(n)/1024, 0
-	for v >= 1024 && i < len(units)-1 {
-		v, i = v/1024, i+1
-	}
-	return fmt.Sprintf("%.1f %ciB", v, units[i])
 }
 
 func syncFile(p string) error {
@@ -411,11 +397,11 @@ func (r *layerReader) Read(p []byte) (int, error) {
 // buffer read ahead, so the ratio errs low.
 func (r *layerReader) checkLimits() error {
 	if r.out > r.lim.maxLayer {
-		return fmt.Errorf("layer %s uncompresses to more than %s, the limit for one layer: %w", r.digest, iec(r.lim.maxLayer), ErrTooLarge)
+		return fmt.Errorf("layer %s uncompresses to more than %s, the limit for one layer: %w", r.digest, disk.SizeName(r.lim.maxLayer), ErrTooLarge)
 	}
 	if r.compressed && r.out > r.lim.ratioFloor && r.out > r.lim.maxRatio*max(r.read.n, 1) {
 		return fmt.Errorf("layer %s expands to %d bytes out of %d, more than the %d times allowed past the first %s: a decompression bomb: %w",
-			r.digest, r.out, r.read.n, r.lim.maxRatio, iec(r.lim.ratioFloor), ErrTooLarge)
+			r.digest, r.out, r.read.n, r.lim.maxRatio, disk.SizeName(r.lim.ratioFloor), ErrTooLarge)
 	}
 	return nil
 }

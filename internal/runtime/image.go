@@ -347,7 +347,7 @@ func (p *imagePlan) findBinary(ctx context.Context, s *Spec) error {
 		}
 		if st.size > maxBinarySize {
 			return fmt.Errorf("image %s: %s is %d bytes, over the %s limit of binary mode (use --mode full): %w",
-				s.Image, c, st.size, sizeName(maxBinarySize), errdefs.ErrInvalidArgument)
+				s.Image, c, st.size, disk.SizeName(maxBinarySize), errdefs.ErrInvalidArgument)
 		}
 		p.binary = append(p.binary, imageFile{guest: c, real: real, perm: st.perm | 0o100, max: maxBinarySize, host: "image-binary"})
 		if len(p.args) == 0 {
@@ -360,7 +360,7 @@ func (p *imagePlan) findBinary(ctx context.Context, s *Spec) error {
 			}
 			if st.size > maxUserDBSize {
 				return fmt.Errorf("image %s: %s is %d bytes, over the %s limit of binary mode (use --mode full): %w",
-					s.Image, db, st.size, sizeName(maxUserDBSize), errdefs.ErrInvalidArgument)
+					s.Image, db, st.size, disk.SizeName(maxUserDBSize), errdefs.ErrInvalidArgument)
 			}
 			p.binary = append(p.binary, imageFile{guest: db, real: real, perm: 0o644, max: maxUserDBSize, host: "image-" + path.Base(db)})
 		}
@@ -385,7 +385,7 @@ func (p *imagePlan) extractBinary(ctx context.Context, dir string, s *Spec) ([]k
 		if err := sq.extract(f.real, dst, f.max); err != nil {
 			if errors.Is(err, errOverLimit) {
 				return nil, fmt.Errorf("image %s: %s is over the %s limit of binary mode (use --mode full): %w",
-					s.Image, f.guest, sizeName(f.max), errdefs.ErrInvalidArgument)
+					s.Image, f.guest, disk.SizeName(f.max), errdefs.ErrInvalidArgument)
 			}
 			return nil, err
 		}
@@ -397,19 +397,6 @@ func (p *imagePlan) extractBinary(ctx context.Context, dir string, s *Spec) ([]k
 		files = append(files, kernel.File{Path: f.guest, Mode: f.perm, Source: dst})
 	}
 	return files, nil
-}
-
-// sizeName spells a size limit as the docs state it: "1 GiB".
-func sizeName(n int64) string {
-	for _, u := range []struct {
-		name string
-		size int64
-	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
-		if n >= u.size && n%u.size == 0 {
-			return fmt.Sprintf("%d %s", n/u.size, u.name)
-		}
-	}
-	return fmt.Sprintf("%d bytes", n)
 }
 
 func envOf(env []string, key string) string {
