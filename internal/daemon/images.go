@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -24,22 +23,6 @@ func (d *Daemon) imageRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /v1/auth", d.login)
 }
 
-// imageError classifies the image store's sentinels as kiln's.
-func imageError(err error) error {
-	switch {
-	case errors.Is(err, image.ErrNotFound):
-		return errdefs.Mark(err, errdefs.ErrNotFound)
-	case errors.Is(err, image.ErrInvalidArgument), errors.Is(err, image.ErrUnauthorized),
-		errors.Is(err, image.ErrCorrupt), errors.Is(err, image.ErrUnsupported):
-		return errdefs.Mark(err, errdefs.ErrInvalidArgument)
-	case errors.Is(err, image.ErrConflict):
-		return errdefs.Mark(err, errdefs.ErrConflict)
-	case errors.Is(err, image.ErrUnavailable):
-		return errdefs.Mark(err, errdefs.ErrUnavailable)
-	}
-	return err
-}
-
 func imageToAPI(i *image.Image) api.Image {
 	return api.Image{ID: i.ID, Digest: i.Digest, RepoTags: i.RepoTags, Size: i.Size, Created: i.Created}
 }
@@ -47,7 +30,7 @@ func imageToAPI(i *image.Image) api.Image {
 func (d *Daemon) images() (*image.Store, error) {
 	s, err := d.rt.Images()
 	if err != nil {
-		return nil, imageError(err)
+		return nil, err
 	}
 	return s, nil
 }
@@ -60,7 +43,7 @@ func (d *Daemon) listImages(w http.ResponseWriter, r *http.Request) {
 	}
 	imgs, err := s.List()
 	if err != nil {
-		d.fail(w, imageError(err))
+		d.fail(w, err)
 		return
 	}
 	out := []api.Image{}
@@ -90,7 +73,7 @@ func (d *Daemon) inspectImage(w http.ResponseWriter, r *http.Request) {
 	}
 	img, err := s.Get(ref)
 	if err != nil {
-		d.fail(w, imageError(err))
+		d.fail(w, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, imageToAPI(img))
@@ -109,7 +92,7 @@ func (d *Daemon) pullImage(w http.ResponseWriter, r *http.Request) {
 	}
 	img, err := s.Pull(r.Context(), req.Ref, image.PullOptions{Insecure: req.Insecure})
 	if err != nil {
-		d.fail(w, imageError(err))
+		d.fail(w, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, imageToAPI(img))
@@ -127,7 +110,7 @@ func (d *Daemon) pushImage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := s.Push(r.Context(), req.Src, req.Dst, image.PullOptions{Insecure: req.Insecure}); err != nil {
-		d.fail(w, imageError(err))
+		d.fail(w, err)
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
@@ -147,7 +130,7 @@ func (d *Daemon) removeImage(w http.ResponseWriter, r *http.Request) {
 	}
 	img, err := s.Get(ref)
 	if err != nil {
-		d.fail(w, imageError(err))
+		d.fail(w, err)
 		return
 	}
 	if r.URL.Query().Get("force") != "1" {
@@ -162,7 +145,7 @@ func (d *Daemon) removeImage(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if err := s.Remove(ref); err != nil {
-		d.fail(w, imageError(err))
+		d.fail(w, err)
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
@@ -180,7 +163,7 @@ func (d *Daemon) login(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := s.Login(req.Registry, req.Username, req.Password); err != nil {
-		d.fail(w, imageError(err))
+		d.fail(w, err)
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)

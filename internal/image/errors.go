@@ -1,21 +1,26 @@
 package image
 
-import "errors"
+import "kiln.dev/kiln/internal/errdefs"
 
 // The sentinel errors below classify every error this package returns, so
-// that callers (the daemon maps them to HTTP status codes in one place) test
-// them with errors.Is instead of matching strings. Errors are wrapped with
-// context ("pulling alpine: fetching layer sha256:…: …") around exactly one
-// of these where a class applies.
+// that callers test them with errors.Is instead of matching strings. Errors
+// are wrapped with context ("pulling alpine: fetching layer sha256:…: …")
+// around exactly one of these where a class applies.
+//
+// They are kiln's own sentinels (package errdefs) or wrap one of them, so
+// that an image error needs no translation: errors.Is(err, ErrNotFound) and
+// errors.Is(err, errdefs.ErrNotFound) agree, and the daemon maps an image
+// error to the same HTTP status whichever endpoint met it.
 var (
 	// ErrNotFound means the image, tag, blob or platform asked for does not
-	// exist in the store or in the registry.
-	ErrNotFound = errors.New("not found")
+	// exist in the store or in the registry. It is errdefs.ErrNotFound.
+	ErrNotFound = errdefs.ErrNotFound
 
 	// ErrInvalidArgument means the caller passed something malformed: a bad
 	// reference, platform or path, or a layer tar that breaks the rules
-	// (an entry escaping the root, an absurd size).
-	ErrInvalidArgument = errors.New("invalid argument")
+	// (an entry escaping the root, an absurd size). It is
+	// errdefs.ErrInvalidArgument.
+	ErrInvalidArgument = errdefs.ErrInvalidArgument
 
 	// ErrAmbiguous means an ID prefix matched more than one image. It wraps
 	// ErrInvalidArgument, so callers that only know that class still work.
@@ -29,26 +34,31 @@ var (
 	// ErrInvalidArgument: the image is at fault, not the host.
 	ErrTooLarge = &classError{msg: "too large", class: ErrInvalidArgument}
 
-	// ErrConflict means the operation clashes with the current state.
-	ErrConflict = errors.New("conflict")
+	// ErrConflict means the operation clashes with the current state. It
+	// is errdefs.ErrConflict.
+	ErrConflict = errdefs.ErrConflict
 
 	// ErrCorrupt means content did not match its digest or size, or a stored
 	// file could not be parsed: the data was damaged in transit or at rest.
-	ErrCorrupt = errors.New("corrupt content")
+	// It wraps ErrInvalidArgument: the content is at fault.
+	ErrCorrupt = &classError{msg: "corrupt content", class: ErrInvalidArgument}
 
 	// ErrUnsupported means the content is valid but this package does not
 	// handle it: a foreign or unknown layer media type, a schema 1 manifest,
-	// an image for another platform, an unknown tar entry type.
-	ErrUnsupported = errors.New("unsupported")
+	// an image for another platform, an unknown tar entry type. It wraps
+	// ErrInvalidArgument.
+	ErrUnsupported = &classError{msg: "unsupported", class: ErrInvalidArgument}
 
 	// ErrUnauthorized means the registry refused the credentials (or the
-	// lack of them).
-	ErrUnauthorized = errors.New("unauthorized")
+	// lack of them). It wraps ErrInvalidArgument: the request's
+	// credentials are at fault, whichever API call led to the pull.
+	ErrUnauthorized = &classError{msg: "unauthorized", class: ErrInvalidArgument}
 
 	// ErrUnavailable means the host lacks what an operation needs: a host
 	// tool (tar2sqfs), whose Debian package the message names, or free
-	// space beyond kiln's reserve for building a root filesystem.
-	ErrUnavailable = errors.New("unavailable")
+	// space beyond kiln's reserve for building a root filesystem. It is
+	// errdefs.ErrUnavailable.
+	ErrUnavailable = errdefs.ErrUnavailable
 )
 
 // classError is a sentinel that is also a member of a broader class.

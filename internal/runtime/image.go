@@ -121,11 +121,11 @@ func (r *Runtime) resolveImage(ctx context.Context, s *Spec) (*imagePlan, error)
 	}
 	store, err := r.Images()
 	if err != nil {
-		return nil, imageErr(err)
+		return nil, err
 	}
 	img, err := getImage(ctx, store, s)
 	if err != nil {
-		return nil, imageErr(err)
+		return nil, err
 	}
 	p := &imagePlan{img: img, mode: s.Mode}
 	if p.mode == "" {
@@ -162,7 +162,7 @@ func (r *Runtime) resolveImage(ctx context.Context, s *Spec) (*imagePlan, error)
 		s.Healthcheck = mergeHealth(s.Healthcheck, &HealthConfig{Test: h.Test, Interval: h.Interval, Timeout: h.Timeout, StartPeriod: h.StartPeriod, Retries: h.Retries})
 	}
 	if p.rootfs, err = store.RootFS(ctx, img); err != nil {
-		return nil, imageErr(err)
+		return nil, err
 	}
 	if p.mode == ModeBinary {
 		if err := p.findBinary(ctx, s); err != nil {
@@ -193,23 +193,6 @@ func getImage(ctx context.Context, store *image.Store, s *Spec) (*image.Image, e
 		return nil, err // an image ID not in the store: nothing to pull
 	}
 	return store.Pull(ctx, s.Image, opts)
-}
-
-// imageErr classifies an image store error with kiln's sentinels, keeping
-// its message.
-func imageErr(err error) error {
-	for _, m := range []struct{ from, to error }{
-		{image.ErrNotFound, errdefs.ErrNotFound},
-		{image.ErrInvalidArgument, errdefs.ErrInvalidArgument},
-		{image.ErrUnsupported, errdefs.ErrInvalidArgument},
-		{image.ErrConflict, errdefs.ErrConflict},
-		{image.ErrUnavailable, errdefs.ErrUnavailable},
-	} {
-		if errors.Is(err, m.from) {
-			return errdefs.Mark(err, m.to)
-		}
-	}
-	return err
 }
 
 // imageArgs applies docker's rules: an --entrypoint replaces the image's
