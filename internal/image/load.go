@@ -65,13 +65,19 @@ func (s *Store) load(ctx context.Context, p string) ([]*Image, error) {
 		}
 		return s.loadLayout(ctx, p, p)
 	}
+	return s.loadArchiveFile(ctx, p, p)
+}
+
+// loadArchiveFile loads the docker-archive or OCI archive in the file p;
+// label names it in progress and messages.
+func (s *Store) loadArchiveFile(ctx context.Context, p, label string) ([]*Image, error) {
 	kind, err := sniffArchive(p)
 	if err != nil {
 		return nil, err
 	}
 	switch kind {
 	case archiveDocker:
-		return s.loadDockerArchive(ctx, p)
+		return s.loadDockerArchive(ctx, p, label)
 	case archiveOCI:
 		dir, err := os.MkdirTemp(s.tmpDir(), "load-")
 		if err != nil {
@@ -81,9 +87,49 @@ func (s *Store) load(ctx context.Context, p string) ([]*Image, error) {
 		if err := s.extractOCIArchive(ctx, p, dir); err != nil {
 			return nil, err
 		}
-		return s.loadLayout(ctx, dir, p)
+		return s.loadLayout(ctx, dir, label)
 	}
 	return nil, fmt.Errorf("not a docker-archive or OCI archive (no manifest.json, or no oci-layout and index.json): %w", ErrInvalidArgument)
+}
+
+// LoadArchive imports the images of a docker-archive or OCI archive
+// tarball read from r, as Load does for a file: a caller such as the
+// daemon then needs no access to the client's files. label names the
+// archive in progress and messages only; it is never opened. The archive
+// is first copied into the store's temporary directory, at most as many
+// bytes as an archive's content may hold (the limit on a root
+// filesystem's total content).
+func (s *Store) LoadArchive(ctx context.Context, r io.Reader, label string) ([]*Image, error) {
+	unlock, err := s.lockGC(unix.LOCK_SH)
+	if err != nil {
+		return nil, fmt.Errorf("loading %s: %w", label, err)
+	}
+	defer unlock()
+	imgs, err := s.loadArchive(ctx, r, label)
+	if err != nil {
+		return nil, fmt.Errorf("loading %s: %w", label, err)
+	}
+	return imgs, nil
+}
+
+func (s *Store) loadArchive(ctx context.Context, r io.Reader, label string) ([]*Image, error) {
+	f, err := os.CreateTemp(s.tmpDir(), "load-*.tar")
+	if err != nil {
+		return nil, err
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	n, err := io.Copy(f, io.LimitReader(&ctxReader{ctx: ctx, r: r}, s.limits.maxTotal+1))
+	if err != nil {
+		return nil, fmt.Errorf("receiving archive: %w", err)
+	}
+	if n > s.limits.maxTotal {
+		return nil, fmt.Errorf("archive larger than %d bytes: %w", s.limits.maxTotal, ErrTooLarge)
+	}
+	if err := f.Close(); err != nil {
+		return nil, fmt.Errorf("receiving archive: %w", err)
+	}
+	return s.loadArchiveFile(ctx, f.Name(), label)
 }
 
 type archiveKind int
@@ -129,7 +175,7 @@ func sniffArchive(p string) (archiveKind, error) {
 	return archiveUnknown, nil
 }
 
-func (s *Store) loadDockerArchive(ctx context.Context, p string) ([]*Image, error) {
+func (s *Store) loadDockerArchive(ctx context.Context, p, label string) ([]*Image, error) {
 	opener := func() (io.ReadCloser, error) { return os.Open(p) }
 	m, err := tarball.LoadManifest(opener)
 	if err != nil {
@@ -160,7 +206,7 @@ func (s *Store) loadDockerArchive(ctx context.Context, p string) ([]*Image, erro
 		if err != nil {
 			return nil, fmt.Errorf("reading image %d: %w: %w", i, ErrInvalidArgument, err)
 		}
-		stored, err := s.ingest(ctx, img, source{ref: p, tags: tags, platform: plat})
+		stored, err := s.ingest(ctx, img, source{ref: label, tags: tags, platform: plat})
 		if err != nil {
 			return nil, fmt.Errorf("image %d: %w", i, err)
 		}

@@ -242,3 +242,33 @@ func TestPutBlobVerifies(t *testing.T) {
 type errReader struct{}
 
 func (errReader) Read([]byte) (int, error) { return 0, io.ErrUnexpectedEOF }
+
+// TestLoadArchiveFromReader loads archives streamed as a daemon receives
+// them: no path of the sender's is opened, and the label names the source
+// in errors.
+func TestLoadArchiveFromReader(t *testing.T) {
+	one := simpleImage(t, "one")
+	_, oneID := digestOf(t, one)
+	s := newStore(t, nil)
+	for _, p := range []string{
+		writeDockerArchive(t, map[string]v1.Image{"example.test/one:v1": one}),
+		tarTree(t, writeLayout(t, one, "example.test/one:v1")),
+	} {
+		f, err := os.Open(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		imgs, err := s.LoadArchive(ctx(t), f, "app.tar")
+		f.Close()
+		if err != nil || len(imgs) != 1 || imgs[0].ID != oneID || len(imgs[0].RepoTags) != 1 {
+			t.Fatalf("LoadArchive(%s) = %+v, %v; want %s tagged", filepath.Base(p), imgs, err, oneID)
+		}
+	}
+	_, err := s.LoadArchive(ctx(t), strings.NewReader("not a tar"), "junk.tar")
+	if !errors.Is(err, ErrInvalidArgument) || !strings.HasPrefix(err.Error(), "loading junk.tar: ") {
+		t.Errorf("LoadArchive of junk = %v; want an invalid argument naming junk.tar", err)
+	}
+	if left, _ := os.ReadDir(s.tmpDir()); len(left) != 0 {
+		t.Errorf("LoadArchive left %d temporary files", len(left))
+	}
+}

@@ -34,6 +34,11 @@ type PullOptions struct {
 	Insecure bool
 	// Platform is "os/arch[/variant]"; empty means DefaultPlatform.
 	Platform string
+	// Progress, if not nil, gets this call's progress reports instead of
+	// the Store's (WithProgress): a daemon serving many clients reports
+	// each transfer to the client that asked for it. Calls are serialised
+	// as WithProgress says.
+	Progress func(Progress) `json:"-"`
 }
 
 // Validate checks the options.
@@ -167,6 +172,7 @@ func (s *Store) pull(ctx context.Context, ref string, opts PullOptions) (*Image,
 	}
 	src := source{
 		ref:         ref,
+		progress:    opts.Progress,
 		repoDigests: []string{r.Context().Digest(desc.Digest.String()).Name()},
 		platform:    plat,
 		// Fetch blobs by digest alone: go-containerregistry then takes
@@ -271,8 +277,9 @@ func platformMatches(have, want v1.Platform) bool {
 
 // source says where an image being ingested came from.
 type source struct {
-	ref         string   // for progress and messages
-	tags        []string // canonical tags to point at the image
+	ref         string         // for progress and messages
+	progress    func(Progress) // this call's reports; nil: the Store's
+	tags        []string       // canonical tags to point at the image
 	repoDigests []string
 	platform    v1.Platform
 	// fetch, if set, opens a blob; otherwise the image's own layers are
@@ -420,7 +427,7 @@ func (s *Store) fetchLayers(ctx context.Context, img v1.Image, layers []v1.Descr
 	sem := make(chan struct{}, pullJobs)
 	for i, l := range layers {
 		if s.hasBlob(l.Digest, l.Size) {
-			s.report(Progress{Ref: src.ref, Digest: l.Digest.String(), Complete: l.Size, Total: l.Size, Cached: true})
+			s.report(src.progress, Progress{Ref: src.ref, Digest: l.Digest.String(), Complete: l.Size, Total: l.Size, Cached: true})
 			continue
 		}
 		wg.Add(1)
@@ -472,19 +479,24 @@ func (s *Store) fetchLayer(ctx context.Context, img v1.Image, l v1.Descriptor, s
 	onWrite := func(n int64) {
 		if n-last >= 1<<20 || n == l.Size {
 			last = n
-			s.report(Progress{Ref: src.ref, Digest: l.Digest.String(), Complete: n, Total: l.Size})
+			s.report(src.progress, Progress{Ref: src.ref, Digest: l.Digest.String(), Complete: n, Total: l.Size})
 		}
 	}
 	return classifyRemote(s.putBlob(ctx, l.Digest, l.Size, rc, onWrite))
 }
 
-func (s *Store) report(p Progress) {
-	if s.progress == nil {
+// report passes p to fn, or to the Store's progress function when fn is
+// nil, one call at a time.
+func (s *Store) report(fn func(Progress), p Progress) {
+	if fn == nil {
+		fn = s.progress
+	}
+	if fn == nil {
 		return
 	}
 	s.progressMu.Lock()
 	defer s.progressMu.Unlock()
-	s.progress(p)
+	fn(p)
 }
 
 // configOf extracts the runtime config kiln uses.

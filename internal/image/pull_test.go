@@ -394,3 +394,19 @@ func TestPullUsesDockerConfigAsFallback(t *testing.T) {
 		t.Fatalf("Pull with credentials in $DOCKER_CONFIG: %v", err)
 	}
 }
+
+// TestPullReportsToTheCallersProgress sends a call's reports to the
+// function in its options, not to the Store's.
+func TestPullReportsToTheCallersProgress(t *testing.T) {
+	reg := newRegistry(t)
+	ref := reg.push(t, "team/progress:v1", simpleImage(t, "v1"))
+	s := newStore(t, reg)
+	s.progress = func(p Progress) { t.Errorf("store-wide progress got %+v", p) }
+	var reports []Progress
+	if _, err := s.Pull(ctx(t), ref, PullOptions{Progress: func(p Progress) { reports = append(reports, p) }}); err != nil {
+		t.Fatal(err)
+	}
+	if len(reports) == 0 || reports[len(reports)-1].Ref != ref {
+		t.Errorf("per-call reports = %+v", reports)
+	}
+}

@@ -48,7 +48,7 @@ func (s *Store) push(ctx context.Context, src, dst string, opts PullOptions) err
 	var updates chan v1.Update
 	done := make(chan struct{})
 	ropts := s.remoteOptions(ctx, opts.Insecure)
-	if s.progress != nil {
+	if opts.Progress != nil || s.progress != nil {
 		updates = make(chan v1.Update, 16)
 		ropts = append(ropts, remote.WithProgress(updates))
 		go func() {
@@ -57,7 +57,7 @@ func (s *Store) push(ctx context.Context, src, dst string, opts PullOptions) err
 				if u.Error != nil {
 					continue // Write returns it too.
 				}
-				s.report(Progress{Ref: dst, Complete: u.Complete, Total: u.Total})
+				s.report(opts.Progress, Progress{Ref: dst, Complete: u.Complete, Total: u.Total})
 			}
 		}()
 	} else {
