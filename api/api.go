@@ -239,24 +239,67 @@ type Info struct {
 	Executable string `json:"executable,omitempty"`
 }
 
-// Image is an image in the daemon's store.
+// Image is an image in the daemon's store. Its JSON is what `kiln images
+// --format json` and `kiln image inspect` print.
 type Image struct {
 	// ID is the image's config digest.
 	ID string `json:"id"`
+	// RepoTags are the fully qualified tags pointing at the image, sorted.
+	RepoTags []string `json:"repoTags,omitempty"`
+	// RepoDigests are "repository@sha256:…" references the image was
+	// pulled by.
+	RepoDigests []string `json:"repoDigests,omitempty"`
 	// Digest is the manifest digest of the platform pulled.
-	Digest   string    `json:"digest"`
-	RepoTags []string  `json:"repoTags,omitempty"`
-	Size     int64     `json:"size"`
-	Created  time.Time `json:"created,omitzero"`
+	Digest string `json:"digest"`
+	// Size is the bytes the image's blobs take in the store.
+	Size    int64     `json:"size"`
+	Created time.Time `json:"created"`
+	// OS and Architecture are the platform the image config declares.
+	OS           string `json:"os,omitempty"`
+	Architecture string `json:"architecture,omitempty"`
+	// Config is the runtime configuration from the image config.
+	Config ImageConfig `json:"config"`
 }
 
-// PullRequest asks the daemon to pull an image.
+// ImageConfig is the part of an image config that decides how its process
+// runs.
+type ImageConfig struct {
+	Entrypoint   []string          `json:"entrypoint,omitempty"`
+	Cmd          []string          `json:"cmd,omitempty"`
+	Env          []string          `json:"env,omitempty"`
+	WorkingDir   string            `json:"workingDir,omitempty"`
+	User         string            `json:"user,omitempty"`
+	StopSignal   string            `json:"stopSignal,omitempty"`
+	ExposedPorts []string          `json:"exposedPorts,omitempty"` // "80/tcp", sorted
+	Volumes      []string          `json:"volumes,omitempty"`      // paths, sorted
+	Labels       map[string]string `json:"labels,omitempty"`
+	Healthcheck  *ImageHealthcheck `json:"healthcheck,omitempty"`
+}
+
+// ImageHealthcheck is the image's HEALTHCHECK; durations are nanoseconds.
+type ImageHealthcheck struct {
+	Test        []string      `json:"test,omitempty"`
+	Interval    time.Duration `json:"interval,omitempty"`
+	Timeout     time.Duration `json:"timeout,omitempty"`
+	StartPeriod time.Duration `json:"startPeriod,omitempty"`
+	Retries     int           `json:"retries,omitempty"`
+}
+
+// PullRequest asks the daemon to pull an image. The answer is a stream of
+// JSONMessage (application/x-ndjson) ending with one whose Aux is the
+// Image pulled, or with one carrying the error; an error before the
+// transfer began is a plain error answer instead.
 type PullRequest struct {
 	Ref      string `json:"ref"`
 	Insecure bool   `json:"insecure,omitempty"`
+	// Platform is "os/arch[/variant]" of a multi-platform image; empty
+	// means linux/amd64.
+	Platform string `json:"platform,omitempty"`
 }
 
-// PushRequest asks the daemon to push a stored image to a reference.
+// PushRequest asks the daemon to push a stored image to a reference. The
+// answer is a stream of JSONMessage, as for PullRequest; the last one, on
+// success, has Status "Pushed".
 type PushRequest struct {
 	Src      string `json:"src"`
 	Dst      string `json:"dst"`

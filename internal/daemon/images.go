@@ -1,42 +1,60 @@
 package daemon
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 
 	"kiln.dev/kiln/api"
 	"kiln.dev/kiln/internal/errdefs"
 	"kiln.dev/kiln/internal/image"
 )
 
-// Image endpoints: the seed runtime's Pull, Push, ImageExists and Login
-// verbs, for programs that drive kiln through the client package. References
-// travel in the body or the query, since they contain slashes and colons.
+// Image endpoints. The daemon is the only owner of the image store: the
+// CLI pulls, pushes, loads, lists, inspects, removes and prunes through
+// these. References travel in the body or the query, since they contain
+// slashes and colons. Pull and push stream their progress as ndjson.
 
 func (d *Daemon) imageRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/images", d.listImages)
 	mux.HandleFunc("GET /v1/images/inspect", d.inspectImage)
 	mux.HandleFunc("POST /v1/images/pull", d.pullImage)
 	mux.HandleFunc("POST /v1/images/push", d.pushImage)
+	mux.HandleFunc("POST /v1/images/load", d.loadImages)
+	mux.HandleFunc("POST /v1/images/prune", d.pruneImages)
 	mux.HandleFunc("DELETE /v1/images", d.removeImage)
 	mux.HandleFunc("POST /v1/auth", d.login)
+	mux.HandleFunc("DELETE /v1/auth", d.logout)
 }
 
 func imageToAPI(i *image.Image) api.Image {
-	return api.Image{ID: i.ID, Digest: i.Digest, RepoTags: i.RepoTags, Size: i.Size, Created: i.Created}
+	out := api.Image{
+		ID: i.ID, RepoTags: i.RepoTags, RepoDigests: i.RepoDigests, Digest: i.Digest,
+		Size: i.Size, Created: i.Created, OS: i.OS, Architecture: i.Architecture,
+		Config: api.ImageConfig{
+			Entrypoint: i.Config.Entrypoint, Cmd: i.Config.Cmd, Env: i.Config.Env,
+			WorkingDir: i.Config.WorkingDir, User: i.Config.User, StopSignal: i.Config.StopSignal,
+			ExposedPorts: i.Config.ExposedPorts, Volumes: i.Config.Volumes, Labels: i.Config.Labels,
+		},
+	}
+	if h := i.Config.Healthcheck; h != nil {
+		out.Config.Healthcheck = &api.ImageHealthcheck{Test: h.Test, Interval: h.Interval, Timeout: h.Timeout, StartPeriod: h.StartPeriod, Retries: h.Retries}
+	}
+	return out
 }
 
-func (d *Daemon) images() (*image.Store, error) {
-	s, err := d.rt.Images()
-	if err != nil {
-		return nil, err
+func imagesToAPI(imgs []*image.Image) []api.Image {
+	out := []api.Image{}
+	for _, i := range imgs {
+		out = append(out, imageToAPI(i))
 	}
-	return s, nil
+	return out
 }
 
 func (d *Daemon) listImages(w http.ResponseWriter, r *http.Request) {
-	s, err := d.images()
+	s, err := d.rt.Images()
 	if err != nil {
 		d.fail(w, err)
 		return
@@ -46,11 +64,7 @@ func (d *Daemon) listImages(w http.ResponseWriter, r *http.Request) {
 		d.fail(w, err)
 		return
 	}
-	out := []api.Image{}
-	for _, i := range imgs {
-		out = append(out, imageToAPI(i))
-	}
-	writeJSON(w, http.StatusOK, out)
+	writeJSON(w, http.StatusOK, imagesToAPI(imgs))
 }
 
 func refParam(r *http.Request) (string, error) {
@@ -65,7 +79,7 @@ func (d *Daemon) inspectImage(w http.ResponseWriter, r *http.Request) {
 	ref, err := refParam(r)
 	var s *image.Store
 	if err == nil {
-		s, err = d.images()
+		s, err = d.rt.Images()
 	}
 	if err != nil {
 		d.fail(w, err)
@@ -77,92 +91,230 @@ func (d *Daemon) inspectImage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, imageToAPI(img))
+}
+
+// progressStream answers a pull or a push. Nothing is written until the
+// first progress report, so an error met before any transfer (a malformed
+// reference, refused credentials, an unknown image) is a plain error answer
+// with its status, as on every other endpoint; after that the answer is an
+// ndjson stream of api.JSONMessage that ends with the result, or with the
+// error and the status it would have had.
+type progressStream struct {
+	d *Daemon
+	w http.ResponseWriter
+
+	mu sync.Mutex // guards s; the store reports from its transfer goroutines
+	s  *streamer  // nil until the first message
+}
+
+func (p *progressStream) send(m api.JSONMessage) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.s == nil {
+		p.s = newStreamer(p.w)
+	}
+	_ = p.s.send(m, true) // a client gone cancels the request's context
+}
+
+// report turns one of the store's progress reports into a message.
+func (p *progressStream) report(r image.Progress) {
+	m := api.JSONMessage{ProgressDetail: &api.ProgressDetail{Current: r.Complete, Total: r.Total}}
+	complete := r.Total > 0 && r.Complete >= r.Total
+	switch {
+	case r.Digest == "" && complete:
+		m.Status = api.StatusPushed
+	case r.Digest == "":
+		m.Status = api.StatusPushing
+	case r.Cached:
+		m.Status = api.StatusAlreadyExists
+	case complete:
+		m.Status = api.StatusDownloadComplete
+	default:
+		m.Status = api.StatusDownloading
+	}
+	if r.Digest != "" {
+		m.ID = shortDigest(r.Digest)
+	}
+	p.send(m)
+}
+
+// fail ends the answer with err: a plain error answer when nothing was
+// streamed yet, an error message otherwise.
+func (p *progressStream) fail(err error) {
+	p.mu.Lock()
+	started := p.s != nil
+	p.mu.Unlock()
+	if !started {
+		p.d.fail(p.w, err)
+		return
+	}
+	code := statusOf(err)
+	if code == http.StatusInternalServerError {
+		p.d.log.Warn("request failed", "err", err)
+	}
+	p.send(api.JSONMessage{Error: err.Error(), ErrorDetail: &api.ErrorDetail{Code: code, Message: err.Error()}})
+}
+
+// shortDigest is "sha256:" and the first 12 hex digits of a digest.
+func shortDigest(d string) string {
+	algo, h, ok := strings.Cut(d, ":")
+	if !ok {
+		return d
+	}
+	return algo + ":" + h[:min(12, len(h))]
 }
 
 func (d *Daemon) pullImage(w http.ResponseWriter, r *http.Request) {
 	var req api.PullRequest
-	if err := decode(w, r, &req); err != nil {
-		d.fail(w, err)
-		return
+	err := decode(w, r, &req)
+	opts := image.PullOptions{Insecure: req.Insecure, Platform: req.Platform}
+	if err == nil && strings.TrimSpace(req.Ref) == "" {
+		err = fmt.Errorf("no image reference given: %w", errdefs.ErrInvalidArgument)
 	}
-	s, err := d.images()
+	if err == nil {
+		err = opts.Validate()
+	}
+	var s *image.Store
+	if err == nil {
+		s, err = d.rt.Images()
+	}
 	if err != nil {
 		d.fail(w, err)
 		return
 	}
-	img, err := s.Pull(r.Context(), req.Ref, image.PullOptions{Insecure: req.Insecure})
+	p := &progressStream{d: d, w: w}
+	opts.Progress = p.report
+	img, err := s.Pull(r.Context(), req.Ref, opts)
 	if err != nil {
-		d.fail(w, err)
+		p.fail(err)
 		return
 	}
-	writeJSON(w, http.StatusOK, imageToAPI(img))
+	aux, err := json.Marshal(imageToAPI(img))
+	if err != nil {
+		p.fail(err)
+		return
+	}
+	p.send(api.JSONMessage{Aux: aux})
 }
 
 func (d *Daemon) pushImage(w http.ResponseWriter, r *http.Request) {
 	var req api.PushRequest
-	if err := decode(w, r, &req); err != nil {
-		d.fail(w, err)
-		return
-	}
-	s, err := d.images()
-	if err != nil {
-		d.fail(w, err)
-		return
-	}
-	if err := s.Push(r.Context(), req.Src, req.Dst, image.PullOptions{Insecure: req.Insecure}); err != nil {
-		d.fail(w, err)
-		return
-	}
-	w.WriteHeader(http.StatusNoContent)
-}
-
-// removeImage removes an image (by tag, digest or ID), refusing while a VM
-// uses it unless force.
-func (d *Daemon) removeImage(w http.ResponseWriter, r *http.Request) {
-	ref, err := refParam(r)
+	err := decode(w, r, &req)
 	var s *image.Store
 	if err == nil {
-		s, err = d.images()
+		s, err = d.rt.Images()
 	}
 	if err != nil {
 		d.fail(w, err)
 		return
 	}
-	img, err := s.Get(ref)
+	p := &progressStream{d: d, w: w}
+	if err := s.Push(r.Context(), req.Src, req.Dst, image.PullOptions{Insecure: req.Insecure, Progress: p.report}); err != nil {
+		p.fail(err)
+		return
+	}
+	p.send(api.JSONMessage{Status: api.StatusPushed, ID: ""})
+}
+
+// maxLabel bounds the name a load request gives its archive.
+const maxLabel = 1024
+
+// loadImages loads the images of the docker-archive or OCI archive that is
+// the request body, and answers the images loaded. ?name= names the
+// archive in messages only: the daemon opens no path a client names.
+func (d *Daemon) loadImages(w http.ResponseWriter, r *http.Request) {
+	label := r.URL.Query().Get("name")
+	if label == "" {
+		label = "archive"
+	}
+	if len(label) > maxLabel || strings.ContainsAny(label, "\x00\n") {
+		d.fail(w, fmt.Errorf("archive name over %d bytes or with a newline: %w", maxLabel, errdefs.ErrInvalidArgument))
+		return
+	}
+	s, err := d.rt.Images()
 	if err != nil {
 		d.fail(w, err)
 		return
 	}
-	if r.URL.Query().Get("force") != "1" {
-		users, err := d.rt.ImageUsers(img.ID)
-		if err != nil {
-			d.fail(w, err)
-			return
-		}
-		if len(users) > 0 {
-			d.fail(w, fmt.Errorf("image %s is used by VM %s: remove the VM first, or force: %w", ref, strings.Join(users, ", "), errdefs.ErrConflict))
-			return
-		}
-	}
-	if err := s.Remove(ref); err != nil {
+	imgs, err := s.LoadArchive(r.Context(), r.Body, label)
+	if err != nil {
 		d.fail(w, err)
 		return
 	}
-	w.WriteHeader(http.StatusNoContent)
+	writeJSON(w, http.StatusOK, imagesToAPI(imgs))
+}
+
+func (d *Daemon) pruneImages(w http.ResponseWriter, r *http.Request) {
+	s, err := d.rt.Images()
+	if err != nil {
+		d.fail(w, err)
+		return
+	}
+	freed, err := s.Prune()
+	if err != nil {
+		d.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, api.PruneResponse{SpaceReclaimed: freed})
+}
+
+// removeImage removes an image (by tag, digest or ID) by the supervisor's
+// one policy (see runtime.Supervisor.RemoveImage) and answers what it
+// untagged and deleted.
+func (d *Daemon) removeImage(w http.ResponseWriter, r *http.Request) {
+	ref, err := refParam(r)
+	if err != nil {
+		d.fail(w, err)
+		return
+	}
+	res, err := d.sup.RemoveImage(ref, r.URL.Query().Get("force") == "1")
+	if err != nil {
+		d.fail(w, err)
+		return
+	}
+	out := []api.ImageDeleted{}
+	for _, t := range res.Untagged {
+		out = append(out, api.ImageDeleted{Untagged: t})
+	}
+	if res.Deleted != "" {
+		out = append(out, api.ImageDeleted{Deleted: res.Deleted})
+	}
+	writeJSON(w, http.StatusOK, out)
 }
 
 func (d *Daemon) login(w http.ResponseWriter, r *http.Request) {
 	var req api.LoginRequest
-	if err := decode(w, r, &req); err != nil {
-		d.fail(w, err)
-		return
+	err := decode(w, r, &req)
+	var s *image.Store
+	if err == nil {
+		s, err = d.rt.Images()
 	}
-	s, err := d.images()
 	if err != nil {
 		d.fail(w, err)
 		return
 	}
 	if err := s.Login(req.Registry, req.Username, req.Password); err != nil {
+		d.fail(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// logout forgets the credentials of ?registry=.
+func (d *Daemon) logout(w http.ResponseWriter, r *http.Request) {
+	reg := strings.TrimSpace(r.URL.Query().Get("registry"))
+	var s *image.Store
+	var err error
+	if reg == "" {
+		err = fmt.Errorf("no registry given (?registry=): %w", errdefs.ErrInvalidArgument)
+	} else {
+		s, err = d.rt.Images()
+	}
+	if err != nil {
+		d.fail(w, err)
+		return
+	}
+	if err := s.Logout(reg); err != nil {
 		d.fail(w, err)
 		return
 	}

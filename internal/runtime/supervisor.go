@@ -47,8 +47,9 @@ type Supervisor struct {
 	vms  map[string]*managed
 	subs map[chan state.Event]struct{}
 
-	net  netState    // bridge networks: see networks.go
-	vols volumeLocks // see volumes.go
+	net    netState    // bridge networks: see networks.go
+	vols   volumeLocks // see volumes.go
+	images imageGuard  // image removal against creation: see imagerm.go
 }
 
 // managed is one VM under supervision.
@@ -215,6 +216,12 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec, opts Options) (v *Vi
 			vm.Discard()
 		}
 	}()
+	// Until the VM is in s.vms, an image removal must not miss it.
+	releaseImage, err := s.holdImage(vm.Spec.ImageID)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer releaseImage()
 	if vm.Accel.Warning != "" {
 		warnings = append(warnings, vm.Accel.Warning)
 	}
