@@ -75,7 +75,10 @@ var ErrNoDaemon = errors.New("no kiln daemon answers")
 
 func (c *Client) do(ctx context.Context, method, path string, q url.Values, body, out any) (*http.Response, error) {
 	var rd io.Reader
-	if body != nil {
+	contentType := "application/json"
+	if raw, ok := body.(rawBody); ok {
+		rd, contentType = raw.r, raw.contentType
+	} else if body != nil {
 		b, err := json.Marshal(body)
 		if err != nil {
 			return nil, fmt.Errorf("encoding request: %w", err)
@@ -91,7 +94,7 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, body
 		return nil, fmt.Errorf("making request: %w", err)
 	}
 	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Content-Type", contentType)
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
@@ -335,18 +338,6 @@ var (
 	ErrUnavailable     = errdefs.ErrUnavailable
 )
 
-// Pull pulls an image into the daemon's store.
-func (c *Client) Pull(ctx context.Context, ref string, insecure bool) (api.Image, error) {
-	var img api.Image
-	err := c.call(ctx, http.MethodPost, "/images/pull", nil, api.PullRequest{Ref: ref, Insecure: insecure}, &img)
-	return img, err
-}
-
-// Push pushes a stored image (src: tag, digest or ID) to the reference dst.
-func (c *Client) Push(ctx context.Context, src, dst string, insecure bool) error {
-	return c.call(ctx, http.MethodPost, "/images/push", nil, api.PushRequest{Src: src, Dst: dst, Insecure: insecure}, nil)
-}
-
 // InspectImage returns a stored image by tag, digest or ID (prefix).
 func (c *Client) InspectImage(ctx context.Context, ref string) (api.Image, error) {
 	var img api.Image
@@ -368,16 +359,6 @@ func (c *Client) Images(ctx context.Context) ([]api.Image, error) {
 	var imgs []api.Image
 	err := c.call(ctx, http.MethodGet, "/images", nil, nil, &imgs)
 	return imgs, err
-}
-
-// RemoveImage removes a stored image; without force it is refused while a
-// VM uses it.
-func (c *Client) RemoveImage(ctx context.Context, ref string, force bool) error {
-	q := url.Values{"ref": {ref}}
-	if force {
-		q.Set("force", "1")
-	}
-	return c.call(ctx, http.MethodDelete, "/images", q, nil, nil)
 }
 
 // Login stores credentials for a registry, used by later pulls and pushes.
