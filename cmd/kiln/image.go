@@ -1,13 +1,16 @@
 package main
 
 import (
+	"archive/tar"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
-	"slices"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"text/tabwriter"
@@ -17,14 +20,14 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
+	"kiln.dev/kiln/api"
+	"kiln.dev/kiln/client"
 	"kiln.dev/kiln/internal/errdefs"
-	"kiln.dev/kiln/internal/image"
-	"kiln.dev/kiln/internal/runtime"
 )
 
 // imageCommands are the commands that manage images: the docker-style
 // top-level ones (pull, images, rmi, load, push, login, logout) and the
-// `image` group.
+// `image` group. The daemon owns the image store; these are its clients.
 func imageCommands(g *globals) []*cobra.Command {
 	group := &cobra.Command{Use: "image", Short: "Manage images"}
 	ls := newImagesCmd(g)
@@ -38,24 +41,12 @@ func imageCommands(g *globals) []*cobra.Command {
 	}
 }
 
-// openImages opens the image store of the root, reporting transfer
-// progress to w when w is not nil.
-func openImages(g *globals, w io.Writer) (*image.Store, *pullProgress, error) {
-	opts := []image.Option{image.WithLogger(g.logger(os.Stderr))}
-	var p *pullProgress
-	if w != nil {
-		p = newPullProgress(w)
-		opts = append(opts, image.WithProgress(p.report))
-	}
-	s, err := image.Open(g.root, opts...)
-	if err != nil {
-		return nil, nil, err
-	}
-	return s, p, nil
-}
+// defaultPlatform is the platform pulled from multi-platform images:
+// kiln's guests are x86-64 Linux.
+const defaultPlatform = "linux/amd64"
 
 func newPullCmd(g *globals) *cobra.Command {
-	var o image.PullOptions
+	var o client.PullOptions
 	c := &cobra.Command{
 		Use:   "pull [flags] IMAGE",
 		Short: "Pull an image from a registry",
@@ -64,11 +55,13 @@ against their digests. Plain HTTP is used only for registries on loopback
 unless --insecure is given. Progress goes to stderr; the image ID to stdout.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			s, p, err := openImages(g, cmd.ErrOrStderr())
+			cl, err := connect(cmd.Context(), g, cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
-			img, err := s.Pull(cmd.Context(), args[0], o)
+			p := newPullProgress(cmd.ErrOrStderr())
+			o.Progress = p.message
+			img, err := cl.PullImage(cmd.Context(), args[0], o)
 			p.finish()
 			if err != nil {
 				return err
@@ -79,22 +72,24 @@ unless --insecure is given. Progress goes to stderr; the image ID to stdout.`,
 		},
 	}
 	c.Flags().BoolVar(&o.Insecure, "insecure", false, "allow plain HTTP to a registry that is not on loopback")
-	c.Flags().StringVar(&o.Platform, "platform", image.DefaultPlatform, "platform to pull from a multi-platform image")
+	c.Flags().StringVar(&o.Platform, "platform", defaultPlatform, "platform to pull from a multi-platform image")
 	return c
 }
 
 func newPushCmd(g *globals) *cobra.Command {
-	var o image.PullOptions
+	var o client.PushOptions
 	c := &cobra.Command{
 		Use:   "push [flags] IMAGE DESTINATION",
 		Short: "Push an image from the store to a registry",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			s, p, err := openImages(g, cmd.ErrOrStderr())
+			cl, err := connect(cmd.Context(), g, cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
-			err = s.Push(cmd.Context(), args[0], args[1], o)
+			p := newPullProgress(cmd.ErrOrStderr())
+			o.Progress = p.message
+			err = cl.PushImage(cmd.Context(), args[0], args[1], o)
 			p.finish()
 			if err != nil {
 				return err
@@ -125,11 +120,11 @@ archive given with -i, or of an OCI image layout directory given as oci:DIR.`,
 			case input == "":
 				return errdefs.Invalid("nothing to load: give -i FILE, or oci:DIR")
 			}
-			s, _, err := openImages(g, nil)
+			cl, err := connect(cmd.Context(), g, cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
-			imgs, err := s.Load(cmd.Context(), src)
+			imgs, err := loadImages(cmd.Context(), cl, src)
 			if err != nil {
 				return err
 			}
@@ -146,6 +141,87 @@ archive given with -i, or of an OCI image layout directory given as oci:DIR.`,
 	}
 	c.Flags().StringVarP(&input, "input", "i", "", "archive to load (docker-archive or OCI archive)")
 	return c
+}
+
+// loadImages sends src to the daemon as an archive: a file as it is, an
+// OCI layout directory (oci:DIR, or a directory with an oci-layout file)
+// packed as an OCI archive. The daemon opens no path of the user's: this
+// process reads src with the user's own access.
+func loadImages(ctx context.Context, cl *client.Client, src string) ([]api.Image, error) {
+	dir, isLayout := strings.CutPrefix(src, "oci:")
+	if !isLayout {
+		fi, err := os.Stat(src)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("loading %s: %w: %w", src, errdefs.ErrNotFound, err)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("loading %s: %w", src, err)
+		}
+		if fi.IsDir() {
+			if _, err := os.Stat(filepath.Join(src, "oci-layout")); err != nil {
+				return nil, fmt.Errorf("loading %s: directory without an oci-layout file: %w", src, errdefs.ErrInvalidArgument)
+			}
+			dir, isLayout = src, true
+		}
+	}
+	if !isLayout {
+		f, err := os.Open(src)
+		if err != nil {
+			return nil, fmt.Errorf("loading %s: %w", src, err)
+		}
+		defer f.Close()
+		return cl.LoadImages(ctx, f, src)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "index.json")); err != nil {
+		return nil, fmt.Errorf("loading %s: not an OCI image layout: %w: %w", src, errdefs.ErrInvalidArgument, err)
+	}
+	pr, pw := io.Pipe()
+	go func() { pw.CloseWithError(tarLayout(pw, dir)) }()
+	defer pr.Close() // ends tarLayout if the daemon stops reading
+	return cl.LoadImages(ctx, pr, src)
+}
+
+// layoutFile matches the files of an OCI image layout that loading reads.
+var layoutFile = regexp.MustCompile(`^(oci-layout|index\.json|blobs/sha256/[0-9a-f]{64})$`)
+
+// tarLayout writes the OCI image layout in dir to w as an OCI archive:
+// its oci-layout, index.json and blobs, as regular files.
+func tarLayout(w io.Writer, dir string) error {
+	tw := tar.NewWriter(w)
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(dir, p)
+		if err != nil {
+			return err
+		}
+		rel = filepath.ToSlash(rel)
+		if d.IsDir() || !layoutFile.MatchString(rel) {
+			return nil
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		fi, err := f.Stat()
+		if err != nil {
+			return err
+		}
+		if !fi.Mode().IsRegular() {
+			return nil
+		}
+		if err := tw.WriteHeader(&tar.Header{Name: rel, Mode: 0o644, Size: fi.Size(), Typeflag: tar.TypeReg, ModTime: fi.ModTime()}); err != nil {
+			return err
+		}
+		_, err = io.Copy(tw, f)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("reading layout %s: %w", dir, err)
+	}
+	return tw.Close()
 }
 
 func newLoginCmd(g *globals) *cobra.Command {
@@ -175,11 +251,11 @@ config.json format). They are checked on the next pull or push.`,
 			default:
 				return errdefs.Invalid("give the password with --password-stdin")
 			}
-			s, _, err := openImages(g, nil)
+			cl, err := connect(cmd.Context(), g, cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
-			if err := s.Login(args[0], user, password); err != nil {
+			if err := cl.Login(cmd.Context(), args[0], user, password); err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "credentials stored for %s\n", args[0])
@@ -198,11 +274,11 @@ func newLogoutCmd(g *globals) *cobra.Command {
 		Short: "Forget the credentials for a registry",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			s, _, err := openImages(g, nil)
+			cl, err := connect(cmd.Context(), g, cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
-			return s.Logout(args[0])
+			return cl.Logout(cmd.Context(), args[0])
 		},
 	}
 }
@@ -218,11 +294,11 @@ func newImagesCmd(g *globals) *cobra.Command {
 			if format != "" && format != "table" && format != "json" {
 				return errdefs.Invalid(fmt.Sprintf("invalid format %q: use table or json", format))
 			}
-			s, _, err := openImages(g, nil)
+			cl, err := connect(cmd.Context(), g, cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
-			imgs, err := s.List()
+			imgs, err := cl.Images(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -252,7 +328,7 @@ func newImagesCmd(g *globals) *cobra.Command {
 
 // writeImageTable writes one row per tag (an untagged image gets one row
 // with <none>), newest image first.
-func writeImageTable(w io.Writer, imgs []*image.Image, now time.Time) {
+func writeImageTable(w io.Writer, imgs []api.Image, now time.Time) {
 	tw := tabwriter.NewWriter(w, 0, 0, 3, ' ', 0)
 	fmt.Fprintln(tw, "REPOSITORY\tTAG\tDIGEST\tSIZE\tCREATED")
 	for _, img := range imgs {
@@ -377,17 +453,13 @@ tag is left. An image a VM was made from (running or not) is not removed
 unless -f is given. Blobs and root filesystems are freed by 'kiln image prune'.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			rt, err := runtime.New(g.root, runtime.WithLogger(g.logger(cmd.ErrOrStderr())))
-			if err != nil {
-				return err
-			}
-			s, err := rt.Images()
+			cl, err := connect(cmd.Context(), g, cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
 			var failed []string
 			for _, ref := range args {
-				if err := removeImage(cmd.OutOrStdout(), rt, s, ref, force); err != nil {
+				if err := removeImage(cmd.Context(), cmd.OutOrStdout(), cl, ref, force); err != nil {
 					fmt.Fprintf(cmd.ErrOrStderr(), "kiln: %v\n", err)
 					failed = append(failed, ref)
 				}
@@ -402,52 +474,33 @@ unless -f is given. Blobs and root filesystems are freed by 'kiln image prune'.`
 	return c
 }
 
-// removeImage removes one reference, refusing to delete an image that VMs
-// use unless force. Untagging an image that keeps another tag is always
-// allowed, as in docker.
-func removeImage(out io.Writer, rt *runtime.Runtime, s *image.Store, ref string, force bool) error {
-	img, err := s.Get(ref)
+// removeImage asks the daemon to remove one reference, by its policy (a
+// tag of an image that keeps another is untagged; an image VMs use is
+// refused unless force), and says what went.
+func removeImage(ctx context.Context, out io.Writer, cl *client.Client, ref string, force bool) error {
+	items, err := cl.RemoveImages(ctx, ref, force)
 	if err != nil {
-		return fmt.Errorf("removing image %s: %w", ref, err)
-	}
-	// Untagging an image that keeps another tag deletes nothing.
-	untagOnly := false
-	if isTagRef(ref) {
-		if t, err := name.NewTag(ref); err == nil {
-			untagOnly = len(img.RepoTags) > 1 && slices.Contains(img.RepoTags, t.Name())
-		}
-	}
-	if !untagOnly {
-		users, err := rt.ImageUsers(img.ID)
-		if err != nil {
-			return fmt.Errorf("removing image %s: %w", ref, err)
-		}
-		if len(users) > 0 && !force {
-			return fmt.Errorf("image %s (%s) is used by VM %s: remove the VM first, or use -f: %w",
-				ref, shortImageID(img.ID), strings.Join(users, ", "), errdefs.ErrConflict)
-		}
-	}
-	if err := s.Remove(ref); err != nil {
 		return err
 	}
-	if _, err := s.Get(img.ID); errors.Is(err, image.ErrNotFound) {
-		for _, t := range img.RepoTags {
-			fmt.Fprintf(out, "Untagged: %s\n", displayTag(t))
-		}
-		fmt.Fprintf(out, "Deleted: %s\n", img.ID)
-	} else {
+	deleted := false
+	for _, it := range items {
+		deleted = deleted || it.Deleted != ""
+	}
+	if !deleted {
 		fmt.Fprintf(out, "Untagged: %s\n", ref)
+		return nil
+	}
+	for _, it := range items {
+		if it.Untagged != "" {
+			fmt.Fprintf(out, "Untagged: %s\n", displayTag(it.Untagged))
+		}
+	}
+	for _, it := range items {
+		if it.Deleted != "" {
+			fmt.Fprintf(out, "Deleted: %s\n", it.Deleted)
+		}
 	}
 	return nil
-}
-
-// isTagRef is true when ref names a tag rather than an ID or digest.
-func isTagRef(ref string) bool {
-	if strings.Contains(ref, "@") || strings.HasPrefix(ref, "sha256:") {
-		return false
-	}
-	_, err := name.NewTag(ref)
-	return err == nil
 }
 
 func newImagePruneCmd(g *globals) *cobra.Command {
@@ -456,11 +509,11 @@ func newImagePruneCmd(g *globals) *cobra.Command {
 		Short: "Delete blobs and root filesystems no image references",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			s, _, err := openImages(g, nil)
+			cl, err := connect(cmd.Context(), g, cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
-			freed, err := s.Prune()
+			freed, err := cl.PruneImages(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -476,13 +529,13 @@ func newImageInspectCmd(g *globals) *cobra.Command {
 		Short: "Show images as JSON: ID, tags, digests, config (entrypoint, env, exposed ports, ...)",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			s, _, err := openImages(g, nil)
+			cl, err := connect(cmd.Context(), g, cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
-			var out []*image.Image
+			var out []api.Image
 			for _, ref := range args {
-				img, err := s.Get(ref)
+				img, err := cl.InspectImage(cmd.Context(), ref)
 				if err != nil {
 					return err
 				}
@@ -498,37 +551,48 @@ func newImageInspectCmd(g *globals) *cobra.Command {
 	}
 }
 
-// pullForRun pulls the image of an image spec in this process, with
-// progress on stderr, when its pull policy asks for a pull: the VM is
-// created by the daemon, which reports no progress. The spec's policy is
-// then "missing", so the image just pulled is used as is.
-func pullForRun(ctx context.Context, g *globals, spec *runtime.Spec, stderr io.Writer) error {
-	if spec.Image == "" || spec.Pull == runtime.PullNever {
-		return nil
+// Pull policies of `kiln run --pull`, as the daemon takes them.
+const (
+	pullAlways = "always"
+	pullNever  = "never"
+)
+
+// pullForRun pulls image through the daemon, with progress on stderr,
+// when the pull policy asks for a pull, so that `kiln run` shows the
+// transfer before the VM is created; it reports whether it pulled, after
+// which the caller creates the VM with the policy "missing" so the image
+// just pulled is used as is. A reference the store cannot resolve for
+// another reason than its absence (or an image ID, which cannot be
+// pulled) is left to the VM's creation to report.
+func pullForRun(ctx context.Context, g *globals, image, policy string, insecure bool, stderr io.Writer) (pulled bool, err error) {
+	if image == "" || policy == pullNever {
+		return false, nil
 	}
-	// Refuse a spec the runtime would refuse, before any transfer.
-	check := *spec
-	if err := check.Validate(runtime.ThisHost()); err != nil {
-		return err
-	}
-	s, p, err := openImages(g, stderr)
+	cl, err := connect(ctx, g, stderr)
 	if err != nil {
-		return err
+		return false, err
 	}
-	if spec.Pull != runtime.PullAlways {
-		if _, err := s.Get(spec.Image); err == nil {
-			return nil
-		} else if !errors.Is(err, image.ErrNotFound) || strings.HasPrefix(spec.Image, "sha256:") {
-			return nil // the runtime says what is wrong
+	if policy != pullAlways {
+		if _, err := cl.InspectImage(ctx, image); err == nil {
+			return false, nil
+		} else if !errors.Is(err, client.ErrNotFound) || strings.HasPrefix(image, "sha256:") {
+			return false, nil // the VM's creation says what is wrong
 		}
 	}
-	_, err = s.Pull(ctx, spec.Image, image.PullOptions{Insecure: spec.Insecure})
+	p := newPullProgress(stderr)
+	_, err = cl.PullImage(ctx, image, client.PullOptions{Insecure: insecure, Progress: p.message})
 	p.finish()
 	if err != nil {
-		return err
+		return false, err
 	}
-	spec.Pull = runtime.PullMissing
-	return nil
+	return true, nil
+}
+
+// transfer is the state of one blob's transfer (or a push's total).
+type transfer struct {
+	complete, total int64
+	// cached: the blob was already stored and nothing was transferred.
+	cached bool
 }
 
 // pullProgress shows transfer progress: on a terminal, a line per blob redrawn
@@ -539,14 +603,14 @@ type pullProgress struct {
 
 	mu    sync.Mutex // guards the fields below
 	order []string
-	blobs map[string]image.Progress
+	blobs map[string]transfer
 	done  map[string]bool
 	drawn int // lines on screen from the last redraw
 	last  time.Time
 }
 
 func newPullProgress(w io.Writer) *pullProgress {
-	return &pullProgress{w: w, tty: isTTY(w), blobs: map[string]image.Progress{}, done: map[string]bool{}}
+	return &pullProgress{w: w, tty: isTTY(w), blobs: map[string]transfer{}, done: map[string]bool{}}
 }
 
 // isTTY reports whether w is a terminal.
@@ -559,19 +623,28 @@ func isTTY(w io.Writer) bool {
 	return err == nil
 }
 
-// report takes one progress report; the store serialises calls.
-func (p *pullProgress) report(r image.Progress) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	key := r.Digest
+// message takes one progress message of the daemon's stream; messages
+// without progress are not shown.
+func (p *pullProgress) message(m api.JSONMessage) {
+	if m.ProgressDetail == nil {
+		return
+	}
+	key := m.ID
 	if key == "" {
 		key = "total"
 	}
+	p.report(key, transfer{complete: m.ProgressDetail.Current, total: m.ProgressDetail.Total, cached: m.Status == api.StatusAlreadyExists})
+}
+
+// report takes one progress report for the blob key.
+func (p *pullProgress) report(key string, r transfer) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	if _, ok := p.blobs[key]; !ok {
 		p.order = append(p.order, key)
 	}
 	p.blobs[key] = r
-	complete := r.Cached || (r.Total > 0 && r.Complete >= r.Total)
+	complete := r.cached || (r.total > 0 && r.complete >= r.total)
 	if !p.tty {
 		if complete && !p.done[key] {
 			p.done[key] = true
@@ -613,20 +686,20 @@ func (p *pullProgress) finish() {
 	}
 }
 
-func progressLine(key string, r image.Progress) string {
+func progressLine(key string, r transfer) string {
 	label := key
 	if key != "total" {
 		label = shortDigest(key)
 	}
 	switch {
-	case r.Cached:
-		return fmt.Sprintf("%s: already present (%s)", label, imageSize(r.Total))
-	case r.Total > 0 && r.Complete >= r.Total:
-		return fmt.Sprintf("%s: done (%s)", label, imageSize(r.Total))
-	case r.Total > 0:
+	case r.cached:
+		return fmt.Sprintf("%s: already present (%s)", label, imageSize(r.total))
+	case r.total > 0 && r.complete >= r.total:
+		return fmt.Sprintf("%s: done (%s)", label, imageSize(r.total))
+	case r.total > 0:
 		const width = 30
-		n := int(float64(width) * float64(r.Complete) / float64(r.Total))
-		return fmt.Sprintf("%s: [%s>%s] %s/%s", label, strings.Repeat("=", n), strings.Repeat(" ", width-n), imageSize(r.Complete), imageSize(r.Total))
+		n := int(float64(width) * float64(r.complete) / float64(r.total))
+		return fmt.Sprintf("%s: [%s>%s] %s/%s", label, strings.Repeat("=", n), strings.Repeat(" ", width-n), imageSize(r.complete), imageSize(r.total))
 	}
-	return fmt.Sprintf("%s: %s", label, imageSize(r.Complete))
+	return fmt.Sprintf("%s: %s", label, imageSize(r.complete))
 }

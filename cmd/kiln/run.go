@@ -255,10 +255,21 @@ func runRun(cmd *cobra.Command, g *globals, f *runFlags, args []string) error {
 	if err != nil {
 		return err
 	}
-	// The daemon cannot stream pull progress, so a missing image is pulled
-	// here, with progress on stderr, before the VM is created.
-	if err := pullForRun(context.Background(), g, &spec, cmd.ErrOrStderr()); err != nil {
+	// A spec the daemon would refuse is refused before any transfer; then
+	// a missing image is pulled through the daemon with progress on
+	// stderr, before the VM is created.
+	if spec.Image != "" && spec.Pull != runtime.PullNever {
+		check := spec
+		if err := check.Validate(runtime.ThisHost()); err != nil {
+			return err
+		}
+	}
+	pulled, err := pullForRun(context.Background(), g, spec.Image, spec.Pull, spec.Insecure, cmd.ErrOrStderr())
+	if err != nil {
 		return err
+	}
+	if pulled {
+		spec.Pull = runtime.PullMissing
 	}
 	cfg, err := apiConfig(spec, f)
 	if err != nil {
