@@ -23,6 +23,7 @@ import (
 	"kiln.dev/kiln/internal/disk"
 	"kiln.dev/kiln/internal/errdefs"
 	"kiln.dev/kiln/internal/jail"
+	"kiln.dev/kiln/internal/options"
 	"kiln.dev/kiln/internal/runtime"
 )
 
@@ -80,7 +81,7 @@ func newDaemonCmd(g *globals) *cobra.Command {
 				diskReserve = os.Getenv(disk.FreeReserveEnv)
 			}
 			if diskReserve != "" {
-				n, err := runtime.ParseBytes(diskReserve)
+				n, err := options.ParseSize(diskReserve)
 				if err != nil {
 					return errdefs.Invalid(fmt.Sprintf("invalid --disk-reserve %q: want a size like 1g or 0", diskReserve))
 				}

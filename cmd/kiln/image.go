@@ -19,6 +19,7 @@ import (
 
 	"kiln.dev/kiln/internal/errdefs"
 	"kiln.dev/kiln/internal/image"
+	"kiln.dev/kiln/internal/options"
 	"kiln.dev/kiln/internal/runtime"
 )
 
@@ -503,7 +504,7 @@ func newImageInspectCmd(g *globals) *cobra.Command {
 // created by the daemon, which reports no progress. The spec's policy is
 // then "missing", so the image just pulled is used as is.
 func pullForRun(ctx context.Context, g *globals, spec *runtime.Spec, stderr io.Writer) error {
-	if spec.Image == "" || spec.Pull == runtime.PullNever {
+	if spec.Image == "" || spec.Pull == options.PullNever {
 		return nil
 	}
 	// Refuse a spec the runtime would refuse, before any transfer.
@@ -515,7 +516,7 @@ func pullForRun(ctx context.Context, g *globals, spec *runtime.Spec, stderr io.W
 	if err != nil {
 		return err
 	}
-	if spec.Pull != runtime.PullAlways {
+	if spec.Pull != options.PullAlways {
 		if _, err := s.Get(spec.Image); err == nil {
 			return nil
 		} else if !errors.Is(err, image.ErrNotFound) || strings.HasPrefix(spec.Image, "sha256:") {
@@ -527,7 +528,7 @@ func pullForRun(ctx context.Context, g *globals, spec *runtime.Spec, stderr io.W
 	if err != nil {
 		return err
 	}
-	spec.Pull = runtime.PullMissing
+	spec.Pull = options.PullMissing
 	return nil
 }
 

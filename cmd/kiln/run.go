@@ -18,6 +18,7 @@ import (
 	"kiln.dev/kiln/client"
 	"kiln.dev/kiln/internal/errdefs"
 	"kiln.dev/kiln/internal/network"
+	"kiln.dev/kiln/internal/options"
 	"kiln.dev/kiln/internal/runtime"
 	"kiln.dev/kiln/internal/vmm"
 )
@@ -84,12 +85,12 @@ after --time seconds. With -d the VM runs in the background.`,
 	fl.StringVar(&f.kernel, "kernel", "", "guest kernel: a name from 'kiln kernel ls' or a path (default \"default\")")
 	fl.StringVar(&f.accel, "accel", "auto", "accelerator: kvm, tcg or auto")
 	fl.StringArrayVar(&f.ulimits, "ulimit", nil, "resource limit, name=soft[:hard] (e.g. nofile=1024:4096)")
-	fl.IntVarP(&f.stopTimeout, "time", "t", int(runtime.DefaultStopGrace/time.Second), "seconds the program has to exit after a stop signal")
-	fl.DurationVar(&f.bootTimeout, "boot-timeout", runtime.DefaultBootTimeout, "how long the VM may take to start its program")
+	fl.IntVarP(&f.stopTimeout, "time", "t", int(options.DefaultStopGrace/time.Second), "seconds the program has to exit after a stop signal")
+	fl.DurationVar(&f.bootTimeout, "boot-timeout", options.DefaultBootTimeout, "how long the VM may take to start its program")
 	fl.StringArrayVar(&f.addHosts, "add-host", nil, "add NAME:ADDRESS to the guest's /etc/hosts; NAME:host-gateway is the host, and lets the VM reach the host's own (loopback) services, closed to VMs otherwise")
 	fl.BoolVar(&f.unconfined, "unconfined", false, "run QEMU without its jail (own uid, namespaces, root, cgroup) and seccomp sandbox: only to debug a host that cannot confine VMs")
-	fl.StringVar(&f.pull, "pull", runtime.PullMissing, "when to pull the image: missing, always or never")
-	fl.StringVar(&f.mode, "mode", "", "how to run the image: full (its root filesystem) or binary (only its static binary); default: the image's "+runtime.ModeLabel+" label, else full")
+	fl.StringVar(&f.pull, "pull", options.PullMissing, "when to pull the image: missing, always or never")
+	fl.StringVar(&f.mode, "mode", "", "how to run the image: full (its root filesystem) or binary (only its static binary); default: the image's "+options.ModeLabel+" label, else full")
 	fl.BoolVar(&f.insecure, "insecure", false, "allow pulling the image over plain HTTP from a registry not on loopback")
 	fl.StringVar(&f.diskSize, "disk-size", "", "size of the VM's writable disk for an image (sparse), e.g. 2g (default 10g)")
 	fl.BoolVarP(&f.detach, "detach", "d", false, "run the VM in the background and print its ID")
@@ -124,12 +125,12 @@ func specFromFlags(f *runFlags, args []string) (runtime.Spec, error) {
 	if isImageArg(args[0]) {
 		s.Program, s.Image, s.Pull, s.Mode, s.Insecure = "", args[0], f.pull, f.mode, f.insecure
 		if f.diskSize != "" {
-			mib, err := runtime.ParseMemory(f.diskSize)
+			mib, err := options.ParseMemory(f.diskSize)
 			if err != nil {
 				return s, errdefs.Invalid(fmt.Sprintf("invalid disk size %q: want a size like 2g or 512m", f.diskSize))
 			}
 			if mib == 0 {
-				return s, errdefs.Invalid(fmt.Sprintf("invalid disk size %q: must be at least %dm", f.diskSize, runtime.MinDiskMiB))
+				return s, errdefs.Invalid(fmt.Sprintf("invalid disk size %q: must be at least %dm", f.diskSize, options.MinDiskMiB))
 			}
 			s.DiskMiB = mib
 		}
@@ -140,12 +141,12 @@ func specFromFlags(f *runFlags, args []string) (runtime.Spec, error) {
 		s.CPUs = -1 // 0 means "default" to Validate; on the command line it is an error
 	}
 	if f.memory != "" {
-		mib, err := runtime.ParseMemory(f.memory)
+		mib, err := options.ParseMemory(f.memory)
 		if err != nil {
 			return s, err
 		}
 		if mib == 0 {
-			return s, fmt.Errorf("invalid memory %q: must be at least %dm", f.memory, runtime.MinMemoryMiB)
+			return s, fmt.Errorf("invalid memory %q: must be at least %dm", f.memory, options.MinMemoryMiB)
 		}
 		s.MemoryMiB = mib
 	}
@@ -157,20 +158,20 @@ func specFromFlags(f *runFlags, args []string) (runtime.Spec, error) {
 		if err != nil {
 			return s, fmt.Errorf("reading env file: %w", err)
 		}
-		env, err := runtime.ParseEnvFile(fh, name, os.LookupEnv)
+		env, err := options.ParseEnvFile(fh, name, os.LookupEnv)
 		fh.Close()
 		if err != nil {
 			return s, err
 		}
 		s.Env = append(s.Env, env...)
 	}
-	env, err := runtime.ParseEnv(f.env, os.LookupEnv)
+	env, err := options.ParseEnv(f.env, os.LookupEnv)
 	if err != nil {
 		return s, err
 	}
 	s.Env = append(s.Env, env...)
 	for _, u := range f.ulimits {
-		r, err := runtime.ParseUlimit(u)
+		r, err := options.ParseUlimit(u)
 		if err != nil {
 			return s, err
 		}
@@ -215,11 +216,11 @@ func apiConfig(spec runtime.Spec, f *runFlags) (api.VMConfig, error) {
 		}
 		kernel = abs
 	}
-	policy, err := runtime.ParseRestartPolicy(f.restart)
+	policy, err := options.ParseRestartPolicy(f.restart)
 	if err != nil {
 		return api.VMConfig{}, err
 	}
-	logCfg, err := runtime.ParseLogOpts(f.logOpts)
+	logCfg, err := options.ParseLogOpts(f.logOpts)
 	if err != nil {
 		return api.VMConfig{}, err
 	}

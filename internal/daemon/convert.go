@@ -7,6 +7,7 @@ import (
 	"kiln.dev/kiln/api"
 	"kiln.dev/kiln/internal/agent"
 	"kiln.dev/kiln/internal/network"
+	"kiln.dev/kiln/internal/options"
 	"kiln.dev/kiln/internal/runtime"
 	"kiln.dev/kiln/internal/state"
 	"kiln.dev/kiln/internal/vmm"
@@ -44,9 +45,9 @@ func fromAPI(c *api.VMConfig) (runtime.Spec, runtime.Options, error) {
 		spec.Rlimits = append(spec.Rlimits, agent.Rlimit{Name: u.Name, Soft: u.Soft, Hard: u.Hard})
 	}
 	opts := runtime.Options{
-		Restart:    runtime.RestartPolicy{Name: c.Restart.Name, MaxRetries: c.Restart.MaxRetries},
+		Restart:    options.RestartPolicy{Name: c.Restart.Name, MaxRetries: c.Restart.MaxRetries},
 		AutoRemove: c.AutoRemove,
-		Log:        runtime.LogConfig{MaxSize: c.Log.MaxSize, MaxFiles: c.Log.MaxFiles},
+		Log:        options.LogConfig{MaxSize: c.Log.MaxSize, MaxFiles: c.Log.MaxFiles},
 		StopGrace:  time.Duration(c.StopTimeout) * time.Second,
 	}
 	if c.StopTimeout == 0 {

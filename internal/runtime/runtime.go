@@ -24,6 +24,7 @@ import (
 	"kiln.dev/kiln/internal/errdefs"
 	"kiln.dev/kiln/internal/kernel"
 	"kiln.dev/kiln/internal/network"
+	"kiln.dev/kiln/internal/options"
 	"kiln.dev/kiln/internal/vmm"
 	"kiln.dev/kiln/internal/vmm/qemu"
 )
@@ -382,7 +383,7 @@ func (r *Runtime) agentSpec(s *Spec, k *kernel.Kernel, guestProg string, img *im
 	if uid != 0 {
 		home = "/"
 	}
-	env := MergeEnv([]string{"PATH=" + DefaultPath, "HOSTNAME=" + s.Name, "HOME=" + home}, s.Env)
+	env := options.MergeEnv([]string{"PATH=" + options.DefaultPath, "HOSTNAME=" + s.Name, "HOME=" + home}, s.Env)
 	return &agent.Spec{
 		Version:    agent.Version,
 		Args:       args,
