@@ -17,6 +17,8 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
+	"kiln.dev/kiln/api"
+	"kiln.dev/kiln/internal/daemon"
 	"kiln.dev/kiln/internal/errdefs"
 	"kiln.dev/kiln/internal/image"
 	"kiln.dev/kiln/internal/options"
@@ -503,13 +505,12 @@ func newImageInspectCmd(g *globals) *cobra.Command {
 // progress on stderr, when its pull policy asks for a pull: the VM is
 // created by the daemon, which reports no progress. The spec's policy is
 // then "missing", so the image just pulled is used as is.
-func pullForRun(ctx context.Context, g *globals, spec *runtime.Spec, stderr io.Writer) error {
+func pullForRun(ctx context.Context, g *globals, spec *api.VMConfig, stderr io.Writer) error {
 	if spec.Image == "" || spec.Pull == options.PullNever {
 		return nil
 	}
 	// Refuse a spec the runtime would refuse, before any transfer.
-	check := *spec
-	if err := check.Validate(runtime.ThisHost()); err != nil {
+	if err := daemon.CheckConfig(*spec); err != nil {
 		return err
 	}
 	s, p, err := openImages(g, stderr)

@@ -13,6 +13,18 @@ import (
 	"kiln.dev/kiln/internal/vmm"
 )
 
+// CheckConfig reports whether the daemon would refuse a create request for
+// what it says, as this host's limits judge it, without looking at images,
+// volumes or networks: a caller checks a request before slow work (a pull)
+// it would otherwise do in vain.
+func CheckConfig(c api.VMConfig) error {
+	spec, _, err := fromAPI(&c)
+	if err != nil {
+		return err
+	}
+	return spec.Validate(runtime.ThisHost())
+}
+
 // fromAPI turns a create request into the runtime's spec and options.
 // Validation happens in the runtime, which names the bad field.
 func fromAPI(c *api.VMConfig) (runtime.Spec, runtime.Options, error) {
