@@ -53,6 +53,7 @@ func TestValidateImageSpec(t *testing.T) {
 	base := func() Spec { return Spec{Image: "app:1"} }
 	h := HostLimits{MemoryMiB: 4096, CPUs: 2}
 	s := base()
+	s.Resolve()
 	if err := s.Validate(h); err != nil {
 		t.Fatal(err)
 	}

@@ -144,10 +144,11 @@ const (
 	portsFile = "ports.json"
 )
 
-// Create prepares a VM for spec: it validates the spec, resolves the kernel,
+// Create prepares a VM for spec: it fills in its defaults, validates it, resolves the kernel,
 // QEMU and kiln-init, and writes the VM's directory and initrd. Nothing runs
 // until Start. On error nothing is left behind.
 func (r *Runtime) Create(ctx context.Context, spec Spec) (vm *VM, err error) {
+	spec.Resolve()
 	if err := spec.Validate(r.limits); err != nil {
 		return nil, err
 	}

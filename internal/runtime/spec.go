@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"bufio"
+	"cmp"
 	"fmt"
 	"math"
 	"net/netip"
@@ -144,7 +145,39 @@ func ValidateName(name string) error {
 	return nil
 }
 
-// Validate checks s against the host's limits and fills in defaults.
+// Resolve fills in s's defaults and puts its values in their canonical
+// form: memory, CPUs, boot timeout, accelerator and network mode, an
+// image's pull policy and disk size, clean mount paths. It never fails: a
+// value it cannot read is left as it is, for Validate to refuse.
+func (s *Spec) Resolve() {
+	if s.MemoryMiB == 0 {
+		s.MemoryMiB = options.DefaultMemoryMiB
+	}
+	if s.CPUs == 0 {
+		s.CPUs = 1
+	}
+	if a, err := vmm.ParseAccel(string(s.Accel)); err == nil {
+		s.Accel = a
+	}
+	if s.BootTimeout == 0 {
+		s.BootTimeout = options.DefaultBootTimeout
+	}
+	if mode, err := network.ParseMode(s.Network); err == nil {
+		s.Network = mode
+	}
+	if s.Image != "" {
+		if s.Pull == "" {
+			s.Pull = options.PullMissing
+		}
+		if s.DiskMiB == 0 {
+			s.DiskMiB = options.DefaultDiskMiB
+		}
+	}
+	options.CleanMounts(s.Mounts)
+}
+
+// Validate checks s against the host's limits without changing it. A zero
+// optional field is judged as the default Resolve gives it.
 func (s *Spec) Validate(h HostLimits) error {
 	if err := s.Healthcheck.Validate(); err != nil {
 		return err
@@ -163,17 +196,11 @@ func (s *Spec) Validate(h HostLimits) error {
 	if err := s.validateImage(); err != nil {
 		return err
 	}
-	if s.MemoryMiB == 0 {
-		s.MemoryMiB = options.DefaultMemoryMiB
+	if mem := cmp.Or(s.MemoryMiB, options.DefaultMemoryMiB); mem < options.MinMemoryMiB || mem > h.MemoryMiB {
+		return errdefs.Invalid(fmt.Sprintf("invalid memory %s: allowed %dm to %dm (this host's memory)", options.FormatMiB(mem), options.MinMemoryMiB, h.MemoryMiB))
 	}
-	if s.MemoryMiB < options.MinMemoryMiB || s.MemoryMiB > h.MemoryMiB {
-		return errdefs.Invalid(fmt.Sprintf("invalid memory %s: allowed %dm to %dm (this host's memory)", options.FormatMiB(s.MemoryMiB), options.MinMemoryMiB, h.MemoryMiB))
-	}
-	if s.CPUs == 0 {
-		s.CPUs = 1
-	}
-	if s.CPUs < 1 || s.CPUs > h.CPUs {
-		return errdefs.Invalid(fmt.Sprintf("invalid cpus %d: allowed 1 to %d (this host's CPUs)", s.CPUs, h.CPUs))
+	if cpus := cmp.Or(s.CPUs, 1); cpus < 1 || cpus > h.CPUs {
+		return errdefs.Invalid(fmt.Sprintf("invalid cpus %d: allowed 1 to %d (this host's CPUs)", cpus, h.CPUs))
 	}
 	for _, e := range s.Env {
 		k, _, ok := strings.Cut(e, "=")
@@ -191,13 +218,8 @@ func (s *Spec) Validate(h HostLimits) error {
 	} else if _, _, err := ParseUser(s.User); err != nil {
 		return err
 	}
-	a, err := vmm.ParseAccel(string(s.Accel))
-	if err != nil {
+	if _, err := vmm.ParseAccel(string(s.Accel)); err != nil {
 		return errdefs.Invalid(err.Error())
-	}
-	s.Accel = a
-	if s.BootTimeout == 0 {
-		s.BootTimeout = options.DefaultBootTimeout
 	}
 	if s.BootTimeout < 0 {
 		return errdefs.Invalid(fmt.Sprintf("invalid boot timeout %s: must be positive", s.BootTimeout))
@@ -206,7 +228,6 @@ func (s *Spec) Validate(h HostLimits) error {
 	if err != nil {
 		return err
 	}
-	s.Network = mode
 	if err := network.Validate(s.Ports); err != nil {
 		return err
 	}
@@ -216,7 +237,6 @@ func (s *Spec) Validate(h HostLimits) error {
 	if err := s.validateBridge(); err != nil {
 		return err
 	}
-	options.CleanMounts(s.Mounts)
 	if err := options.ValidateMounts(s.Mounts); err != nil {
 		return err
 	}
@@ -225,18 +245,10 @@ func (s *Spec) Validate(h HostLimits) error {
 			return err
 		}
 	}
-	for _, r := range s.Rlimits {
-		if _, ok := agent.RlimitResources[r.Name]; !ok {
-			return errdefs.Invalid(fmt.Sprintf("invalid ulimit %q: unknown resource", r.Name))
-		}
-		if r.Soft > r.Hard {
-			return errdefs.Invalid(fmt.Sprintf("invalid ulimit %s=%d:%d: soft limit above hard limit", r.Name, r.Soft, r.Hard))
-		}
-	}
-	return nil
+	return options.ValidateRlimits(s.Rlimits)
 }
 
-// validateImage checks the image fields and fills in their defaults.
+// validateImage checks the image fields.
 func (s *Spec) validateImage() error {
 	if s.Image == "" {
 		if s.Mode != "" || s.Pull != "" || s.DiskMiB != 0 {
@@ -253,17 +265,12 @@ func (s *Spec) validateImage() error {
 		return errdefs.Invalid(fmt.Sprintf("invalid mode %q: use full or binary", s.Mode))
 	}
 	switch s.Pull {
-	case "":
-		s.Pull = options.PullMissing
-	case options.PullMissing, options.PullAlways, options.PullNever:
+	case "", options.PullMissing, options.PullAlways, options.PullNever:
 	default:
 		return errdefs.Invalid(fmt.Sprintf("invalid pull policy %q: use missing, always or never", s.Pull))
 	}
-	if s.DiskMiB == 0 {
-		s.DiskMiB = options.DefaultDiskMiB
-	}
-	if s.DiskMiB < options.MinDiskMiB || s.DiskMiB > options.MaxDiskMiB {
-		return errdefs.Invalid(fmt.Sprintf("invalid disk size %s: allowed %dm to %s", options.FormatMiB(s.DiskMiB), options.MinDiskMiB, options.FormatMiB(options.MaxDiskMiB)))
+	if disk := cmp.Or(s.DiskMiB, options.DefaultDiskMiB); disk < options.MinDiskMiB || disk > options.MaxDiskMiB {
+		return errdefs.Invalid(fmt.Sprintf("invalid disk size %s: allowed %dm to %s", options.FormatMiB(disk), options.MinDiskMiB, options.FormatMiB(options.MaxDiskMiB)))
 	}
 	return nil
 }

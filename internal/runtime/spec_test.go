@@ -70,9 +70,20 @@ func TestParseUser(t *testing.T) {
 func TestSpecValidate(t *testing.T) {
 	host := HostLimits{MemoryMiB: 4096, CPUs: 2}
 	t.Run("defaults", func(t *testing.T) {
-		s := Spec{Program: "/bin/hello"}
+		s := Spec{Program: "/bin/hello", Mounts: []options.Mount{{Type: options.MountBind, Source: "/srv/", Target: "/data/"}}}
+		before := fmt.Sprintf("%+v", s)
 		if err := s.Validate(host); err != nil {
 			t.Fatal(err)
+		}
+		if after := fmt.Sprintf("%+v", s); after != before {
+			t.Errorf("Validate changed the spec:\n%s\nwas\n%s", after, before)
+		}
+		s.Resolve()
+		if err := s.Validate(host); err != nil {
+			t.Fatal(err)
+		}
+		if m := s.Mounts[0]; m.Source != "/srv" || m.Target != "/data" {
+			t.Errorf("mount paths not cleaned: %+v", m)
 		}
 		if s.MemoryMiB != 256 || s.CPUs != 1 || s.BootTimeout != options.DefaultBootTimeout || s.Accel != vmm.AccelAuto {
 			t.Errorf("defaults not filled: %+v", s)
@@ -82,6 +93,7 @@ func TestSpecValidate(t *testing.T) {
 		s := Spec{Name: "web-1.a_b", Program: "/bin/hello", MemoryMiB: 4096, CPUs: 2, Accel: vmm.AccelTCG,
 			BootTimeout: 5 * time.Second, WorkingDir: "/srv", User: "1000:1000", Env: []string{"A=1", "B="},
 			Rlimits: []agent.Rlimit{{Name: "nofile", Soft: 10, Hard: 10}}}
+		s.Resolve()
 		if err := s.Validate(host); err != nil {
 			t.Fatal(err)
 		}
