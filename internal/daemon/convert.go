@@ -22,6 +22,11 @@ func CheckConfig(c api.VMConfig) error {
 	if err != nil {
 		return err
 	}
+	if network.IsBridge(spec.Network) {
+		// The supervisor leases a bridge VM's address when it creates the
+		// VM; a request never carries one.
+		spec.Attach = &network.Attachment{Network: spec.Network}
+	}
 	return spec.Validate(runtime.ThisHost())
 }
 

@@ -447,3 +447,35 @@ func TestEventToAPI(t *testing.T) {
 		})
 	}
 }
+
+// CheckConfig judges a request as the daemon would, without changing it,
+// and without the state the supervisor adds at create (a bridge lease).
+func TestCheckConfig(t *testing.T) {
+	for _, c := range []api.VMConfig{
+		{Image: "alpine"},
+		{Image: "alpine", Network: "mynet", IP: "10.88.0.5"},
+		{Program: "/bin/true", Mounts: []api.Mount{{Type: options.MountVolume, Source: "data", Target: "/data/"}}},
+	} {
+		before := fmt.Sprintf("%+v", c)
+		if err := CheckConfig(c); err != nil {
+			t.Errorf("CheckConfig(%s): %v", before, err)
+		}
+		if after := fmt.Sprintf("%+v", c); after != before {
+			t.Errorf("CheckConfig changed its request: %s, was %s", after, before)
+		}
+	}
+	for _, tc := range []struct {
+		c    api.VMConfig
+		want string
+	}{
+		{api.VMConfig{Image: "UP:per:case"}, `invalid image reference "UP:per:case"`},
+		{api.VMConfig{Image: "alpine", Pull: "sometimes"}, `invalid pull policy "sometimes"`},
+		{api.VMConfig{Image: "alpine", IP: "10.88.0.5"}, "--ip needs a bridge network"},
+		{api.VMConfig{Program: "/bin/true", CPUs: -1}, "invalid cpus -1"},
+	} {
+		err := CheckConfig(tc.c)
+		if err == nil || !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("CheckConfig(%+v) = %v, want an invalid-argument error with %q", tc.c, err, tc.want)
+		}
+	}
+}
