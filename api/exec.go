@@ -43,6 +43,13 @@ type HealthConfig struct {
 	Retries     int      `json:"retries,omitempty"`
 }
 
+// Health statuses (Health.Status), as docker's.
+const (
+	HealthStarting  = "starting"
+	HealthHealthy   = "healthy"
+	HealthUnhealthy = "unhealthy"
+)
+
 // Health is a running VM's health.
 type Health struct {
 	// Status is starting, healthy or unhealthy.

@@ -49,6 +49,7 @@ import (
 
 	"kiln.dev/kiln/internal/image"
 	"kiln.dev/kiln/internal/image/layerpack"
+	"kiln.dev/kiln/internal/options"
 	"kiln.dev/kiln/internal/runtime"
 )
 
@@ -289,7 +290,7 @@ func createHit(root, ref, initBin, kernel string) (time.Duration, error) {
 		return 0, err
 	}
 	start := time.Now()
-	vm, err := rt.Create(context.Background(), runtime.Spec{Image: ref, Pull: runtime.PullNever, Kernel: kernel, Cmd: []string{"/bin/true"}})
+	vm, err := rt.Create(context.Background(), runtime.Spec{Image: ref, Pull: options.PullNever, Kernel: kernel, Cmd: []string{"/bin/true"}})
 	d := time.Since(start)
 	if err != nil {
 		return 0, err

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"kiln.dev/kiln/internal/agent"
+	"kiln.dev/kiln/internal/options"
 )
 
 // procs hands the exit status of commands run for the host (exec) to the
@@ -140,7 +141,7 @@ func (s *server) exec(ch *agent.Channel, req *agent.ExecRequest) {
 		fail(125, errors.New("exec: no command"))
 		return
 	}
-	env := mergeEnv(s.spec.Env, req.Env)
+	env := options.MergeEnv(s.spec.Env, req.Env)
 	cwd := req.WorkingDir
 	if cwd == "" {
 		cwd = s.spec.WorkingDir
@@ -156,7 +157,7 @@ func (s *server) exec(ch *agent.Channel, req *agent.ExecRequest) {
 			return
 		}
 		cred = &syscall.Credential{Uid: u.uid, Gid: u.gid, Groups: u.sgids}
-		env = mergeEnv(env, []string{"HOME=" + u.home})
+		env = options.MergeEnv(env, []string{"HOME=" + u.home})
 	}
 	path, code, err := resolveProgram(&agent.Spec{Args: req.Args, Env: env, WorkingDir: cwd})
 	if err != nil {
@@ -172,26 +173,6 @@ func (s *server) exec(ch *agent.Channel, req *agent.ExecRequest) {
 		sess.kill()
 	}
 	sess.run(ch)
-}
-
-// mergeEnv returns base with add's variables set, replacing base's of the
-// same name in place (C's getenv takes the first of duplicates).
-func mergeEnv(base, add []string) []string {
-	out := append([]string(nil), base...)
-	for _, kv := range add {
-		k, _, _ := strings.Cut(kv, "=")
-		replaced := false
-		for i, old := range out {
-			if ok, _, _ := strings.Cut(old, "="); ok == k {
-				out[i], replaced = kv, true
-				break
-			}
-		}
-		if !replaced {
-			out = append(out, kv)
-		}
-	}
-	return out
 }
 
 func resolveUser(spec string) (execUser, error) {

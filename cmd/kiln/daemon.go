@@ -21,9 +21,7 @@ import (
 	"kiln.dev/kiln/internal/atomicfile"
 	"kiln.dev/kiln/internal/daemon"
 	"kiln.dev/kiln/internal/disk"
-	"kiln.dev/kiln/internal/errdefs"
 	"kiln.dev/kiln/internal/jail"
-	"kiln.dev/kiln/internal/runtime"
 )
 
 // readyFDEnv names the descriptor a daemon started by the CLI reports
@@ -55,44 +53,16 @@ func newDaemonCmd(g *globals) *cobra.Command {
 				}
 			}
 			defer os.Remove(filepath.Join(g.root, "run", "kiln.pid"))
-			conf, err := runtime.DefaultConfinement()
-			if err != nil {
-				return err
-			}
-			if uids != "" {
-				if conf.UIDs, err = jail.ParseRange(uids); err != nil {
-					return errdefs.Invalid("--jail-uids: " + err.Error())
-				}
-			}
-			if memShare <= 0 || memShare > 1 {
-				return errdefs.Invalid(fmt.Sprintf("invalid --memory-share %g: want a share of host memory above 0 and at most 1", memShare))
-			}
-			conf.MemoryShare = memShare
-			if consoleMax == "" {
-				consoleMax = os.Getenv(runtime.ConsoleMaxSizeEnv)
-			}
-			if consoleMax != "" {
-				if conf.ConsoleMaxSize, err = runtime.ParseConsoleMaxSize(consoleMax); err != nil {
-					return err
-				}
-			}
-			if diskReserve == "" {
-				diskReserve = os.Getenv(disk.FreeReserveEnv)
-			}
-			if diskReserve != "" {
-				n, err := runtime.ParseBytes(diskReserve)
-				if err != nil {
-					return errdefs.Invalid(fmt.Sprintf("invalid --disk-reserve %q: want a size like 1g or 0", diskReserve))
-				}
-				disk.FreeReserve = n
-			}
-			return daemon.Run(ctx, daemon.Config{Root: g.root, AllowUIDs: allow, Logger: log, Confinement: &conf}, ready)
+			return daemon.Run(ctx, daemon.Config{
+				Root: g.root, AllowUIDs: allow, Logger: log,
+				JailUIDs: uids, MemoryShare: memShare, ConsoleMaxSize: consoleMax, DiskReserve: diskReserve,
+			}, ready)
 		},
 	}
 	c.Flags().IntSliceVar(&allow, "allow-uid", nil, "also accept API requests from this uid")
 	c.Flags().StringVar(&uids, "jail-uids", "", fmt.Sprintf("uids (and gids) jailed VMs run as, MIN-MAX, used by no host user or group (default $%s or %d-%d)", jail.UIDsEnv, jail.DefaultUIDMin, jail.DefaultUIDMax))
-	c.Flags().Float64Var(&memShare, "memory-share", runtime.DefaultMemoryShare, "share of host memory the cgroups of running VMs may hold together; a VM that would pass it is refused")
-	c.Flags().StringVar(&consoleMax, "console-max-size", "", fmt.Sprintf("serial console kept on disk per VM, console.log and console.log.1 together (default $%s or 16m)", runtime.ConsoleMaxSizeEnv))
+	c.Flags().Float64Var(&memShare, "memory-share", daemon.DefaultMemoryShare, "share of host memory the cgroups of running VMs may hold together; a VM that would pass it is refused")
+	c.Flags().StringVar(&consoleMax, "console-max-size", "", fmt.Sprintf("serial console kept on disk per VM, console.log and console.log.1 together (default $%s or 16m)", daemon.ConsoleMaxSizeEnv))
 	c.Flags().StringVar(&diskReserve, "disk-reserve", "", fmt.Sprintf("free space kept on kiln's filesystem: no VM disk or volume is made when less is free (default $%s or 1g)", disk.FreeReserveEnv))
 	return c
 }

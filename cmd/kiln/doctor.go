@@ -12,9 +12,9 @@ import (
 	"github.com/spf13/cobra"
 
 	"kiln.dev/kiln/internal/cgroup"
+	"kiln.dev/kiln/internal/daemon"
 	"kiln.dev/kiln/internal/jail"
 	"kiln.dev/kiln/internal/kernel"
-	"kiln.dev/kiln/internal/runtime"
 	"kiln.dev/kiln/internal/vmm"
 	"kiln.dev/kiln/internal/vmm/qemu"
 )
@@ -49,7 +49,7 @@ func doctorChecks(root string, h vmm.Host) []check {
 	} else {
 		cs = append(cs, check{"qemu", true, bin, ""})
 	}
-	if p, err := runtime.FindInit(); err != nil {
+	if p, err := daemon.FindInit(); err != nil {
 		cs = append(cs, check{"kiln-init", false, err.Error(), "make build (or run scripts/setup)"})
 	} else {
 		cs = append(cs, check{"kiln-init", true, p, ""})
@@ -98,14 +98,14 @@ func confinementChecks() []check {
 		return []check{{"jail", true, fmt.Sprintf("not root: VMs' QEMUs run as uid %d with QEMU's seccomp sandbox only, in the host's namespaces, without cgroup limits", os.Geteuid()), ""}}
 	}
 	var cs []check
-	conf, err := runtime.DefaultConfinement()
+	uids, err := daemon.JailUIDs()
 	if err == nil {
-		err = jail.CheckHostRange(conf.UIDs)
+		err = jail.CheckHostRange(uids)
 	}
 	if err != nil {
 		cs = append(cs, check{"jail uids", false, err.Error(), "start the daemon with --jail-uids MIN-MAX (or $" + jail.UIDsEnv + ") naming ids no host user or group has"})
 	} else {
-		cs = append(cs, check{"jail uids", true, conf.UIDs.String() + ", used by no host user or group", ""})
+		cs = append(cs, check{"jail uids", true, uids.String() + ", used by no host user or group", ""})
 	}
 	if h, err := cgroup.Detect(); err != nil {
 		cs = append(cs, check{"cgroups", false, err.Error(), "mount the memory, cpu and pids controllers (cgroup v1), or enable them in cgroup v2's subtree_control"})

@@ -8,7 +8,7 @@ import (
 
 	"kiln.dev/kiln/api"
 	"kiln.dev/kiln/internal/errdefs"
-	"kiln.dev/kiln/internal/runtime"
+	"kiln.dev/kiln/internal/options"
 )
 
 // healthFlags are run's docker-style health check flags.
@@ -35,11 +35,11 @@ func (h *healthFlags) register(c *cobra.Command) {
 
 // config returns the health check for the API (nil: the image's as is).
 func (h *healthFlags) config() (*api.HealthConfig, string, error) {
-	if err := runtime.ValidateOnFailure(h.onFailure); err != nil {
+	if err := options.ValidateOnFailure(h.onFailure); err != nil {
 		return nil, "", err
 	}
 	onFailure := h.onFailure
-	if onFailure == runtime.OnFailureNone {
+	if onFailure == options.OnFailureNone {
 		onFailure = ""
 	}
 	set := h.cmd != "" || h.interval != 0 || h.timeout != 0 || h.startPeriod != 0 || h.retries != 0
@@ -73,7 +73,7 @@ func (h *healthFlags) config() (*api.HealthConfig, string, error) {
 
 // healthWord is how ps shows a health status, as docker's.
 func healthWord(status string) string {
-	if status == runtime.HealthStarting {
+	if status == api.HealthStarting {
 		return "health: starting"
 	}
 	return status

@@ -23,6 +23,7 @@ import (
 	"kiln.dev/kiln/api"
 	"kiln.dev/kiln/client"
 	"kiln.dev/kiln/internal/errdefs"
+	"kiln.dev/kiln/internal/options"
 )
 
 // imageCommands are the commands that manage images: the docker-style
@@ -551,12 +552,6 @@ func newImageInspectCmd(g *globals) *cobra.Command {
 	}
 }
 
-// Pull policies of `kiln run --pull`, as the daemon takes them.
-const (
-	pullAlways = "always"
-	pullNever  = "never"
-)
-
 // pullForRun pulls image through the daemon, with progress on stderr,
 // when the pull policy asks for a pull, so that `kiln run` shows the
 // transfer before the VM is created; it reports whether it pulled, after
@@ -565,14 +560,14 @@ const (
 // another reason than its absence (or an image ID, which cannot be
 // pulled) is left to the VM's creation to report.
 func pullForRun(ctx context.Context, g *globals, image, policy string, insecure bool, stderr io.Writer) (pulled bool, err error) {
-	if image == "" || policy == pullNever {
+	if image == "" || policy == options.PullNever {
 		return false, nil
 	}
 	cl, err := connect(ctx, g, stderr)
 	if err != nil {
 		return false, err
 	}
-	if policy != pullAlways {
+	if policy != options.PullAlways {
 		if _, err := cl.InspectImage(ctx, image); err == nil {
 			return false, nil
 		} else if !errors.Is(err, client.ErrNotFound) || strings.HasPrefix(image, "sha256:") {

@@ -16,10 +16,10 @@ import (
 
 	"kiln.dev/kiln/api"
 	"kiln.dev/kiln/client"
+	"kiln.dev/kiln/internal/daemon"
 	"kiln.dev/kiln/internal/errdefs"
 	"kiln.dev/kiln/internal/network"
-	"kiln.dev/kiln/internal/runtime"
-	"kiln.dev/kiln/internal/vmm"
+	"kiln.dev/kiln/internal/options"
 )
 
 type runFlags struct {
@@ -84,12 +84,12 @@ after --time seconds. With -d the VM runs in the background.`,
 	fl.StringVar(&f.kernel, "kernel", "", "guest kernel: a name from 'kiln kernel ls' or a path (default \"default\")")
 	fl.StringVar(&f.accel, "accel", "auto", "accelerator: kvm, tcg or auto")
 	fl.StringArrayVar(&f.ulimits, "ulimit", nil, "resource limit, name=soft[:hard] (e.g. nofile=1024:4096)")
-	fl.IntVarP(&f.stopTimeout, "time", "t", int(runtime.DefaultStopGrace/time.Second), "seconds the program has to exit after a stop signal")
-	fl.DurationVar(&f.bootTimeout, "boot-timeout", runtime.DefaultBootTimeout, "how long the VM may take to start its program")
+	fl.IntVarP(&f.stopTimeout, "time", "t", int(options.DefaultStopGrace/time.Second), "seconds the program has to exit after a stop signal")
+	fl.DurationVar(&f.bootTimeout, "boot-timeout", options.DefaultBootTimeout, "how long the VM may take to start its program")
 	fl.StringArrayVar(&f.addHosts, "add-host", nil, "add NAME:ADDRESS to the guest's /etc/hosts; NAME:host-gateway is the host, and lets the VM reach the host's own (loopback) services, closed to VMs otherwise")
 	fl.BoolVar(&f.unconfined, "unconfined", false, "run QEMU without its jail (own uid, namespaces, root, cgroup) and seccomp sandbox: only to debug a host that cannot confine VMs")
-	fl.StringVar(&f.pull, "pull", runtime.PullMissing, "when to pull the image: missing, always or never")
-	fl.StringVar(&f.mode, "mode", "", "how to run the image: full (its root filesystem) or binary (only its static binary); default: the image's "+runtime.ModeLabel+" label, else full")
+	fl.StringVar(&f.pull, "pull", options.PullMissing, "when to pull the image: missing, always or never")
+	fl.StringVar(&f.mode, "mode", "", "how to run the image: full (its root filesystem) or binary (only its static binary); default: the image's "+options.ModeLabel+" label, else full")
 	fl.BoolVar(&f.insecure, "insecure", false, "allow pulling the image over plain HTTP from a registry not on loopback")
 	fl.StringVar(&f.diskSize, "disk-size", "", "size of the VM's writable disk for an image (sparse), e.g. 2g (default 10g)")
 	fl.BoolVarP(&f.detach, "detach", "d", false, "run the VM in the background and print its ID")
@@ -104,176 +104,154 @@ after --time seconds. With -d the VM runs in the background.`,
 	return c
 }
 
-// specFromFlags turns the command line into a runtime.Spec. The first
-// argument is a program when it is a file on this host (or reads as a path:
-// "/…", "./…", "../…"), and an image otherwise.
-func specFromFlags(f *runFlags, args []string) (runtime.Spec, error) {
-	s := runtime.Spec{
+// vmConfig turns the command line into the daemon's create request. The
+// first argument is a program when it is a file on this host (or reads as
+// a path: "/…", "./…", "../…"), and an image otherwise. Host paths become
+// absolute: the daemon does not share our working directory. The daemon
+// checks the whole request; what is checked here is what only the command
+// line knows (a flag's spelling, a file to read).
+func vmConfig(f *runFlags, args []string) (api.VMConfig, error) {
+	c := api.VMConfig{
 		Name:        f.name,
-		Program:     args[0],
 		Cmd:         args[1:],
 		WorkingDir:  f.workdir,
 		User:        f.user,
 		CPUs:        f.cpus,
-		Kernel:      f.kernel,
-		Accel:       vmm.Accel(f.accel),
-		BootTimeout: f.bootTimeout,
+		Accel:       f.accel,
+		BootTimeout: api.Duration(f.bootTimeout),
 		Unconfined:  f.unconfined,
 		ExtraHosts:  f.addHosts,
+		AutoRemove:  f.rm,
+		StopTimeout: f.stopTimeout,
+		IP:          f.ip,
 	}
 	if isImageArg(args[0]) {
-		s.Program, s.Image, s.Pull, s.Mode, s.Insecure = "", args[0], f.pull, f.mode, f.insecure
+		c.Image, c.Pull, c.Mode, c.Insecure = args[0], f.pull, f.mode, f.insecure
 		if f.diskSize != "" {
-			mib, err := runtime.ParseMemory(f.diskSize)
+			mib, err := options.ParseMemory(f.diskSize)
 			if err != nil {
-				return s, errdefs.Invalid(fmt.Sprintf("invalid disk size %q: want a size like 2g or 512m", f.diskSize))
+				return c, errdefs.Invalid(fmt.Sprintf("invalid disk size %q: want a size like 2g or 512m", f.diskSize))
 			}
 			if mib == 0 {
-				return s, errdefs.Invalid(fmt.Sprintf("invalid disk size %q: must be at least %dm", f.diskSize, runtime.MinDiskMiB))
+				return c, errdefs.Invalid(fmt.Sprintf("invalid disk size %q: must be at least %dm", f.diskSize, options.MinDiskMiB))
 			}
-			s.DiskMiB = mib
+			c.DiskMiB = mib
 		}
 	} else if f.mode != "" || f.diskSize != "" {
-		return s, errdefs.Invalid(fmt.Sprintf("--mode and --disk-size apply to images, and %s is a file on this host", args[0]))
+		return c, errdefs.Invalid(fmt.Sprintf("--mode and --disk-size apply to images, and %s is a file on this host", args[0]))
+	} else {
+		abs, err := filepath.Abs(args[0])
+		if err != nil {
+			return c, fmt.Errorf("resolving program path: %w", err)
+		}
+		c.Program = abs
 	}
 	if f.cpus == 0 {
-		s.CPUs = -1 // 0 means "default" to Validate; on the command line it is an error
+		c.CPUs = -1 // 0 means "default" to the daemon; on the command line it is an error
 	}
 	if f.memory != "" {
-		mib, err := runtime.ParseMemory(f.memory)
+		mib, err := options.ParseMemory(f.memory)
 		if err != nil {
-			return s, err
+			return c, err
 		}
 		if mib == 0 {
-			return s, fmt.Errorf("invalid memory %q: must be at least %dm", f.memory, runtime.MinMemoryMiB)
+			return c, fmt.Errorf("invalid memory %q: must be at least %dm", f.memory, options.MinMemoryMiB)
 		}
-		s.MemoryMiB = mib
+		c.MemoryMiB = mib
 	}
 	if f.entrypoint != "" {
-		s.Entrypoint = []string{f.entrypoint}
+		c.Entrypoint = []string{f.entrypoint}
 	}
 	for _, name := range f.envFiles {
 		fh, err := os.Open(name)
 		if err != nil {
-			return s, fmt.Errorf("reading env file: %w", err)
+			return c, fmt.Errorf("reading env file: %w", err)
 		}
-		env, err := runtime.ParseEnvFile(fh, name, os.LookupEnv)
+		env, err := options.ParseEnvFile(fh, name, os.LookupEnv)
 		fh.Close()
 		if err != nil {
-			return s, err
+			return c, err
 		}
-		s.Env = append(s.Env, env...)
+		c.Env = append(c.Env, env...)
 	}
-	env, err := runtime.ParseEnv(f.env, os.LookupEnv)
+	env, err := options.ParseEnv(f.env, os.LookupEnv)
 	if err != nil {
-		return s, err
+		return c, err
 	}
-	s.Env = append(s.Env, env...)
+	c.Env = append(c.Env, env...)
 	for _, u := range f.ulimits {
-		r, err := runtime.ParseUlimit(u)
+		r, err := options.ParseUlimit(u)
 		if err != nil {
-			return s, err
+			return c, err
 		}
-		s.Rlimits = append(s.Rlimits, r)
-	}
-	if f.stopTimeout < 0 {
-		return s, fmt.Errorf("invalid --time %d: must be 0 or more seconds", f.stopTimeout)
-	}
-	if s.Network, err = network.ParseMode(f.network); err != nil {
-		return s, err
-	}
-	s.IP = f.ip
-	if s.Ports, err = network.ParsePorts(f.publish); err != nil {
-		return s, err
-	}
-	if s.Network == network.ModeNone && len(s.Ports) > 0 {
-		return s, errdefs.Invalid(fmt.Sprintf("cannot publish %s: --network none gives the VM no network", f.publish[0]))
-	}
-	if s.Mounts, err = parseMountFlags(f.volumes, f.mounts); err != nil {
-		return s, err
-	}
-	return s, nil
-}
-
-// apiConfig turns the command line's spec into the daemon's create
-// request. Host paths become absolute: the daemon does not share our
-// working directory.
-func apiConfig(spec runtime.Spec, f *runFlags) (api.VMConfig, error) {
-	prog := spec.Program
-	if prog != "" {
-		abs, err := filepath.Abs(prog)
-		if err != nil {
-			return api.VMConfig{}, fmt.Errorf("resolving program path: %w", err)
-		}
-		prog = abs
-	}
-	kernel := spec.Kernel
-	if strings.Contains(kernel, "/") {
-		abs, err := filepath.Abs(kernel)
-		if err != nil {
-			return api.VMConfig{}, fmt.Errorf("resolving kernel path: %w", err)
-		}
-		kernel = abs
-	}
-	policy, err := runtime.ParseRestartPolicy(f.restart)
-	if err != nil {
-		return api.VMConfig{}, err
-	}
-	logCfg, err := runtime.ParseLogOpts(f.logOpts)
-	if err != nil {
-		return api.VMConfig{}, err
-	}
-	c := api.VMConfig{
-		Name: spec.Name, Program: prog, Image: spec.Image, Mode: spec.Mode, Pull: spec.Pull, Insecure: spec.Insecure, DiskMiB: spec.DiskMiB,
-		Entrypoint: spec.Entrypoint, Cmd: spec.Cmd, Env: spec.Env,
-		WorkingDir: spec.WorkingDir, User: spec.User, MemoryMiB: spec.MemoryMiB, CPUs: spec.CPUs,
-		Kernel: kernel, Accel: string(spec.Accel), BootTimeout: api.Duration(spec.BootTimeout), Unconfined: spec.Unconfined, ExtraHosts: spec.ExtraHosts,
-		Restart:     api.RestartPolicy{Name: policy.Name, MaxRetries: policy.MaxRetries},
-		AutoRemove:  f.rm,
-		Log:         api.LogConfig{MaxSize: logCfg.MaxSize, MaxFiles: logCfg.MaxFiles},
-		StopTimeout: f.stopTimeout,
-		Network:     spec.Network,
-		IP:          spec.IP,
-	}
-	if c.Healthcheck, c.HealthOnFailure, err = f.health.config(); err != nil {
-		return api.VMConfig{}, err
-	}
-	for _, p := range spec.Ports {
-		c.Ports = append(c.Ports, api.PortMapping{HostIP: p.HostIP, HostPort: p.HostPort, GuestPort: p.GuestPort, Protocol: p.Protocol})
-	}
-	for _, r := range spec.Rlimits {
 		c.Ulimits = append(c.Ulimits, api.Ulimit{Name: r.Name, Soft: r.Soft, Hard: r.Hard})
 	}
-	for _, m := range spec.Mounts {
+	if f.stopTimeout < 0 {
+		return c, fmt.Errorf("invalid --time %d: must be 0 or more seconds", f.stopTimeout)
+	}
+	if c.Network, err = network.ParseMode(f.network); err != nil {
+		return c, err
+	}
+	ports, err := network.ParsePorts(f.publish)
+	if err != nil {
+		return c, err
+	}
+	if c.Network == network.ModeNone && len(ports) > 0 {
+		return c, errdefs.Invalid(fmt.Sprintf("cannot publish %s: --network none gives the VM no network", f.publish[0]))
+	}
+	for _, p := range ports {
+		c.Ports = append(c.Ports, api.PortMapping{HostIP: p.HostIP, HostPort: p.HostPort, GuestPort: p.GuestPort, Protocol: p.Protocol})
+	}
+	mounts, err := parseMountFlags(f.volumes, f.mounts)
+	if err != nil {
+		return c, err
+	}
+	for _, m := range mounts {
 		c.Mounts = append(c.Mounts, api.Mount(m))
+	}
+	c.Kernel = f.kernel
+	if strings.Contains(c.Kernel, "/") {
+		abs, err := filepath.Abs(c.Kernel)
+		if err != nil {
+			return c, fmt.Errorf("resolving kernel path: %w", err)
+		}
+		c.Kernel = abs
+	}
+	policy, err := options.ParseRestartPolicy(f.restart)
+	if err != nil {
+		return c, err
+	}
+	c.Restart = api.RestartPolicy{Name: policy.Name, MaxRetries: policy.MaxRetries}
+	logCfg, err := options.ParseLogOpts(f.logOpts)
+	if err != nil {
+		return c, err
+	}
+	c.Log = api.LogConfig{MaxSize: logCfg.MaxSize, MaxFiles: logCfg.MaxFiles}
+	if c.Healthcheck, c.HealthOnFailure, err = f.health.config(); err != nil {
+		return c, err
 	}
 	return c, nil
 }
 
 func runRun(cmd *cobra.Command, g *globals, f *runFlags, args []string) error {
-	spec, err := specFromFlags(f, args)
+	cfg, err := vmConfig(f, args)
 	if err != nil {
 		return err
 	}
-	// A spec the daemon would refuse is refused before any transfer; then
-	// a missing image is pulled through the daemon with progress on
+	// A config the daemon would refuse is refused before any transfer;
+	// then a missing image is pulled through the daemon with progress on
 	// stderr, before the VM is created.
-	if spec.Image != "" && spec.Pull != runtime.PullNever {
-		check := spec
-		if err := check.Validate(runtime.ThisHost()); err != nil {
+	if cfg.Image != "" && cfg.Pull != options.PullNever {
+		if err := daemon.CheckConfig(cfg); err != nil {
 			return err
 		}
 	}
-	pulled, err := pullForRun(context.Background(), g, spec.Image, spec.Pull, spec.Insecure, cmd.ErrOrStderr())
+	pulled, err := pullForRun(context.Background(), g, cfg.Image, cfg.Pull, cfg.Insecure, cmd.ErrOrStderr())
 	if err != nil {
 		return err
 	}
 	if pulled {
-		spec.Pull = runtime.PullMissing
-	}
-	cfg, err := apiConfig(spec, f)
-	if err != nil {
-		return err
+		cfg.Pull = options.PullMissing
 	}
 	stdout, stderr := cmd.OutOrStdout(), cmd.ErrOrStderr()
 	// Catch Ctrl-C and SIGTERM before anything starts, so that none is lost

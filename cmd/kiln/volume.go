@@ -13,7 +13,7 @@ import (
 	"kiln.dev/kiln/api"
 	"kiln.dev/kiln/client"
 	"kiln.dev/kiln/internal/errdefs"
-	"kiln.dev/kiln/internal/runtime"
+	"kiln.dev/kiln/internal/options"
 	"kiln.dev/kiln/internal/volume"
 )
 
@@ -34,11 +34,11 @@ func newVolumeCreateCmd(g *globals) *cobra.Command {
 			mib := 0
 			if size != "" {
 				var err error
-				if mib, err = runtime.ParseMemory(size); err != nil || mib == 0 {
+				if mib, err = options.ParseMemory(size); err != nil || mib == 0 {
 					return errdefs.Invalid(fmt.Sprintf("invalid volume size %q: want a size like 10g or 512m, at least %dm", size, volume.MinSizeMiB))
 				}
 			}
-			if err := volume.ValidateName(args[0]); err != nil {
+			if err := options.ValidateVolumeName(args[0]); err != nil {
 				return err
 			}
 			ctx := cmd.Context()
@@ -101,7 +101,7 @@ func writeVolumeTable(w io.Writer, vs []api.Volume) {
 		if v.AttachedTo != "" {
 			users += " (running: " + v.AttachedTo + ")"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", v.Name, runtime.FormatMiB(v.SizeMiB), humanBytes(v.UsedBytes), users)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", v.Name, options.FormatMiB(v.SizeMiB), humanBytes(v.UsedBytes), users)
 	}
 	tw.Flush()
 }
@@ -195,23 +195,24 @@ func newVolumePruneCmd(g *globals) *cobra.Command {
 // parseMountFlags parses run's -v and --mount values and checks them
 // together (targets, names, paths), so that bad input fails before
 // anything is created.
-func parseMountFlags(volumes, mounts []string) ([]runtime.Mount, error) {
-	var out []runtime.Mount
+func parseMountFlags(volumes, mounts []string) ([]options.Mount, error) {
+	var out []options.Mount
 	for _, v := range volumes {
-		m, err := runtime.ParseVolumeFlag(v)
+		m, err := options.ParseVolumeFlag(v)
 		if err != nil {
 			return nil, err
 		}
 		out = append(out, m)
 	}
 	for _, v := range mounts {
-		m, err := runtime.ParseMountFlag(v)
+		m, err := options.ParseMountFlag(v)
 		if err != nil {
 			return nil, err
 		}
 		out = append(out, m)
 	}
-	if err := runtime.ValidateMounts(out); err != nil {
+	options.CleanMounts(out)
+	if err := options.ValidateMounts(out); err != nil {
 		return nil, err
 	}
 	return out, nil

@@ -7,10 +7,28 @@ import (
 	"kiln.dev/kiln/api"
 	"kiln.dev/kiln/internal/agent"
 	"kiln.dev/kiln/internal/network"
+	"kiln.dev/kiln/internal/options"
 	"kiln.dev/kiln/internal/runtime"
 	"kiln.dev/kiln/internal/state"
 	"kiln.dev/kiln/internal/vmm"
 )
+
+// CheckConfig reports whether the daemon would refuse a create request for
+// what it says, as this host's limits judge it, without looking at images,
+// volumes or networks: a caller checks a request before slow work (a pull)
+// it would otherwise do in vain.
+func CheckConfig(c api.VMConfig) error {
+	spec, _, err := fromAPI(&c)
+	if err != nil {
+		return err
+	}
+	if network.IsBridge(spec.Network) {
+		// The supervisor leases a bridge VM's address when it creates the
+		// VM; a request never carries one.
+		spec.Attach = &network.Attachment{Network: spec.Network}
+	}
+	return spec.Validate(runtime.ThisHost())
+}
 
 // fromAPI turns a create request into the runtime's spec and options.
 // Validation happens in the runtime, which names the bad field.
@@ -44,9 +62,9 @@ func fromAPI(c *api.VMConfig) (runtime.Spec, runtime.Options, error) {
 		spec.Rlimits = append(spec.Rlimits, agent.Rlimit{Name: u.Name, Soft: u.Soft, Hard: u.Hard})
 	}
 	opts := runtime.Options{
-		Restart:    runtime.RestartPolicy{Name: c.Restart.Name, MaxRetries: c.Restart.MaxRetries},
+		Restart:    options.RestartPolicy{Name: c.Restart.Name, MaxRetries: c.Restart.MaxRetries},
 		AutoRemove: c.AutoRemove,
-		Log:        runtime.LogConfig{MaxSize: c.Log.MaxSize, MaxFiles: c.Log.MaxFiles},
+		Log:        options.LogConfig{MaxSize: c.Log.MaxSize, MaxFiles: c.Log.MaxFiles},
 		StopGrace:  time.Duration(c.StopTimeout) * time.Second,
 	}
 	if c.StopTimeout == 0 {

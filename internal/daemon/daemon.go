@@ -18,7 +18,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"kiln.dev/kiln/internal/disk"
 	"kiln.dev/kiln/internal/errdefs"
+	"kiln.dev/kiln/internal/jail"
+	"kiln.dev/kiln/internal/options"
 	"kiln.dev/kiln/internal/runtime"
 	"kiln.dev/kiln/internal/state"
 	"kiln.dev/kiln/internal/unixsock"
@@ -31,9 +34,74 @@ type Config struct {
 	// AllowUIDs are uids besides the daemon's own that may use the API.
 	AllowUIDs []int
 	Logger    *slog.Logger
-	// Confinement is how VMs are jailed; nil means the runtime's default
-	// (the default uid range or $KILN_JAIL_UIDS, a 0.9 memory share).
-	Confinement *runtime.Confinement
+	// JailUIDs is the range jailed QEMUs run as, "MIN-MAX" (--jail-uids);
+	// "" means $KILN_JAIL_UIDS, else the default range.
+	JailUIDs string
+	// MemoryShare is the share of host memory the cgroups of running VMs
+	// may hold together (--memory-share): above 0, at most 1.
+	MemoryShare float64
+	// ConsoleMaxSize is the serial console kept on disk per VM, a size
+	// like 16m (--console-max-size); "" means $KILN_CONSOLE_MAX_SIZE, else
+	// 16m.
+	ConsoleMaxSize string
+	// DiskReserve is the free space kept on the root's filesystem, a size
+	// like 1g (--disk-reserve); "" means $KILN_DISK_RESERVE, else 1g.
+	DiskReserve string
+}
+
+// Defaults of the daemon's flags, for their help.
+const (
+	DefaultMemoryShare = runtime.DefaultMemoryShare
+	ConsoleMaxSizeEnv  = runtime.ConsoleMaxSizeEnv
+)
+
+// confinement resolves the jail settings of cfg (with their environment
+// fallbacks) and applies its disk reserve. The errors name the flag.
+func (cfg Config) confinement() (runtime.Confinement, error) {
+	conf, err := runtime.DefaultConfinement()
+	if err != nil {
+		return conf, err
+	}
+	if cfg.JailUIDs != "" {
+		if conf.UIDs, err = jail.ParseRange(cfg.JailUIDs); err != nil {
+			return conf, errdefs.Invalid("--jail-uids: " + err.Error())
+		}
+	}
+	if cfg.MemoryShare <= 0 || cfg.MemoryShare > 1 {
+		return conf, errdefs.Invalid(fmt.Sprintf("invalid --memory-share %g: want a share of host memory above 0 and at most 1", cfg.MemoryShare))
+	}
+	conf.MemoryShare = cfg.MemoryShare
+	consoleMax := cfg.ConsoleMaxSize
+	if consoleMax == "" {
+		consoleMax = os.Getenv(runtime.ConsoleMaxSizeEnv)
+	}
+	if consoleMax != "" {
+		if conf.ConsoleMaxSize, err = runtime.ParseConsoleMaxSize(consoleMax); err != nil {
+			return conf, err
+		}
+	}
+	reserve := cfg.DiskReserve
+	if reserve == "" {
+		reserve = os.Getenv(disk.FreeReserveEnv)
+	}
+	if reserve != "" {
+		n, err := options.ParseSize(reserve)
+		if err != nil {
+			return conf, errdefs.Invalid(fmt.Sprintf("invalid --disk-reserve %q: want a size like 1g or 0", reserve))
+		}
+		disk.FreeReserve = n
+	}
+	return conf, nil
+}
+
+// FindInit returns the kiln-init a daemon started now boots its VMs with.
+func FindInit() (string, error) { return runtime.FindInit() }
+
+// JailUIDs returns the uid range a daemon started now without --jail-uids
+// jails its VMs' QEMUs in: $KILN_JAIL_UIDS, else the default range.
+func JailUIDs() (jail.Range, error) {
+	c, err := runtime.DefaultConfinement()
+	return c.UIDs, err
 }
 
 // SocketPath returns the API socket of the kiln root.
@@ -59,6 +127,10 @@ func Run(ctx context.Context, cfg Config, ready func()) error {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	conf, err := cfg.confinement()
+	if err != nil {
+		return err
+	}
 	d := &Daemon{cfg: cfg, log: cfg.Logger, uid: os.Geteuid()}
 	if err := os.MkdirAll(cfg.Root, 0o711); err != nil {
 		return fmt.Errorf("creating kiln root: %w", err)
@@ -78,11 +150,7 @@ func Run(ctx context.Context, cfg Config, ready func()) error {
 	}
 	defer db.Close()
 	d.db = db
-	opts := []runtime.Option{runtime.WithLogger(d.log)}
-	if cfg.Confinement != nil {
-		opts = append(opts, runtime.WithConfinement(*cfg.Confinement))
-	}
-	rt, err := runtime.New(cfg.Root, opts...)
+	rt, err := runtime.New(cfg.Root, runtime.WithLogger(d.log), runtime.WithConfinement(conf))
 	if err != nil {
 		return err
 	}

@@ -17,6 +17,7 @@ import (
 	"kiln.dev/kiln/api"
 	"kiln.dev/kiln/internal/errdefs"
 	"kiln.dev/kiln/internal/network"
+	"kiln.dev/kiln/internal/options"
 	"kiln.dev/kiln/internal/runtime"
 	"kiln.dev/kiln/internal/state"
 	"kiln.dev/kiln/internal/vmm"
@@ -330,13 +331,13 @@ func TestRoutesRejectBadInput(t *testing.T) {
 func fullConfig(t *testing.T) api.VMConfig {
 	t.Helper()
 	c := api.VMConfig{
-		Name: "web", Program: "/srv/hello", Image: "docker.io/library/alpine:3", Mode: runtime.ModeFull,
+		Name: "web", Program: "/srv/hello", Image: "docker.io/library/alpine:3", Mode: options.ModeFull,
 		Pull: "always", Insecure: true, DiskMiB: 2048,
 		Entrypoint: []string{"/bin/sh", "-c"}, Cmd: []string{"echo hi"}, Env: []string{"A=1", "B=2"},
 		WorkingDir: "/srv", User: "1000:1000", MemoryMiB: 512, CPUs: 2, Kernel: "/boot/vmlinuz",
 		Accel:       string(vmm.AccelKVM),
 		Ulimits:     []api.Ulimit{{Name: "nofile", Soft: 1024, Hard: 4096}, {Name: "nproc", Soft: 10, Hard: 20}},
-		Restart:     api.RestartPolicy{Name: runtime.RestartOnFailure, MaxRetries: 5},
+		Restart:     api.RestartPolicy{Name: options.RestartOnFailure, MaxRetries: 5},
 		AutoRemove:  true,
 		Log:         api.LogConfig{MaxSize: 4 << 20, MaxFiles: 7},
 		StopTimeout: 25,
@@ -349,7 +350,7 @@ func fullConfig(t *testing.T) api.VMConfig {
 		Mounts:      []api.Mount{{Type: "volume", Source: "data", Target: "/data"}, {Type: "bind", Source: "/srv", Target: "/srv", ReadOnly: true}, {Type: "volume", Target: "/scratch", Anonymous: true}},
 		Healthcheck: &api.HealthConfig{Test: []string{"CMD-SHELL", "true"}, Interval: api.Duration(time.Second),
 			Timeout: api.Duration(2 * time.Second), StartPeriod: api.Duration(3 * time.Second), Retries: 4},
-		HealthOnFailure: runtime.OnFailureKill,
+		HealthOnFailure: options.OnFailureKill,
 	}
 	v := reflect.ValueOf(c)
 	for i := range v.NumField() {
@@ -444,5 +445,37 @@ func TestEventToAPI(t *testing.T) {
 				t.Errorf("eventToAPI = %+v, want %+v", got, want)
 			}
 		})
+	}
+}
+
+// CheckConfig judges a request as the daemon would, without changing it,
+// and without the state the supervisor adds at create (a bridge lease).
+func TestCheckConfig(t *testing.T) {
+	for _, c := range []api.VMConfig{
+		{Image: "alpine"},
+		{Image: "alpine", Network: "mynet", IP: "10.88.0.5"},
+		{Program: "/bin/true", Mounts: []api.Mount{{Type: options.MountVolume, Source: "data", Target: "/data/"}}},
+	} {
+		before := fmt.Sprintf("%+v", c)
+		if err := CheckConfig(c); err != nil {
+			t.Errorf("CheckConfig(%s): %v", before, err)
+		}
+		if after := fmt.Sprintf("%+v", c); after != before {
+			t.Errorf("CheckConfig changed its request: %s, was %s", after, before)
+		}
+	}
+	for _, tc := range []struct {
+		c    api.VMConfig
+		want string
+	}{
+		{api.VMConfig{Image: "UP:per:case"}, `invalid image reference "UP:per:case"`},
+		{api.VMConfig{Image: "alpine", Pull: "sometimes"}, `invalid pull policy "sometimes"`},
+		{api.VMConfig{Image: "alpine", IP: "10.88.0.5"}, "--ip needs a bridge network"},
+		{api.VMConfig{Program: "/bin/true", CPUs: -1}, "invalid cpus -1"},
+	} {
+		err := CheckConfig(tc.c)
+		if err == nil || !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("CheckConfig(%+v) = %v, want an invalid-argument error with %q", tc.c, err, tc.want)
+		}
 	}
 }

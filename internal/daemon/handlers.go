@@ -15,6 +15,7 @@ import (
 
 	"kiln.dev/kiln/api"
 	"kiln.dev/kiln/internal/errdefs"
+	"kiln.dev/kiln/internal/options"
 	"kiln.dev/kiln/internal/runtime"
 	"kiln.dev/kiln/internal/state"
 )
@@ -214,7 +215,7 @@ func (d *Daemon) kill(w http.ResponseWriter, r *http.Request) {
 	if name == "" {
 		name = "KILL"
 	}
-	sig, err := runtime.ParseSignal(name)
+	sig, err := options.ParseSignal(name)
 	if err == nil {
 		err = d.sup.Kill(r.Context(), r.PathValue("ref"), syscall.Signal(sig))
 	}

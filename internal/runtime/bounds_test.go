@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"kiln.dev/kiln/internal/options"
 	"kiln.dev/kiln/internal/vmm/qemu"
 )
 
@@ -120,7 +121,7 @@ func TestCollectorTakesABacklogInBoundedMemory(t *testing.T) {
 			}
 		}
 	}()
-	c := startTest(t, dir, LogConfig{MaxSize: 1 << 20, MaxFiles: 2})
+	c := startTest(t, dir, options.LogConfig{MaxSize: 1 << 20, MaxFiles: 2})
 	close(stop)
 	<-sampled
 	if grew := int64(peak.Load()) - int64(base.HeapInuse); grew > 16<<20 {
@@ -164,7 +165,7 @@ func pipeDir(t *testing.T) (string, *os.File) {
 // is kept when the collector stops.
 func TestCollectorPipesHoldAtMostTheirBufferAndLoseNothing(t *testing.T) {
 	dir, w := pipeDir(t)
-	c := startTest(t, dir, LogConfig{MaxSize: 64 << 20, MaxFiles: 2})
+	c := startTest(t, dir, options.LogConfig{MaxSize: 64 << 20, MaxFiles: 2})
 	c.Close() // the daemon goes; QEMU's end keeps the pipe
 
 	var held, n int
@@ -182,12 +183,12 @@ func TestCollectorPipesHoldAtMostTheirBufferAndLoseNothing(t *testing.T) {
 	if held > outputPipeSize {
 		t.Fatalf("the stdout FIFO took %d bytes with no reader; its bound is %d", held, outputPipeSize)
 	}
-	c = startTest(t, dir, LogConfig{MaxSize: 64 << 20, MaxFiles: 2})
+	c = startTest(t, dir, options.LogConfig{MaxSize: 64 << 20, MaxFiles: 2})
 	c.Sync()
 	unix.Write(int(w.Fd()), []byte("unfinished"))
 	c.Sync()
 	c.Close()
-	c = startTest(t, dir, LogConfig{MaxSize: 64 << 20, MaxFiles: 2})
+	c = startTest(t, dir, options.LogConfig{MaxSize: 64 << 20, MaxFiles: 2})
 	entries := readAll(t, c)
 	if len(entries) != n+1 {
 		t.Fatalf("%d entries, want the %d lines written and the unfinished one", len(entries), n)

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"kiln.dev/kiln/internal/errdefs"
+	"kiln.dev/kiln/internal/options"
 	"kiln.dev/kiln/internal/vmm/qemu"
 )
 
@@ -165,7 +166,7 @@ const minConsoleMaxSize = 64 << 10
 // ParseConsoleMaxSize parses the console cap (--console-max-size), a size
 // like 16m of at least 64k.
 func ParseConsoleMaxSize(s string) (int64, error) {
-	n, err := ParseBytes(s)
+	n, err := options.ParseSize(s)
 	if err != nil || n < minConsoleMaxSize {
 		return 0, errdefs.Invalid(fmt.Sprintf("invalid --console-max-size %q: want a size of at least 64k, like 16m", s))
 	}

@@ -10,6 +10,7 @@ import (
 
 	"kiln.dev/kiln/internal/agent"
 	"kiln.dev/kiln/internal/errdefs"
+	"kiln.dev/kiln/internal/options"
 )
 
 // Health statuses, as docker's.
@@ -22,14 +23,6 @@ const (
 
 // EventHealthStatus prefixes the health events ("health_status: healthy").
 const EventHealthStatus = "health_status"
-
-// Actions on an unhealthy VM, as podman's --health-on-failure.
-const (
-	OnFailureNone    = "none"
-	OnFailureKill    = "kill"
-	OnFailureRestart = "restart"
-	OnFailureStop    = "stop"
-)
 
 // Health check defaults, as docker's.
 const (
@@ -86,15 +79,6 @@ func (h *HealthConfig) Validate() error {
 		return errdefs.Invalid(fmt.Sprintf("invalid health retries %d: must be 0 or more", h.Retries))
 	}
 	return nil
-}
-
-// ValidateOnFailure checks a --health-on-failure action.
-func ValidateOnFailure(a string) error {
-	switch a {
-	case "", OnFailureNone, OnFailureKill, OnFailureRestart, OnFailureStop:
-		return nil
-	}
-	return errdefs.Invalid(fmt.Sprintf("invalid health-on-failure action %q: use none, kill, restart or stop", a))
 }
 
 // mergeHealth fills the zero fields of user (the run's flags) from image
@@ -257,16 +241,16 @@ func (s *Supervisor) onUnhealthy(m *managed, action string) {
 	ctx := context.Background()
 	var err error
 	switch action {
-	case OnFailureKill:
+	case options.OnFailureKill:
 		// The program dies of SIGKILL (137): the restart policy decides.
 		err = s.Kill(ctx, m.id, syscall.SIGKILL)
-	case OnFailureRestart:
+	case options.OnFailureRestart:
 		go func() {
 			if err := s.Restart(ctx, m.id, -1); err != nil {
 				s.log.Warn("restarting an unhealthy VM", "vm", m.id, "err", err)
 			}
 		}()
-	case OnFailureStop:
+	case options.OnFailureStop:
 		go func() {
 			if err := s.Stop(ctx, m.id, -1); err != nil {
 				s.log.Warn("stopping an unhealthy VM", "vm", m.id, "err", err)

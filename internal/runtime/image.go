@@ -20,13 +20,13 @@ import (
 	"sync"
 
 	"github.com/google/go-containerregistry/pkg/name"
-	"golang.org/x/sys/unix"
 
 	"kiln.dev/kiln/internal/agent"
 	"kiln.dev/kiln/internal/disk"
 	"kiln.dev/kiln/internal/errdefs"
 	"kiln.dev/kiln/internal/image"
 	"kiln.dev/kiln/internal/kernel"
+	"kiln.dev/kiln/internal/options"
 	"kiln.dev/kiln/internal/vmm"
 )
 
@@ -129,9 +129,9 @@ func (r *Runtime) resolveImage(ctx context.Context, s *Spec) (*imagePlan, error)
 	}
 	p := &imagePlan{img: img, mode: s.Mode}
 	if p.mode == "" {
-		p.mode = ModeFull
-		if m := img.Config.Labels[ModeLabel]; m == ModeBinary {
-			p.mode = ModeBinary
+		p.mode = options.ModeFull
+		if m := img.Config.Labels[options.ModeLabel]; m == options.ModeBinary {
+			p.mode = options.ModeBinary
 		}
 	}
 	if img.OS != "" && img.OS != "linux" || img.Architecture != "" && img.Architecture != "amd64" {
@@ -150,7 +150,7 @@ func (r *Runtime) resolveImage(ctx context.Context, s *Spec) (*imagePlan, error)
 		p.user = img.Config.User
 	}
 	if s.StopSignal == 0 && img.Config.StopSignal != "" {
-		sig, err := ParseSignal(img.Config.StopSignal)
+		sig, err := options.ParseSignal(img.Config.StopSignal)
 		if err != nil {
 			return nil, fmt.Errorf("image %s: stop signal: %w", s.Image, err)
 		}
@@ -164,7 +164,7 @@ func (r *Runtime) resolveImage(ctx context.Context, s *Spec) (*imagePlan, error)
 	if p.rootfs, err = store.RootFS(ctx, img); err != nil {
 		return nil, err
 	}
-	if p.mode == ModeBinary {
+	if p.mode == options.ModeBinary {
 		if err := p.findBinary(ctx, s); err != nil {
 			return nil, err
 		}
@@ -179,14 +179,14 @@ func (r *Runtime) resolveImage(ctx context.Context, s *Spec) (*imagePlan, error)
 // policy says.
 func getImage(ctx context.Context, store *image.Store, s *Spec) (*image.Image, error) {
 	opts := image.PullOptions{Insecure: s.Insecure}
-	if s.Pull == PullAlways {
+	if s.Pull == options.PullAlways {
 		return store.Pull(ctx, s.Image, opts)
 	}
 	img, err := store.Get(s.Image)
 	if err == nil || !errors.Is(err, image.ErrNotFound) {
 		return img, err
 	}
-	if s.Pull == PullNever {
+	if s.Pull == options.PullNever {
 		return nil, fmt.Errorf("image %s is not in the store, and the pull policy is never (pull it with `kiln pull`): %w", s.Image, image.ErrNotFound)
 	}
 	if strings.HasPrefix(s.Image, "sha256:") || len(s.Image) == 64 && imageIDRE.MatchString(s.Image) {
@@ -208,44 +208,11 @@ func imageArgs(c image.Config, s *Spec) []string {
 	return append(append([]string{}, entry...), cmd...)
 }
 
-// ParseSignal parses a signal as docker's kill -s, --stop-signal or an
-// image config gives it, in any case: "SIGTERM", "TERM", "term", "15",
-// "SIGRTMIN+3". The error names the bad value and what is allowed.
-func ParseSignal(s string) (int, error) {
-	bad := func() (int, error) {
-		return 0, errdefs.Invalid(fmt.Sprintf("invalid signal %q: use a name like TERM, HUP, USR1 or RTMIN+3, or a number from 1 to 64", s))
-	}
-	if n, err := strconv.Atoi(s); err == nil {
-		if n < 1 || n > 64 {
-			return bad()
-		}
-		return n, nil
-	}
-	u := strings.ToUpper(s)
-	if !strings.HasPrefix(u, "SIG") {
-		u = "SIG" + u
-	}
-	if base, off, ok := strings.Cut(u, "+"); ok && base == "SIGRTMIN" {
-		n, err := strconv.Atoi(off)
-		if err != nil || n < 0 || 34+n > 64 {
-			return bad()
-		}
-		return 34 + n, nil
-	}
-	if u == "SIGRTMIN" {
-		return 34, nil
-	}
-	if sig := unix.SignalNum(u); sig != 0 {
-		return int(sig), nil
-	}
-	return bad()
-}
-
 // attach prepares the VM's side of the plan in its directory dir: in full
 // mode its writable disk and both drives; in binary mode the files that go
 // into the initrd, copied out of the image into dir.
 func (p *imagePlan) attach(ctx context.Context, dir string, s *Spec) ([]kernel.File, []vmm.Drive, error) {
-	if p.mode == ModeBinary {
+	if p.mode == options.ModeBinary {
 		files, err := p.extractBinary(ctx, dir, s)
 		return files, nil, err
 	}
@@ -264,8 +231,8 @@ func (p *imagePlan) attach(ctx context.Context, dir string, s *Spec) ([]kernel.F
 func (p *imagePlan) agentSpec(s *Spec, k *kernel.Kernel) *agent.Spec {
 	// HOME is left to the guest, which takes it from the image's
 	// /etc/passwd for the user, as docker does.
-	env := MergeEnv([]string{"PATH=" + DefaultPath, "HOSTNAME=" + s.Name}, p.img.Config.Env)
-	env = MergeEnv(env, s.Env)
+	env := options.MergeEnv([]string{"PATH=" + options.DefaultPath, "HOSTNAME=" + s.Name}, p.img.Config.Env)
+	env = options.MergeEnv(env, s.Env)
 	as := &agent.Spec{
 		Version:    agent.Version,
 		Args:       p.args,
@@ -277,7 +244,7 @@ func (p *imagePlan) agentSpec(s *Spec, k *kernel.Kernel) *agent.Spec {
 		Modules:    kernel.GuestModules(k),
 		StopSignal: s.StopSignal,
 	}
-	if p.mode == ModeFull {
+	if p.mode == options.ModeFull {
 		as.Root = &agent.RootSpec{
 			Lower: agent.Disk{Serial: SerialImage, FSType: p.rootfs.FSType},
 			Upper: agent.Disk{Serial: SerialDisk, FSType: diskFSType},
@@ -315,7 +282,7 @@ func (p *imagePlan) findBinary(ctx context.Context, s *Spec) error {
 		case path.IsAbs(prog):
 			candidates = append(candidates, prog)
 		case !strings.Contains(prog, "/"):
-			env := MergeEnv([]string{"PATH=" + DefaultPath}, p.img.Config.Env)
+			env := options.MergeEnv([]string{"PATH=" + options.DefaultPath}, p.img.Config.Env)
 			for _, d := range filepath.SplitList(envOf(env, "PATH")) {
 				if path.IsAbs(d) {
 					candidates = append(candidates, path.Join(d, prog))

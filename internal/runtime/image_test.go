@@ -8,7 +8,6 @@ import (
 	"debug/elf"
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,6 +20,7 @@ import (
 	"kiln.dev/kiln/internal/errdefs"
 	"kiln.dev/kiln/internal/image"
 	"kiln.dev/kiln/internal/kernel"
+	"kiln.dev/kiln/internal/options"
 )
 
 func TestImageArgs(t *testing.T) {
@@ -49,38 +49,15 @@ func TestImageArgs(t *testing.T) {
 	}
 }
 
-func TestParseSignal(t *testing.T) {
-	tests := []struct {
-		in   string
-		want int // 0: an error
-	}{
-		{"SIGTERM", 15}, {"TERM", 15}, {"sigquit", 3}, {"15", 15}, {"SIGKILL", 9},
-		{"SIGRTMIN", 34}, {"SIGRTMIN+3", 37}, {"SIGUSR1", 10}, {"9", 9},
-		{"KILL", 9}, {"kill", 9}, {"usr1", 10}, {"HUP", 1}, {"64", 64}, {"rtmin+3", 37},
-		{"", 0}, {"0", 0}, {"65", 0}, {"-9", 0}, {"SIG", 0}, {"SIGNOPE", 0}, {"SIGRTMIN+31", 0}, {"SIGRTMIN+x", 0},
-	}
-	for _, tt := range tests {
-		got, err := ParseSignal(tt.in)
-		if tt.want == 0 {
-			if !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), fmt.Sprintf("%q", tt.in)) {
-				t.Errorf("ParseSignal(%q) = %d, %v; want an invalid-argument error naming it", tt.in, got, err)
-			}
-			continue
-		}
-		if err != nil || got != tt.want {
-			t.Errorf("ParseSignal(%q) = %d, %v; want %d", tt.in, got, err, tt.want)
-		}
-	}
-}
-
 func TestValidateImageSpec(t *testing.T) {
 	base := func() Spec { return Spec{Image: "app:1"} }
 	h := HostLimits{MemoryMiB: 4096, CPUs: 2}
 	s := base()
+	s.Resolve()
 	if err := s.Validate(h); err != nil {
 		t.Fatal(err)
 	}
-	if s.Pull != PullMissing || s.DiskMiB != DefaultDiskMiB || s.Mode != "" {
+	if s.Pull != options.PullMissing || s.DiskMiB != options.DefaultDiskMiB || s.Mode != "" {
 		t.Errorf("defaults: pull %q disk %d mode %q", s.Pull, s.DiskMiB, s.Mode)
 	}
 	for _, u := range []string{"app", "app:grp", "1000", "1000:1001", "www-data", "app:1001", "_svc$"} {
@@ -104,7 +81,7 @@ func TestValidateImageSpec(t *testing.T) {
 		{"empty group", func(s *Spec) { s.User = "app:" }, `invalid user "app:"`},
 		{"empty user", func(s *Spec) { s.User = ":grp" }, `invalid user ":grp"`},
 		{"user with slash", func(s *Spec) { s.User = "a/b" }, `invalid user "a/b"`},
-		{"mode for a program", func(s *Spec) { s.Image, s.Program, s.Mode = "", "/bin/x", ModeBinary }, "images only"},
+		{"mode for a program", func(s *Spec) { s.Image, s.Program, s.Mode = "", "/bin/x", options.ModeBinary }, "images only"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -312,7 +289,7 @@ func binaryImage(t *testing.T, prog []byte) (*imagePlan, *Spec) {
 	if _, err := disk.FindTool("rdsquashfs", "squashfs-tools-ng"); err != nil {
 		t.Skip(err)
 	}
-	return &imagePlan{img: &image.Image{}, rootfs: image.RootFS{Path: sq, FSType: image.FSTypeSquashfs}, mode: ModeBinary},
+	return &imagePlan{img: &image.Image{}, rootfs: image.RootFS{Path: sq, FSType: image.FSTypeSquashfs}, mode: options.ModeBinary},
 		&Spec{Image: "registry.example/team/app:1"}
 }
 

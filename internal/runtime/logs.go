@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"kiln.dev/kiln/internal/options"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -50,7 +51,7 @@ var takeBufs = sync.Pool{New: func() any { b := make([]byte, takeChunk); return 
 // holes in what it has taken so the raw files take no space.
 type collector struct {
 	dir string
-	cfg LogConfig
+	cfg options.LogConfig
 	log *slog.Logger
 
 	// mu guards the fields below and orders writes with subscriptions: a
@@ -97,7 +98,7 @@ const outputPipeSize = 1 << 20
 // startCollector starts collecting the output of the VM in dir: from its
 // FIFOs (pipe mode) when it has them, else from the raw files an older
 // kiln's VM appends to (file mode).
-func startCollector(dir string, cfg LogConfig, log *slog.Logger) (*collector, error) {
+func startCollector(dir string, cfg options.LogConfig, log *slog.Logger) (*collector, error) {
 	c := &collector{dir: dir, cfg: cfg, log: log, subs: map[chan LogEntry]struct{}{}, stop: make(chan struct{}), done: make(chan struct{})}
 	if st, err := os.Lstat(pipeFIFO(dir, 0)); err == nil && st.Mode()&os.ModeNamedPipe != 0 {
 		return c, c.startPipes()
@@ -135,7 +136,7 @@ func startCollector(dir string, cfg LogConfig, log *slog.Logger) (*collector, er
 // directory is gone or broken): it reads what dir still holds, if anything,
 // and collects nothing.
 func closedCollector(dir string) *collector {
-	c := &collector{dir: dir, cfg: LogConfig{MaxFiles: DefaultLogMaxFiles}, closed: true, subs: map[chan LogEntry]struct{}{}, done: make(chan struct{})}
+	c := &collector{dir: dir, cfg: options.LogConfig{MaxFiles: options.DefaultLogMaxFiles}, closed: true, subs: map[chan LogEntry]struct{}{}, done: make(chan struct{})}
 	close(c.done)
 	return c
 }

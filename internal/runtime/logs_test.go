@@ -3,6 +3,7 @@ package runtime
 import (
 	"encoding/json"
 	"fmt"
+	"kiln.dev/kiln/internal/options"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -30,7 +31,7 @@ func logDir(t *testing.T) string {
 }
 
 // startTest starts a collector on dir and closes it with the test.
-func startTest(t *testing.T, dir string, cfg LogConfig) *collector {
+func startTest(t *testing.T, dir string, cfg options.LogConfig) *collector {
 	t.Helper()
 	c, err := startCollector(dir, cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
@@ -40,7 +41,7 @@ func startTest(t *testing.T, dir string, cfg LogConfig) *collector {
 	return c
 }
 
-var smallLogs = LogConfig{MaxSize: 4096, MaxFiles: 3}
+var smallLogs = options.LogConfig{MaxSize: 4096, MaxFiles: 3}
 
 // appendRaw appends data to a raw output file, as the guest's writes do.
 func appendRaw(t *testing.T, dir, stream, data string) {
@@ -216,7 +217,7 @@ func TestCollectorLongLine(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := logDir(t)
-			c := startTest(t, dir, LogConfig{MaxSize: 1 << 20, MaxFiles: 2})
+			c := startTest(t, dir, options.LogConfig{MaxSize: 1 << 20, MaxFiles: 2})
 			for _, w := range tt.writes {
 				appendRaw(t, dir, "stdout", w)
 				c.Sync()
@@ -245,7 +246,7 @@ func TestCollectorRotation(t *testing.T) {
 	for _, maxFiles := range []int{1, 2, 3} {
 		t.Run(fmt.Sprintf("max-file=%d", maxFiles), func(t *testing.T) {
 			dir := logDir(t)
-			cfg := LogConfig{MaxSize: 4096, MaxFiles: maxFiles}
+			cfg := options.LogConfig{MaxSize: 4096, MaxFiles: maxFiles}
 			c := startTest(t, dir, cfg)
 			const total = 300
 			var written []string
@@ -581,7 +582,7 @@ func TestCollectorFollowNotRunning(t *testing.T) {
 // than allowed to block the collector.
 func TestCollectorDropsSlowFollower(t *testing.T) {
 	dir := logDir(t)
-	c := startTest(t, dir, LogConfig{MaxSize: 1 << 20, MaxFiles: 2})
+	c := startTest(t, dir, options.LogConfig{MaxSize: 1 << 20, MaxFiles: 2})
 	_, live, cancel, err := c.Read(LogQuery{Tail: -1, Follow: true}, true)
 	if err != nil {
 		t.Fatal(err)
@@ -637,7 +638,7 @@ func TestCollectorPunchesConsumedOutput(t *testing.T) {
 	if !punchSupported(t, dir) {
 		t.Skip("the temp dir's file system cannot punch holes; set TMPDIR to ext4, xfs or tmpfs")
 	}
-	c := startTest(t, dir, LogConfig{MaxSize: 1 << 20, MaxFiles: 2})
+	c := startTest(t, dir, options.LogConfig{MaxSize: 1 << 20, MaxFiles: 2})
 	const size = 3 << 20
 	lineText := strings.Repeat("y", 1023) + "\n"
 	appendRaw(t, dir, "stdout", strings.Repeat(lineText, size/len(lineText)))

@@ -28,6 +28,7 @@ func TestValidateNetwork(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			s := Spec{Program: "/bin/true", Network: tt.network, Ports: tt.ports}
+			s.Resolve()
 			err := s.Validate(h)
 			if err != nil {
 				if !strings.Contains(err.Error(), tt.want) {

@@ -2,92 +2,11 @@ package runtime
 
 import (
 	"fmt"
-	"math"
-	"strconv"
-	"strings"
 	"time"
 
 	"kiln.dev/kiln/internal/errdefs"
+	"kiln.dev/kiln/internal/options"
 )
-
-// Restart policy names, as docker's.
-const (
-	RestartNo            = "no"
-	RestartOnFailure     = "on-failure"
-	RestartAlways        = "always"
-	RestartUnlessStopped = "unless-stopped"
-)
-
-// RestartPolicy says when the supervisor starts a VM again after it ends.
-type RestartPolicy struct {
-	Name string `json:"name"`
-	// MaxRetries bounds on-failure restarts; 0 means no bound.
-	MaxRetries int `json:"maxRetries,omitempty"`
-}
-
-// ParseRestartPolicy parses docker's --restart syntax: no, always,
-// unless-stopped, on-failure[:max-retries].
-func ParseRestartPolicy(s string) (RestartPolicy, error) {
-	name, max, hasMax := strings.Cut(s, ":")
-	switch name {
-	case "", RestartNo, RestartAlways, RestartUnlessStopped:
-		if hasMax {
-			return RestartPolicy{}, errdefs.Invalid(fmt.Sprintf("invalid restart policy %q: only on-failure takes a maximum retry count", s))
-		}
-		if name == "" {
-			name = RestartNo
-		}
-		return RestartPolicy{Name: name}, nil
-	case RestartOnFailure:
-		p := RestartPolicy{Name: name}
-		if hasMax {
-			n, err := strconv.Atoi(max)
-			if err != nil || n < 0 {
-				return RestartPolicy{}, errdefs.Invalid(fmt.Sprintf("invalid restart policy %q: the maximum retry count must be a whole number, 0 or more", s))
-			}
-			p.MaxRetries = n
-		}
-		return p, nil
-	}
-	return RestartPolicy{}, errdefs.Invalid(fmt.Sprintf("invalid restart policy %q: use no, always, unless-stopped or on-failure[:max-retries]", s))
-}
-
-// Validate reports whether p is a known policy.
-func (p RestartPolicy) Validate() error {
-	s := p.Name
-	if p.MaxRetries != 0 {
-		s += ":" + strconv.Itoa(p.MaxRetries)
-	}
-	_, err := ParseRestartPolicy(s)
-	if err == nil && p.MaxRetries < 0 {
-		err = errdefs.Invalid(fmt.Sprintf("invalid restart policy: negative retry count %d", p.MaxRetries))
-	}
-	return err
-}
-
-// String formats p as --restart takes it.
-func (p RestartPolicy) String() string {
-	if p.Name == "" {
-		return RestartNo
-	}
-	if p.Name == RestartOnFailure && p.MaxRetries > 0 {
-		return p.Name + ":" + strconv.Itoa(p.MaxRetries)
-	}
-	return p.Name
-}
-
-// ShouldRestart reports whether a VM that ended with exitCode, after
-// restarts so far, is started again. An explicit stop is never undone: the
-// caller does not ask then.
-func (p RestartPolicy) ShouldRestart(exitCode, restarts int) bool {
-	switch p.Name {
-	case RestartAlways, RestartUnlessStopped:
-		return true
-	case RestartOnFailure:
-		return exitCode != 0 && (p.MaxRetries == 0 || restarts < p.MaxRetries)
-	}
-	return false
-}
 
 // Backoff is the delay before the n-th consecutive restart (n from 0):
 // 100 ms doubling up to one minute, as docker's.
@@ -103,79 +22,13 @@ func Backoff(n int) time.Duration {
 // again from 100 ms.
 const BackoffReset = 10 * time.Second
 
-// LogConfig bounds a VM's stored logs.
-type LogConfig struct {
-	// MaxSize is the size of one log file before rotation; 0 means 10 MiB.
-	MaxSize int64 `json:"maxSize,omitempty"`
-	// MaxFiles is how many log files are kept; 0 means 3.
-	MaxFiles int `json:"maxFiles,omitempty"`
-}
-
-// Defaults of LogConfig.
-const (
-	DefaultLogMaxSize  = 10 << 20
-	DefaultLogMaxFiles = 3
-)
-
-// ParseLogOpts parses docker's --log-opt values (max-size=10m, max-file=3).
-func ParseLogOpts(opts []string) (LogConfig, error) {
-	var c LogConfig
-	for _, o := range opts {
-		k, v, ok := strings.Cut(o, "=")
-		switch {
-		case !ok:
-			return c, errdefs.Invalid(fmt.Sprintf("invalid log option %q: want key=value", o))
-		case k == "max-size":
-			bytes, err := ParseBytes(v)
-			if err != nil || bytes < 1024 {
-				return c, errdefs.Invalid(fmt.Sprintf("invalid log option %q: max-size wants a size of at least 1k, like 10m", o))
-			}
-			c.MaxSize = bytes
-		case k == "max-file":
-			n, err := strconv.Atoi(v)
-			if err != nil || n < 1 {
-				return c, errdefs.Invalid(fmt.Sprintf("invalid log option %q: max-file wants a whole number, 1 or more", o))
-			}
-			c.MaxFiles = n
-		default:
-			return c, errdefs.Invalid(fmt.Sprintf("invalid log option %q: kiln knows max-size and max-file", o))
-		}
-	}
-	return c, nil
-}
-
-// ParseBytes parses a size with an optional b/k/m/g unit (binary: 1k is
-// 1024) into bytes.
-func ParseBytes(s string) (int64, error) {
-	t := strings.ToLower(strings.TrimSpace(s))
-	mult := int64(1)
-	if t != "" {
-		switch t[len(t)-1] {
-		case 'k':
-			mult = 1 << 10
-		case 'm':
-			mult = 1 << 20
-		case 'g':
-			mult = 1 << 30
-		}
-		if mult != 1 || t[len(t)-1] == 'b' {
-			t = t[:len(t)-1]
-		}
-	}
-	n, err := strconv.ParseInt(t, 10, 64)
-	if err != nil || n < 0 || n > math.MaxInt64/mult {
-		return 0, fmt.Errorf("bad size %q", s)
-	}
-	return n * mult, nil
-}
-
 // Options are how the supervisor keeps a VM, beside what it runs (Spec).
 type Options struct {
-	Restart    RestartPolicy `json:"restart"`
-	AutoRemove bool          `json:"autoRemove,omitempty"`
-	Log        LogConfig     `json:"log"`
+	Restart    options.RestartPolicy `json:"restart"`
+	AutoRemove bool                  `json:"autoRemove,omitempty"`
+	Log        options.LogConfig     `json:"log"`
 	// StopGrace is the time the program has after its stop signal; 0 means
-	// DefaultStopGrace.
+	// options.DefaultStopGrace.
 	StopGrace time.Duration `json:"stopGrace,omitempty"`
 	// HealthOnFailure is what an unhealthy VM gets: none, kill, restart
 	// or stop (health.go).
@@ -185,27 +38,27 @@ type Options struct {
 // Validate checks o and fills in defaults.
 func (o *Options) Validate() error {
 	if o.Restart.Name == "" {
-		o.Restart.Name = RestartNo
+		o.Restart.Name = options.RestartNo
 	}
 	if err := o.Restart.Validate(); err != nil {
 		return err
 	}
-	if o.AutoRemove && o.Restart.Name != RestartNo {
+	if o.AutoRemove && o.Restart.Name != options.RestartNo {
 		return errdefs.Invalid(fmt.Sprintf("conflicting options: --rm and --restart %s (a VM removed when it ends cannot be restarted)", o.Restart))
 	}
 	if o.Log.MaxSize == 0 {
-		o.Log.MaxSize = DefaultLogMaxSize
+		o.Log.MaxSize = options.DefaultLogMaxSize
 	}
 	if o.Log.MaxFiles == 0 {
-		o.Log.MaxFiles = DefaultLogMaxFiles
+		o.Log.MaxFiles = options.DefaultLogMaxFiles
 	}
 	if o.Log.MaxSize < 1024 || o.Log.MaxFiles < 1 {
 		return errdefs.Invalid(fmt.Sprintf("invalid log config: max-size %d (at least 1k) and max-file %d (at least 1)", o.Log.MaxSize, o.Log.MaxFiles))
 	}
 	if o.StopGrace == 0 {
-		o.StopGrace = DefaultStopGrace
+		o.StopGrace = options.DefaultStopGrace
 	}
-	if err := ValidateOnFailure(o.HealthOnFailure); err != nil {
+	if err := options.ValidateOnFailure(o.HealthOnFailure); err != nil {
 		return err
 	}
 	if o.StopGrace < 0 {

@@ -24,6 +24,7 @@ import (
 	"kiln.dev/kiln/internal/errdefs"
 	"kiln.dev/kiln/internal/kernel"
 	"kiln.dev/kiln/internal/network"
+	"kiln.dev/kiln/internal/options"
 	"kiln.dev/kiln/internal/vmm"
 	"kiln.dev/kiln/internal/vmm/qemu"
 )
@@ -143,10 +144,11 @@ const (
 	portsFile = "ports.json"
 )
 
-// Create prepares a VM for spec: it validates the spec, resolves the kernel,
+// Create prepares a VM for spec: it fills in its defaults, validates it, resolves the kernel,
 // QEMU and kiln-init, and writes the VM's directory and initrd. Nothing runs
 // until Start. On error nothing is left behind.
 func (r *Runtime) Create(ctx context.Context, spec Spec) (vm *VM, err error) {
+	spec.Resolve()
 	if err := spec.Validate(r.limits); err != nil {
 		return nil, err
 	}
@@ -382,7 +384,7 @@ func (r *Runtime) agentSpec(s *Spec, k *kernel.Kernel, guestProg string, img *im
 	if uid != 0 {
 		home = "/"
 	}
-	env := MergeEnv([]string{"PATH=" + DefaultPath, "HOSTNAME=" + s.Name, "HOME=" + home}, s.Env)
+	env := options.MergeEnv([]string{"PATH=" + options.DefaultPath, "HOSTNAME=" + s.Name, "HOME=" + home}, s.Env)
 	return &agent.Spec{
 		Version:    agent.Version,
 		Args:       args,

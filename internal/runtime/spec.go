@@ -2,8 +2,8 @@ package runtime
 
 import (
 	"bufio"
+	"cmp"
 	"fmt"
-	"io"
 	"math"
 	"net/netip"
 	"os"
@@ -19,18 +19,8 @@ import (
 	"kiln.dev/kiln/internal/agent"
 	"kiln.dev/kiln/internal/errdefs"
 	"kiln.dev/kiln/internal/network"
+	"kiln.dev/kiln/internal/options"
 	"kiln.dev/kiln/internal/vmm"
-)
-
-// Defaults for a VM.
-const (
-	DefaultMemoryMiB   = 256
-	MinMemoryMiB       = 64
-	DefaultBootTimeout = 60 * time.Second
-	DefaultStopGrace   = 10 * time.Second
-	// DefaultPath is the PATH a program gets unless its env sets one, as in
-	// docker.
-	DefaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 )
 
 // Spec is what a user asks kiln to run. The zero value of each optional
@@ -90,19 +80,19 @@ type Spec struct {
 	// instead of Program; exactly one of them is set. Its config is
 	// honoured as docker does; the fields above override it.
 	Image string `json:"image,omitempty"`
-	// Mode is how an image runs: ModeFull (its root filesystem, with a
-	// writable layer), ModeBinary (only the static ELF the image is for,
-	// booted like a Program), or "" to let the image's ModeLabel decide
+	// Mode is how an image runs: options.ModeFull (its root filesystem, with a
+	// writable layer), options.ModeBinary (only the static ELF the image is for,
+	// booted like a Program), or "" to let the image's options.ModeLabel decide
 	// (full when it has none).
 	Mode string `json:"mode,omitempty"`
-	// Pull is when Create pulls Image: PullMissing ("" too), PullAlways or
-	// PullNever.
+	// Pull is when Create pulls Image: options.PullMissing ("" too), options.PullAlways or
+	// options.PullNever.
 	Pull string `json:"pull,omitempty"`
 	// Insecure allows a pull over plain HTTP from a registry that is not on
 	// loopback.
 	Insecure bool `json:"insecure,omitempty"`
 	// DiskMiB is the size of the VM's writable disk in full mode (a sparse
-	// file: it takes only what the guest writes); 0 means DefaultDiskMiB.
+	// file: it takes only what the guest writes); 0 means options.DefaultDiskMiB.
 	DiskMiB int `json:"diskMiB,omitempty"`
 
 	// ImageID and ExposedPorts are filled in by Create from the image: its
@@ -113,31 +103,8 @@ type Spec struct {
 
 	// Mounts are named volumes, host directories and baked directories
 	// (mounts.go).
-	Mounts []Mount `json:"mounts,omitempty"`
+	Mounts []options.Mount `json:"mounts,omitempty"`
 }
-
-// Image modes (Spec.Mode).
-const (
-	ModeFull   = "full"
-	ModeBinary = "binary"
-	// ModeLabel is the image label that picks the mode when Spec.Mode is
-	// empty ("binary" or "full").
-	ModeLabel = "dev.kiln.mode"
-)
-
-// Pull policies (Spec.Pull).
-const (
-	PullMissing = "missing"
-	PullAlways  = "always"
-	PullNever   = "never"
-)
-
-// Disk sizes, in MiB.
-const (
-	DefaultDiskMiB = 10 << 10
-	MinDiskMiB     = 16
-	MaxDiskMiB     = 16 << 20 // ext4's limit with 4 KiB blocks
-)
 
 // HostLimits are the bounds a Spec is checked against.
 type HostLimits struct {
@@ -178,7 +145,39 @@ func ValidateName(name string) error {
 	return nil
 }
 
-// Validate checks s against the host's limits and fills in defaults.
+// Resolve fills in s's defaults and puts its values in their canonical
+// form: memory, CPUs, boot timeout, accelerator and network mode, an
+// image's pull policy and disk size, clean mount paths. It never fails: a
+// value it cannot read is left as it is, for Validate to refuse.
+func (s *Spec) Resolve() {
+	if s.MemoryMiB == 0 {
+		s.MemoryMiB = options.DefaultMemoryMiB
+	}
+	if s.CPUs == 0 {
+		s.CPUs = 1
+	}
+	if a, err := vmm.ParseAccel(string(s.Accel)); err == nil {
+		s.Accel = a
+	}
+	if s.BootTimeout == 0 {
+		s.BootTimeout = options.DefaultBootTimeout
+	}
+	if mode, err := network.ParseMode(s.Network); err == nil {
+		s.Network = mode
+	}
+	if s.Image != "" {
+		if s.Pull == "" {
+			s.Pull = options.PullMissing
+		}
+		if s.DiskMiB == 0 {
+			s.DiskMiB = options.DefaultDiskMiB
+		}
+	}
+	options.CleanMounts(s.Mounts)
+}
+
+// Validate checks s against the host's limits without changing it. A zero
+// optional field is judged as the default Resolve gives it.
 func (s *Spec) Validate(h HostLimits) error {
 	if err := s.Healthcheck.Validate(); err != nil {
 		return err
@@ -197,17 +196,11 @@ func (s *Spec) Validate(h HostLimits) error {
 	if err := s.validateImage(); err != nil {
 		return err
 	}
-	if s.MemoryMiB == 0 {
-		s.MemoryMiB = DefaultMemoryMiB
+	if mem := cmp.Or(s.MemoryMiB, options.DefaultMemoryMiB); mem < options.MinMemoryMiB || mem > h.MemoryMiB {
+		return errdefs.Invalid(fmt.Sprintf("invalid memory %s: allowed %dm to %dm (this host's memory)", options.FormatMiB(mem), options.MinMemoryMiB, h.MemoryMiB))
 	}
-	if s.MemoryMiB < MinMemoryMiB || s.MemoryMiB > h.MemoryMiB {
-		return errdefs.Invalid(fmt.Sprintf("invalid memory %s: allowed %dm to %dm (this host's memory)", FormatMiB(s.MemoryMiB), MinMemoryMiB, h.MemoryMiB))
-	}
-	if s.CPUs == 0 {
-		s.CPUs = 1
-	}
-	if s.CPUs < 1 || s.CPUs > h.CPUs {
-		return errdefs.Invalid(fmt.Sprintf("invalid cpus %d: allowed 1 to %d (this host's CPUs)", s.CPUs, h.CPUs))
+	if cpus := cmp.Or(s.CPUs, 1); cpus < 1 || cpus > h.CPUs {
+		return errdefs.Invalid(fmt.Sprintf("invalid cpus %d: allowed 1 to %d (this host's CPUs)", cpus, h.CPUs))
 	}
 	for _, e := range s.Env {
 		k, _, ok := strings.Cut(e, "=")
@@ -225,13 +218,8 @@ func (s *Spec) Validate(h HostLimits) error {
 	} else if _, _, err := ParseUser(s.User); err != nil {
 		return err
 	}
-	a, err := vmm.ParseAccel(string(s.Accel))
-	if err != nil {
+	if _, err := vmm.ParseAccel(string(s.Accel)); err != nil {
 		return errdefs.Invalid(err.Error())
-	}
-	s.Accel = a
-	if s.BootTimeout == 0 {
-		s.BootTimeout = DefaultBootTimeout
 	}
 	if s.BootTimeout < 0 {
 		return errdefs.Invalid(fmt.Sprintf("invalid boot timeout %s: must be positive", s.BootTimeout))
@@ -240,7 +228,6 @@ func (s *Spec) Validate(h HostLimits) error {
 	if err != nil {
 		return err
 	}
-	s.Network = mode
 	if err := network.Validate(s.Ports); err != nil {
 		return err
 	}
@@ -250,7 +237,7 @@ func (s *Spec) Validate(h HostLimits) error {
 	if err := s.validateBridge(); err != nil {
 		return err
 	}
-	if err := ValidateMounts(s.Mounts); err != nil {
+	if err := options.ValidateMounts(s.Mounts); err != nil {
 		return err
 	}
 	for _, h := range s.ExtraHosts {
@@ -258,66 +245,10 @@ func (s *Spec) Validate(h HostLimits) error {
 			return err
 		}
 	}
-	for _, r := range s.Rlimits {
-		if _, ok := agent.RlimitResources[r.Name]; !ok {
-			return errdefs.Invalid(fmt.Sprintf("invalid ulimit %q: unknown resource", r.Name))
-		}
-		if r.Soft > r.Hard {
-			return errdefs.Invalid(fmt.Sprintf("invalid ulimit %s=%d:%d: soft limit above hard limit", r.Name, r.Soft, r.Hard))
-		}
-	}
-	return nil
+	return options.ValidateRlimits(s.Rlimits)
 }
 
-// ParseMemory parses a docker-style size: a number with an optional unit
-// b, k, m, g or t (binary multiples; default bytes), returned in MiB.
-func ParseMemory(s string) (int, error) {
-	bad := func() (int, error) {
-		return 0, errdefs.Invalid(fmt.Sprintf("invalid memory %q: want a size like 256m or 1g (units b, k, m, g, t)", s))
-	}
-	t := strings.ToLower(strings.TrimSpace(s))
-	t = strings.TrimSuffix(t, "ib")
-	t = strings.TrimSuffix(t, "b")
-	if t == "" {
-		return bad()
-	}
-	mult := 1.0
-	switch t[len(t)-1] {
-	case 'k':
-		mult = 1 << 10
-	case 'm':
-		mult = 1 << 20
-	case 'g':
-		mult = 1 << 30
-	case 't':
-		mult = 1 << 40
-	}
-	if mult != 1 {
-		t = t[:len(t)-1]
-	}
-	v, err := strconv.ParseFloat(t, 64)
-	if err != nil || v < 0 || math.IsInf(v, 0) || math.IsNaN(v) {
-		return bad()
-	}
-	mib := v * mult / (1 << 20)
-	if mib > math.MaxInt32 {
-		return math.MaxInt32, nil
-	}
-	if mib > 0 && mib < 1 {
-		return 0, errdefs.Invalid(fmt.Sprintf("invalid memory %q: below 1m", s))
-	}
-	return int(mib), nil
-}
-
-// FormatMiB formats a size in MiB the way ParseMemory reads it.
-func FormatMiB(mib int) string {
-	if mib > 0 && mib%1024 == 0 {
-		return strconv.Itoa(mib/1024) + "g"
-	}
-	return strconv.Itoa(mib) + "m"
-}
-
-// validateImage checks the image fields and fills in their defaults.
+// validateImage checks the image fields.
 func (s *Spec) validateImage() error {
 	if s.Image == "" {
 		if s.Mode != "" || s.Pull != "" || s.DiskMiB != 0 {
@@ -329,22 +260,17 @@ func (s *Spec) validateImage() error {
 		return err
 	}
 	switch s.Mode {
-	case "", ModeFull, ModeBinary:
+	case "", options.ModeFull, options.ModeBinary:
 	default:
 		return errdefs.Invalid(fmt.Sprintf("invalid mode %q: use full or binary", s.Mode))
 	}
 	switch s.Pull {
-	case "":
-		s.Pull = PullMissing
-	case PullMissing, PullAlways, PullNever:
+	case "", options.PullMissing, options.PullAlways, options.PullNever:
 	default:
 		return errdefs.Invalid(fmt.Sprintf("invalid pull policy %q: use missing, always or never", s.Pull))
 	}
-	if s.DiskMiB == 0 {
-		s.DiskMiB = DefaultDiskMiB
-	}
-	if s.DiskMiB < MinDiskMiB || s.DiskMiB > MaxDiskMiB {
-		return errdefs.Invalid(fmt.Sprintf("invalid disk size %s: allowed %dm to %s", FormatMiB(s.DiskMiB), MinDiskMiB, FormatMiB(MaxDiskMiB)))
+	if disk := cmp.Or(s.DiskMiB, options.DefaultDiskMiB); disk < options.MinDiskMiB || disk > options.MaxDiskMiB {
+		return errdefs.Invalid(fmt.Sprintf("invalid disk size %s: allowed %dm to %s", options.FormatMiB(disk), options.MinDiskMiB, options.FormatMiB(options.MaxDiskMiB)))
 	}
 	return nil
 }
@@ -404,106 +330,6 @@ func ParseUser(s string) (uid, gid uint32, err error) {
 		}
 	}
 	return uint32(uv), uint32(gv), nil
-}
-
-// ParseEnv resolves -e values: KEY=VALUE as is, a bare KEY takes the host's
-// value (and is dropped when the host has none), as docker does.
-func ParseEnv(entries []string, lookup func(string) (string, bool)) ([]string, error) {
-	var out []string
-	for _, e := range entries {
-		k, _, hasValue := strings.Cut(e, "=")
-		if k == "" || strings.ContainsAny(k, " \t\x00") {
-			return nil, errdefs.Invalid(fmt.Sprintf("invalid environment variable %q: want KEY=VALUE or KEY", e))
-		}
-		if hasValue {
-			out = append(out, e)
-			continue
-		}
-		if v, ok := lookup(k); ok {
-			out = append(out, k+"="+v)
-		}
-	}
-	return out, nil
-}
-
-// MergeEnv returns base with each KEY=VALUE of over applied in order: a
-// later value replaces an earlier one in place, new keys are appended. The
-// result has each key once (a program's getenv may take either of two).
-func MergeEnv(base, over []string) []string {
-	out := append([]string{}, base...)
-	index := map[string]int{}
-	for i, e := range out {
-		k, _, _ := strings.Cut(e, "=")
-		index[k] = i
-	}
-	for _, e := range over {
-		k, _, _ := strings.Cut(e, "=")
-		if i, ok := index[k]; ok {
-			out[i] = e
-			continue
-		}
-		index[k] = len(out)
-		out = append(out, e)
-	}
-	return out
-}
-
-// ParseEnvFile reads a docker --env-file: one KEY=VALUE or KEY per line,
-// blank lines and lines starting with # ignored.
-func ParseEnvFile(r io.Reader, name string, lookup func(string) (string, bool)) ([]string, error) {
-	var entries []string
-	sc := bufio.NewScanner(r)
-	for n := 1; sc.Scan(); n++ {
-		line := strings.TrimLeft(sc.Text(), " \t")
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		k, _, _ := strings.Cut(line, "=")
-		if k == "" || strings.ContainsAny(k, " \t") {
-			return nil, errdefs.Invalid(fmt.Sprintf("invalid line %d in env file %s: %q: want KEY=VALUE", n, name, line))
-		}
-		entries = append(entries, line)
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("reading env file %s: %w", name, err)
-	}
-	return ParseEnv(entries, lookup)
-}
-
-// ParseUlimit parses a docker --ulimit value: name=soft[:hard].
-func ParseUlimit(s string) (agent.Rlimit, error) {
-	bad := func(why string) (agent.Rlimit, error) {
-		return agent.Rlimit{}, errdefs.Invalid(fmt.Sprintf("invalid ulimit %q: %s", s, why))
-	}
-	name, val, ok := strings.Cut(s, "=")
-	if !ok {
-		return bad("want name=soft[:hard]")
-	}
-	if _, ok := agent.RlimitResources[name]; !ok {
-		return bad("unknown resource " + name)
-	}
-	softS, hardS, hasHard := strings.Cut(val, ":")
-	soft, err := parseLimit(softS)
-	if err != nil {
-		return bad("soft limit is not a number or unlimited")
-	}
-	hard := soft
-	if hasHard {
-		if hard, err = parseLimit(hardS); err != nil {
-			return bad("hard limit is not a number or unlimited")
-		}
-	}
-	if soft > hard {
-		return bad("soft limit above hard limit")
-	}
-	return agent.Rlimit{Name: name, Soft: soft, Hard: hard}, nil
-}
-
-func parseLimit(s string) (uint64, error) {
-	if s == "unlimited" || s == "-1" {
-		return math.MaxUint64, nil
-	}
-	return strconv.ParseUint(s, 10, 64)
 }
 
 // HostGateway is the --add-host address that stands for the host itself,

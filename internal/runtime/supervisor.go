@@ -16,6 +16,7 @@ import (
 
 	"kiln.dev/kiln/internal/errdefs"
 	"kiln.dev/kiln/internal/network"
+	"kiln.dev/kiln/internal/options"
 	"kiln.dev/kiln/internal/state"
 	"kiln.dev/kiln/internal/vmm"
 	"kiln.dev/kiln/internal/vmm/qemu"
@@ -772,9 +773,9 @@ func (s *Supervisor) adopt(rec *state.VM) {
 	p := m.opts.Restart
 	start := false
 	switch p.Name {
-	case RestartAlways:
+	case options.RestartAlways:
 		start = true
-	case RestartUnlessStopped, RestartOnFailure:
+	case options.RestartUnlessStopped, options.RestartOnFailure:
 		start = m.rec.Desired == state.DesiredRunning && p.ShouldRestart(m.rec.ExitCode, m.rec.RestartCount)
 	}
 	if start {

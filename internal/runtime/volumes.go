@@ -14,6 +14,7 @@ import (
 	"kiln.dev/kiln/internal/agent"
 	"kiln.dev/kiln/internal/disk"
 	"kiln.dev/kiln/internal/errdefs"
+	"kiln.dev/kiln/internal/options"
 	"kiln.dev/kiln/internal/state"
 	"kiln.dev/kiln/internal/vmm"
 	"kiln.dev/kiln/internal/volume"
@@ -63,12 +64,12 @@ func (r *Runtime) planMounts(ctx context.Context, dir string, s *Spec) (p *mount
 			plan.undo()
 		}
 	}()
-	ms := append([]Mount{}, s.Mounts...)
+	ms := append([]options.Mount{}, s.Mounts...)
 	// A path sorts before every path it is a prefix of: parents first.
 	sort.Slice(ms, func(i, j int) bool { return ms[i].Target < ms[j].Target })
 	for i, m := range ms {
 		switch m.Type {
-		case MountVolume:
+		case options.MountVolume:
 			v, err := p.volume(ctx, m)
 			if err != nil {
 				return nil, err
@@ -86,11 +87,11 @@ func (r *Runtime) planMounts(ctx context.Context, dir string, s *Spec) (p *mount
 			p.drives = append(p.drives, vmm.Drive{ID: id, Path: v.Disk(), Serial: kilnName(id)})
 			p.mounts = append(p.mounts, agent.Mount{Kind: agent.MountDisk, Target: m.Target, Serial: kilnName(id),
 				FSType: volume.FSType, SubDir: volume.DataDir, ReadOnly: m.ReadOnly})
-		case MountBind:
+		case options.MountBind:
 			id := shareID(i)
 			p.shares = append(p.shares, vmm.Share{ID: id, Path: m.Source, Tag: kilnName(id), ReadOnly: m.ReadOnly})
 			p.mounts = append(p.mounts, agent.Mount{Kind: agent.Mount9P, Target: m.Target, Tag: kilnName(id), ReadOnly: m.ReadOnly})
-		case MountBake:
+		case options.MountBake:
 			id := bakeDriveID(i)
 			disk := filepath.Join(dir, id+".sqfs")
 			if err := bake(ctx, m.Source, disk); err != nil {
@@ -106,7 +107,7 @@ func (r *Runtime) planMounts(ctx context.Context, dir string, s *Spec) (p *mount
 
 // volume returns m's volume, creating it (default size) when it does not
 // exist, or when m is an anonymous volume not made yet.
-func (p *mountPlan) volume(ctx context.Context, m Mount) (*volume.Volume, error) {
+func (p *mountPlan) volume(ctx context.Context, m options.Mount) (*volume.Volume, error) {
 	if m.Anonymous && m.Source == "" {
 		v, err := p.store.CreateAnonymous(ctx)
 		if err != nil {
@@ -155,10 +156,10 @@ func bake(ctx context.Context, src, img string) error {
 }
 
 // volumeNames returns the names of the named volumes among ms.
-func volumeNames(ms []Mount) []string {
+func volumeNames(ms []options.Mount) []string {
 	var out []string
 	for _, m := range ms {
-		if m.Type == MountVolume {
+		if m.Type == options.MountVolume {
 			out = append(out, m.Source)
 		}
 	}
@@ -348,10 +349,10 @@ func (s *Supervisor) RemoveVolume(ctx context.Context, name string) error {
 // removeAnonymousVolumes removes the anonymous volumes among the mounts
 // of the removed VM vmName. One that another VM also names is kept, as
 // docker keeps it, and said so in the error.
-func (s *Supervisor) removeAnonymousVolumes(ctx context.Context, vmName string, ms []Mount) error {
+func (s *Supervisor) removeAnonymousVolumes(ctx context.Context, vmName string, ms []options.Mount) error {
 	var errs []error
 	for _, m := range ms {
-		if m.Type != MountVolume || !m.Anonymous || m.Source == "" {
+		if m.Type != options.MountVolume || !m.Anonymous || m.Source == "" {
 			continue
 		}
 		if err := s.RemoveVolume(ctx, m.Source); err != nil && !errors.Is(err, errdefs.ErrNotFound) {

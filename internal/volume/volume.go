@@ -20,7 +20,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strings"
 	"time"
@@ -30,6 +29,7 @@ import (
 	"kiln.dev/kiln/internal/atomicfile"
 	"kiln.dev/kiln/internal/disk"
 	"kiln.dev/kiln/internal/errdefs"
+	"kiln.dev/kiln/internal/options"
 )
 
 // Sizes, in MiB.
@@ -77,17 +77,6 @@ func (v *Volume) UsedBytes() int64 {
 	return st.Blocks * 512
 }
 
-var nameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
-
-// ValidateName reports whether name can name a volume: as a VM name, 1-63
-// letters, digits, '_', '.' or '-', starting with a letter or digit.
-func ValidateName(name string) error {
-	if !nameRE.MatchString(name) {
-		return errdefs.Invalid(fmt.Sprintf("invalid volume name %q: use 1-63 letters, digits, '_', '.' or '-', starting with a letter or digit (a host path must be absolute)", name))
-	}
-	return nil
-}
-
 // Store is the volumes under one kiln root.
 type Store struct {
 	dir string
@@ -124,7 +113,7 @@ func (s *Store) CreateAnonymous(ctx context.Context) (*Volume, error) {
 
 func (s *Store) create(ctx context.Context, v *Volume) (*Volume, error) {
 	name, sizeMiB := v.Name, v.SizeMiB
-	if err := ValidateName(name); err != nil {
+	if err := options.ValidateVolumeName(name); err != nil {
 		return nil, err
 	}
 	if sizeMiB == 0 {
@@ -177,7 +166,7 @@ func (s *Store) create(ctx context.Context, v *Volume) (*Volume, error) {
 // Get returns the volume called name, or an error wrapping
 // errdefs.ErrNotFound.
 func (s *Store) Get(name string) (*Volume, error) {
-	if err := ValidateName(name); err != nil {
+	if err := options.ValidateVolumeName(name); err != nil {
 		return nil, err
 	}
 	dir := filepath.Join(s.dir, name)
