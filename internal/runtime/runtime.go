@@ -15,7 +15,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 
 	"kiln.dev/kiln/internal/agent"
@@ -37,6 +36,7 @@ type Runtime struct {
 	limits   HostLimits
 	initPath string
 	qemuBin  string
+	backend  vmm.Backend
 	images   imageStores // see image.go
 	confine  *confiner   // see confine.go
 }
@@ -52,6 +52,9 @@ func WithInit(path string) Option { return func(r *Runtime) { r.initPath = path 
 
 // WithQEMU sets the QEMU binary (default: from PATH).
 func WithQEMU(path string) Option { return func(r *Runtime) { r.qemuBin = path } }
+
+// WithBackend sets the monitor backend VMs run on (default: QEMU).
+func WithBackend(b vmm.Backend) Option { return func(r *Runtime) { r.backend = b } }
 
 // WithHost replaces the host that accelerator detection and limits look at.
 func WithHost(h vmm.Host, l HostLimits) Option {
@@ -72,6 +75,7 @@ func New(root string, opts ...Option) (*Runtime, error) {
 		log:     slog.New(slog.DiscardHandler),
 		host:    vmm.RealHost,
 		limits:  ThisHost(),
+		backend: qemu.Backend{},
 	}
 	for _, o := range opts {
 		o(r)
@@ -166,8 +170,10 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (vm *VM, err error) {
 		}
 		return nil, errdefs.Mark(fmt.Errorf("guest kernel: %w", err), errdefs.ErrInvalidArgument)
 	}
-	qemuBin, err := qemu.FindBinary(r.qemuBin)
-	if err != nil {
+	// The backend resolves its monitor now, before any slow work: a
+	// missing QEMU fails the create at once.
+	probe := vmm.Config{Accel: accel.Accel, Binary: r.qemuBin}
+	if err := r.backend.Prepare(&probe); err != nil {
 		return nil, errdefs.Mark(err, errdefs.ErrUnavailable)
 	}
 	if err := disk.CheckFree(r.vmsDir()); err != nil {
@@ -257,12 +263,11 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (vm *VM, err error) {
 		Dir:       dir,
 		Kernel:    k.Path,
 		Initrd:    initrd,
-		Cmdline:   qemu.Cmdline(accel.Accel, tscKHz()),
 		MemoryMiB: spec.MemoryMiB,
 		CPUs:      spec.CPUs,
 		Accel:     accel.Accel,
 		ACPI:      k.ACPI,
-		Binary:    qemuBin,
+		Binary:    probe.Binary,
 		Ports: []vmm.Port{
 			// The status records come over a socket, and the program's
 			// output through FIFOs: while no daemon takes them, the
@@ -282,7 +287,7 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (vm *VM, err error) {
 	}
 	for _, p := range cfg.Ports {
 		if p.Pipe != "" {
-			if err := qemu.MakePipe(p.Pipe); err != nil {
+			if err := vmm.MakePipe(p.Pipe); err != nil {
 				return nil, err
 			}
 		}
@@ -290,11 +295,14 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (vm *VM, err error) {
 	if err := os.WriteFile(filepath.Join(dir, statusFile), nil, 0o600); err != nil {
 		return nil, fmt.Errorf("creating %s: %w", statusFile, err)
 	}
+	if err := r.backend.Prepare(&cfg); err != nil {
+		if errors.Is(err, vmm.ErrUnavailable) {
+			return nil, errdefs.Mark(err, errdefs.ErrUnavailable)
+		}
+		return nil, errdefs.Invalid(err.Error())
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
-	}
-	if err := qemu.CheckDevices(&cfg); err != nil {
-		return nil, errdefs.Invalid(fmt.Sprintf("too many mounts: %v", err))
 	}
 	rec := vmRecord{ID: id, Spec: spec, Accel: accel, Kernel: k, Config: cfg, Guest: as}
 	b, err := json.MarshalIndent(rec, "", "  ")
@@ -321,7 +329,7 @@ type vmRecord struct {
 }
 
 func (rec *vmRecord) vm(r *Runtime) *VM {
-	return &VM{ID: rec.ID, Name: rec.Spec.Name, Dir: rec.Config.Dir, Spec: rec.Spec, Accel: rec.Accel, Kernel: rec.Kernel, cfg: rec.Config, log: r.log, confine: r.confine}
+	return &VM{ID: rec.ID, Name: rec.Spec.Name, Dir: rec.Config.Dir, Spec: rec.Spec, Accel: rec.Accel, Kernel: rec.Kernel, cfg: rec.Config, log: r.log, confine: r.confine, backend: r.backend}
 }
 
 // Load returns the VM whose directory is dir, as Create left it. Its
@@ -403,22 +411,4 @@ func newID() (string, error) {
 		return "", fmt.Errorf("making VM ID: %w", err)
 	}
 	return hex.EncodeToString(b), nil
-}
-
-// tscKHz returns the host's TSC frequency in kHz from /proc/cpuinfo, or 0.
-func tscKHz() int {
-	b, err := os.ReadFile("/proc/cpuinfo")
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		k, v, ok := strings.Cut(line, ":")
-		if ok && strings.TrimSpace(k) == "cpu MHz" {
-			mhz, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
-			if err == nil {
-				return int(mhz * 1000)
-			}
-		}
-	}
-	return 0
 }

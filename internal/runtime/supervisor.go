@@ -18,7 +18,6 @@ import (
 	"kiln.dev/kiln/internal/network"
 	"kiln.dev/kiln/internal/state"
 	"kiln.dev/kiln/internal/vmm"
-	"kiln.dev/kiln/internal/vmm/qemu"
 )
 
 // Event actions.
@@ -642,7 +641,7 @@ func (s *Supervisor) Console(ctx context.Context, ref string) ([]string, error) 
 	if err != nil {
 		return nil, err
 	}
-	p := filepath.Join(s.rt.VMDir(m.id), qemu.ConsoleLog)
+	p := filepath.Join(s.rt.VMDir(m.id), vmm.ConsoleLog)
 	return []string{p + ".1", p}, nil
 }
 
@@ -673,9 +672,8 @@ func (s *Supervisor) Reconcile(ctx context.Context) error {
 		// A VM whose creation never reached the store (the daemon died in
 		// between): end its QEMU if any and remove its directory.
 		dir := s.rt.VMDir(id)
-		if pid, err := qemu.FindProcess(dir, id); err == nil {
-			s.log.Warn("killing untracked QEMU", "vm", id, "pid", pid)
-			_ = syscall.Kill(pid, syscall.SIGKILL)
+		if pid, err := s.rt.backend.Reap(dir, id); pid != 0 || err != nil {
+			s.log.Warn("killed the monitor of an untracked VM", "vm", id, "pid", pid, "err", err)
 		}
 		os.RemoveAll(dir)
 		if err := s.rt.confine.removeCgroup(id); err != nil {

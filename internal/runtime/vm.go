@@ -19,7 +19,6 @@ import (
 	"kiln.dev/kiln/internal/kernel"
 	"kiln.dev/kiln/internal/network"
 	"kiln.dev/kiln/internal/vmm"
-	"kiln.dev/kiln/internal/vmm/qemu"
 )
 
 // VM is one VM made by Create.
@@ -31,8 +30,9 @@ type VM struct {
 	Accel  vmm.AccelChoice
 	Kernel *kernel.Kernel
 
-	cfg vmm.Config
-	log *slog.Logger
+	cfg     vmm.Config
+	log     *slog.Logger
+	backend vmm.Backend
 	// confine jails the VM's runs (confine.go) when cfg.Jail is set.
 	confine *confiner
 	link    agentLink // the guest agent connection (agentconn.go)
@@ -61,13 +61,13 @@ func (vm *VM) Stdout() string { return filepath.Join(vm.Dir, stdoutFile) }
 func (vm *VM) Stderr() string { return filepath.Join(vm.Dir, stderrFile) }
 
 // Console returns the host file holding the guest's serial console.
-func (vm *VM) Console() string { return filepath.Join(vm.Dir, qemu.ConsoleLog) }
+func (vm *VM) Console() string { return filepath.Join(vm.Dir, vmm.ConsoleLog) }
 
 // Info describes the VM's monitor process.
 func (vm *VM) Info() vmm.Info {
 	m := vm.current()
 	if m == nil {
-		return vmm.Info{Backend: "qemu", Accel: vm.cfg.Accel}
+		return vmm.Info{Backend: vm.backend.Name(), Accel: vm.cfg.Accel}
 	}
 	return m.Info()
 }
@@ -103,7 +103,7 @@ func (vm *VM) Start(ctx context.Context) error {
 			return fmt.Errorf("confining VM %s: %w", vm.Name, err)
 		}
 	}
-	m, err := qemu.New(cfg, qemu.WithLogger(vm.log))
+	m, err := vm.backend.New(cfg, vm.log)
 	if err != nil {
 		cl.release()
 		return err
@@ -237,7 +237,7 @@ func (w *watchedStatus) Stop() { w.src.Stop() }
 // another kiln process. It returns an error wrapping vmm.ErrNotRunning when
 // the VM is not running.
 func (vm *VM) Attach() error {
-	m, err := qemu.Attach(vm.cfg, qemu.WithLogger(vm.log))
+	m, err := vm.backend.Attach(vm.cfg, vm.log)
 	if err != nil {
 		return err
 	}
@@ -574,9 +574,9 @@ func (vm *VM) readStatus() ([]byte, error) {
 }
 
 // lastLines returns the last n non-empty lines of a file joined by " | ",
-// read from its last qemu.MaxTail bytes.
+// read from its last vmm.MaxTail bytes.
 func lastLines(path string, n int) string {
-	if s := qemu.LastLines(path, n); s != "" {
+	if s := vmm.LastLines(path, n); s != "" {
 		return s
 	}
 	return "(no console output)"
