@@ -67,6 +67,17 @@ func WithConfinement(c Confinement) Option {
 	return func(r *Runtime) { r.confine = &confiner{conf: c} }
 }
 
+// WithoutJail runs every VM's monitor as the caller, unjailed, and leaves
+// the host's cgroups and firewall alone, as a daemon not run by root does
+// (but without QEMU's sandbox either): for tests on a fake backend.
+func WithoutJail() Option {
+	return func(r *Runtime) {
+		c := &confiner{}
+		c.once.Do(func() {}) // probed: not root, no cgroups
+		r.confine = c
+	}
+}
+
 // New returns the runtime for the kiln root.
 func New(root string, opts ...Option) (*Runtime, error) {
 	r := &Runtime{

@@ -1,0 +1,196 @@
+package runtime
+
+import (
+	"context"
+	"errors"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"kiln.dev/kiln/internal/errdefs"
+	"kiln.dev/kiln/internal/state"
+	"kiln.dev/kiln/internal/vmm/vmmtest"
+)
+
+// A VM that exits 0 is recorded exited with its code and its output.
+func TestFakeRunExits(t *testing.T) {
+	b := &vmmtest.Backend{Script: func(string, int) vmmtest.Script {
+		return vmmtest.Script{Stdout: "hello\n", RunFor: 50 * time.Millisecond, ExitCode: 3}
+	}}
+	d := newFakeDaemon(t, b)
+	v := d.run(d.spec("exits"), Options{})
+	code, msg, err := d.sup.Wait(context.Background(), v.Record.ID, false, nil)
+	if err != nil || code != 3 || msg != "" {
+		t.Fatalf("Wait = %d, %q, %v; want 3", code, msg, err)
+	}
+	got := d.waitFor("exits", "exited", func(v *View) bool { return v.Record.Status == state.StatusExited })
+	if got.Record.ExitCode != 3 || got.Record.BootUptime == 0 {
+		t.Errorf("record %+v", got.Record)
+	}
+	entries, _, cancel, err := d.sup.Logs(context.Background(), "exits", LogQuery{Tail: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	if len(entries) != 1 || entries[0].Line != "hello\n" {
+		t.Errorf("logs = %+v", entries)
+	}
+}
+
+// on-failure:N restarts a failing VM N times with growing delays, then
+// leaves it exited.
+func TestFakeRestartOnFailureMaxRetries(t *testing.T) {
+	b := &vmmtest.Backend{Script: func(string, int) vmmtest.Script {
+		return vmmtest.Script{RunFor: 10 * time.Millisecond, ExitCode: 1}
+	}}
+	d := newFakeDaemon(t, b)
+	begin := time.Now()
+	v := d.run(d.spec("flaky"), Options{Restart: RestartPolicy{Name: RestartOnFailure, MaxRetries: 3}})
+	got := d.waitFor("flaky", "exited after its retries", func(v *View) bool {
+		return v.Record.Status == state.StatusExited && v.Record.RestartCount == 3
+	})
+	took := time.Since(begin)
+	if got.Record.ExitCode != 1 || got.Record.Desired != state.DesiredRunning {
+		t.Errorf("record %+v", got.Record)
+	}
+	// Backoff: 100 + 200 + 400 ms between the four runs.
+	if min := Backoff(0) + Backoff(1) + Backoff(2); took < min {
+		t.Errorf("four runs took %s: less than the backoff, %s", took, min)
+	}
+	time.Sleep(Backoff(3) + 100*time.Millisecond)
+	if n := b.Starts(v.Record.ID); n != 4 {
+		t.Errorf("started %d times, want 4", n)
+	}
+}
+
+// on-failure does not restart a VM that succeeded.
+func TestFakeRestartOnFailureSuccess(t *testing.T) {
+	b := &vmmtest.Backend{Script: func(string, int) vmmtest.Script {
+		return vmmtest.Script{RunFor: 10 * time.Millisecond}
+	}}
+	d := newFakeDaemon(t, b)
+	v := d.run(d.spec("ok"), Options{Restart: RestartPolicy{Name: RestartOnFailure}})
+	d.waitFor("ok", "exited", func(v *View) bool { return v.Record.Status == state.StatusExited })
+	time.Sleep(Backoff(0) + 100*time.Millisecond)
+	if n := b.Starts(v.Record.ID); n != 1 {
+		t.Errorf("started %d times, want 1", n)
+	}
+}
+
+// always restarts a VM whatever its exit; a stop keeps it stopped.
+func TestFakeRestartAlwaysUntilStopped(t *testing.T) {
+	b := &vmmtest.Backend{Script: func(_ string, run int) vmmtest.Script {
+		if run >= 2 {
+			return vmmtest.Script{RunFor: vmmtest.Forever}
+		}
+		return vmmtest.Script{RunFor: 10 * time.Millisecond, ExitCode: run}
+	}}
+	d := newFakeDaemon(t, b)
+	v := d.run(d.spec("always"), Options{Restart: RestartPolicy{Name: RestartAlways}})
+	d.waitFor("always", "its third run", func(v *View) bool {
+		return v.Record.Status == state.StatusRunning && v.Record.RestartCount == 2
+	})
+	if err := d.sup.Stop(context.Background(), "always", time.Second); err != nil {
+		t.Fatal(err)
+	}
+	got := d.waitFor("always", "stopped", func(v *View) bool { return v.Record.Status == state.StatusExited })
+	if got.Record.Desired != state.DesiredStopped {
+		t.Errorf("record %+v", got.Record)
+	}
+	time.Sleep(Backoff(2) + 100*time.Millisecond)
+	if n := b.Starts(v.Record.ID); n != 3 {
+		t.Errorf("started %d times, want 3", n)
+	}
+}
+
+// A VM whose boot hangs is killed at its boot deadline and recorded as a
+// failed boot (125), with its console's last lines.
+func TestFakeBootTimeout(t *testing.T) {
+	b := &vmmtest.Backend{Script: func(string, int) vmmtest.Script {
+		return vmmtest.Script{Hang: true, Console: "Probing EDD\n"}
+	}}
+	d := newFakeDaemon(t, b)
+	s := d.spec("hangs")
+	s.BootTimeout = 200 * time.Millisecond
+	v := d.run(s, Options{})
+	code, msg, err := d.sup.Wait(context.Background(), v.Record.ID, false, nil)
+	if err != nil || code != 125 || !strings.Contains(msg, "did not reach kiln-init") || !strings.Contains(msg, "Probing EDD") {
+		t.Fatalf("Wait = %d, %q, %v", code, msg, err)
+	}
+}
+
+// rm -f of a VM hanging in its boot removes it whole: no machine, no
+// directory, no record, no goroutine of its own left.
+func TestFakeRemoveDuringBoot(t *testing.T) {
+	b := &vmmtest.Backend{Script: func(string, int) vmmtest.Script { return vmmtest.Script{Hang: true} }}
+	d := newFakeDaemon(t, b)
+	before := countGoroutines()
+	v := d.run(d.spec("booting"), Options{Restart: RestartPolicy{Name: RestartAlways}})
+	if err := d.sup.Remove(context.Background(), "booting", RemoveOptions{}); !errors.Is(err, errdefs.ErrConflict) {
+		t.Errorf("rm without -f: %v, want a conflict", err)
+	}
+	if err := d.sup.Remove(context.Background(), "booting", RemoveOptions{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	if b.Running() != 0 {
+		t.Errorf("%d fake machines run on", b.Running())
+	}
+	if _, err := os.Stat(d.rt.VMDir(v.Record.ID)); !os.IsNotExist(err) {
+		t.Errorf("VM directory: %v", err)
+	}
+	if _, err := d.db.GetVM(context.Background(), v.Record.ID); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("record: %v, want not found", err)
+	}
+	if n := b.Starts(v.Record.ID); n != 1 {
+		t.Errorf("started %d times: a removed VM is not restarted", n)
+	}
+	waitGoroutines(t, before)
+}
+
+// After a daemon restart, a VM whose machine still runs is attached and
+// watched to its end; one whose machine ended meanwhile is recorded from
+// what its guest left, and restarted by its policy.
+func TestFakeReconcile(t *testing.T) {
+	b := &vmmtest.Backend{}
+	d := newFakeDaemon(t, b)
+	alive := d.run(d.spec("alive"), Options{})
+	gone := d.run(d.spec("gone"), Options{Restart: RestartPolicy{Name: RestartUnlessStopped}})
+	d.waitFor("alive", "started", func(v *View) bool { return v.Record.BootUptime > 0 })
+	d.waitFor("gone", "started", func(v *View) bool { return v.Record.BootUptime > 0 })
+	d.close()
+
+	// While no daemon runs: "gone" dies, "alive" runs on.
+	b.Machine(gone.Record.ID).Kill()
+	d.open()
+	a := d.waitFor("alive", "attached", func(v *View) bool { return v.Record.Status == state.StatusRunning })
+	if n := b.Starts(alive.Record.ID); n != 1 {
+		t.Errorf("alive: started %d times; want it attached, not started again", n)
+	}
+	if a.Record.PID != b.Machine(alive.Record.ID).Info().PID {
+		t.Errorf("alive: PID %d, machine's %d", a.Record.PID, b.Machine(alive.Record.ID).Info().PID)
+	}
+	g := d.waitFor("gone", "restarted", func(v *View) bool { return v.Record.Status == state.StatusRunning })
+	if g.Record.RestartCount != 1 || b.Starts(gone.Record.ID) != 2 {
+		t.Errorf("gone: record %+v, %d starts; want restarted once", g.Record, b.Starts(gone.Record.ID))
+	}
+	events, err := d.db.Events(context.Background(), time.Time{}, time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	died := false
+	for _, e := range events {
+		died = died || e.VMID == gone.Record.ID && e.Action == EventDied && e.Attrs == "exitCode=137"
+	}
+	if !died {
+		t.Errorf("gone: no died event with code 137 in %+v", events)
+	}
+	// The attached VM is watched: its end is recorded.
+	b.Machine(alive.Record.ID).Kill()
+	d.waitFor("alive", "exited", func(v *View) bool { return v.Record.Status == state.StatusExited })
+	for _, id := range []string{alive.Record.ID, gone.Record.ID} {
+		if err := d.sup.Remove(context.Background(), id, RemoveOptions{Force: true}); err != nil {
+			t.Error(err)
+		}
+	}
+}
