@@ -216,11 +216,11 @@ func (s *Supervisor) networkChanged(spec Spec) {
 	if spec.Attach == nil {
 		return
 	}
-	go func() {
-		if err := s.syncNetworks(); err != nil {
+	s.spawn(func() {
+		if err := s.syncNetworks(); err != nil && s.ctx.Err() == nil {
 			s.log.Warn("updating the firewall", "err", err)
 		}
-	}()
+	})
 }
 
 // syncNetworks rebuilds kiln's firewall table and the name servers from
@@ -232,7 +232,7 @@ func (s *Supervisor) syncNetworks() error {
 	if s.net.dns == nil {
 		s.net.dns = network.NewDNS(s.log)
 	}
-	ctx := context.Background()
+	ctx := s.ctx // cancelled by Close: the firewall is then left as it is
 	nets, err := s.db.ListNetworks(ctx)
 	if err != nil {
 		return err

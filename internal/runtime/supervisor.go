@@ -48,6 +48,35 @@ type Supervisor struct {
 
 	net  netState    // bridge networks: see networks.go
 	vols volumeLocks // see volumes.go
+
+	// ctx is the supervisor's root: every goroutine it starts (monitors,
+	// health checks, status watchers, network syncs, restarts) ends when
+	// it is cancelled, by Close. The VMs themselves do not.
+	ctx    context.Context
+	cancel context.CancelFunc
+	// gmu guards closing; tasks counts the goroutines started by spawn.
+	gmu     sync.Mutex
+	closing bool
+	tasks   sync.WaitGroup
+}
+
+// closeTimeout bounds how long Close waits for the supervisor's goroutines.
+const closeTimeout = 10 * time.Second
+
+// spawn runs fn in a goroutine Close waits for; once Close has begun it
+// runs nothing and returns false.
+func (s *Supervisor) spawn(fn func()) bool {
+	s.gmu.Lock()
+	defer s.gmu.Unlock()
+	if s.closing {
+		return false
+	}
+	s.tasks.Add(1)
+	go func() {
+		defer s.tasks.Done()
+		fn()
+	}()
+	return true
 }
 
 // managed is one VM under supervision.
@@ -79,7 +108,8 @@ type record struct {
 
 // NewSupervisor returns a supervisor over the runtime's VMs and the store.
 func NewSupervisor(rt *Runtime, db *state.Store, log *slog.Logger) *Supervisor {
-	return &Supervisor{rt: rt, db: db, log: log, vms: map[string]*managed{}, subs: map[chan state.Event]struct{}{}}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Supervisor{rt: rt, db: db, log: log, vms: map[string]*managed{}, subs: map[chan state.Event]struct{}{}, ctx: ctx, cancel: cancel}
 }
 
 // View is a VM as the supervisor knows it.
@@ -138,7 +168,10 @@ func (s *Supervisor) Subscribe() (<-chan state.Event, func()) {
 
 // event records an event and hands it to subscribers.
 func (s *Supervisor) event(rec *state.VM, action string, attrs ...string) {
-	e, err := s.db.AddEvent(context.Background(), state.Event{VMID: rec.ID, Name: rec.Name, Action: action, Attrs: strings.Join(attrs, ",")})
+	if s.ctx.Err() != nil {
+		return // closed: the store may be closed too
+	}
+	e, err := s.db.AddEvent(s.ctx, state.Event{VMID: rec.ID, Name: rec.Name, Action: action, Attrs: strings.Join(attrs, ",")})
 	if err != nil {
 		s.log.Warn("recording event", "vm", rec.ID, "err", err)
 	}
@@ -153,7 +186,10 @@ func (s *Supervisor) event(rec *state.VM, action string, attrs ...string) {
 }
 
 func (s *Supervisor) save(m *managed) {
-	if err := s.db.UpdateVM(context.Background(), m.rec); err != nil {
+	if s.ctx.Err() != nil {
+		return // closed: the next daemon reconciles what happens now
+	}
+	if err := s.db.UpdateVM(s.ctx, m.rec); err != nil {
 		s.log.Warn("saving VM state", "vm", m.id, "err", err)
 	}
 }
@@ -270,7 +306,7 @@ func (s *Supervisor) Start(ctx context.Context, ref string) error {
 func (s *Supervisor) startLocked(m *managed, action string) error {
 	err := s.acquireVolumes(m.id, &m.spec)
 	if err == nil {
-		if err = m.vm.Start(context.Background()); err != nil {
+		if err = m.vm.Start(s.ctx); err != nil {
 			s.releaseVolumes(m.id)
 		}
 	}
@@ -293,18 +329,22 @@ func (s *Supervisor) startLocked(m *managed, action string) error {
 	m.nextRun = make(chan struct{})
 	s.event(m.rec, action)
 	s.networkChanged(m.spec)
-	go s.monitor(m, m.vm, done)
+	vm := m.vm
+	s.spawn(func() { s.monitor(m, vm, done) }) // closing: the next daemon attaches
 	return nil
 }
 
 // monitor waits for one run of a VM to end and records it; it applies the
-// restart policy. It is the only goroutine that waits on that run.
+// restart policy. It is the only goroutine that waits on that run. When
+// the supervisor closes first it returns at once, recording nothing: the
+// VM runs on and the next daemon attaches to it.
 func (s *Supervisor) monitor(m *managed, vm *VM, done chan struct{}) {
-	go s.runHealth(m, vm, done)
-	go func() {
+	s.spawn(func() { s.runHealth(m, vm, done) })
+	s.spawn(func() {
 		select {
 		case <-vm.Started():
-			go vm.Agent() // dial now: the first exec or stop need not wait for the hello
+			// Dial now: the first exec or stop need not wait for the hello.
+			s.spawn(func() { _, _ = vm.Agent() })
 			if up := vm.BootUptime(); up > 0 {
 				m.mu.Lock()
 				if m.runDone == done {
@@ -314,9 +354,13 @@ func (s *Supervisor) monitor(m *managed, vm *VM, done chan struct{}) {
 				m.mu.Unlock()
 			}
 		case <-done:
+		case <-s.ctx.Done():
 		}
-	}()
-	exit, err := vm.Wait(context.Background())
+	})
+	exit, err := vm.Wait(s.ctx)
+	if s.ctx.Err() != nil {
+		return
+	}
 	s.releaseVolumes(m.id)
 	m.logs.VMEnded()
 	m.mu.Lock()
@@ -357,7 +401,7 @@ func (s *Supervisor) afterExit(m *managed, ranFor time.Duration, done chan struc
 		m.mu.Unlock()
 		if autoRemove {
 			// As docker's --rm, the VM's anonymous volumes go with it.
-			if err := s.Remove(context.Background(), m.id, RemoveOptions{Force: true, Volumes: true}); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
+			if err := s.Remove(s.ctx, m.id, RemoveOptions{Force: true, Volumes: true}); err != nil && !errors.Is(err, errdefs.ErrNotFound) && s.ctx.Err() == nil {
 				s.log.Warn("removing VM after it ended", "vm", m.id, "err", err)
 			}
 		}
@@ -371,7 +415,7 @@ func (s *Supervisor) afterExit(m *managed, ranFor time.Duration, done chan struc
 	m.backoff++
 	m.rec.Status = state.StatusRestarting
 	s.save(m)
-	m.timer = time.AfterFunc(delay, func() { s.restart(m) })
+	m.timer = time.AfterFunc(delay, func() { s.spawn(func() { s.restart(m) }) })
 	m.mu.Unlock()
 	close(done)
 }
@@ -381,7 +425,7 @@ func (s *Supervisor) restart(m *managed) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.timer = nil
-	if m.removed || m.runDone != nil || m.rec.Desired != state.DesiredRunning {
+	if m.removed || m.runDone != nil || m.rec.Desired != state.DesiredRunning || s.ctx.Err() != nil {
 		return
 	}
 	m.rec.RestartCount++
@@ -718,7 +762,7 @@ func (s *Supervisor) adopt(rec *state.VM) {
 		m.logs = closedCollector(vm.Dir)
 	}
 	wasRunning := rec.Status == state.StatusRunning || rec.Status == state.StatusStarting || rec.Status == state.StatusStopping
-	if err := vm.Attach(); err == nil {
+	if err := vm.Attach(s.ctx); err == nil {
 		if err := s.acquireVolumes(m.id, &m.spec); err != nil {
 			s.log.Warn("a running VM shares a volume", "vm", rec.ID, "err", err)
 		}
@@ -729,7 +773,7 @@ func (s *Supervisor) adopt(rec *state.VM) {
 		s.save(m)
 		done := make(chan struct{})
 		m.runDone = done
-		go s.monitor(m, vm, done)
+		s.spawn(func() { s.monitor(m, vm, done) })
 		m.mu.Unlock()
 		return
 	}
@@ -780,9 +824,15 @@ func (s *Supervisor) adopt(rec *state.VM) {
 	m.mu.Unlock()
 }
 
-// Close stops supervising: pending restarts are cancelled and log
-// collection ends. The VMs keep running.
+// Close stops supervising: its goroutines are cancelled and waited for
+// (for closeTimeout at most), pending restarts are cancelled and log
+// collection ends; nothing is written to the store once it returns. The
+// VMs keep running: the next supervisor's Reconcile attaches to them.
 func (s *Supervisor) Close() {
+	s.gmu.Lock()
+	s.closing = true
+	s.gmu.Unlock()
+	s.cancel()
 	s.mu.Lock()
 	vms := make([]*managed, 0, len(s.vms))
 	for _, m := range s.vms {
@@ -793,13 +843,27 @@ func (s *Supervisor) Close() {
 		delete(s.subs, ch)
 	}
 	s.mu.Unlock()
-	s.closeNetworks()
 	for _, m := range vms {
 		m.mu.Lock()
 		if m.timer != nil {
 			m.timer.Stop()
 			m.timer = nil
 		}
+		m.mu.Unlock()
+	}
+	waited := make(chan struct{})
+	go func() {
+		s.tasks.Wait()
+		close(waited)
+	}()
+	select {
+	case <-waited:
+	case <-time.After(closeTimeout):
+		s.log.Warn("closing the supervisor: some of its goroutines did not end", "waited", closeTimeout)
+	}
+	s.closeNetworks()
+	for _, m := range vms {
+		m.mu.Lock()
 		logs := m.logs
 		m.mu.Unlock()
 		if logs != nil {

@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"strings"
@@ -193,4 +194,74 @@ func TestFakeReconcile(t *testing.T) {
 			t.Error(err)
 		}
 	}
+}
+
+// Close cancels and waits for every goroutine of the supervisor, with VMs
+// running, booting and between restarts; after it nothing is written to
+// the store, even as the VMs end, and the VMs were left running.
+func TestFakeCloseWaitsAndWritesNothing(t *testing.T) {
+	b := &vmmtest.Backend{Script: func(id string, run int) vmmtest.Script {
+		return vmmtest.Script{RunFor: vmmtest.Forever}
+	}}
+	before := countGoroutines()
+	d := newFakeDaemon(t, b)
+	hang := map[string]bool{}
+	flap := map[string]bool{}
+	b.Script = func(id string, run int) vmmtest.Script {
+		switch {
+		case hang[id]:
+			return vmmtest.Script{Hang: true}
+		case flap[id]:
+			return vmmtest.Script{RunFor: 5 * time.Millisecond, ExitCode: 1}
+		}
+		return vmmtest.Script{RunFor: vmmtest.Forever}
+	}
+	var ids []string
+	for _, name := range []string{"running", "booting", "flapping"} {
+		v, _, err := d.sup.Create(context.Background(), d.spec(name), Options{Restart: RestartPolicy{Name: RestartAlways}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		hang[v.Record.ID], flap[v.Record.ID] = name == "booting", name == "flapping"
+		if err := d.sup.Start(context.Background(), v.Record.ID); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, v.Record.ID)
+	}
+	d.waitFor("running", "started", func(v *View) bool { return v.Record.BootUptime > 0 })
+	d.waitFor("flapping", "restarted", func(v *View) bool { return v.Record.RestartCount > 0 })
+	sup := d.sup
+	begin := time.Now()
+	sup.Close()
+	if took := time.Since(begin); took > 3*time.Second {
+		t.Errorf("Close took %s", took)
+	}
+	snapshot := func() string {
+		vms, err := d.db.ListVMs(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		events, err := d.db.Events(context.Background(), time.Time{}, time.Time{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := json.Marshal([]any{vms, events})
+		return string(b)
+	}
+	was := snapshot()
+	if m := b.Machine(ids[0]); m == nil || !m.Info().Running {
+		t.Errorf("a running VM did not run on after Close")
+	}
+	for _, id := range ids {
+		if _, err := b.Reap("", id); err != nil {
+			t.Error(err)
+		}
+	}
+	time.Sleep(300 * time.Millisecond) // a restart's backoff, were one pending
+	if now := snapshot(); now != was {
+		t.Errorf("the store changed after Close:\nwas %s\nnow %s", was, now)
+	}
+	d.db.Close()
+	d.sup = nil
+	waitGoroutines(t, before)
 }
