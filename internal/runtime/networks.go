@@ -272,6 +272,7 @@ func (s *Supervisor) syncNetworks() error {
 		}
 		m.mu.Lock()
 		name, removed, running := m.rec.Name, m.removed, m.runDone != nil && m.vm != nil
+		starting := m.starting != nil
 		var ports []network.PortMapping
 		if running {
 			ports = m.vm.Ports()
@@ -280,7 +281,10 @@ func (s *Supervisor) syncNetworks() error {
 		if removed {
 			continue
 		}
-		if !running {
+		if starting {
+			// Its ports are being taken (and are published once it has
+			// started, when it syncs again): leave them be.
+		} else if !running {
 			releasePorts(l.VMID)
 		} else if err := holdResolved(l.VMID, ports); err != nil {
 			s.log.Warn("holding the published ports of a running VM", "vm", l.VMID, "err", err)

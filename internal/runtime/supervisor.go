@@ -83,7 +83,8 @@ func (s *Supervisor) spawn(fn func()) bool {
 type managed struct {
 	id string
 	// mu guards the fields below. It is never held while waiting for a VM
-	// to stop, so rm -f can always get in.
+	// to stop, nor while its monitor comes up (starting), so rm -f, ps
+	// and inspect can always get in.
 	mu      sync.Mutex
 	rec     *state.VM
 	spec    Spec
@@ -91,6 +92,10 @@ type managed struct {
 	vm      *VM
 	logs    *collector
 	runDone chan struct{} // closed when the current run ends; nil when not running
+	// starting is closed when the start under way (its monitor coming up,
+	// with mu let go) has succeeded or failed; nil when none is. Stop,
+	// Remove, Kill and another start wait for it (settle).
+	starting chan struct{}
 	// nextRun is closed (and replaced) whenever a run starts, for waits on
 	// the next run of a VM that is not running yet.
 	nextRun chan struct{}
@@ -98,6 +103,23 @@ type managed struct {
 	backoff int         // consecutive quick restarts
 	removed bool
 	health  *healthState // the current run's health checks; nil without
+}
+
+// settle locks m.mu once no start of the VM is under way; it fails, with
+// m.mu not held, when ctx is done first.
+func (m *managed) settle(ctx context.Context) error {
+	m.mu.Lock()
+	for m.starting != nil {
+		ch := m.starting
+		m.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		m.mu.Lock()
+	}
+	return nil
 }
 
 // record is what the state store keeps of a VM's spec.
@@ -280,7 +302,9 @@ func (s *Supervisor) Start(ctx context.Context, ref string) error {
 	if err != nil {
 		return err
 	}
-	m.mu.Lock()
+	if err := m.settle(ctx); err != nil {
+		return err
+	}
 	defer m.mu.Unlock()
 	if m.removed {
 		return fmt.Errorf("no such VM: %s: %w", ref, errdefs.ErrNotFound)
@@ -302,11 +326,21 @@ func (s *Supervisor) Start(ctx context.Context, ref string) error {
 }
 
 // startLocked boots the VM's current run. Preconditions: m.mu held, not
-// running.
+// running, not starting. It lets go of m.mu while the monitor comes up
+// (the VM is starting meanwhile), and holds it again when it returns.
 func (s *Supervisor) startLocked(m *managed, action string) error {
 	err := s.acquireVolumes(m.id, &m.spec)
 	if err == nil {
-		if err = m.vm.Start(s.ctx); err != nil {
+		starting, vm := make(chan struct{}), m.vm
+		m.starting = starting
+		m.rec.Status, m.rec.Error = state.StatusStarting, ""
+		s.save(m)
+		m.mu.Unlock()
+		err = vm.Start(s.ctx)
+		m.mu.Lock()
+		m.starting = nil
+		close(starting)
+		if err != nil {
 			s.releaseVolumes(m.id)
 		}
 	}
@@ -422,7 +456,9 @@ func (s *Supervisor) afterExit(m *managed, ranFor time.Duration, done chan struc
 
 // restart is a policy restart, when its backoff delay has passed.
 func (s *Supervisor) restart(m *managed) {
-	m.mu.Lock()
+	if m.settle(s.ctx) != nil {
+		return
+	}
 	defer m.mu.Unlock()
 	m.timer = nil
 	if m.removed || m.runDone != nil || m.rec.Desired != state.DesiredRunning || s.ctx.Err() != nil {
@@ -442,7 +478,9 @@ func (s *Supervisor) Stop(ctx context.Context, ref string, grace time.Duration) 
 	if err != nil {
 		return err
 	}
-	m.mu.Lock()
+	if err := m.settle(ctx); err != nil {
+		return err
+	}
 	m.rec.Desired = state.DesiredStopped
 	if m.timer != nil {
 		m.timer.Stop()
@@ -484,7 +522,9 @@ func (s *Supervisor) Restart(ctx context.Context, ref string, grace time.Duratio
 	if err != nil {
 		return err
 	}
-	m.mu.Lock()
+	if err := m.settle(ctx); err != nil {
+		return err
+	}
 	defer m.mu.Unlock()
 	if m.runDone != nil || m.removed {
 		return nil
@@ -502,7 +542,9 @@ func (s *Supervisor) Kill(ctx context.Context, ref string, sig syscall.Signal) e
 	if err != nil {
 		return err
 	}
-	m.mu.Lock()
+	if err := m.settle(ctx); err != nil {
+		return err
+	}
 	done, vm, rec := m.runDone, m.vm, m.rec
 	m.mu.Unlock()
 	if done == nil {
@@ -539,7 +581,9 @@ func (s *Supervisor) Remove(ctx context.Context, ref string, o RemoveOptions) er
 	if err != nil {
 		return err
 	}
-	m.mu.Lock()
+	if err := m.settle(ctx); err != nil {
+		return err
+	}
 	if m.removed {
 		m.mu.Unlock()
 		return fmt.Errorf("no such VM: %s: %w", ref, errdefs.ErrNotFound)
@@ -594,7 +638,9 @@ func (s *Supervisor) Wait(ctx context.Context, ref string, next bool, registered
 	if err != nil {
 		return 0, "", err
 	}
-	m.mu.Lock()
+	if err := m.settle(ctx); err != nil {
+		return 0, "", err
+	}
 	done, nextRun := m.runDone, m.nextRun
 	m.mu.Unlock()
 	if registered != nil {
@@ -671,7 +717,7 @@ func (s *Supervisor) Logs(ctx context.Context, ref string, q LogQuery) ([]LogEnt
 	m.mu.Lock()
 	// A created VM's output is still to come; an exited one's is complete
 	// unless a restart is pending.
-	live := m.runDone != nil || m.timer != nil || m.rec.Status == state.StatusCreated
+	live := m.runDone != nil || m.starting != nil || m.timer != nil || m.rec.Status == state.StatusCreated
 	logs := m.logs
 	m.mu.Unlock()
 	logs.Sync()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -264,4 +265,104 @@ func TestFakeCloseWaitsAndWritesNothing(t *testing.T) {
 	d.db.Close()
 	d.sup = nil
 	waitGoroutines(t, before)
+}
+
+// While a VM's monitor is coming up, ps and inspect answer at once (the
+// VM shows as starting), and rm -f waits for the start and then removes
+// the VM whole.
+func TestFakeListWhileStarting(t *testing.T) {
+	release := make(chan struct{})
+	b := &vmmtest.Backend{}
+	d := newFakeDaemon(t, b)
+	before := countGoroutines()
+	d.run(d.spec("other"), Options{}) // runs already
+	b.Script = func(string, int) vmmtest.Script {
+		return vmmtest.Script{Block: release, RunFor: vmmtest.Forever}
+	}
+	v, _, err := d.sup.Create(context.Background(), d.spec("slow"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	started := make(chan error, 1)
+	go func() { started <- d.sup.Start(context.Background(), v.Record.ID) }()
+	d.waitFor("slow", "starting", func(v *View) bool { return v.Record.Status == state.StatusStarting })
+	answered := make(chan error, 1)
+	go func() {
+		vs, err := d.sup.List(context.Background())
+		if err == nil && len(vs) != 2 {
+			err = fmt.Errorf("%d VMs, want 2", len(vs))
+		}
+		if err == nil {
+			_, err = d.sup.Get(context.Background(), "slow")
+		}
+		answered <- err
+	}()
+	select {
+	case err := <-answered:
+		if err != nil {
+			t.Fatalf("List and Get while a VM starts: %v", err)
+		}
+	case <-time.After(2 * time.Second):
+		close(release)
+		t.Fatal("List and Get wait for a VM that starts")
+	}
+	removed := make(chan error, 1)
+	go func() { removed <- d.sup.Remove(context.Background(), "slow", RemoveOptions{Force: true}) }()
+	select {
+	case err := <-removed:
+		t.Fatalf("rm -f returned during the start: %v", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(release)
+	if err := <-started; err != nil {
+		t.Errorf("Start: %v", err)
+	}
+	if err := <-removed; err != nil {
+		t.Errorf("rm -f: %v", err)
+	}
+	if b.Machine(v.Record.ID) != nil {
+		t.Error("the removed VM's machine runs on")
+	}
+	if _, err := os.Stat(d.rt.VMDir(v.Record.ID)); !os.IsNotExist(err) {
+		t.Errorf("VM directory: %v", err)
+	}
+	if err := d.sup.Remove(context.Background(), "other", RemoveOptions{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	waitGoroutines(t, before)
+}
+
+// A stop asked while the VM starts waits for the start, then stops it,
+// and the VM stays stopped.
+func TestFakeStopWhileStarting(t *testing.T) {
+	release := make(chan struct{})
+	b := &vmmtest.Backend{Script: func(string, int) vmmtest.Script {
+		return vmmtest.Script{Block: release, RunFor: vmmtest.Forever}
+	}}
+	d := newFakeDaemon(t, b)
+	v, _, err := d.sup.Create(context.Background(), d.spec("slow"), Options{Restart: RestartPolicy{Name: RestartAlways}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	started := make(chan error, 1)
+	go func() { started <- d.sup.Start(context.Background(), v.Record.ID) }()
+	d.waitFor("slow", "starting", func(v *View) bool { return v.Record.Status == state.StatusStarting })
+	stopped := make(chan error, 1)
+	go func() { stopped <- d.sup.Stop(context.Background(), "slow", time.Second) }()
+	time.Sleep(50 * time.Millisecond)
+	close(release)
+	if err := <-started; err != nil {
+		t.Errorf("Start: %v", err)
+	}
+	if err := <-stopped; err != nil {
+		t.Errorf("Stop: %v", err)
+	}
+	got := d.waitFor("slow", "stopped", func(v *View) bool { return v.Record.Status == state.StatusExited })
+	if got.Record.Desired != state.DesiredStopped || b.Machine(v.Record.ID) != nil {
+		t.Errorf("record %+v, machine %v", got.Record, b.Machine(v.Record.ID))
+	}
+	time.Sleep(Backoff(0) + 100*time.Millisecond)
+	if n := b.Starts(v.Record.ID); n != 1 {
+		t.Errorf("started %d times, want 1", n)
+	}
 }
