@@ -25,6 +25,7 @@ import (
 	"kiln.dev/kiln/internal/network"
 	"kiln.dev/kiln/internal/vmm"
 	"kiln.dev/kiln/internal/vmm/qemu"
+	"kiln.dev/kiln/internal/volume"
 )
 
 // Runtime creates and runs VMs under one kiln root.
@@ -39,6 +40,9 @@ type Runtime struct {
 	backend  vmm.Backend
 	images   imageStores // see image.go
 	confine  *confiner   // see confine.go
+	// removeVolume removes a volume a failed Create made; set by the
+	// supervisor, which knows whether another VM names it meanwhile.
+	removeVolume func(*volume.Store, string) error
 }
 
 // Option configures a Runtime.

@@ -131,7 +131,9 @@ type record struct {
 // NewSupervisor returns a supervisor over the runtime's VMs and the store.
 func NewSupervisor(rt *Runtime, db *state.Store, log *slog.Logger) *Supervisor {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Supervisor{rt: rt, db: db, log: log, vms: map[string]*managed{}, subs: map[chan state.Event]struct{}{}, ctx: ctx, cancel: cancel}
+	s := &Supervisor{rt: rt, db: db, log: log, vms: map[string]*managed{}, subs: map[chan state.Event]struct{}{}, ctx: ctx, cancel: cancel}
+	rt.removeVolume = s.removeCreatedVolume
+	return s
 }
 
 // View is a VM as the supervisor knows it.
@@ -258,10 +260,11 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec, opts Options) (v *Vi
 			release()
 		}
 	}()
-	if len(volumeNames(spec.Mounts)) > 0 {
+	if names := volumeNames(spec.Mounts); len(names) > 0 {
 		// Until the VM is in s.vms, a volume removal must not miss it.
-		s.vols.create.Lock()
-		defer s.vols.create.Unlock()
+		// Deferred first, so released after the VM is in s.vms or its
+		// volumes are undone.
+		defer s.reserveVolumes(spec.Name, names)()
 	}
 	vm, err := s.rt.Create(ctx, spec)
 	if err != nil {

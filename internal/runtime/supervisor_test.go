@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -364,5 +365,41 @@ func TestFakeStopWhileStarting(t *testing.T) {
 	time.Sleep(Backoff(0) + 100*time.Millisecond)
 	if n := b.Starts(v.Record.ID); n != 1 {
 		t.Errorf("started %d times, want 1", n)
+	}
+}
+
+// A volume named by a VM being created cannot be removed, and the removal
+// says so at once instead of waiting for the creation's slow work; once
+// the VM exists, it is its user.
+func TestFakeVolumeReservedDuringCreate(t *testing.T) {
+	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
+		if _, err := exec.LookPath("/usr/sbin/mkfs.ext4"); err != nil {
+			t.Skip("mkfs.ext4 not found")
+		}
+	}
+	d := newFakeDaemon(t, &vmmtest.Backend{})
+	if _, err := d.sup.CreateVolume(context.Background(), "data", 0); err != nil {
+		t.Fatal(err)
+	}
+	release := d.sup.reserveVolumes("maker", []string{"data"})
+	err := d.sup.RemoveVolume(context.Background(), "data")
+	if !errors.Is(err, errdefs.ErrConflict) || !strings.Contains(err.Error(), "maker") {
+		t.Errorf("removing a volume a creation reserved: %v, want a conflict naming the VM", err)
+	}
+	release()
+	s := d.spec("user")
+	s.Mounts = []Mount{{Type: MountVolume, Source: "data", Target: "/data"}}
+	v, _, err := d.sup.Create(context.Background(), s, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.sup.RemoveVolume(context.Background(), "data"); !errors.Is(err, errdefs.ErrConflict) {
+		t.Errorf("removing a volume a VM names: %v, want a conflict", err)
+	}
+	if err := d.sup.Remove(context.Background(), v.Record.ID, RemoveOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.sup.RemoveVolume(context.Background(), "data"); err != nil {
+		t.Errorf("removing a volume no VM names: %v", err)
 	}
 }
