@@ -165,7 +165,7 @@ const (
 // Create prepares a VM for spec: it validates the spec, resolves the kernel,
 // QEMU and kiln-init, and writes the VM's directory and initrd. Nothing runs
 // until Start. On error nothing is left behind.
-func (r *Runtime) Create(ctx context.Context, spec Spec) (vm *VM, err error) {
+func (r *Runtime) Create(ctx context.Context, spec Spec) (*VM, error) {
 	if err := spec.Validate(r.limits); err != nil {
 		return nil, err
 	}
@@ -221,11 +221,9 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (vm *VM, err error) {
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating VM directory: %w", err)
 	}
-	defer func() {
-		if err != nil {
-			os.RemoveAll(dir)
-		}
-	}()
+	var undo undoStack
+	defer undo.Run() // on any error below
+	undo.Add(func() { os.RemoveAll(dir) })
 	guestProg := "/usr/local/bin/" + filepath.Base(spec.Program)
 	files := []kernel.File{{Path: guestProg, Mode: 0o755, Source: spec.Program}}
 	var drives []vmm.Drive
@@ -238,11 +236,7 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (vm *VM, err error) {
 	if err != nil {
 		return nil, err
 	}
-	defer func() {
-		if err != nil {
-			mounts.undo()
-		}
-	}()
+	undo.Add(mounts.undo)
 	drives = append(drives, mounts.drives...)
 	as := r.agentSpec(&spec, k, guestProg, img)
 	as.Mounts = mounts.mounts
@@ -327,8 +321,9 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (vm *VM, err error) {
 	if err := atomicfile.WriteFile(filepath.Join(dir, specFile), b, 0o600); err != nil {
 		return nil, fmt.Errorf("writing VM record: %w", err)
 	}
-	vm = rec.vm(r)
+	vm := rec.vm(r)
 	vm.undoMounts = mounts.undo
+	undo.Release()
 	return vm, nil
 }
 

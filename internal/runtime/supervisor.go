@@ -234,7 +234,7 @@ func (s *Supervisor) get(ctx context.Context, ref string) (*managed, error) {
 }
 
 // Create prepares a VM and records it, without starting it.
-func (s *Supervisor) Create(ctx context.Context, spec Spec, opts Options) (v *View, warnings []string, err error) {
+func (s *Supervisor) Create(ctx context.Context, spec Spec, opts Options) (*View, []string, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, nil, err
 	}
@@ -251,30 +251,25 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec, opts Options) (v *Vi
 			return nil, nil, fmt.Errorf("the name %q is already in use: %w", spec.Name, errdefs.ErrConflict)
 		}
 	}
+	if names := volumeNames(spec.Mounts); len(names) > 0 {
+		// Until the VM is in s.vms, a volume removal must not miss it.
+		// Deferred before the undo, so released after the VM is in s.vms
+		// or its volumes are undone.
+		defer s.reserveVolumes(spec.Name, names)()
+	}
+	var undo undoStack
+	defer undo.Run() // on any error below
 	release, err := s.leaseNetwork(ctx, &spec)
 	if err != nil {
 		return nil, nil, err
 	}
-	defer func() {
-		if err != nil {
-			release()
-		}
-	}()
-	if names := volumeNames(spec.Mounts); len(names) > 0 {
-		// Until the VM is in s.vms, a volume removal must not miss it.
-		// Deferred first, so released after the VM is in s.vms or its
-		// volumes are undone.
-		defer s.reserveVolumes(spec.Name, names)()
-	}
+	undo.Add(release)
 	vm, err := s.rt.Create(ctx, spec)
 	if err != nil {
 		return nil, nil, err
 	}
-	defer func() {
-		if err != nil {
-			vm.Discard()
-		}
-	}()
+	undo.Add(func() { vm.Discard() })
+	var warnings []string
 	if vm.Accel.Warning != "" {
 		warnings = append(warnings, vm.Accel.Warning)
 	}
@@ -287,10 +282,11 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec, opts Options) (v *Vi
 	if err != nil {
 		return nil, nil, err
 	}
+	undo.Add(logs.Close)
 	if err := s.db.InsertVM(ctx, rec); err != nil {
-		logs.Close()
 		return nil, nil, err
 	}
+	undo.Release()
 	m := &managed{id: vm.ID, rec: rec, spec: vm.Spec, opts: opts, vm: vm, logs: logs, nextRun: make(chan struct{})}
 	s.mu.Lock()
 	s.vms[vm.ID] = m
