@@ -34,14 +34,21 @@ func (Backend) Prepare(cfg *vmm.Config) error {
 	return nil
 }
 
-// New returns the Machine of a new run.
+// New returns the Machine of a new run; log may be nil.
 func (Backend) New(cfg vmm.Config, log *slog.Logger) (vmm.VMM, error) {
-	return New(cfg, WithLogger(log))
+	return New(cfg, logger(log)...)
 }
 
-// Attach takes over a running QEMU (Attach).
+// Attach takes over a running QEMU (Attach); log may be nil.
 func (Backend) Attach(cfg vmm.Config, log *slog.Logger) (vmm.VMM, error) {
-	return Attach(cfg, WithLogger(log))
+	return Attach(cfg, logger(log)...)
+}
+
+func logger(log *slog.Logger) []Option {
+	if log == nil {
+		return nil
+	}
+	return []Option{WithLogger(log)}
 }
 
 // Reap kills the QEMU of VM id in dir, found as FindProcess finds it.
