@@ -156,6 +156,8 @@ func Run(ctx context.Context, cfg Config, ready func()) error {
 	}
 	d.rt = rt
 	d.sup = runtime.NewSupervisor(rt, db, d.log)
+	// Deferred after db.Close, so run before it: Close waits for the
+	// supervisor's goroutines, and none writes to the store after.
 	defer d.sup.Close()
 	if err := d.sup.Reconcile(ctx); err != nil {
 		return fmt.Errorf("reconciling state: %w", err)

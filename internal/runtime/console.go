@@ -13,7 +13,7 @@ import (
 
 	"kiln.dev/kiln/internal/errdefs"
 	"kiln.dev/kiln/internal/options"
-	"kiln.dev/kiln/internal/vmm/qemu"
+	"kiln.dev/kiln/internal/vmm"
 )
 
 // DefaultConsoleMaxSize is how much of a VM's serial console kiln keeps on
@@ -58,10 +58,10 @@ func startConsole(dir string, max int64, log *slog.Logger) (*consoleCopier, erro
 	if max <= 0 {
 		max = DefaultConsoleMaxSize
 	}
-	if err := qemu.MakeConsole(dir); err != nil {
+	if err := vmm.MakeConsole(dir); err != nil {
 		return nil, err
 	}
-	fifo, err := os.OpenFile(qemu.ConsoleFIFO(dir), os.O_RDWR, 0)
+	fifo, err := os.OpenFile(vmm.ConsoleFIFO(dir), os.O_RDWR, 0)
 	if err != nil {
 		return nil, fmt.Errorf("opening VM console: %w", err)
 	}
@@ -77,7 +77,7 @@ func startConsole(dir string, max int64, log *slog.Logger) (*consoleCopier, erro
 	return c, nil
 }
 
-func (c *consoleCopier) path() string { return filepath.Join(c.dir, qemu.ConsoleLog) }
+func (c *consoleCopier) path() string { return filepath.Join(c.dir, vmm.ConsoleLog) }
 
 // open opens console.log to append to. Preconditions: c.mu held, or c not
 // yet shared.

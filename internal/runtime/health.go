@@ -1,7 +1,6 @@
 package runtime
 
 import (
-	"context"
 	"fmt"
 	"strings"
 	"sync"
@@ -206,6 +205,8 @@ func (s *Supervisor) runHealth(m *managed, vm *VM, done chan struct{}) {
 	case <-vm.Started():
 	case <-done:
 		return
+	case <-s.ctx.Done():
+		return
 	}
 	began := time.Now()
 	t := time.NewTicker(interval)
@@ -213,6 +214,8 @@ func (s *Supervisor) runHealth(m *managed, vm *VM, done chan struct{}) {
 	for {
 		select {
 		case <-done:
+			return
+		case <-s.ctx.Done():
 			return
 		case <-t.C:
 		}
@@ -238,24 +241,24 @@ func (s *Supervisor) runHealth(m *managed, vm *VM, done chan struct{}) {
 
 // onUnhealthy applies --health-on-failure.
 func (s *Supervisor) onUnhealthy(m *managed, action string) {
-	ctx := context.Background()
+	ctx := s.ctx
 	var err error
 	switch action {
 	case options.OnFailureKill:
 		// The program dies of SIGKILL (137): the restart policy decides.
 		err = s.Kill(ctx, m.id, syscall.SIGKILL)
 	case options.OnFailureRestart:
-		go func() {
-			if err := s.Restart(ctx, m.id, -1); err != nil {
+		s.spawn(func() {
+			if err := s.Restart(ctx, m.id, -1); err != nil && ctx.Err() == nil {
 				s.log.Warn("restarting an unhealthy VM", "vm", m.id, "err", err)
 			}
-		}()
+		})
 	case options.OnFailureStop:
-		go func() {
-			if err := s.Stop(ctx, m.id, -1); err != nil {
+		s.spawn(func() {
+			if err := s.Stop(ctx, m.id, -1); err != nil && ctx.Err() == nil {
 				s.log.Warn("stopping an unhealthy VM", "vm", m.id, "err", err)
 			}
-		}()
+		})
 	}
 	if err != nil {
 		s.log.Warn("acting on an unhealthy VM", "vm", m.id, "action", action, "err", err)

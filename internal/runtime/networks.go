@@ -216,11 +216,11 @@ func (s *Supervisor) networkChanged(spec Spec) {
 	if spec.Attach == nil {
 		return
 	}
-	go func() {
-		if err := s.syncNetworks(); err != nil {
+	s.spawn(func() {
+		if err := s.syncNetworks(); err != nil && s.ctx.Err() == nil {
 			s.log.Warn("updating the firewall", "err", err)
 		}
-	}()
+	})
 }
 
 // syncNetworks rebuilds kiln's firewall table and the name servers from
@@ -232,7 +232,7 @@ func (s *Supervisor) syncNetworks() error {
 	if s.net.dns == nil {
 		s.net.dns = network.NewDNS(s.log)
 	}
-	ctx := context.Background()
+	ctx := s.ctx // cancelled by Close: the firewall is then left as it is
 	nets, err := s.db.ListNetworks(ctx)
 	if err != nil {
 		return err
@@ -272,6 +272,7 @@ func (s *Supervisor) syncNetworks() error {
 		}
 		m.mu.Lock()
 		name, removed, running := m.rec.Name, m.removed, m.runDone != nil && m.vm != nil
+		starting := m.starting != nil
 		var ports []network.PortMapping
 		if running {
 			ports = m.vm.Ports()
@@ -280,7 +281,10 @@ func (s *Supervisor) syncNetworks() error {
 		if removed {
 			continue
 		}
-		if !running {
+		if starting {
+			// Its ports are being taken (and are published once it has
+			// started, when it syncs again): leave them be.
+		} else if !running {
 			releasePorts(l.VMID)
 		} else if err := holdResolved(l.VMID, ports); err != nil {
 			s.log.Warn("holding the published ports of a running VM", "vm", l.VMID, "err", err)

@@ -35,16 +35,10 @@ type Options struct {
 	HealthOnFailure string `json:"healthOnFailure,omitempty"`
 }
 
-// Validate checks o and fills in defaults.
-func (o *Options) Validate() error {
+// Resolve fills in o's defaults; it never fails.
+func (o *Options) Resolve() {
 	if o.Restart.Name == "" {
 		o.Restart.Name = options.RestartNo
-	}
-	if err := o.Restart.Validate(); err != nil {
-		return err
-	}
-	if o.AutoRemove && o.Restart.Name != options.RestartNo {
-		return errdefs.Invalid(fmt.Sprintf("conflicting options: --rm and --restart %s (a VM removed when it ends cannot be restarted)", o.Restart))
 	}
 	if o.Log.MaxSize == 0 {
 		o.Log.MaxSize = options.DefaultLogMaxSize
@@ -52,11 +46,23 @@ func (o *Options) Validate() error {
 	if o.Log.MaxFiles == 0 {
 		o.Log.MaxFiles = options.DefaultLogMaxFiles
 	}
-	if o.Log.MaxSize < 1024 || o.Log.MaxFiles < 1 {
-		return errdefs.Invalid(fmt.Sprintf("invalid log config: max-size %d (at least 1k) and max-file %d (at least 1)", o.Log.MaxSize, o.Log.MaxFiles))
-	}
 	if o.StopGrace == 0 {
 		o.StopGrace = options.DefaultStopGrace
+	}
+}
+
+// Validate only checks o: a zero field is judged as its default, and o is
+// left as it is.
+func (o Options) Validate() error {
+	o.Resolve()
+	if err := o.Restart.Validate(); err != nil {
+		return err
+	}
+	if o.AutoRemove && o.Restart.Name != options.RestartNo {
+		return errdefs.Invalid(fmt.Sprintf("conflicting options: --rm and --restart %s (a VM removed when it ends cannot be restarted)", o.Restart))
+	}
+	if o.Log.MaxSize < 1024 || o.Log.MaxFiles < 1 {
+		return errdefs.Invalid(fmt.Sprintf("invalid log config: max-size %d (at least 1k) and max-file %d (at least 1)", o.Log.MaxSize, o.Log.MaxFiles))
 	}
 	if err := options.ValidateOnFailure(o.HealthOnFailure); err != nil {
 		return err

@@ -78,6 +78,7 @@ func TestOptionsValidate(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			o := tt.in
 			err := o.Validate()
+			o.Resolve()
 			if tt.wantErr != "" {
 				checkInvalid(t, err, tt.wantErr)
 				return
@@ -86,12 +87,13 @@ func TestOptionsValidate(t *testing.T) {
 				t.Fatalf("Validate: %v", err)
 			}
 			if o != tt.want {
-				t.Errorf("after Validate = %+v, want %+v", o, tt.want)
+				t.Errorf("after Resolve = %+v, want %+v", o, tt.want)
 			}
-			// Validating again changes nothing.
+			// Resolving again changes nothing, and the result is valid.
 			again := o
+			again.Resolve()
 			if err := again.Validate(); err != nil || again != o {
-				t.Errorf("second Validate = %+v, %v; want %+v", again, err, o)
+				t.Errorf("second Resolve = %+v, %v; want %+v", again, err, o)
 			}
 		})
 	}

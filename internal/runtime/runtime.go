@@ -15,7 +15,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 
 	"kiln.dev/kiln/internal/agent"
@@ -27,6 +26,7 @@ import (
 	"kiln.dev/kiln/internal/options"
 	"kiln.dev/kiln/internal/vmm"
 	"kiln.dev/kiln/internal/vmm/qemu"
+	"kiln.dev/kiln/internal/volume"
 )
 
 // Runtime creates and runs VMs under one kiln root.
@@ -38,8 +38,12 @@ type Runtime struct {
 	limits   HostLimits
 	initPath string
 	qemuBin  string
+	backend  vmm.Backend
 	images   imageStores // see image.go
 	confine  *confiner   // see confine.go
+	// removeVolume removes a volume a failed Create made; set by the
+	// supervisor, which knows whether another VM names it meanwhile.
+	removeVolume func(*volume.Store, string) error
 }
 
 // Option configures a Runtime.
@@ -54,6 +58,9 @@ func WithInit(path string) Option { return func(r *Runtime) { r.initPath = path 
 // WithQEMU sets the QEMU binary (default: from PATH).
 func WithQEMU(path string) Option { return func(r *Runtime) { r.qemuBin = path } }
 
+// WithBackend sets the monitor backend VMs run on (default: QEMU).
+func WithBackend(b vmm.Backend) Option { return func(r *Runtime) { r.backend = b } }
+
 // WithHost replaces the host that accelerator detection and limits look at.
 func WithHost(h vmm.Host, l HostLimits) Option {
 	return func(r *Runtime) { r.host, r.limits = h, l }
@@ -65,6 +72,17 @@ func WithConfinement(c Confinement) Option {
 	return func(r *Runtime) { r.confine = &confiner{conf: c} }
 }
 
+// WithoutJail runs every VM's monitor as the caller, unjailed, and leaves
+// the host's cgroups and firewall alone, as a daemon not run by root does
+// (but without QEMU's sandbox either): for tests on a fake backend.
+func WithoutJail() Option {
+	return func(r *Runtime) {
+		c := &confiner{}
+		c.once.Do(func() {}) // probed: not root, no cgroups
+		r.confine = c
+	}
+}
+
 // New returns the runtime for the kiln root.
 func New(root string, opts ...Option) (*Runtime, error) {
 	r := &Runtime{
@@ -73,6 +91,7 @@ func New(root string, opts ...Option) (*Runtime, error) {
 		log:     slog.New(slog.DiscardHandler),
 		host:    vmm.RealHost,
 		limits:  ThisHost(),
+		backend: qemu.Backend{},
 	}
 	for _, o := range opts {
 		o(r)
@@ -147,7 +166,7 @@ const (
 // Create prepares a VM for spec: it fills in its defaults, validates it, resolves the kernel,
 // QEMU and kiln-init, and writes the VM's directory and initrd. Nothing runs
 // until Start. On error nothing is left behind.
-func (r *Runtime) Create(ctx context.Context, spec Spec) (vm *VM, err error) {
+func (r *Runtime) Create(ctx context.Context, spec Spec) (*VM, error) {
 	spec.Resolve()
 	if err := spec.Validate(r.limits); err != nil {
 		return nil, err
@@ -168,8 +187,10 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (vm *VM, err error) {
 		}
 		return nil, errdefs.Mark(fmt.Errorf("guest kernel: %w", err), errdefs.ErrInvalidArgument)
 	}
-	qemuBin, err := qemu.FindBinary(r.qemuBin)
-	if err != nil {
+	// The backend resolves its monitor now, before any slow work: a
+	// missing QEMU fails the create at once.
+	probe := vmm.Config{Accel: accel.Accel, Binary: r.qemuBin}
+	if err := r.backend.Prepare(&probe); err != nil {
 		return nil, errdefs.Mark(err, errdefs.ErrUnavailable)
 	}
 	if err := disk.CheckFree(r.vmsDir()); err != nil {
@@ -202,11 +223,9 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (vm *VM, err error) {
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating VM directory: %w", err)
 	}
-	defer func() {
-		if err != nil {
-			os.RemoveAll(dir)
-		}
-	}()
+	var undo undoStack
+	defer undo.Run() // on any error below
+	undo.Add(func() { os.RemoveAll(dir) })
 	guestProg := "/usr/local/bin/" + filepath.Base(spec.Program)
 	files := []kernel.File{{Path: guestProg, Mode: 0o755, Source: spec.Program}}
 	var drives []vmm.Drive
@@ -219,11 +238,7 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (vm *VM, err error) {
 	if err != nil {
 		return nil, err
 	}
-	defer func() {
-		if err != nil {
-			mounts.undo()
-		}
-	}()
+	undo.Add(mounts.undo)
 	drives = append(drives, mounts.drives...)
 	as := r.agentSpec(&spec, k, guestProg, img)
 	as.Mounts = mounts.mounts
@@ -259,12 +274,11 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (vm *VM, err error) {
 		Dir:       dir,
 		Kernel:    k.Path,
 		Initrd:    initrd,
-		Cmdline:   qemu.Cmdline(accel.Accel, tscKHz()),
 		MemoryMiB: spec.MemoryMiB,
 		CPUs:      spec.CPUs,
 		Accel:     accel.Accel,
 		ACPI:      k.ACPI,
-		Binary:    qemuBin,
+		Binary:    probe.Binary,
 		Ports: []vmm.Port{
 			// The status records come over a socket, and the program's
 			// output through FIFOs: while no daemon takes them, the
@@ -284,7 +298,7 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (vm *VM, err error) {
 	}
 	for _, p := range cfg.Ports {
 		if p.Pipe != "" {
-			if err := qemu.MakePipe(p.Pipe); err != nil {
+			if err := vmm.MakePipe(p.Pipe); err != nil {
 				return nil, err
 			}
 		}
@@ -292,11 +306,14 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (vm *VM, err error) {
 	if err := os.WriteFile(filepath.Join(dir, statusFile), nil, 0o600); err != nil {
 		return nil, fmt.Errorf("creating %s: %w", statusFile, err)
 	}
+	if err := r.backend.Prepare(&cfg); err != nil {
+		if errors.Is(err, vmm.ErrUnavailable) {
+			return nil, errdefs.Mark(err, errdefs.ErrUnavailable)
+		}
+		return nil, errdefs.Invalid(err.Error())
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
-	}
-	if err := qemu.CheckDevices(&cfg); err != nil {
-		return nil, errdefs.Invalid(fmt.Sprintf("too many mounts: %v", err))
 	}
 	rec := vmRecord{ID: id, Spec: spec, Accel: accel, Kernel: k, Config: cfg, Guest: as}
 	b, err := json.MarshalIndent(rec, "", "  ")
@@ -306,8 +323,9 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (vm *VM, err error) {
 	if err := atomicfile.WriteFile(filepath.Join(dir, specFile), b, 0o600); err != nil {
 		return nil, fmt.Errorf("writing VM record: %w", err)
 	}
-	vm = rec.vm(r)
+	vm := rec.vm(r)
 	vm.undoMounts = mounts.undo
+	undo.Release()
 	return vm, nil
 }
 
@@ -323,7 +341,7 @@ type vmRecord struct {
 }
 
 func (rec *vmRecord) vm(r *Runtime) *VM {
-	return &VM{ID: rec.ID, Name: rec.Spec.Name, Dir: rec.Config.Dir, Spec: rec.Spec, Accel: rec.Accel, Kernel: rec.Kernel, cfg: rec.Config, log: r.log, confine: r.confine}
+	return &VM{ID: rec.ID, Name: rec.Spec.Name, Dir: rec.Config.Dir, Spec: rec.Spec, Accel: rec.Accel, Kernel: rec.Kernel, cfg: rec.Config, log: r.log, confine: r.confine, backend: r.backend}
 }
 
 // Load returns the VM whose directory is dir, as Create left it. Its
@@ -405,22 +423,4 @@ func newID() (string, error) {
 		return "", fmt.Errorf("making VM ID: %w", err)
 	}
 	return hex.EncodeToString(b), nil
-}
-
-// tscKHz returns the host's TSC frequency in kHz from /proc/cpuinfo, or 0.
-func tscKHz() int {
-	b, err := os.ReadFile("/proc/cpuinfo")
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		k, v, ok := strings.Cut(line, ":")
-		if ok && strings.TrimSpace(k) == "cpu MHz" {
-			mhz, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
-			if err == nil {
-				return int(mhz * 1000)
-			}
-		}
-	}
-	return 0
 }

@@ -19,7 +19,6 @@ import (
 	"kiln.dev/kiln/internal/options"
 	"kiln.dev/kiln/internal/state"
 	"kiln.dev/kiln/internal/vmm"
-	"kiln.dev/kiln/internal/vmm/qemu"
 )
 
 // Event actions.
@@ -48,16 +47,47 @@ type Supervisor struct {
 	vms  map[string]*managed
 	subs map[chan state.Event]struct{}
 
-	net    netState    // bridge networks: see networks.go
-	vols   volumeLocks // see volumes.go
-	images imageGuard  // image removal against creation: see imagerm.go
+	net  netState    // bridge networks: see networks.go
+	vols volumeLocks // see volumes.go
+	// images orders image removal against creation: see imagerm.go
+	images imageGuard
+
+	// ctx is the supervisor's root: every goroutine it starts (monitors,
+	// health checks, status watchers, network syncs, restarts) ends when
+	// it is cancelled, by Close. The VMs themselves do not.
+	ctx    context.Context
+	cancel context.CancelFunc
+	// gmu guards closing; tasks counts the goroutines started by spawn.
+	gmu     sync.Mutex
+	closing bool
+	tasks   sync.WaitGroup
+}
+
+// closeTimeout bounds how long Close waits for the supervisor's goroutines.
+const closeTimeout = 10 * time.Second
+
+// spawn runs fn in a goroutine Close waits for; once Close has begun it
+// runs nothing and returns false.
+func (s *Supervisor) spawn(fn func()) bool {
+	s.gmu.Lock()
+	defer s.gmu.Unlock()
+	if s.closing {
+		return false
+	}
+	s.tasks.Add(1)
+	go func() {
+		defer s.tasks.Done()
+		fn()
+	}()
+	return true
 }
 
 // managed is one VM under supervision.
 type managed struct {
 	id string
 	// mu guards the fields below. It is never held while waiting for a VM
-	// to stop, so rm -f can always get in.
+	// to stop, nor while its monitor comes up (starting), so rm -f, ps
+	// and inspect can always get in.
 	mu      sync.Mutex
 	rec     *state.VM
 	spec    Spec
@@ -65,6 +95,10 @@ type managed struct {
 	vm      *VM
 	logs    *collector
 	runDone chan struct{} // closed when the current run ends; nil when not running
+	// starting is closed when the start under way (its monitor coming up,
+	// with mu let go) has succeeded or failed; nil when none is. Stop,
+	// Remove, Kill and another start wait for it (settle).
+	starting chan struct{}
 	// nextRun is closed (and replaced) whenever a run starts, for waits on
 	// the next run of a VM that is not running yet.
 	nextRun chan struct{}
@@ -72,6 +106,23 @@ type managed struct {
 	backoff int         // consecutive quick restarts
 	removed bool
 	health  *healthState // the current run's health checks; nil without
+}
+
+// settle locks m.mu once no start of the VM is under way; it fails, with
+// m.mu not held, when ctx is done first.
+func (m *managed) settle(ctx context.Context) error {
+	m.mu.Lock()
+	for m.starting != nil {
+		ch := m.starting
+		m.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		m.mu.Lock()
+	}
+	return nil
 }
 
 // record is what the state store keeps of a VM's spec.
@@ -82,7 +133,10 @@ type record struct {
 
 // NewSupervisor returns a supervisor over the runtime's VMs and the store.
 func NewSupervisor(rt *Runtime, db *state.Store, log *slog.Logger) *Supervisor {
-	return &Supervisor{rt: rt, db: db, log: log, vms: map[string]*managed{}, subs: map[chan state.Event]struct{}{}}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Supervisor{rt: rt, db: db, log: log, vms: map[string]*managed{}, subs: map[chan state.Event]struct{}{}, ctx: ctx, cancel: cancel}
+	rt.removeVolume = s.removeCreatedVolume
+	return s
 }
 
 // View is a VM as the supervisor knows it.
@@ -141,7 +195,10 @@ func (s *Supervisor) Subscribe() (<-chan state.Event, func()) {
 
 // event records an event and hands it to subscribers.
 func (s *Supervisor) event(rec *state.VM, action string, attrs ...string) {
-	e, err := s.db.AddEvent(context.Background(), state.Event{VMID: rec.ID, Name: rec.Name, Action: action, Attrs: strings.Join(attrs, ",")})
+	if s.ctx.Err() != nil {
+		return // closed: the store may be closed too
+	}
+	e, err := s.db.AddEvent(s.ctx, state.Event{VMID: rec.ID, Name: rec.Name, Action: action, Attrs: strings.Join(attrs, ",")})
 	if err != nil {
 		s.log.Warn("recording event", "vm", rec.ID, "err", err)
 	}
@@ -156,7 +213,10 @@ func (s *Supervisor) event(rec *state.VM, action string, attrs ...string) {
 }
 
 func (s *Supervisor) save(m *managed) {
-	if err := s.db.UpdateVM(context.Background(), m.rec); err != nil {
+	if s.ctx.Err() != nil {
+		return // closed: the next daemon reconciles what happens now
+	}
+	if err := s.db.UpdateVM(s.ctx, m.rec); err != nil {
 		s.log.Warn("saving VM state", "vm", m.id, "err", err)
 	}
 }
@@ -177,7 +237,8 @@ func (s *Supervisor) get(ctx context.Context, ref string) (*managed, error) {
 }
 
 // Create prepares a VM and records it, without starting it.
-func (s *Supervisor) Create(ctx context.Context, spec Spec, opts Options) (v *View, warnings []string, err error) {
+func (s *Supervisor) Create(ctx context.Context, spec Spec, opts Options) (*View, []string, error) {
+	opts.Resolve()
 	if err := opts.Validate(); err != nil {
 		return nil, nil, err
 	}
@@ -194,29 +255,25 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec, opts Options) (v *Vi
 			return nil, nil, fmt.Errorf("the name %q is already in use: %w", spec.Name, errdefs.ErrConflict)
 		}
 	}
+	if names := volumeNames(spec.Mounts); len(names) > 0 {
+		// Until the VM is in s.vms, a volume removal must not miss it.
+		// Deferred before the undo, so released after the VM is in s.vms
+		// or its volumes are undone.
+		defer s.reserveVolumes(spec.Name, names)()
+	}
+	var undo undoStack
+	defer undo.Run() // on any error below
 	release, err := s.leaseNetwork(ctx, &spec)
 	if err != nil {
 		return nil, nil, err
 	}
-	defer func() {
-		if err != nil {
-			release()
-		}
-	}()
-	if len(volumeNames(spec.Mounts)) > 0 {
-		// Until the VM is in s.vms, a volume removal must not miss it.
-		s.vols.create.Lock()
-		defer s.vols.create.Unlock()
-	}
+	undo.Add(release)
 	vm, err := s.rt.Create(ctx, spec)
 	if err != nil {
 		return nil, nil, err
 	}
-	defer func() {
-		if err != nil {
-			vm.Discard()
-		}
-	}()
+	undo.Add(func() { vm.Discard() })
+	var warnings []string
 	// Until the VM is in s.vms, an image removal must not miss it.
 	releaseImage, err := s.holdImage(vm.Spec.ImageID)
 	if err != nil {
@@ -235,10 +292,11 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec, opts Options) (v *Vi
 	if err != nil {
 		return nil, nil, err
 	}
+	undo.Add(logs.Close)
 	if err := s.db.InsertVM(ctx, rec); err != nil {
-		logs.Close()
 		return nil, nil, err
 	}
+	undo.Release()
 	m := &managed{id: vm.ID, rec: rec, spec: vm.Spec, opts: opts, vm: vm, logs: logs, nextRun: make(chan struct{})}
 	s.mu.Lock()
 	s.vms[vm.ID] = m
@@ -253,7 +311,9 @@ func (s *Supervisor) Start(ctx context.Context, ref string) error {
 	if err != nil {
 		return err
 	}
-	m.mu.Lock()
+	if err := m.settle(ctx); err != nil {
+		return err
+	}
 	defer m.mu.Unlock()
 	if m.removed {
 		return fmt.Errorf("no such VM: %s: %w", ref, errdefs.ErrNotFound)
@@ -275,11 +335,21 @@ func (s *Supervisor) Start(ctx context.Context, ref string) error {
 }
 
 // startLocked boots the VM's current run. Preconditions: m.mu held, not
-// running.
+// running, not starting. It lets go of m.mu while the monitor comes up
+// (the VM is starting meanwhile), and holds it again when it returns.
 func (s *Supervisor) startLocked(m *managed, action string) error {
 	err := s.acquireVolumes(m.id, &m.spec)
 	if err == nil {
-		if err = m.vm.Start(context.Background()); err != nil {
+		starting, vm := make(chan struct{}), m.vm
+		m.starting = starting
+		m.rec.Status, m.rec.Error = state.StatusStarting, ""
+		s.save(m)
+		m.mu.Unlock()
+		err = vm.Start(s.ctx)
+		m.mu.Lock()
+		m.starting = nil
+		close(starting)
+		if err != nil {
 			s.releaseVolumes(m.id)
 		}
 	}
@@ -302,18 +372,22 @@ func (s *Supervisor) startLocked(m *managed, action string) error {
 	m.nextRun = make(chan struct{})
 	s.event(m.rec, action)
 	s.networkChanged(m.spec)
-	go s.monitor(m, m.vm, done)
+	vm := m.vm
+	s.spawn(func() { s.monitor(m, vm, done) }) // closing: the next daemon attaches
 	return nil
 }
 
 // monitor waits for one run of a VM to end and records it; it applies the
-// restart policy. It is the only goroutine that waits on that run.
+// restart policy. It is the only goroutine that waits on that run. When
+// the supervisor closes first it returns at once, recording nothing: the
+// VM runs on and the next daemon attaches to it.
 func (s *Supervisor) monitor(m *managed, vm *VM, done chan struct{}) {
-	go s.runHealth(m, vm, done)
-	go func() {
+	s.spawn(func() { s.runHealth(m, vm, done) })
+	s.spawn(func() {
 		select {
 		case <-vm.Started():
-			go vm.Agent() // dial now: the first exec or stop need not wait for the hello
+			// Dial now: the first exec or stop need not wait for the hello.
+			s.spawn(func() { _, _ = vm.Agent() })
 			if up := vm.BootUptime(); up > 0 {
 				m.mu.Lock()
 				if m.runDone == done {
@@ -323,9 +397,13 @@ func (s *Supervisor) monitor(m *managed, vm *VM, done chan struct{}) {
 				m.mu.Unlock()
 			}
 		case <-done:
+		case <-s.ctx.Done():
 		}
-	}()
-	exit, err := vm.Wait(context.Background())
+	})
+	exit, err := vm.Wait(s.ctx)
+	if s.ctx.Err() != nil {
+		return
+	}
 	s.releaseVolumes(m.id)
 	m.logs.VMEnded()
 	m.mu.Lock()
@@ -366,7 +444,7 @@ func (s *Supervisor) afterExit(m *managed, ranFor time.Duration, done chan struc
 		m.mu.Unlock()
 		if autoRemove {
 			// As docker's --rm, the VM's anonymous volumes go with it.
-			if err := s.Remove(context.Background(), m.id, RemoveOptions{Force: true, Volumes: true}); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
+			if err := s.Remove(s.ctx, m.id, RemoveOptions{Force: true, Volumes: true}); err != nil && !errors.Is(err, errdefs.ErrNotFound) && s.ctx.Err() == nil {
 				s.log.Warn("removing VM after it ended", "vm", m.id, "err", err)
 			}
 		}
@@ -380,17 +458,19 @@ func (s *Supervisor) afterExit(m *managed, ranFor time.Duration, done chan struc
 	m.backoff++
 	m.rec.Status = state.StatusRestarting
 	s.save(m)
-	m.timer = time.AfterFunc(delay, func() { s.restart(m) })
+	m.timer = time.AfterFunc(delay, func() { s.spawn(func() { s.restart(m) }) })
 	m.mu.Unlock()
 	close(done)
 }
 
 // restart is a policy restart, when its backoff delay has passed.
 func (s *Supervisor) restart(m *managed) {
-	m.mu.Lock()
+	if m.settle(s.ctx) != nil {
+		return
+	}
 	defer m.mu.Unlock()
 	m.timer = nil
-	if m.removed || m.runDone != nil || m.rec.Desired != state.DesiredRunning {
+	if m.removed || m.runDone != nil || m.rec.Desired != state.DesiredRunning || s.ctx.Err() != nil {
 		return
 	}
 	m.rec.RestartCount++
@@ -407,7 +487,9 @@ func (s *Supervisor) Stop(ctx context.Context, ref string, grace time.Duration) 
 	if err != nil {
 		return err
 	}
-	m.mu.Lock()
+	if err := m.settle(ctx); err != nil {
+		return err
+	}
 	m.rec.Desired = state.DesiredStopped
 	if m.timer != nil {
 		m.timer.Stop()
@@ -449,7 +531,9 @@ func (s *Supervisor) Restart(ctx context.Context, ref string, grace time.Duratio
 	if err != nil {
 		return err
 	}
-	m.mu.Lock()
+	if err := m.settle(ctx); err != nil {
+		return err
+	}
 	defer m.mu.Unlock()
 	if m.runDone != nil || m.removed {
 		return nil
@@ -467,7 +551,9 @@ func (s *Supervisor) Kill(ctx context.Context, ref string, sig syscall.Signal) e
 	if err != nil {
 		return err
 	}
-	m.mu.Lock()
+	if err := m.settle(ctx); err != nil {
+		return err
+	}
 	done, vm, rec := m.runDone, m.vm, m.rec
 	m.mu.Unlock()
 	if done == nil {
@@ -504,7 +590,9 @@ func (s *Supervisor) Remove(ctx context.Context, ref string, o RemoveOptions) er
 	if err != nil {
 		return err
 	}
-	m.mu.Lock()
+	if err := m.settle(ctx); err != nil {
+		return err
+	}
 	if m.removed {
 		m.mu.Unlock()
 		return fmt.Errorf("no such VM: %s: %w", ref, errdefs.ErrNotFound)
@@ -559,7 +647,9 @@ func (s *Supervisor) Wait(ctx context.Context, ref string, next bool, registered
 	if err != nil {
 		return 0, "", err
 	}
-	m.mu.Lock()
+	if err := m.settle(ctx); err != nil {
+		return 0, "", err
+	}
 	done, nextRun := m.runDone, m.nextRun
 	m.mu.Unlock()
 	if registered != nil {
@@ -636,7 +726,7 @@ func (s *Supervisor) Logs(ctx context.Context, ref string, q LogQuery) ([]LogEnt
 	m.mu.Lock()
 	// A created VM's output is still to come; an exited one's is complete
 	// unless a restart is pending.
-	live := m.runDone != nil || m.timer != nil || m.rec.Status == state.StatusCreated
+	live := m.runDone != nil || m.starting != nil || m.timer != nil || m.rec.Status == state.StatusCreated
 	logs := m.logs
 	m.mu.Unlock()
 	logs.Sync()
@@ -650,7 +740,7 @@ func (s *Supervisor) Console(ctx context.Context, ref string) ([]string, error) 
 	if err != nil {
 		return nil, err
 	}
-	p := filepath.Join(s.rt.VMDir(m.id), qemu.ConsoleLog)
+	p := filepath.Join(s.rt.VMDir(m.id), vmm.ConsoleLog)
 	return []string{p + ".1", p}, nil
 }
 
@@ -681,9 +771,8 @@ func (s *Supervisor) Reconcile(ctx context.Context) error {
 		// A VM whose creation never reached the store (the daemon died in
 		// between): end its QEMU if any and remove its directory.
 		dir := s.rt.VMDir(id)
-		if pid, err := qemu.FindProcess(dir, id); err == nil {
-			s.log.Warn("killing untracked QEMU", "vm", id, "pid", pid)
-			_ = syscall.Kill(pid, syscall.SIGKILL)
+		if pid, err := s.rt.backend.Reap(dir, id); pid != 0 || err != nil {
+			s.log.Warn("killed the monitor of an untracked VM", "vm", id, "pid", pid, "err", err)
 		}
 		os.RemoveAll(dir)
 		if err := s.rt.confine.removeCgroup(id); err != nil {
@@ -706,7 +795,7 @@ func (s *Supervisor) adopt(rec *state.VM) {
 	if err := json.Unmarshal(rec.Spec, &r); err == nil {
 		m.spec, m.opts = r.Spec, r.Options
 	}
-	_ = m.opts.Validate()
+	m.opts.Resolve()
 	s.mu.Lock()
 	s.vms[rec.ID] = m
 	s.mu.Unlock()
@@ -728,7 +817,7 @@ func (s *Supervisor) adopt(rec *state.VM) {
 		m.logs = closedCollector(vm.Dir)
 	}
 	wasRunning := rec.Status == state.StatusRunning || rec.Status == state.StatusStarting || rec.Status == state.StatusStopping
-	if err := vm.Attach(); err == nil {
+	if err := vm.Attach(s.ctx); err == nil {
 		if err := s.acquireVolumes(m.id, &m.spec); err != nil {
 			s.log.Warn("a running VM shares a volume", "vm", rec.ID, "err", err)
 		}
@@ -739,7 +828,7 @@ func (s *Supervisor) adopt(rec *state.VM) {
 		s.save(m)
 		done := make(chan struct{})
 		m.runDone = done
-		go s.monitor(m, vm, done)
+		s.spawn(func() { s.monitor(m, vm, done) })
 		m.mu.Unlock()
 		return
 	}
@@ -790,9 +879,15 @@ func (s *Supervisor) adopt(rec *state.VM) {
 	m.mu.Unlock()
 }
 
-// Close stops supervising: pending restarts are cancelled and log
-// collection ends. The VMs keep running.
+// Close stops supervising: its goroutines are cancelled and waited for
+// (for closeTimeout at most), pending restarts are cancelled and log
+// collection ends; nothing is written to the store once it returns. The
+// VMs keep running: the next supervisor's Reconcile attaches to them.
 func (s *Supervisor) Close() {
+	s.gmu.Lock()
+	s.closing = true
+	s.gmu.Unlock()
+	s.cancel()
 	s.mu.Lock()
 	vms := make([]*managed, 0, len(s.vms))
 	for _, m := range s.vms {
@@ -803,13 +898,27 @@ func (s *Supervisor) Close() {
 		delete(s.subs, ch)
 	}
 	s.mu.Unlock()
-	s.closeNetworks()
 	for _, m := range vms {
 		m.mu.Lock()
 		if m.timer != nil {
 			m.timer.Stop()
 			m.timer = nil
 		}
+		m.mu.Unlock()
+	}
+	waited := make(chan struct{})
+	go func() {
+		s.tasks.Wait()
+		close(waited)
+	}()
+	select {
+	case <-waited:
+	case <-time.After(closeTimeout):
+		s.log.Warn("closing the supervisor: some of its goroutines did not end", "waited", closeTimeout)
+	}
+	s.closeNetworks()
+	for _, m := range vms {
+		m.mu.Lock()
 		logs := m.logs
 		m.mu.Unlock()
 		if logs != nil {

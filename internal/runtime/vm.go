@@ -19,7 +19,6 @@ import (
 	"kiln.dev/kiln/internal/kernel"
 	"kiln.dev/kiln/internal/network"
 	"kiln.dev/kiln/internal/vmm"
-	"kiln.dev/kiln/internal/vmm/qemu"
 )
 
 // VM is one VM made by Create.
@@ -31,8 +30,9 @@ type VM struct {
 	Accel  vmm.AccelChoice
 	Kernel *kernel.Kernel
 
-	cfg vmm.Config
-	log *slog.Logger
+	cfg     vmm.Config
+	log     *slog.Logger
+	backend vmm.Backend
 	// confine jails the VM's runs (confine.go) when cfg.Jail is set.
 	confine *confiner
 	link    agentLink // the guest agent connection (agentconn.go)
@@ -61,13 +61,13 @@ func (vm *VM) Stdout() string { return filepath.Join(vm.Dir, stdoutFile) }
 func (vm *VM) Stderr() string { return filepath.Join(vm.Dir, stderrFile) }
 
 // Console returns the host file holding the guest's serial console.
-func (vm *VM) Console() string { return filepath.Join(vm.Dir, qemu.ConsoleLog) }
+func (vm *VM) Console() string { return filepath.Join(vm.Dir, vmm.ConsoleLog) }
 
 // Info describes the VM's monitor process.
 func (vm *VM) Info() vmm.Info {
 	m := vm.current()
 	if m == nil {
-		return vmm.Info{Backend: "qemu", Accel: vm.cfg.Accel}
+		return vmm.Info{Backend: vm.backend.Name(), Accel: vm.cfg.Accel}
 	}
 	return m.Info()
 }
@@ -80,9 +80,12 @@ func (vm *VM) current() vmm.VMM {
 }
 
 // Start boots the VM (again, if it ran before: the status of the last run
-// is discarded, output is appended). It returns once QEMU is up; the
-// program starts later (Started). A VM that does not reach kiln-init within
-// the spec's boot timeout is killed and Wait reports a failed boot.
+// is discarded, output is appended). It returns once the monitor is up;
+// the program starts later (Started). A VM that does not reach kiln-init
+// within the spec's boot timeout is killed and Wait reports a failed boot.
+// ctx bounds the start, and the watching of the run: once it is done the
+// VM's status and console are no longer taken (the VM runs on, for
+// another process to Attach to).
 func (vm *VM) Start(ctx context.Context) error {
 	if m := vm.current(); m != nil && m.Info().Running {
 		return fmt.Errorf("VM %s is already running: %w", vm.Name, errdefs.ErrConflict)
@@ -103,7 +106,7 @@ func (vm *VM) Start(ctx context.Context) error {
 			return fmt.Errorf("confining VM %s: %w", vm.Name, err)
 		}
 	}
-	m, err := qemu.New(cfg, qemu.WithLogger(vm.log))
+	m, err := vm.backend.New(cfg, vm.log)
 	if err != nil {
 		cl.release()
 		return err
@@ -134,7 +137,7 @@ func (vm *VM) Start(ctx context.Context) error {
 		return fmt.Errorf("starting VM %s: %w", vm.Name, err)
 	}
 	cl.started()
-	go vm.watch(m, fl, con)
+	go vm.watch(ctx, m, fl, con)
 	return nil
 }
 
@@ -233,11 +236,11 @@ type watchedStatus struct {
 // Stop stops reading the records, once what is there is taken.
 func (w *watchedStatus) Stop() { w.src.Stop() }
 
-// Attach takes over the VM's running QEMU, started earlier by this or
-// another kiln process. It returns an error wrapping vmm.ErrNotRunning when
-// the VM is not running.
-func (vm *VM) Attach() error {
-	m, err := qemu.Attach(vm.cfg, qemu.WithLogger(vm.log))
+// Attach takes over the VM's running monitor, started earlier by this or
+// another kiln process, and watches it until it ends or ctx is done. It
+// returns an error wrapping vmm.ErrNotRunning when the VM is not running.
+func (vm *VM) Attach(ctx context.Context) error {
+	m, err := vm.backend.Attach(vm.cfg, vm.log)
 	if err != nil {
 		return err
 	}
@@ -250,7 +253,7 @@ func (vm *VM) Attach() error {
 		// The VM runs on; only its console is not kept.
 		vm.log.Warn("keeping VM console", "vm", vm.ID, "err", err)
 	}
-	go vm.watch(m, fl, con)
+	go vm.watch(ctx, m, fl, con)
 	return nil
 }
 
@@ -261,7 +264,8 @@ func (vm *VM) LastExit() (*Exit, error) { return vm.exit() }
 // watch reads status records as the guest writes them, closes started on
 // the first "started" record, and enforces the boot deadline. Once QEMU
 // has exited it takes the rest of the console (con, nil when not kept).
-func (vm *VM) watch(m vmm.VMM, fl *watchedStatus, con *consoleCopier) {
+// When ctx is done first it stops watching and leaves the VM running.
+func (vm *VM) watch(ctx context.Context, m vmm.VMM, fl *watchedStatus, con *consoleCopier) {
 	defer close(vm.watching)
 	defer fl.keep.close()
 	lines := &lineWriter{fn: func(line []byte) {
@@ -284,14 +288,16 @@ func (vm *VM) watch(m vmm.VMM, fl *watchedStatus, con *consoleCopier) {
 	go func() { copied <- fl.src.Copy(lines) }()
 	exited := make(chan struct{})
 	go func() {
-		_ = m.Wait(context.Background())
-		close(exited)
+		if m.Wait(ctx) == nil {
+			close(exited)
+		}
 	}()
 	vm.mu.Lock()
 	started := vm.started
 	vm.mu.Unlock()
 	deadline := time.NewTimer(vm.Spec.BootTimeout)
 	defer deadline.Stop()
+	detached := false
 	for {
 		select {
 		case <-started:
@@ -309,6 +315,8 @@ func (vm *VM) watch(m vmm.VMM, fl *watchedStatus, con *consoleCopier) {
 			}
 			continue
 		case <-exited:
+		case <-ctx.Done():
+			detached = true
 		}
 		break
 	}
@@ -316,7 +324,7 @@ func (vm *VM) watch(m vmm.VMM, fl *watchedStatus, con *consoleCopier) {
 	<-copied
 	con.stop()
 	vm.closeAgent()
-	if vm.cfg.Jail != nil {
+	if vm.cfg.Jail != nil && !detached {
 		vm.endCgroup()
 	}
 }
@@ -574,9 +582,9 @@ func (vm *VM) readStatus() ([]byte, error) {
 }
 
 // lastLines returns the last n non-empty lines of a file joined by " | ",
-// read from its last qemu.MaxTail bytes.
+// read from its last vmm.MaxTail bytes.
 func lastLines(path string, n int) string {
-	if s := qemu.LastLines(path, n); s != "" {
+	if s := vmm.LastLines(path, n); s != "" {
 		return s
 	}
 	return "(no console output)"

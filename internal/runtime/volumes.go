@@ -32,6 +32,9 @@ type mountPlan struct {
 	mounts  []agent.Mount
 	created []string
 	store   *volume.Store
+	// remove removes a volume the plan created: store.Remove, unless the
+	// runtime has a supervisor, which keeps one another VM now names.
+	remove func(*volume.Store, string) error
 }
 
 // Names of the devices of mount i: drive and share IDs on the monitor's
@@ -48,7 +51,7 @@ func kilnName(id string) string {
 // packs baked directories into read-only squashfs disks in dir, and says
 // how the guest finds each. Mounts are made parents first.
 func (r *Runtime) planMounts(ctx context.Context, dir string, s *Spec) (p *mountPlan, err error) {
-	p = &mountPlan{}
+	p = &mountPlan{remove: r.removeVolume}
 	if len(s.Mounts) == 0 {
 		return p, nil
 	}
@@ -135,7 +138,11 @@ func (p *mountPlan) volume(ctx context.Context, m options.Mount) (*volume.Volume
 // undo removes the volumes the plan created.
 func (p *mountPlan) undo() {
 	for _, name := range p.created {
-		_ = p.store.Remove(name)
+		if p.remove != nil {
+			_ = p.remove(p.store, name)
+		} else {
+			_ = p.store.Remove(name)
+		}
 	}
 	p.created = nil
 }
@@ -169,12 +176,54 @@ func volumeNames(ms []options.Mount) []string {
 // volumeLocks keeps volumes to one running VM at a time, and keeps a
 // volume from being removed while a VM is being created with it.
 type volumeLocks struct {
-	// create is held by creations of VMs with volumes and by volume
-	// removals, so a removal never misses a VM about to refer to it.
+	// create is held by volume removals, and by creations of VMs with
+	// volumes while they reserve them (not while they are made: that is
+	// slow work), so a removal never misses a VM about to refer to one.
 	create sync.Mutex
-	// mu guards attached.
+	// mu guards attached and creating.
 	mu       sync.Mutex
 	attached map[string]string // volume name → ID of the running VM
+	// creating are the creations of VMs under way that name volumes.
+	creating map[*creation]struct{}
+}
+
+// creation is a VM being created with volumes.
+type creation struct {
+	vm      string // its name, or "" when it is to be given one
+	volumes []string
+}
+
+// reserveVolumes records that a VM called name (maybe "") is being
+// created with the named volumes: until release, removals see it as
+// their user. Reserve before planning the mounts, release once the VM is
+// in s.vms (or its creation undone).
+func (s *Supervisor) reserveVolumes(name string, volumes []string) (release func()) {
+	c := &creation{vm: name, volumes: volumes}
+	s.vols.create.Lock()
+	s.vols.mu.Lock()
+	if s.vols.creating == nil {
+		s.vols.creating = map[*creation]struct{}{}
+	}
+	s.vols.creating[c] = struct{}{}
+	s.vols.mu.Unlock()
+	s.vols.create.Unlock()
+	return func() {
+		s.vols.mu.Lock()
+		delete(s.vols.creating, c)
+		s.vols.mu.Unlock()
+	}
+}
+
+// removeCreatedVolume removes a volume that a failed creation made,
+// unless another VM names it now (it found it made, meanwhile).
+func (s *Supervisor) removeCreatedVolume(st *volume.Store, name string) error {
+	s.vols.create.Lock()
+	defer s.vols.create.Unlock()
+	users := s.volumeUsers()[name]
+	if len(users) > 1 { // the failed creation is one
+		return nil
+	}
+	return st.Remove(name)
 }
 
 // acquire records that the VM id, about to start, holds the volumes of
@@ -246,9 +295,20 @@ type VolumeUsage struct {
 
 // volumeUsers returns the names of the VMs that refer to each volume.
 func (s *Supervisor) volumeUsers() map[string][]string {
+	users := map[string][]string{}
+	s.vols.mu.Lock()
+	for c := range s.vols.creating {
+		name := c.vm
+		if name == "" {
+			name = "(being created)"
+		}
+		for _, n := range c.volumes {
+			users[n] = append(users[n], name)
+		}
+	}
+	s.vols.mu.Unlock()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	users := map[string][]string{}
 	for _, m := range s.vms {
 		for _, n := range volumeNames(m.spec.Mounts) {
 			users[n] = append(users[n], m.spec.Name)

@@ -1,7 +1,21 @@
 // Package vmm is the small interface kiln's runtime drives a virtual machine
-// monitor through, and the configuration every backend takes. Backends live
-// in subpackages (qemu, firecracker); extras such as snapshots are separate
-// small interfaces found by type assertion.
+// monitor through, and the configuration every backend takes.
+//
+// The seam is Backend (backend.go): the runtime is given one (QEMU by
+// default, runtime.WithBackend otherwise) and makes every run's VMM with
+// its New, takes over a running VM after a daemon restart with its Attach,
+// and lets it complete a new VM's Config (monitor binary, kernel command
+// line, device limits) with its Prepare. The runtime never names a backend
+// package beyond choosing the default. What backends and the runtime share
+// besides is the layout of a VM's state directory (statedir.go): the
+// console FIFO and log, and the FIFOs of pipe ports.
+//
+// Backends live in subpackages: qemu (a microvm per run, driven over QMP)
+// and vmmtest (a fake that plays a scripted guest without any monitor, for
+// the runtime's unit tests). Firecracker, or a backend that restores a
+// snapshot instead of booting, would be another implementation of Backend;
+// extras such as snapshots are separate small interfaces found by type
+// assertion.
 package vmm
 
 import (

@@ -13,14 +13,9 @@ import (
 const (
 	QMPSocket  = "qmp.sock"
 	PIDFile    = "qemu.pid"
-	ConsoleLog = "console.log"
-	// ConsolePipe names the serial console's FIFOs: QEMU writes the
-	// console into ConsolePipe+".out" (and reads ConsolePipe+".in", which
-	// nothing writes), and kiln copies what comes out into ConsoleLog,
-	// capped and rotated. A FIFO holds at most its pipe buffer: a guest
-	// that floods its console while no kiln process reads it is held back
-	// by its serial port, it cannot grow a file on the host.
-	ConsolePipe = "console"
+	ConsoleLog = vmm.ConsoleLog
+	// ConsolePipe names the serial console's FIFOs (vmm.ConsolePipe).
+	ConsolePipe = vmm.ConsolePipe
 	StderrLog   = "qemu.log"
 )
 

@@ -3,12 +3,10 @@
 package qemu
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -472,84 +470,27 @@ func touch(path string) error {
 }
 
 // ConsoleFIFO returns the FIFO in dir that a VM's serial console comes out
-// of.
-func ConsoleFIFO(dir string) string { return filepath.Join(dir, ConsolePipe+".out") }
+// of (vmm.ConsoleFIFO).
+func ConsoleFIFO(dir string) string { return vmm.ConsoleFIFO(dir) }
 
-// MakeConsole makes the console's FIFOs in dir (MakePipe).
-func MakeConsole(dir string) error { return MakePipe(filepath.Join(dir, ConsolePipe)) }
+// MakeConsole makes the console's FIFOs in dir (vmm.MakeConsole).
+func MakeConsole(dir string) error { return vmm.MakeConsole(dir) }
 
-// MakePipe makes the FIFOs of a pipe port or console, pipe+".in" and
-// pipe+".out", unless they are there; a file of another kind in their
-// place (left by an older kiln) is replaced.
-func MakePipe(pipe string) error {
-	for _, end := range []string{".in", ".out"} {
-		p := pipe + end
-		if st, err := os.Lstat(p); err == nil {
-			if st.Mode()&os.ModeNamedPipe != 0 {
-				continue
-			}
-			if err := os.Remove(p); err != nil {
-				return fmt.Errorf("replacing %s with a FIFO: %w", p, err)
-			}
-		}
-		if err := unix.Mkfifo(p, 0o600); err != nil {
-			return fmt.Errorf("creating FIFO %s: %w", p, err)
-		}
-	}
-	return nil
-}
+// MakePipe makes the FIFOs of a pipe port or console (vmm.MakePipe).
+func MakePipe(pipe string) error { return vmm.MakePipe(pipe) }
 
 func writeFileAtomic(path string, data []byte) error {
 	return atomicfile.WriteFile(path, data, 0o600)
 }
 
-// MaxTail is how much of the end of a log (the console, QEMU's own)
-// LastLines reads: what a guest made long is never read whole.
-const MaxTail = 64 << 10
+// MaxTail is how much of the end of a log LastLines reads (vmm.MaxTail).
+const MaxTail = vmm.MaxTail
 
-// LastLines returns the last n non-empty lines of a file, joined by " | ",
-// read from its last MaxTail bytes; "" when it has none.
-func LastLines(path string, n int) string {
-	b, err := ReadTail(path, MaxTail)
-	if err != nil {
-		return ""
-	}
-	var lines []string
-	for _, l := range strings.Split(string(b), "\n") {
-		if l = strings.TrimSpace(l); l != "" {
-			lines = append(lines, l)
-		}
-	}
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, " | ")
-}
+// LastLines returns the last n non-empty lines of a file (vmm.LastLines).
+func LastLines(path string, n int) string { return vmm.LastLines(path, n) }
 
-// ReadTail reads at most limit bytes from the end of a file; when it starts
-// mid-file, the partial first line is dropped.
-func ReadTail(path string, limit int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	off := max(0, st.Size()-limit)
-	b, err := io.ReadAll(io.NewSectionReader(f, off, limit))
-	if err != nil {
-		return nil, err
-	}
-	if off > 0 {
-		if i := bytes.IndexByte(b, '\n'); i >= 0 {
-			b = b[i+1:]
-		}
-	}
-	return b, nil
-}
+// ReadTail reads at most limit bytes from the end of a file (vmm.ReadTail).
+func ReadTail(path string, limit int64) ([]byte, error) { return vmm.ReadTail(path, limit) }
 
 // orNone is s, or none when s is empty.
 func orNone(s, none string) string {
