@@ -31,6 +31,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"kiln.dev/kiln/internal/image/layerpack"
+	"kiln.dev/kiln/internal/testenv"
 )
 
 // These tests build images in the test (layers written as tar bytes),
@@ -661,6 +662,7 @@ func dirLayers(t *testing.T, root string, first func(top string) bool) [2][]byte
 }
 
 func TestImageDebianBootsAndWritesItsOwnLayer(t *testing.T) {
+	testenv.NeedVM(t)
 	if _, err := os.Stat(filepath.Join(debianRootfs, ".complete")); err != nil {
 		t.Skipf("no Debian userland at %s: run scripts/fetch-test-rootfs (make test does)", debianRootfs)
 	}

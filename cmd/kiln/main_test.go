@@ -13,11 +13,15 @@ import (
 	"time"
 
 	"kiln.dev/kiln/internal/kernel"
+	"kiln.dev/kiln/internal/testenv"
 )
 
 // These tests drive the built kiln binary as a user would, booting real VMs.
-// They need QEMU and a guest kernel (scripts/setup provides both) and skip
-// with the fix when either is missing.
+// They are the VM tier: they run only with KILN_VM_TESTS=1 (make test sets
+// it; see internal/testenv), and every one goes through newEnv, testKernel
+// or requireQEMU, which check that first. They need QEMU and a guest kernel
+// (scripts/setup provides both) and skip with the fix when either is
+// missing.
 
 var (
 	binDir   string // kiln, kiln-init and hello, built by TestMain
@@ -31,7 +35,11 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	binDir = dir
-	buildErr = buildBinaries(dir)
+	if testenv.VMTests() {
+		// Only the VM tier drives the binaries; the unit tier does not
+		// wait for (race-built) builds it would not use.
+		buildErr = buildBinaries(dir)
+	}
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
@@ -67,6 +75,7 @@ func buildBinaries(dir string) error {
 // the default kernel of the default kiln root (what scripts/setup builds).
 func testKernel(t *testing.T) string {
 	t.Helper()
+	testenv.NeedVM(t)
 	if p := os.Getenv("KILN_TEST_KERNEL"); p != "" {
 		return p
 	}
@@ -79,6 +88,7 @@ func testKernel(t *testing.T) string {
 
 func requireQEMU(t *testing.T) {
 	t.Helper()
+	testenv.NeedVM(t)
 	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
 		t.Skip("qemu-system-x86_64 not found: run scripts/setup (apt-get install qemu-system-x86)")
 	}
@@ -93,6 +103,7 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
+	testenv.NeedVM(t)
 	if buildErr != nil {
 		t.Fatal(buildErr)
 	}

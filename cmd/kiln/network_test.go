@@ -23,6 +23,8 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
+
+	"kiln.dev/kiln/internal/testenv"
 )
 
 // Network tests run their daemon, and so its VMs' QEMU forwards, inside a
@@ -172,6 +174,7 @@ func sweepStaleNetns() {
 
 func newNetEnv(t *testing.T) *netEnv {
 	t.Helper()
+	testenv.NeedVM(t) // first: no namespace is made for a test that skips
 	requireNetns(t)
 	ns := testNetns("test")
 	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
