@@ -117,8 +117,47 @@ func newEnv(t *testing.T) *env {
 				_ = exec.Command("kill", "-9", fmt.Sprint(p)).Run()
 			}
 		}
+		e.checkDaemonLog()
 	})
 	return e
+}
+
+// checkDaemonLog fails the test with the race reports in the root's
+// daemon.log: every daemon the test started for the root (on demand, or
+// again after a kill) appends to it, and a race-built one (see
+// buildBinaries) writes its reports there. Run it once the daemon is
+// stopped, so that the log is whole.
+func (e *env) checkDaemonLog() {
+	e.t.Helper()
+	b, err := os.ReadFile(filepath.Join(e.root, "daemon.log"))
+	if err != nil {
+		return // no daemon ran
+	}
+	if reports := raceReports(string(b)); reports != "" {
+		e.t.Errorf("the daemon of %s reported a data race:\n%s", e.root, reports)
+	}
+}
+
+// raceReports returns the race detector's reports in log (each from its
+// "WARNING: DATA RACE" to the "==================" that closes it), or "".
+func raceReports(log string) string {
+	const start, sep = "WARNING: DATA RACE", "=================="
+	var out []string
+	for {
+		i := strings.Index(log, start)
+		if i < 0 {
+			break
+		}
+		log = log[i:]
+		end := strings.Index(log, "\n"+sep)
+		if end < 0 {
+			out = append(out, log)
+			break
+		}
+		out = append(out, log[:end])
+		log = log[end+1+len(sep):]
+	}
+	return strings.Join(out, "\n"+sep+"\n")
 }
 
 // daemonPID returns the PID of the root's daemon, or 0.
