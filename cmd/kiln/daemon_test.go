@@ -24,15 +24,23 @@ import (
 // n times (the stream tells; nothing polls).
 func (e *env) awaitLog(name, text string, n int) {
 	e.t.Helper()
+	if err := e.awaitLogErr(name, text, n); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// awaitLogErr is awaitLog for a goroutine other than the test's own: it
+// returns what went wrong instead of ending the test.
+func (e *env) awaitLogErr(name, text string, n int) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cmd := e.command(ctx, "logs", "-f", name)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
-		e.t.Fatal(err)
+		return err
 	}
 	if err := cmd.Start(); err != nil {
-		e.t.Fatal(err)
+		return err
 	}
 	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
 	sc := bufio.NewScanner(out)
@@ -40,11 +48,11 @@ func (e *env) awaitLog(name, text string, n int) {
 	for sc.Scan() {
 		if strings.Contains(sc.Text(), text) {
 			if seen++; seen >= n {
-				return
+				return nil
 			}
 		}
 	}
-	e.t.Fatalf("logs of %s ended after %d of %d lines with %q", name, seen, n, text)
+	return fmt.Errorf("logs of %s ended after %d of %d lines with %q", name, seen, n, text)
 }
 
 // awaitEvents reads all events (past, then live) until the VM has had n of

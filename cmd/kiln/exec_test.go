@@ -50,7 +50,7 @@ func TestExecAndSignalsInABareVM(t *testing.T) {
 	// Sessions run at once on the one agent connection, each output whole.
 	results := make(chan result, 4)
 	for i := range 4 {
-		go func() { results <- e.kiln("exec", "web", "hello", "-lines", "3000", "-exit", fmt.Sprint(i)) }()
+		go func() { results <- e.kilnAsync("exec", "web", "hello", "-lines", "3000", "-exit", fmt.Sprint(i)) }()
 	}
 	codes := map[int]bool{}
 	for range 4 {

@@ -214,6 +214,27 @@ func (e *env) command(ctx context.Context, args ...string) *exec.Cmd {
 // rather than the whole run).
 func (e *env) kiln(args ...string) result {
 	e.t.Helper()
+	r, err := e.tryKiln(args...)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return r
+}
+
+// kilnAsync is kiln for a goroutine other than the test's own, which must
+// not end the test: a command that could not be run at all comes back as
+// exit -1 with the error as its stderr, for the test goroutine to fail on.
+func (e *env) kilnAsync(args ...string) result {
+	r, err := e.tryKiln(args...)
+	if err != nil {
+		return result{code: -1, stderr: err.Error()}
+	}
+	return r
+}
+
+// tryKiln runs a kiln command to its end, bounded; the error says why it
+// could not be run (a non-zero exit is no error: it is in the result).
+func (e *env) tryKiln(args ...string) (result, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	cmd := e.command(ctx, args...)
@@ -224,9 +245,9 @@ func (e *env) kiln(args ...string) result {
 	if ee, ok := err.(*exec.ExitError); ok {
 		code = ee.ExitCode()
 	} else if err != nil {
-		e.t.Fatalf("running kiln %v: %v", args, err)
+		return result{}, fmt.Errorf("running kiln %v: %w", args, err)
 	}
-	return result{code, out.String(), errb.String()}
+	return result{code, out.String(), errb.String()}, nil
 }
 
 // run is `kiln run --kernel K ARGS...`.

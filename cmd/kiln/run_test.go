@@ -256,7 +256,7 @@ func TestRunManyAtOnce(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			results[i] = e.run("--rm", e.hello(), "-exit", "5")
+			results[i] = e.kilnAsync("run", "--kernel", e.kernel, "--rm", e.hello(), "-exit", "5")
 		}()
 	}
 	wg.Wait()
