@@ -94,11 +94,18 @@ func requireQEMU(t *testing.T) {
 	}
 }
 
-// env is one test's kiln: its own root and the test kernel.
+// env is one test's kiln: its own root and the test kernel, and a home of
+// its own for the kiln processes it runs.
 type env struct {
 	t      *testing.T
 	root   string
 	kernel string
+	// home, when set, stands for the user's home and registry
+	// configuration in the environment of kiln commands (and so of the
+	// daemon they start): the developer's own registry credentials stay
+	// out of kiln, and tests need not change the process's environment,
+	// which would keep them from running in parallel.
+	home string
 }
 
 func newEnv(t *testing.T) *env {
@@ -108,7 +115,7 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(buildErr)
 	}
 	requireQEMU(t)
-	e := &env{t: t, root: t.TempDir(), kernel: testKernel(t)}
+	e := &env{t: t, root: t.TempDir(), kernel: testKernel(t), home: t.TempDir()}
 	t.Cleanup(func() {
 		e.stopDaemon()
 		if pids := qemuUnder(e.root); len(pids) > 0 {
@@ -207,6 +214,10 @@ func (e *env) command(ctx context.Context, args ...string) *exec.Cmd {
 	all := append([]string{"--root", e.root}, args...)
 	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "kiln"), all...)
 	cmd.Env = append(os.Environ(), "KILN_ROOT="+e.root)
+	if e.home != "" {
+		cmd.Env = append(cmd.Env, "HOME="+e.home, "DOCKER_CONFIG="+e.home,
+			"REGISTRY_AUTH_FILE="+filepath.Join(e.home, "none.json"), "XDG_RUNTIME_DIR="+e.home)
+	}
 	return cmd
 }
 
