@@ -13,6 +13,7 @@ import (
 // record), and a race-built daemon reports no data race (newEnv's cleanup
 // reads its log). The goroutines report to errs and never end the test.
 func TestConcurrentLifecycle(t *testing.T) {
+	// Serial: it boots several VMs at once on purpose; other tests' boots on top would test the machine's load, not kiln.
 	e := newEnv(t)
 	e.kiln("ps") // one daemon for all
 	const n = 6

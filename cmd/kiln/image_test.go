@@ -303,6 +303,7 @@ changed
 `
 
 func TestImagePullFromRegistryWithAuthAndRunKeepsTarSemantics(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	reg := newTestRegistry(t)
 	ref := reg.push(t, "team/tarcheck:v1", tarSemanticsImage(t))
@@ -339,6 +340,7 @@ func TestImagePullFromRegistryWithAuthAndRunKeepsTarSemantics(t *testing.T) {
 }
 
 func TestImageConfigIsHonoured(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	reg := newTestRegistry(t)
 	img := testImage(t, func(c *v1.Config) {
@@ -418,6 +420,7 @@ func TestImageConfigIsHonoured(t *testing.T) {
 }
 
 func TestImageBinaryModeBootsOnlyTheELF(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	reg := newTestRegistry(t)
 	hello, err := os.ReadFile(e.hello())
@@ -479,6 +482,7 @@ func mustRead(t *testing.T, p string) []byte {
 }
 
 func TestImageRmiRefusedWhileAVMUsesIt(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	reg := newTestRegistry(t)
 	ref := reg.push(t, "rmi/used:1", testImage(t, nil, userlandLayer(t)))
@@ -502,6 +506,7 @@ func TestImageRmiRefusedWhileAVMUsesIt(t *testing.T) {
 }
 
 func TestImageSecondRunDoesNoConversion(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	reg := newTestRegistry(t)
 	ref := reg.push(t, "cache/me:1", testImage(t, nil, userlandLayer(t)))
@@ -536,6 +541,7 @@ func fileStamp(t *testing.T, p string) stamp {
 }
 
 func TestImageBadInputFailsCleanly(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	reg := newTestRegistry(t)
 	noCmd := reg.push(t, "nocmd:1", testImage(t, nil, userlandLayer(t)))
@@ -569,6 +575,7 @@ func TestImageBadInputFailsCleanly(t *testing.T) {
 }
 
 func TestImageLoadListPushPrune(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	reg := newTestRegistry(t)
 	img := testImage(t, func(c *v1.Config) { c.Cmd = []string{"/bin/sh"} }, userlandLayer(t),
@@ -658,6 +665,7 @@ func dirLayers(t *testing.T, root string, first func(top string) bool) [2][]byte
 }
 
 func TestImageDebianBootsAndWritesItsOwnLayer(t *testing.T) {
+	t.Parallel()
 	testenv.NeedVM(t)
 	if _, err := os.Stat(filepath.Join(debianRootfs, ".complete")); err != nil {
 		t.Skipf("no Debian userland at %s: run scripts/fetch-test-rootfs (make test does)", debianRootfs)

@@ -31,6 +31,7 @@ func cloudKernel(t *testing.T) (image, modules string) {
 // the guest needs with their dependencies, kiln-init loads them (with the
 // cmdline's module parameters) and the program runs.
 func TestKernelImportBootsDistributionKernelWithModules(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	image, modules := cloudKernel(t)
 	r := e.kiln("kernel", "import", "--name", "cloud", "--modules", modules, image)
@@ -56,6 +57,7 @@ func TestKernelImportBootsDistributionKernelWithModules(t *testing.T) {
 }
 
 func TestKernelImportRejectsNonKernel(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	junk := filepath.Join(t.TempDir(), "vmlinuz-junk")
 	if err := os.WriteFile(junk, []byte("not a kernel"), 0o644); err != nil {

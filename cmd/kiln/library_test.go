@@ -17,6 +17,7 @@ import (
 // ImageExists, Run, Logs, Wait, Inspect, List, Stop, Remove, Push), so a
 // program that drives containers can drive kiln VMs instead.
 func TestClientLibraryVerbs(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	reg := newTestRegistry(t)
 	ref := reg.push(t, "lib/app:1", testImage(t, func(c *v1.Config) {

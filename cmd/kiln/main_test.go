@@ -22,6 +22,14 @@ import (
 // or requireQEMU, which check that first. They need QEMU and a guest kernel
 // (scripts/setup provides both) and skip with the fix when either is
 // missing.
+//
+// Each test has its own root, daemon and home (newEnv), and a network test
+// its own namespace, so most call t.Parallel: go test runs them two at a
+// time (-parallel defaults to GOMAXPROCS), after the serial ones. A test
+// stays serial, saying why in its first line, when it changes the
+// process's environment or working directory, looks at host-wide state
+// other tests' VMs change (cgroups, jail uids), presses the host on
+// purpose (memory, many boots at once), or depends on timing.
 
 var (
 	binDir   string // kiln, kiln-init and hello, built by TestMain
