@@ -266,6 +266,11 @@ func (e *env) tryKiln(args ...string) (result, error) {
 	} else if err != nil {
 		return result{}, fmt.Errorf("running kiln %v: %w", args, err)
 	}
+	if reports := raceReports(errb.String()); reports != "" {
+		// The CLI is race-built too; Errorf, unlike Fatal, is fine from
+		// any goroutine.
+		e.t.Errorf("kiln %v reported a data race:\n%s", args, reports)
+	}
 	return result{code, out.String(), errb.String()}, nil
 }
 
