@@ -29,11 +29,13 @@ demo: setup
 	  if [ -n "$$out" ]; then echo "GET http://127.0.0.1:8080/ -> $$out"; ok=1; break; fi; sleep 0.5; done; \
 	./bin/kiln rm -f kiln-demo >/dev/null; [ -n "$$ok" ] || { echo "the demo VM did not answer on 127.0.0.1:8080"; exit 1; }
 
+# Both tiers: the unit tests (what `go test ./...` alone runs, booting no VM)
+# and the VM tests, which KILN_VM_TESTS=1 turns on (see internal/testenv).
 test: setup
 	./scripts/fetch-test-kernel
 	./scripts/fetch-test-rootfs
 	$(GO) vet ./...
-	$(GO) test -race -count=1 -timeout 45m ./...
+	KILN_VM_TESTS=1 $(GO) test -race -count=1 -timeout 45m ./...
 
 bench: setup
 	$(GO) run ./bench/boot

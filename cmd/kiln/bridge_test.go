@@ -174,6 +174,7 @@ func serve(t *testing.T, cmd func(ctx context.Context) *exec.Cmd) {
 // TestBridgePortsNamesIsolationEgress boots two servers and two clients:
 // network "open" (with egress) and network "iso" (isolated VMs, no egress).
 func TestBridgePortsNamesIsolationEgress(t *testing.T) {
+	t.Parallel()
 	e := newNetEnv(t)
 	e.outside()
 	okr(t, "network create open", e.kiln("network", "create", "open", "--subnet", "10.91.0.0/24", "--egress"))
@@ -243,6 +244,7 @@ func TestBridgePortsNamesIsolationEgress(t *testing.T) {
 // with SIGKILL and started again, leave no TAP, lease or rule of a removed
 // VM, and lose nothing of a VM that exists.
 func TestBridgeRemoveAndCrashLeaveNothing(t *testing.T) {
+	t.Parallel()
 	e := newNetEnv(t)
 	okr(t, "network create", e.kiln("network", "create", "n", "--subnet", "10.93.0.0/24"))
 	bridge := network.BridgeName("n")
@@ -329,6 +331,7 @@ func TestBridgeRemoveAndCrashLeaveNothing(t *testing.T) {
 // TestBridgeBadInputAndParallelLeases boots nothing: VMs are created
 // through the API and never started.
 func TestBridgeBadInputAndParallelLeases(t *testing.T) {
+	t.Parallel()
 	e := newNetEnv(t)
 	// A route of the host that a network must not overlap.
 	for _, args := range [][]string{
@@ -435,6 +438,7 @@ func TestBridgeBadInputAndParallelLeases(t *testing.T) {
 // host's loopback either (a firewall table), so it refuses them, saying
 // why, unless --unconfined; a VM without a network is jailed as ever.
 func TestBridgeNeedsNetAdmin(t *testing.T) {
+	t.Parallel()
 	if _, err := exec.LookPath("setpriv"); err != nil {
 		t.Skip("setpriv not found: apt-get install util-linux")
 	}

@@ -91,6 +91,7 @@ func cgroupLimits(t *testing.T, pid int) (memory, cpu, pids string, dirs []strin
 // the same. After kill -9 of the daemon the VM is reattached and keeps its
 // jail; rm leaves no cgroup, uid, jail or QEMU behind.
 func TestJailOfARunningVM(t *testing.T) {
+	// Serial: after rm it checks its VM's uid is free, and another test's VM could take it at once.
 	requireRoot(t)
 	e := newEnv(t)
 	ok(t, "run -d", e.run("-d", "--name", "jailed", "--memory", "128m", "--cpus", "1", "-p", "127.0.0.1::80", httpd(t)))
@@ -193,6 +194,7 @@ func httpGet(t *testing.T, addr string) string {
 // TestJailBadInput: what the jail cannot grant is refused before anything
 // is made, with the value and the fix.
 func TestJailBadInput(t *testing.T) {
+	// Serial: it looks for leftovers among the host's kiln cgroups, which other tests' VMs make.
 	requireRoot(t)
 	e := newEnv(t)
 	// More memory than the share of the host kiln may give VMs (the limit
@@ -249,6 +251,7 @@ func TestJailBadInput(t *testing.T) {
 // there. The host's files stay as they were; what the guest made belongs
 // to the directory's owner, without a setuid bit or a device.
 func TestHostDirectoryGivesTheGuestNoHostPrivilege(t *testing.T) {
+	t.Parallel()
 	requireRoot(t)
 	e := newEnv(t)
 	loadDebian(t, e, nil)
@@ -305,6 +308,7 @@ cat /x/existing`
 // answers. With --add-host NAME:host-gateway the host's service answers,
 // and link-local stays closed.
 func TestUserModeGuestReachesOutsideNotTheHost(t *testing.T) {
+	t.Parallel()
 	requireRoot(t)
 	e := newNetEnv(t)
 	e.outside()
@@ -349,6 +353,7 @@ func TestUserModeGuestReachesOutsideNotTheHost(t *testing.T) {
 // killed inside its own VM (or, were QEMU itself to grow, by its cgroup);
 // the daemon and a neighbour VM stay up.
 func TestGuestMemoryHogHarmsNoOne(t *testing.T) {
+	// Serial: it presses the host's memory on purpose.
 	requireRoot(t)
 	e := newEnv(t)
 	ok(t, "run -d neighbour", e.run("-d", "--name", "neighbour", "-p", "127.0.0.1::80", httpd(t)))

@@ -24,15 +24,23 @@ import (
 // n times (the stream tells; nothing polls).
 func (e *env) awaitLog(name, text string, n int) {
 	e.t.Helper()
+	if err := e.awaitLogErr(name, text, n); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// awaitLogErr is awaitLog for a goroutine other than the test's own: it
+// returns what went wrong instead of ending the test.
+func (e *env) awaitLogErr(name, text string, n int) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cmd := e.command(ctx, "logs", "-f", name)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
-		e.t.Fatal(err)
+		return err
 	}
 	if err := cmd.Start(); err != nil {
-		e.t.Fatal(err)
+		return err
 	}
 	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
 	sc := bufio.NewScanner(out)
@@ -40,11 +48,11 @@ func (e *env) awaitLog(name, text string, n int) {
 	for sc.Scan() {
 		if strings.Contains(sc.Text(), text) {
 			if seen++; seen >= n {
-				return
+				return nil
 			}
 		}
 	}
-	e.t.Fatalf("logs of %s ended after %d of %d lines with %q", name, seen, n, text)
+	return fmt.Errorf("logs of %s ended after %d of %d lines with %q", name, seen, n, text)
 }
 
 // awaitEvents reads all events (past, then live) until the VM has had n of
@@ -97,6 +105,7 @@ func (e *env) runD(args ...string) string {
 }
 
 func TestDetachedVMLifecycle(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	id := e.runD("--name", "web", "-e", "K=V", "--memory", "128m", e.hello(), "-sleep", "10m", "-env", "K")
 	e.awaitLog("web", "sleeping", 1)
@@ -176,6 +185,7 @@ func TestDetachedVMLifecycle(t *testing.T) {
 }
 
 func TestDaemonKilledVMsKeepRunningAndAreReattached(t *testing.T) {
+	// Serial: it must see a VM end within a 12 s window while no daemon runs.
 	e := newEnv(t)
 	names := []string{"a", "b", "c"}
 	pids := map[string]string{}
@@ -248,6 +258,7 @@ func waitGone(t *testing.T, pid string) {
 }
 
 func TestRestartPolicies(t *testing.T) {
+	// Serial: it counts on the restart backoff being over before a daemon restart.
 	e := newEnv(t)
 	t.Run("on-failure:2 stops after two restarts", func(t *testing.T) {
 		e.t = t
@@ -322,6 +333,7 @@ func atoi(s string) int {
 }
 
 func TestLogsRotateAndSurviveTheVM(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.runD("--name", "chatty", "--log-opt", "max-size=2k", "--log-opt", "max-file=2", e.hello(), "-lines", "200")
 	e.kiln("wait", "chatty")
@@ -354,6 +366,7 @@ func TestLogsRotateAndSurviveTheVM(t *testing.T) {
 // A request from another uid is refused by its peer credentials, even
 // when the socket's permissions would let it connect.
 func TestDaemonRefusesOtherUIDs(t *testing.T) {
+	t.Parallel()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to run a client as another uid (setpriv)")
 	}
@@ -398,6 +411,7 @@ func (e *env) rawRequest(method, path string, body io.Reader, header map[string]
 }
 
 func TestDaemonBadInput(t *testing.T) {
+	// Serial: rawRequest changes the process's working directory.
 	e := newEnv(t)
 	e.runD("--name", "one", e.hello(), "-sleep", "10m")
 	cases := []struct {
@@ -461,6 +475,7 @@ func (zeros) Read(p []byte) (int, error) {
 }
 
 func TestDaemonSurvivesBrokenState(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	id := e.runD("--name", "gone", e.hello())
 	e.kiln("wait", "gone")
@@ -513,6 +528,7 @@ func TestDaemonSurvivesBrokenState(t *testing.T) {
 // A daemon whose binary was deleted (a removed checkout) is pointed out:
 // it would look for kiln-init beside a binary that is gone.
 func TestCLIWarnsOfADaemonWhoseBinaryIsGone(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	dir := t.TempDir()
 	for _, f := range []string{"kiln", "kiln-init"} {

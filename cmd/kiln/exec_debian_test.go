@@ -109,6 +109,7 @@ func (r *ptyReader) await(t *testing.T, want string) {
 }
 
 func TestExecInDebian(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	loadDebian(t, e, nil)
 	e.runD("--name", "deb", "--pull", "never", "--memory", "256m", "kiln-test/debian:bookworm",
@@ -211,6 +212,7 @@ func TestExecInDebian(t *testing.T) {
 }
 
 func TestHealthChecks(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	// The image's HEALTHCHECK checks every 30s; "plain" takes its command
 	// and sets a shorter interval, "killed" gives its own check.

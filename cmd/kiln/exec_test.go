@@ -17,6 +17,7 @@ import (
 // A bare VM: exec runs commands beside the program, with its environment,
 // and exits with their codes; kill -s delivers signals to the program.
 func TestExecAndSignalsInABareVM(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.runD("--name", "web", "-e", "K=from-run", "--memory", "128m", e.hello(), "-sleep", "10m", "-trap-hup")
 	t.Cleanup(func() { e.kiln("rm", "-f", "web") })
@@ -50,7 +51,7 @@ func TestExecAndSignalsInABareVM(t *testing.T) {
 	// Sessions run at once on the one agent connection, each output whole.
 	results := make(chan result, 4)
 	for i := range 4 {
-		go func() { results <- e.kiln("exec", "web", "hello", "-lines", "3000", "-exit", fmt.Sprint(i)) }()
+		go func() { results <- e.kilnAsync("exec", "web", "hello", "-lines", "3000", "-exit", fmt.Sprint(i)) }()
 	}
 	codes := map[int]bool{}
 	for range 4 {
@@ -114,6 +115,7 @@ func TestExecAndSignalsInABareVM(t *testing.T) {
 }
 
 func TestOOMKillIsReported(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.runD("--name", "hog", "--memory", "96m", e.hello(), "-alloc-mb", "1024")
 	t.Cleanup(func() { e.kiln("rm", "-f", "hog") })
@@ -131,6 +133,7 @@ func TestOOMKillIsReported(t *testing.T) {
 // VM running and later execs working; the guest going away ends an exec
 // with a clear error.
 func TestExecSurvivesDisconnects(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.runD("--name", "web", "--memory", "128m", e.hello(), "-sleep", "10m")
 	t.Cleanup(func() { e.kiln("rm", "-f", "web") })

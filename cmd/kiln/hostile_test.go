@@ -42,6 +42,7 @@ func (e *env) waitLog(vm, want string, d time.Duration) bool {
 // stops answering altogether (its QEMU frozen): kill -s KILL still ends it
 // at once, without waiting on the guest's agent.
 func TestGuestConsoleFloodIsCappedAndKillNeedsNoAgent(t *testing.T) {
+	// Serial: t.Setenv, and bounds on the daemon's RSS and on how long a kill takes.
 	const capBytes = 128 << 10
 	t.Setenv("KILN_CONSOLE_MAX_SIZE", strconv.Itoa(capBytes))
 	e := newEnv(t)
@@ -103,6 +104,7 @@ func TestGuestConsoleFloodIsCappedAndKillNeedsNoAgent(t *testing.T) {
 // the filesystem gets an I/O error and goes on (it reports it and exits),
 // where QEMU's default would pause the VM while kiln shows it running.
 func TestFullDiskReachesTheGuestAndTheReserveRefusesNewDisks(t *testing.T) {
+	// Serial: t.Setenv, and the free-space reserve is of the host's file system.
 	requireRoot(t)
 	e := newEnv(t)
 	if err := unix.Mount("kiln-test", e.root, "tmpfs", 0, "size=200m,mode=0711"); err != nil {
@@ -163,6 +165,7 @@ func dirBytes(t *testing.T, dir string) int64 {
 // every line written meanwhile arrives, in order, and the exit code the
 // program ended with (while no daemon ran) is known.
 func TestGuestStdoutWhileTheDaemonIsDownIsBoundedAndKept(t *testing.T) {
+	// Serial: it bounds the daemon's RSS and gives the guest a timed window.
 	const lines = 300000
 	e := newEnv(t)
 	id := strings.TrimSpace(ok(t, "run -d", e.run("-d", "--name", "chatty", e.hello(), "-lines", strconv.Itoa(lines), "-exit", "7")).stdout)
@@ -238,6 +241,7 @@ func (e *netEnv) neighbour(ip string) string {
 // neighbour entry for the neighbour keeps the neighbour's MAC, and the
 // neighbour's published port still answers.
 func TestBridgeGuestCannotSpoof(t *testing.T) {
+	t.Parallel()
 	e := newNetEnv(t)
 	okr(t, "network create", e.kiln("network", "create", "lan", "--subnet", "10.93.0.0/24"))
 	e.runD("--name", "victim", "--network", "lan", "--ip", "10.93.0.10", "-p", "127.0.0.1:18097:80", httpd(t))

@@ -31,6 +31,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"kiln.dev/kiln/internal/image/layerpack"
+	"kiln.dev/kiln/internal/testenv"
 )
 
 // These tests build images in the test (layers written as tar bytes),
@@ -182,13 +183,9 @@ func newTestRegistry(t *testing.T) *testRegistry {
 		reg.ServeHTTP(w, r)
 	}))
 	t.Cleanup(srv.Close)
-	// Keep the developer's own registry credentials out of kiln and of
-	// the test's own pushes.
-	d := t.TempDir()
-	t.Setenv("HOME", d)
-	t.Setenv("DOCKER_CONFIG", d)
-	t.Setenv("REGISTRY_AUTH_FILE", filepath.Join(d, "none.json"))
-	t.Setenv("XDG_RUNTIME_DIR", d)
+	// The developer's own registry credentials stay out of kiln through
+	// the env's home (see env.home), and out of the test's own pushes
+	// through their explicit auth.
 	return &testRegistry{host: strings.TrimPrefix(srv.URL, "http://")}
 }
 
@@ -306,6 +303,7 @@ changed
 `
 
 func TestImagePullFromRegistryWithAuthAndRunKeepsTarSemantics(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	reg := newTestRegistry(t)
 	ref := reg.push(t, "team/tarcheck:v1", tarSemanticsImage(t))
@@ -342,6 +340,7 @@ func TestImagePullFromRegistryWithAuthAndRunKeepsTarSemantics(t *testing.T) {
 }
 
 func TestImageConfigIsHonoured(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	reg := newTestRegistry(t)
 	img := testImage(t, func(c *v1.Config) {
@@ -421,6 +420,7 @@ func TestImageConfigIsHonoured(t *testing.T) {
 }
 
 func TestImageBinaryModeBootsOnlyTheELF(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	reg := newTestRegistry(t)
 	hello, err := os.ReadFile(e.hello())
@@ -482,6 +482,7 @@ func mustRead(t *testing.T, p string) []byte {
 }
 
 func TestImageRmiRefusedWhileAVMUsesIt(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	reg := newTestRegistry(t)
 	ref := reg.push(t, "rmi/used:1", testImage(t, nil, userlandLayer(t)))
@@ -505,6 +506,7 @@ func TestImageRmiRefusedWhileAVMUsesIt(t *testing.T) {
 }
 
 func TestImageSecondRunDoesNoConversion(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	reg := newTestRegistry(t)
 	ref := reg.push(t, "cache/me:1", testImage(t, nil, userlandLayer(t)))
@@ -539,6 +541,7 @@ func fileStamp(t *testing.T, p string) stamp {
 }
 
 func TestImageBadInputFailsCleanly(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	reg := newTestRegistry(t)
 	noCmd := reg.push(t, "nocmd:1", testImage(t, nil, userlandLayer(t)))
@@ -572,6 +575,7 @@ func TestImageBadInputFailsCleanly(t *testing.T) {
 }
 
 func TestImageLoadListPushPrune(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	reg := newTestRegistry(t)
 	img := testImage(t, func(c *v1.Config) { c.Cmd = []string{"/bin/sh"} }, userlandLayer(t),
@@ -661,6 +665,8 @@ func dirLayers(t *testing.T, root string, first func(top string) bool) [2][]byte
 }
 
 func TestImageDebianBootsAndWritesItsOwnLayer(t *testing.T) {
+	t.Parallel()
+	testenv.NeedVM(t)
 	if _, err := os.Stat(filepath.Join(debianRootfs, ".complete")); err != nil {
 		t.Skipf("no Debian userland at %s: run scripts/fetch-test-rootfs (make test does)", debianRootfs)
 	}

@@ -6,6 +6,9 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"kiln.dev/kiln/internal/kernel"
+	"kiln.dev/kiln/internal/testenv"
 )
 
 // cloudKernel returns Debian's cloud kernel image and module directory as
@@ -28,6 +31,7 @@ func cloudKernel(t *testing.T) (image, modules string) {
 // the guest needs with their dependencies, kiln-init loads them (with the
 // cmdline's module parameters) and the program runs.
 func TestKernelImportBootsDistributionKernelWithModules(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	image, modules := cloudKernel(t)
 	r := e.kiln("kernel", "import", "--name", "cloud", "--modules", modules, image)
@@ -53,6 +57,7 @@ func TestKernelImportBootsDistributionKernelWithModules(t *testing.T) {
 }
 
 func TestKernelImportRejectsNonKernel(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	junk := filepath.Join(t.TempDir(), "vmlinuz-junk")
 	if err := os.WriteFile(junk, []byte("not a kernel"), 0o644); err != nil {
@@ -69,8 +74,13 @@ func TestKernelImportRejectsNonKernel(t *testing.T) {
 }
 
 // The default kernel is cached by source version and config fragment: a
-// second build with nothing changed does nothing.
+// second build with nothing changed does nothing. The build runs in a root
+// of its own, never the default one: that root's store gets the record
+// (kernel.json) of the kernel scripts/setup built in the default root,
+// whose image it names read-only. Were the cache stale, the rebuild would
+// land in the test's root.
 func TestKernelBuildIsCached(t *testing.T) {
+	testenv.NeedVM(t)
 	if buildErr != nil {
 		t.Fatal(buildErr)
 	}
@@ -78,7 +88,18 @@ func TestKernelBuildIsCached(t *testing.T) {
 	if os.Getenv("KILN_TEST_KERNEL") != "" {
 		t.Skip("KILN_TEST_KERNEL is set: the default root's kernel is not the one under test")
 	}
-	e := &env{t: t, root: defaultRoot()}
+	record, err := os.ReadFile(filepath.Join(defaultRoot(), "kernels", kernel.DefaultName, "kernel.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, root: t.TempDir()}
+	dir := filepath.Join(e.root, "kernels", kernel.DefaultName)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "kernel.json"), record, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	r := e.kiln("kernel", "build", "--quiet")
 	if r.code != 0 || !strings.Contains(r.stdout, "up to date") {
 		t.Fatalf("want the cached kernel reported up to date:\n%s", r)

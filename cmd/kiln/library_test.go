@@ -17,8 +17,9 @@ import (
 // ImageExists, Run, Logs, Wait, Inspect, List, Stop, Remove, Push), so a
 // program that drives containers can drive kiln VMs instead.
 func TestClientLibraryVerbs(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
-	reg := newTestRegistry(t) // before the daemon starts: it inherits the test's HOME
+	reg := newTestRegistry(t)
 	ref := reg.push(t, "lib/app:1", testImage(t, func(c *v1.Config) {
 		c.Cmd = []string{"/bin/sh", "-c", "echo from-the-library; exit 4"}
 	}, userlandLayer(t)))

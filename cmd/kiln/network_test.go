@@ -23,6 +23,8 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
+
+	"kiln.dev/kiln/internal/testenv"
 )
 
 // Network tests run their daemon, and so its VMs' QEMU forwards, inside a
@@ -172,6 +174,7 @@ func sweepStaleNetns() {
 
 func newNetEnv(t *testing.T) *netEnv {
 	t.Helper()
+	testenv.NeedVM(t) // first: no namespace is made for a test that skips
 	requireNetns(t)
 	ns := testNetns("test")
 	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
@@ -282,6 +285,7 @@ func httpd(t *testing.T) string {
 }
 
 func TestNetPublishedTCPAndUDPPortsAnswer(t *testing.T) {
+	t.Parallel()
 	e := newNetEnv(t)
 	e.runD("--name", "web", "-p", "127.0.0.1:18080:80", "-p", "127.0.0.1:15353:53/udp", httpd(t), "-udp", ":53")
 	e.awaitLog("web", "serving HTTP", 1)
@@ -306,6 +310,7 @@ func TestNetPublishedTCPAndUDPPortsAnswer(t *testing.T) {
 }
 
 func TestPortEphemeralIsReportedAndResolvedAtEachStart(t *testing.T) {
+	t.Parallel()
 	e := newNetEnv(t)
 	e.runD("--name", "eph", "-p", "127.0.0.1::80", httpd(t))
 	e.awaitLog("eph", "serving HTTP", 1)
@@ -339,6 +344,7 @@ func TestPortEphemeralIsReportedAndResolvedAtEachStart(t *testing.T) {
 }
 
 func TestPublishPortInUseIsRefusedBeforeBoot(t *testing.T) {
+	t.Parallel()
 	e := newNetEnv(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -374,6 +380,7 @@ func TestPublishPortInUseIsRefusedBeforeBoot(t *testing.T) {
 }
 
 func TestNetInterfaces(t *testing.T) {
+	t.Parallel()
 	e := newNetEnv(t)
 	r := e.run("--rm", "--network", "none", e.hello(), "-ifaces")
 	if r.code != 0 || !strings.Contains(r.stdout, "iface lo up 127.0.0.1/8") || strings.Contains(r.stdout, "eth0") {
@@ -386,6 +393,7 @@ func TestNetInterfaces(t *testing.T) {
 }
 
 func TestPublishBadValues(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	okr(t, "ps", e.kiln("ps")) // the daemon's start is announced once, here
 	for _, tt := range []struct {
@@ -414,6 +422,7 @@ func TestPublishBadValues(t *testing.T) {
 }
 
 func TestNetImageVMGetsItsNetworkFiles(t *testing.T) {
+	t.Parallel()
 	e := newNetEnv(t)
 	// The image has resolv.conf as a dangling link, as images with a
 	// resolver daemon do: kiln-init replaces the link.
@@ -447,6 +456,7 @@ func TestNetImageVMGetsItsNetworkFiles(t *testing.T) {
 }
 
 func TestNetDistributionKernelLoadsVirtioNet(t *testing.T) {
+	t.Parallel()
 	e := newNetEnv(t)
 	image, modules := cloudKernel(t)
 	ok(t, "kernel import", e.kiln("kernel", "import", "--name", "cloud", "--modules", modules, image))

@@ -14,6 +14,7 @@ import (
 )
 
 func TestRunPrintsOutputAndExitsWithProgramStatus(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	r := e.run("--rm", e.hello(), "-exit", "3", "a", "b c")
 	if r.code != 3 {
@@ -34,6 +35,7 @@ func TestRunPrintsOutputAndExitsWithProgramStatus(t *testing.T) {
 }
 
 func TestRunKeepsVMStateWithoutRm(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	r := e.run("--name", "kept", e.hello())
 	if r.code != 0 {
@@ -50,6 +52,7 @@ func TestRunKeepsVMStateWithoutRm(t *testing.T) {
 }
 
 func TestRunExitCodeOfSignal(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	for _, c := range []struct {
 		sig  string
@@ -63,6 +66,7 @@ func TestRunExitCodeOfSignal(t *testing.T) {
 }
 
 func TestRunAppliesEnvWorkdirUserAndName(t *testing.T) {
+	// Serial: t.Setenv changes the test process's environment.
 	e := newEnv(t)
 	envFile := filepath.Join(t.TempDir(), "app.env")
 	if err := os.WriteFile(envFile, []byte("# comment\nFROMFILE=yes\n\nFOO=overridden-later\n"), 0o644); err != nil {
@@ -91,6 +95,7 @@ func TestRunAppliesEnvWorkdirUserAndName(t *testing.T) {
 }
 
 func TestRunEntrypointNotFoundInGuestExits127(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	r := e.run("--rm", "--entrypoint", "/no/such/program", e.hello())
 	if r.code != 127 {
@@ -102,6 +107,7 @@ func TestRunEntrypointNotFoundInGuestExits127(t *testing.T) {
 }
 
 func TestRunStopsGracefullyOnSIGTERM(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -157,6 +163,7 @@ func TestRunStopsGracefullyOnSIGTERM(t *testing.T) {
 }
 
 func TestRunBootDeadlineReportsFailedBoot(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	r := e.run("--rm", "--boot-timeout", "1ms", e.hello())
 	if r.code != 125 {
@@ -168,6 +175,7 @@ func TestRunBootDeadlineReportsFailedBoot(t *testing.T) {
 }
 
 func TestRunBadInputFailsCleanly(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	dir := t.TempDir()
 	text := filepath.Join(dir, "notes.txt")
@@ -232,6 +240,7 @@ func errorLines(stderr string) []string {
 // daemon is started by this command, so it inherits the PATH that lacks
 // QEMU.
 func TestRunWithoutQEMUSaysHowToInstallIt(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	cmd := e.command(context.Background(), "run", "--kernel", e.kernel, e.hello())
 	cmd.Env = append(cmd.Env, "PATH="+t.TempDir())
@@ -248,6 +257,7 @@ func TestRunWithoutQEMUSaysHowToInstallIt(t *testing.T) {
 }
 
 func TestRunManyAtOnce(t *testing.T) {
+	// Serial: it boots several VMs at once on purpose; other tests' boots on top would test the machine's load, not kiln.
 	e := newEnv(t)
 	const n = 4
 	var wg sync.WaitGroup
@@ -256,7 +266,7 @@ func TestRunManyAtOnce(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			results[i] = e.run("--rm", e.hello(), "-exit", "5")
+			results[i] = e.kilnAsync("run", "--kernel", e.kernel, "--rm", e.hello(), "-exit", "5")
 		}()
 	}
 	wg.Wait()
@@ -268,6 +278,7 @@ func TestRunManyAtOnce(t *testing.T) {
 }
 
 func TestDoctorExplainsAccelerator(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	r := e.kiln("doctor")
 	if !regexp.MustCompile(`(?m)^OK\s+accelerator\s+(kvm|tcg): `).MatchString(r.stdout) {

@@ -40,6 +40,7 @@ func refused(t *testing.T, what string, r result, want ...string) {
 // a new VM sees the marker. Meanwhile a second VM cannot take the volume,
 // the volume cannot be removed, and a baked directory is read-only.
 func TestVolumeKeepsDataAcrossRmAndGracefulStop(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	bakeDir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(bakeDir, "app.conf"), []byte("baked-setting=1\n"), 0o644); err != nil {
@@ -120,6 +121,7 @@ func TestVolumeKeepsDataAcrossRmAndGracefulStop(t *testing.T) {
 // TestVolumeBadInput: each bad mount is refused with exit 125 and a message
 // naming it, and leaves no VM and no volume behind.
 func TestVolumeBadInput(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	file := filepath.Join(t.TempDir(), "file")
 	if err := os.WriteFile(file, nil, 0o644); err != nil {
@@ -208,6 +210,7 @@ func (e *env) loadDebianWithApp() string {
 // read-only (the guest's write fails). A second VM sees the volume as the
 // first left it, not copied again.
 func TestVolumeImageCopyUpFullVolumeAndHostDirs(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	ref := e.loadDebianWithApp()
 	rw, ro := t.TempDir(), t.TempDir()
@@ -268,6 +271,7 @@ grep -E ' /(srv/app|small|host/rw|host/ro) ' /proc/mounts | cut -d' ' -f2-4`
 // TestAnonymousVolumes: -v /path gives a VM a volume of its own, kept by a
 // plain rm (as docker keeps it), removed by rm -v and by --rm.
 func TestAnonymousVolumes(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.runD("--name", "a", "-v", "/data", e.hello(), "-write", "/data/f", "-sleep", "10m")
 	e.awaitLog("a", "sleeping", 1)
