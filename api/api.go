@@ -247,12 +247,14 @@ type Image struct {
 	// RepoTags are the fully qualified tags pointing at the image, sorted.
 	RepoTags []string `json:"repoTags,omitempty"`
 	// RepoDigests are "repository@sha256:…" references the image was
-	// pulled by.
+	// pulled by (the index digest for a multi-platform image).
 	RepoDigests []string `json:"repoDigests,omitempty"`
-	// Digest is the manifest digest of the platform pulled.
+	// Digest is the digest of the platform-specific manifest stored.
 	Digest string `json:"digest"`
-	// Size is the bytes the image's blobs take in the store.
-	Size    int64     `json:"size"`
+	// Size is the bytes the image's blobs (manifest, config and compressed
+	// layers) take in the store.
+	Size int64 `json:"size"`
+	// Created is the creation time recorded in the image config.
 	Created time.Time `json:"created"`
 	// OS and Architecture are the platform the image config declares.
 	OS           string `json:"os,omitempty"`

@@ -29,26 +29,11 @@ func (d *Daemon) imageRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("DELETE /v1/auth", d.logout)
 }
 
-func imageToAPI(i *image.Image) api.Image {
-	out := api.Image{
-		ID: i.ID, RepoTags: i.RepoTags, RepoDigests: i.RepoDigests, Digest: i.Digest,
-		Size: i.Size, Created: i.Created, OS: i.OS, Architecture: i.Architecture,
-		Config: api.ImageConfig{
-			Entrypoint: i.Config.Entrypoint, Cmd: i.Config.Cmd, Env: i.Config.Env,
-			WorkingDir: i.Config.WorkingDir, User: i.Config.User, StopSignal: i.Config.StopSignal,
-			ExposedPorts: i.Config.ExposedPorts, Volumes: i.Config.Volumes, Labels: i.Config.Labels,
-		},
-	}
-	if h := i.Config.Healthcheck; h != nil {
-		out.Config.Healthcheck = &api.ImageHealthcheck{Test: h.Test, Interval: h.Interval, Timeout: h.Timeout, StartPeriod: h.StartPeriod, Retries: h.Retries}
-	}
-	return out
-}
-
+// imagesToAPI answers a list as an array, never null.
 func imagesToAPI(imgs []*image.Image) []api.Image {
 	out := []api.Image{}
 	for _, i := range imgs {
-		out = append(out, imageToAPI(i))
+		out = append(out, *i)
 	}
 	return out
 }
@@ -90,7 +75,7 @@ func (d *Daemon) inspectImage(w http.ResponseWriter, r *http.Request) {
 		d.fail(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, imageToAPI(img))
+	writeJSON(w, http.StatusOK, *img)
 }
 
 // progressStream answers a pull or a push. Nothing is written until the
@@ -189,7 +174,7 @@ func (d *Daemon) pullImage(w http.ResponseWriter, r *http.Request) {
 		p.fail(err)
 		return
 	}
-	aux, err := json.Marshal(imageToAPI(img))
+	aux, err := json.Marshal(*img)
 	if err != nil {
 		p.fail(err)
 		return

@@ -18,6 +18,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"golang.org/x/sys/unix"
 
+	"kiln.dev/kiln/api"
 	"kiln.dev/kiln/internal/atomicfile"
 )
 
@@ -74,55 +75,21 @@ type Progress struct {
 	Cached bool
 }
 
-// Image describes one image in the store.
-type Image struct {
-	// ID is the digest of the image's config blob ("sha256:…"), as docker
-	// shows it. It identifies the filesystem and runtime config regardless
-	// of how the layers were compressed or which registry served them, so
-	// the same image pulled and loaded from an archive is one ID, and the
-	// root filesystem is cached by it.
-	ID string `json:"id"`
-	// RepoTags are the fully qualified tags pointing at the image, sorted.
-	RepoTags []string `json:"repoTags,omitempty"`
-	// RepoDigests are "repository@sha256:…" references the image was
-	// pulled by (the index digest for a multi-platform image).
-	RepoDigests []string `json:"repoDigests,omitempty"`
-	// Digest is the digest of the platform-specific manifest stored.
-	Digest string `json:"digest"`
-	// Size is the bytes the image's blobs (manifest, config and compressed
-	// layers) take in the store.
-	Size int64 `json:"size"`
-	// Created is the creation time recorded in the image config.
-	Created time.Time `json:"created"`
-	// OS and Architecture are the platform the image config declares.
-	OS           string `json:"os,omitempty"`
-	Architecture string `json:"architecture,omitempty"`
-	// Config is the runtime configuration from the image config.
-	Config Config `json:"config"`
-}
+// Image describes one image in the store. It is the API's image, so the
+// daemon answers with what the store holds and nothing is copied between
+// two mirrored types: see api.Image for its fields. Its ID is the digest
+// of the image's config blob ("sha256:…"), as docker shows it: it
+// identifies the filesystem and runtime config regardless of how the
+// layers were compressed or which registry served them, so the same image
+// pulled and loaded from an archive is one ID, and the root filesystem is
+// cached by it.
+type Image = api.Image
 
 // Config is the part of an image config that decides how its process runs.
-type Config struct {
-	Entrypoint   []string          `json:"entrypoint,omitempty"`
-	Cmd          []string          `json:"cmd,omitempty"`
-	Env          []string          `json:"env,omitempty"`
-	WorkingDir   string            `json:"workingDir,omitempty"`
-	User         string            `json:"user,omitempty"`
-	StopSignal   string            `json:"stopSignal,omitempty"`
-	ExposedPorts []string          `json:"exposedPorts,omitempty"` // "80/tcp", sorted
-	Volumes      []string          `json:"volumes,omitempty"`      // paths, sorted
-	Labels       map[string]string `json:"labels,omitempty"`
-	Healthcheck  *Healthcheck      `json:"healthcheck,omitempty"`
-}
+type Config = api.ImageConfig
 
 // Healthcheck is the image's HEALTHCHECK.
-type Healthcheck struct {
-	Test        []string      `json:"test,omitempty"`
-	Interval    time.Duration `json:"interval,omitempty"`
-	Timeout     time.Duration `json:"timeout,omitempty"`
-	StartPeriod time.Duration `json:"startPeriod,omitempty"`
-	Retries     int           `json:"retries,omitempty"`
-}
+type Healthcheck = api.ImageHealthcheck
 
 // record is one image in index.json.
 type record struct {
