@@ -32,11 +32,11 @@ import (
 	"kiln.dev/kiln/internal/options"
 )
 
-// Sizes, in MiB.
+// Sizes, in MiB: a volume's disk is sized as a VM's own disk is.
 const (
-	DefaultSizeMiB = 10 << 10
-	MinSizeMiB     = 16
-	MaxSizeMiB     = 16 << 20 // ext4's limit with 4 KiB blocks
+	DefaultSizeMiB = options.DefaultDiskMiB
+	MinSizeMiB     = options.MinDiskMiB
+	MaxSizeMiB     = options.MaxDiskMiB
 )
 
 // File names in a volume's directory.
