@@ -27,27 +27,23 @@ const StreamProtocol = "kiln-stream"
 // The daemon reads the client only as fast as the guest takes stdin and
 // reads the guest only as fast as the client takes output, so a fast
 // stream holds no more than a window in the daemon.
-func (d *Daemon) exec(w http.ResponseWriter, r *http.Request) {
+func (d *Daemon) exec(w http.ResponseWriter, r *http.Request) error {
 	var c api.ExecConfig
 	if err := decode(w, r, &c); err != nil {
-		d.fail(w, err)
-		return
+		return err
 	}
 	if len(c.Cmd) == 0 || c.Cmd[0] == "" {
-		d.fail(w, errdefs.Invalid("exec needs a command"))
-		return
+		return errdefs.Invalid("exec needs a command")
 	}
 	vm, err := d.sup.Running(r.Context(), r.PathValue("ref"))
 	if err != nil {
-		d.fail(w, err)
-		return
+		return err
 	}
 	sess, err := vm.Exec(agent.ExecRequest{Args: c.Cmd, Env: c.Env, WorkingDir: c.WorkingDir, User: c.User,
 		TTY: c.Tty, Rows: c.Rows, Cols: c.Cols, Stdin: c.Stdin})
 	var ee *runtime.ExecError
 	if err != nil && !errors.As(err, &ee) {
-		d.fail(w, errdefs.Mark(err, errdefs.ErrConflict))
-		return
+		return errdefs.Mark(err, errdefs.ErrConflict)
 	}
 	conn, rw, err := upgrade(w)
 	if err != nil {
@@ -55,13 +51,13 @@ func (d *Daemon) exec(w http.ResponseWriter, r *http.Request) {
 			sess.Close()
 		}
 		d.log.Warn("exec: upgrading the connection", "err", err)
-		return
+		return nil
 	}
 	defer conn.Close()
 	out := &frameWriter{w: conn}
 	if ee != nil {
 		out.json(agent.FrameExit, api.ExecExit{ExitCode: ee.Code, Error: ee.Msg})
-		return
+		return nil
 	}
 	defer sess.Close()
 	go func() {
@@ -92,12 +88,12 @@ func (d *Daemon) exec(w http.ResponseWriter, r *http.Request) {
 		f, err := sess.Recv()
 		if err != nil {
 			out.json(agent.FrameExit, api.ExecExit{ExitCode: 125, Error: err.Error()})
-			return
+			return nil
 		}
 		switch f.Type {
 		case agent.FrameStdout, agent.FrameStderr:
 			if out.frame(agent.Frame{Type: f.Type, Payload: f.Payload}) != nil {
-				return
+				return nil
 			}
 		case agent.FrameExit:
 			e, err := runtime.ParseExit(f)
@@ -106,7 +102,7 @@ func (d *Daemon) exec(w http.ResponseWriter, r *http.Request) {
 				x = api.ExecExit{ExitCode: 125, Error: err.Error()}
 			}
 			out.json(agent.FrameExit, x)
-			return
+			return nil
 		}
 	}
 }
@@ -144,21 +140,18 @@ func (fw *frameWriter) json(t byte, v any) {
 
 // archiveGet streams a path of a running VM as a tar archive, as docker's
 // GET /containers/{id}/archive.
-func (d *Daemon) archiveGet(w http.ResponseWriter, r *http.Request) {
+func (d *Daemon) archiveGet(w http.ResponseWriter, r *http.Request) error {
 	p := r.URL.Query().Get("path")
 	if p == "" {
-		d.fail(w, errdefs.Invalid("archive needs a path"))
-		return
+		return errdefs.Invalid("archive needs a path")
 	}
 	vm, err := d.sup.Running(r.Context(), r.PathValue("ref"))
 	if err != nil {
-		d.fail(w, err)
-		return
+		return err
 	}
 	sess, err := vm.CopyOut(p)
 	if err != nil {
-		d.fail(w, err)
-		return
+		return err
 	}
 	defer sess.Close()
 	w.Header().Set("Content-Type", "application/x-tar")
@@ -171,35 +164,32 @@ func (d *Daemon) archiveGet(w http.ResponseWriter, r *http.Request) {
 		switch f.Type {
 		case agent.FrameStdout:
 			if _, err := w.Write(f.Payload); err != nil {
-				return
+				return nil
 			}
 		case agent.FrameExit:
 			if e, err := runtime.ParseExit(f); err != nil || e.Error != "" {
 				d.log.Warn("copying out of a VM", "vm", vm.ID, "path", p, "err", e.Error)
 				panic(http.ErrAbortHandler)
 			}
-			return
+			return nil
 		}
 	}
 }
 
 // archivePut extracts the tar archive in the body into a path of a
 // running VM, as docker's PUT /containers/{id}/archive.
-func (d *Daemon) archivePut(w http.ResponseWriter, r *http.Request) {
+func (d *Daemon) archivePut(w http.ResponseWriter, r *http.Request) error {
 	p := r.URL.Query().Get("path")
 	if p == "" {
-		d.fail(w, errdefs.Invalid("archive needs a path"))
-		return
+		return errdefs.Invalid("archive needs a path")
 	}
 	vm, err := d.sup.Running(r.Context(), r.PathValue("ref"))
 	if err != nil {
-		d.fail(w, err)
-		return
+		return err
 	}
 	sess, err := vm.CopyIn(p)
 	if err != nil {
-		d.fail(w, err)
-		return
+		return err
 	}
 	defer sess.Close()
 	copied := make(chan error, 1)
@@ -213,8 +203,7 @@ func (d *Daemon) archivePut(w http.ResponseWriter, r *http.Request) {
 	for {
 		f, err := sess.Recv()
 		if err != nil {
-			d.fail(w, err)
-			return
+			return err
 		}
 		if f.Type != agent.FrameExit {
 			continue
@@ -224,29 +213,26 @@ func (d *Daemon) archivePut(w http.ResponseWriter, r *http.Request) {
 			err = fmt.Errorf("copying into VM %s: %s", vm.Name, e.Error)
 		}
 		if err != nil {
-			d.fail(w, err)
-			return
+			return err
 		}
 		if err := <-copied; err != nil {
-			d.fail(w, fmt.Errorf("copying into VM %s: %w", vm.Name, err))
-			return
+			return fmt.Errorf("copying into VM %s: %w", vm.Name, err)
 		}
 		w.WriteHeader(http.StatusNoContent)
-		return
+		return nil
 	}
 }
 
 // stats answers a running VM's memory and load, from its guest agent.
-func (d *Daemon) stats(w http.ResponseWriter, r *http.Request) {
+func (d *Daemon) stats(w http.ResponseWriter, r *http.Request) error {
 	vm, err := d.sup.Running(r.Context(), r.PathValue("ref"))
 	if err != nil {
-		d.fail(w, err)
-		return
+		return err
 	}
 	st, err := vm.Stats()
 	if err != nil {
-		d.fail(w, errdefs.Mark(err, errdefs.ErrConflict))
-		return
+		return errdefs.Mark(err, errdefs.ErrConflict)
 	}
 	writeJSON(w, http.StatusOK, api.Stats{MemTotal: st.MemTotal, MemAvailable: st.MemAvailable, Load: st.Load, Uptime: st.Uptime, Processes: st.Processes})
+	return nil
 }

@@ -28,22 +28,22 @@ func (d *Daemon) routes() http.Handler {
 	mux.HandleFunc("GET /v1/ping", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
-	mux.HandleFunc("GET /v1/info", d.info)
-	mux.HandleFunc("POST /v1/vms", d.create)
-	mux.HandleFunc("GET /v1/vms", d.list)
-	mux.HandleFunc("GET /v1/vms/{ref}", d.inspect)
-	mux.HandleFunc("POST /v1/vms/{ref}/start", d.start)
-	mux.HandleFunc("POST /v1/vms/{ref}/stop", d.stop)
-	mux.HandleFunc("POST /v1/vms/{ref}/restart", d.restart)
-	mux.HandleFunc("POST /v1/vms/{ref}/kill", d.kill)
-	mux.HandleFunc("POST /v1/vms/{ref}/wait", d.wait)
-	mux.HandleFunc("DELETE /v1/vms/{ref}", d.remove)
-	mux.HandleFunc("GET /v1/vms/{ref}/logs", d.logs)
-	mux.HandleFunc("GET /v1/events", d.events)
-	mux.HandleFunc("POST /v1/vms/{ref}/exec", d.exec)
-	mux.HandleFunc("GET /v1/vms/{ref}/archive", d.archiveGet)
-	mux.HandleFunc("PUT /v1/vms/{ref}/archive", d.archivePut)
-	mux.HandleFunc("GET /v1/vms/{ref}/stats", d.stats)
+	mux.HandleFunc("GET /v1/info", d.handle(d.info))
+	mux.HandleFunc("POST /v1/vms", d.handle(d.create))
+	mux.HandleFunc("GET /v1/vms", d.handle(d.list))
+	mux.HandleFunc("GET /v1/vms/{ref}", d.handle(d.inspect))
+	mux.HandleFunc("POST /v1/vms/{ref}/start", d.handle(d.start))
+	mux.HandleFunc("POST /v1/vms/{ref}/stop", d.handle(d.stop))
+	mux.HandleFunc("POST /v1/vms/{ref}/restart", d.handle(d.restart))
+	mux.HandleFunc("POST /v1/vms/{ref}/kill", d.handle(d.kill))
+	mux.HandleFunc("POST /v1/vms/{ref}/wait", d.handle(d.wait))
+	mux.HandleFunc("DELETE /v1/vms/{ref}", d.handle(d.remove))
+	mux.HandleFunc("GET /v1/vms/{ref}/logs", d.handle(d.logs))
+	mux.HandleFunc("GET /v1/events", d.handle(d.events))
+	mux.HandleFunc("POST /v1/vms/{ref}/exec", d.handle(d.exec))
+	mux.HandleFunc("GET /v1/vms/{ref}/archive", d.handle(d.archiveGet))
+	mux.HandleFunc("PUT /v1/vms/{ref}/archive", d.handle(d.archivePut))
+	mux.HandleFunc("GET /v1/vms/{ref}/stats", d.handle(d.stats))
 	d.imageRoutes(mux)
 	d.networkRoutes(mux)
 	d.volumeRoutes(mux)
@@ -78,6 +78,22 @@ func writeError(w http.ResponseWriter, code int, msg string) {
 	writeJSON(w, code, api.Error{Message: msg})
 }
 
+// handler is an endpoint: it answers w itself, or returns the error that
+// stops it before it has answered anything, and handle answers that.
+type handler func(w http.ResponseWriter, r *http.Request) error
+
+// handle adapts an endpoint to net/http: the one place where an error
+// becomes an answer, its status from statusOf. A handler that has begun
+// answering (a stream) reports later failures in the stream and returns
+// nil.
+func (d *Daemon) handle(h handler) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if err := h(w, r); err != nil {
+			d.fail(w, err)
+		}
+	}
+}
+
 func (d *Daemon) fail(w http.ResponseWriter, err error) {
 	code := statusOf(err)
 	if code == http.StatusInternalServerError {
@@ -103,11 +119,10 @@ func decode(w http.ResponseWriter, r *http.Request, v any) error {
 	return nil
 }
 
-func (d *Daemon) info(w http.ResponseWriter, r *http.Request) {
+func (d *Daemon) info(w http.ResponseWriter, r *http.Request) error {
 	views, err := d.sup.List(r.Context())
 	if err != nil {
-		d.fail(w, err)
-		return
+		return err
 	}
 	info := api.Info{Version: api.Version, Root: d.cfg.Root, PID: os.Getpid(), VMs: len(views)}
 	if exe, err := os.Executable(); err == nil {
@@ -122,55 +137,54 @@ func (d *Daemon) info(w http.ResponseWriter, r *http.Request) {
 		info.Accel = string(c.Accel)
 	}
 	writeJSON(w, http.StatusOK, info)
+	return nil
 }
 
-func (d *Daemon) create(w http.ResponseWriter, r *http.Request) {
+func (d *Daemon) create(w http.ResponseWriter, r *http.Request) error {
 	var c api.VMConfig
 	if err := decode(w, r, &c); err != nil {
-		d.fail(w, err)
-		return
+		return err
 	}
 	spec, opts, err := fromAPI(&c)
 	if err != nil {
-		d.fail(w, err)
-		return
+		return err
 	}
 	v, warnings, err := d.sup.Create(r.Context(), spec, opts)
 	if err != nil {
-		d.fail(w, err)
-		return
+		return err
 	}
 	writeJSON(w, http.StatusCreated, api.CreateResponse{ID: v.Record.ID, Name: v.Record.Name, Warnings: warnings})
+	return nil
 }
 
-func (d *Daemon) list(w http.ResponseWriter, r *http.Request) {
+func (d *Daemon) list(w http.ResponseWriter, r *http.Request) error {
 	views, err := d.sup.List(r.Context())
 	if err != nil {
-		d.fail(w, err)
-		return
+		return err
 	}
 	out := []api.VM{}
 	for _, v := range views {
 		out = append(out, toAPI(v))
 	}
 	writeJSON(w, http.StatusOK, out)
+	return nil
 }
 
-func (d *Daemon) inspect(w http.ResponseWriter, r *http.Request) {
+func (d *Daemon) inspect(w http.ResponseWriter, r *http.Request) error {
 	v, err := d.sup.Get(r.Context(), r.PathValue("ref"))
 	if err != nil {
-		d.fail(w, err)
-		return
+		return err
 	}
 	writeJSON(w, http.StatusOK, toAPI(v))
+	return nil
 }
 
-func (d *Daemon) start(w http.ResponseWriter, r *http.Request) {
+func (d *Daemon) start(w http.ResponseWriter, r *http.Request) error {
 	if err := d.sup.Start(r.Context(), r.PathValue("ref")); err != nil {
-		d.fail(w, err)
-		return
+		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
+	return nil
 }
 
 // graceParam reads ?t=SECONDS; absent means the VM's own stop timeout (-1).
@@ -186,31 +200,31 @@ func graceParam(r *http.Request) (time.Duration, error) {
 	return time.Duration(n) * time.Second, nil
 }
 
-func (d *Daemon) stop(w http.ResponseWriter, r *http.Request) {
+func (d *Daemon) stop(w http.ResponseWriter, r *http.Request) error {
 	grace, err := graceParam(r)
 	if err == nil {
 		err = d.sup.Stop(r.Context(), r.PathValue("ref"), grace)
 	}
 	if err != nil {
-		d.fail(w, err)
-		return
+		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
+	return nil
 }
 
-func (d *Daemon) restart(w http.ResponseWriter, r *http.Request) {
+func (d *Daemon) restart(w http.ResponseWriter, r *http.Request) error {
 	grace, err := graceParam(r)
 	if err == nil {
 		err = d.sup.Restart(r.Context(), r.PathValue("ref"), grace)
 	}
 	if err != nil {
-		d.fail(w, err)
-		return
+		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
+	return nil
 }
 
-func (d *Daemon) kill(w http.ResponseWriter, r *http.Request) {
+func (d *Daemon) kill(w http.ResponseWriter, r *http.Request) error {
 	name := r.URL.Query().Get("signal")
 	if name == "" {
 		name = "KILL"
@@ -220,16 +234,16 @@ func (d *Daemon) kill(w http.ResponseWriter, r *http.Request) {
 		err = d.sup.Kill(r.Context(), r.PathValue("ref"), syscall.Signal(sig))
 	}
 	if err != nil {
-		d.fail(w, err)
-		return
+		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
+	return nil
 }
 
 // wait answers with the exit code when the VM's run ends. The status line
 // goes out as soon as the wait is in place, so a client can wait on the next
 // run (condition=next-exit) and only then start the VM.
-func (d *Daemon) wait(w http.ResponseWriter, r *http.Request) {
+func (d *Daemon) wait(w http.ResponseWriter, r *http.Request) error {
 	next := r.URL.Query().Get("condition") == "next-exit"
 	var started bool
 	code, msg, err := d.sup.Wait(r.Context(), r.PathValue("ref"), next, func() {
@@ -240,23 +254,24 @@ func (d *Daemon) wait(w http.ResponseWriter, r *http.Request) {
 		}
 		started = true
 	})
+	if err != nil && !started {
+		return err
+	}
 	if err != nil {
-		if !started {
-			d.fail(w, err)
-		}
-		return
+		return nil // the answer had begun: the client sees it cut short
 	}
 	_ = json.NewEncoder(w).Encode(api.WaitResponse{ExitCode: code, Error: msg})
+	return nil
 }
 
-func (d *Daemon) remove(w http.ResponseWriter, r *http.Request) {
+func (d *Daemon) remove(w http.ResponseWriter, r *http.Request) error {
 	flag := func(k string) bool { v := r.URL.Query().Get(k); return v == "1" || v == "true" }
 	o := runtime.RemoveOptions{Force: flag("force"), Volumes: flag("v")}
 	if err := d.sup.Remove(r.Context(), r.PathValue("ref"), o); err != nil {
-		d.fail(w, err)
-		return
+		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
+	return nil
 }
 
 // timeParam reads a time as RFC 3339, Unix seconds, or a duration ago
@@ -310,14 +325,13 @@ func (s *streamer) send(v any, flush bool) error {
 	return nil
 }
 
-func (d *Daemon) logs(w http.ResponseWriter, r *http.Request) {
+func (d *Daemon) logs(w http.ResponseWriter, r *http.Request) error {
 	q := r.URL.Query()
 	ref := r.PathValue("ref")
 	if q.Get("console") == "1" {
 		paths, err := d.sup.Console(r.Context(), ref)
 		if err != nil {
-			d.fail(w, err)
-			return
+			return err
 		}
 		var files []*os.File
 		for _, p := range paths {
@@ -326,8 +340,7 @@ func (d *Daemon) logs(w http.ResponseWriter, r *http.Request) {
 				continue
 			}
 			if err != nil {
-				d.fail(w, fmt.Errorf("reading console: %w", err))
-				return
+				return fmt.Errorf("reading console: %w", err)
 			}
 			defer f.Close()
 			files = append(files, f)
@@ -335,10 +348,10 @@ func (d *Daemon) logs(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
 		for _, f := range files {
 			if _, err := io.Copy(w, f); err != nil {
-				return
+				return nil
 			}
 		}
-		return
+		return nil
 	}
 	lq := runtime.LogQuery{Tail: -1, Follow: q.Get("follow") == "1"}
 	var err error
@@ -352,23 +365,21 @@ func (d *Daemon) logs(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if err != nil {
-		d.fail(w, err)
-		return
+		return err
 	}
 	entries, live, cancel, err := d.sup.Logs(r.Context(), ref, lq)
 	if err != nil {
-		d.fail(w, err)
-		return
+		return err
 	}
 	defer cancel()
 	s := newStreamer(w)
 	for i, e := range entries {
 		if s.send(api.LogEntry{Stream: e.Stream, Time: e.Time, Line: e.Line}, i == len(entries)-1) != nil {
-			return
+			return nil
 		}
 	}
 	if err := s.bw.Flush(); err != nil || live == nil {
-		return
+		return nil
 	}
 	if s.fl != nil {
 		s.fl.Flush()
@@ -377,26 +388,25 @@ func (d *Daemon) logs(w http.ResponseWriter, r *http.Request) {
 		select {
 		case e, ok := <-live:
 			if !ok {
-				return
+				return nil
 			}
 			if s.send(api.LogEntry{Stream: e.Stream, Time: e.Time, Line: e.Line}, len(live) == 0) != nil {
-				return
+				return nil
 			}
 		case <-r.Context().Done():
-			return
+			return nil
 		}
 	}
 }
 
-func (d *Daemon) events(w http.ResponseWriter, r *http.Request) {
+func (d *Daemon) events(w http.ResponseWriter, r *http.Request) error {
 	since, err := timeParam(r, "since")
 	var until time.Time
 	if err == nil {
 		until, err = timeParam(r, "until")
 	}
 	if err != nil {
-		d.fail(w, err)
-		return
+		return err
 	}
 	follow := r.URL.Query().Get("follow") != "0" && until.IsZero()
 	var live <-chan state.Event
@@ -408,8 +418,7 @@ func (d *Daemon) events(w http.ResponseWriter, r *http.Request) {
 	var past []state.Event
 	if !since.IsZero() || !until.IsZero() {
 		if past, err = d.db.Events(r.Context(), since, until); err != nil {
-			d.fail(w, err)
-			return
+			return err
 		}
 	}
 	s := newStreamer(w)
@@ -417,11 +426,11 @@ func (d *Daemon) events(w http.ResponseWriter, r *http.Request) {
 	for _, e := range past {
 		last = e.Seq
 		if s.send(eventToAPI(e), false) != nil {
-			return
+			return nil
 		}
 	}
 	if s.bw.Flush() != nil || !follow {
-		return
+		return nil
 	}
 	if s.fl != nil {
 		s.fl.Flush()
@@ -430,16 +439,16 @@ func (d *Daemon) events(w http.ResponseWriter, r *http.Request) {
 		select {
 		case e, ok := <-live:
 			if !ok {
-				return
+				return nil
 			}
 			if e.Seq <= last {
 				continue // already sent from the store
 			}
 			if s.send(eventToAPI(e), true) != nil {
-				return
+				return nil
 			}
 		case <-r.Context().Done():
-			return
+			return nil
 		}
 	}
 }

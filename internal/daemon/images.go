@@ -18,15 +18,15 @@ import (
 // slashes and colons. Pull and push stream their progress as ndjson.
 
 func (d *Daemon) imageRoutes(mux *http.ServeMux) {
-	mux.HandleFunc("GET /v1/images", d.listImages)
-	mux.HandleFunc("GET /v1/images/inspect", d.inspectImage)
-	mux.HandleFunc("POST /v1/images/pull", d.pullImage)
-	mux.HandleFunc("POST /v1/images/push", d.pushImage)
-	mux.HandleFunc("POST /v1/images/load", d.loadImages)
-	mux.HandleFunc("POST /v1/images/prune", d.pruneImages)
-	mux.HandleFunc("DELETE /v1/images", d.removeImage)
-	mux.HandleFunc("POST /v1/auth", d.login)
-	mux.HandleFunc("DELETE /v1/auth", d.logout)
+	mux.HandleFunc("GET /v1/images", d.handle(d.listImages))
+	mux.HandleFunc("GET /v1/images/inspect", d.handle(d.inspectImage))
+	mux.HandleFunc("POST /v1/images/pull", d.handle(d.pullImage))
+	mux.HandleFunc("POST /v1/images/push", d.handle(d.pushImage))
+	mux.HandleFunc("POST /v1/images/load", d.handle(d.loadImages))
+	mux.HandleFunc("POST /v1/images/prune", d.handle(d.pruneImages))
+	mux.HandleFunc("DELETE /v1/images", d.handle(d.removeImage))
+	mux.HandleFunc("POST /v1/auth", d.handle(d.login))
+	mux.HandleFunc("DELETE /v1/auth", d.handle(d.logout))
 }
 
 // imagesToAPI answers a list as an array, never null.
@@ -38,18 +38,17 @@ func imagesToAPI(imgs []*image.Image) []api.Image {
 	return out
 }
 
-func (d *Daemon) listImages(w http.ResponseWriter, r *http.Request) {
+func (d *Daemon) listImages(w http.ResponseWriter, r *http.Request) error {
 	s, err := d.rt.Images()
 	if err != nil {
-		d.fail(w, err)
-		return
+		return err
 	}
 	imgs, err := s.List()
 	if err != nil {
-		d.fail(w, err)
-		return
+		return err
 	}
 	writeJSON(w, http.StatusOK, imagesToAPI(imgs))
+	return nil
 }
 
 func refParam(r *http.Request) (string, error) {
@@ -60,22 +59,21 @@ func refParam(r *http.Request) (string, error) {
 	return ref, nil
 }
 
-func (d *Daemon) inspectImage(w http.ResponseWriter, r *http.Request) {
+func (d *Daemon) inspectImage(w http.ResponseWriter, r *http.Request) error {
 	ref, err := refParam(r)
 	var s *image.Store
 	if err == nil {
 		s, err = d.rt.Images()
 	}
 	if err != nil {
-		d.fail(w, err)
-		return
+		return err
 	}
 	img, err := s.Get(ref)
 	if err != nil {
-		d.fail(w, err)
-		return
+		return err
 	}
 	writeJSON(w, http.StatusOK, *img)
+	return nil
 }
 
 // progressStream answers a pull or a push. Nothing is written until the
@@ -149,7 +147,7 @@ func shortDigest(d string) string {
 	return algo + ":" + h[:min(12, len(h))]
 }
 
-func (d *Daemon) pullImage(w http.ResponseWriter, r *http.Request) {
+func (d *Daemon) pullImage(w http.ResponseWriter, r *http.Request) error {
 	var req api.PullRequest
 	err := decode(w, r, &req)
 	opts := image.PullOptions{Insecure: req.Insecure, Platform: req.Platform}
@@ -164,25 +162,25 @@ func (d *Daemon) pullImage(w http.ResponseWriter, r *http.Request) {
 		s, err = d.rt.Images()
 	}
 	if err != nil {
-		d.fail(w, err)
-		return
+		return err
 	}
 	p := &progressStream{d: d, w: w}
 	opts.Progress = p.report
 	img, err := s.Pull(r.Context(), req.Ref, opts)
 	if err != nil {
 		p.fail(err)
-		return
+		return nil
 	}
 	aux, err := json.Marshal(*img)
 	if err != nil {
 		p.fail(err)
-		return
+		return nil
 	}
 	p.send(api.JSONMessage{Aux: aux})
+	return nil
 }
 
-func (d *Daemon) pushImage(w http.ResponseWriter, r *http.Request) {
+func (d *Daemon) pushImage(w http.ResponseWriter, r *http.Request) error {
 	var req api.PushRequest
 	err := decode(w, r, &req)
 	var s *image.Store
@@ -190,15 +188,15 @@ func (d *Daemon) pushImage(w http.ResponseWriter, r *http.Request) {
 		s, err = d.rt.Images()
 	}
 	if err != nil {
-		d.fail(w, err)
-		return
+		return err
 	}
 	p := &progressStream{d: d, w: w}
 	if err := s.Push(r.Context(), req.Src, req.Dst, image.PullOptions{Insecure: req.Insecure, Progress: p.report}); err != nil {
 		p.fail(err)
-		return
+		return nil
 	}
 	p.send(api.JSONMessage{Status: api.StatusPushed, ID: ""})
+	return nil
 }
 
 // maxLabel bounds the name a load request gives its archive.
@@ -207,55 +205,50 @@ const maxLabel = 1024
 // loadImages loads the images of the docker-archive or OCI archive that is
 // the request body, and answers the images loaded. ?name= names the
 // archive in messages only: the daemon opens no path a client names.
-func (d *Daemon) loadImages(w http.ResponseWriter, r *http.Request) {
+func (d *Daemon) loadImages(w http.ResponseWriter, r *http.Request) error {
 	label := r.URL.Query().Get("name")
 	if label == "" {
 		label = "archive"
 	}
 	if len(label) > maxLabel || strings.ContainsAny(label, "\x00\n") {
-		d.fail(w, fmt.Errorf("archive name over %d bytes or with a newline: %w", maxLabel, errdefs.ErrInvalidArgument))
-		return
+		return fmt.Errorf("archive name over %d bytes or with a newline: %w", maxLabel, errdefs.ErrInvalidArgument)
 	}
 	s, err := d.rt.Images()
 	if err != nil {
-		d.fail(w, err)
-		return
+		return err
 	}
 	imgs, err := s.LoadArchive(r.Context(), r.Body, label)
 	if err != nil {
-		d.fail(w, err)
-		return
+		return err
 	}
 	writeJSON(w, http.StatusOK, imagesToAPI(imgs))
+	return nil
 }
 
-func (d *Daemon) pruneImages(w http.ResponseWriter, r *http.Request) {
+func (d *Daemon) pruneImages(w http.ResponseWriter, r *http.Request) error {
 	s, err := d.rt.Images()
 	if err != nil {
-		d.fail(w, err)
-		return
+		return err
 	}
 	freed, err := s.Prune()
 	if err != nil {
-		d.fail(w, err)
-		return
+		return err
 	}
 	writeJSON(w, http.StatusOK, api.PruneResponse{SpaceReclaimed: freed})
+	return nil
 }
 
 // removeImage removes an image (by tag, digest or ID) by the supervisor's
 // one policy (see runtime.Supervisor.RemoveImage) and answers what it
 // untagged and deleted.
-func (d *Daemon) removeImage(w http.ResponseWriter, r *http.Request) {
+func (d *Daemon) removeImage(w http.ResponseWriter, r *http.Request) error {
 	ref, err := refParam(r)
 	if err != nil {
-		d.fail(w, err)
-		return
+		return err
 	}
 	res, err := d.sup.RemoveImage(ref, r.URL.Query().Get("force") == "1")
 	if err != nil {
-		d.fail(w, err)
-		return
+		return err
 	}
 	out := []api.ImageDeleted{}
 	for _, t := range res.Untagged {
@@ -265,9 +258,10 @@ func (d *Daemon) removeImage(w http.ResponseWriter, r *http.Request) {
 		out = append(out, api.ImageDeleted{Deleted: res.Deleted})
 	}
 	writeJSON(w, http.StatusOK, out)
+	return nil
 }
 
-func (d *Daemon) login(w http.ResponseWriter, r *http.Request) {
+func (d *Daemon) login(w http.ResponseWriter, r *http.Request) error {
 	var req api.LoginRequest
 	err := decode(w, r, &req)
 	var s *image.Store
@@ -275,18 +269,17 @@ func (d *Daemon) login(w http.ResponseWriter, r *http.Request) {
 		s, err = d.rt.Images()
 	}
 	if err != nil {
-		d.fail(w, err)
-		return
+		return err
 	}
 	if err := s.Login(req.Registry, req.Username, req.Password); err != nil {
-		d.fail(w, err)
-		return
+		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
+	return nil
 }
 
 // logout forgets the credentials of ?registry=.
-func (d *Daemon) logout(w http.ResponseWriter, r *http.Request) {
+func (d *Daemon) logout(w http.ResponseWriter, r *http.Request) error {
 	reg := strings.TrimSpace(r.URL.Query().Get("registry"))
 	var s *image.Store
 	var err error
@@ -296,12 +289,11 @@ func (d *Daemon) logout(w http.ResponseWriter, r *http.Request) {
 		s, err = d.rt.Images()
 	}
 	if err != nil {
-		d.fail(w, err)
-		return
+		return err
 	}
 	if err := s.Logout(reg); err != nil {
-		d.fail(w, err)
-		return
+		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
+	return nil
 }

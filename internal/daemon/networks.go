@@ -10,54 +10,53 @@ import (
 )
 
 func (d *Daemon) networkRoutes(mux *http.ServeMux) {
-	mux.HandleFunc("POST /v1/networks", d.createNetwork)
-	mux.HandleFunc("GET /v1/networks", d.listNetworks)
-	mux.HandleFunc("GET /v1/networks/{name}", d.inspectNetwork)
-	mux.HandleFunc("DELETE /v1/networks/{name}", d.removeNetwork)
+	mux.HandleFunc("POST /v1/networks", d.handle(d.createNetwork))
+	mux.HandleFunc("GET /v1/networks", d.handle(d.listNetworks))
+	mux.HandleFunc("GET /v1/networks/{name}", d.handle(d.inspectNetwork))
+	mux.HandleFunc("DELETE /v1/networks/{name}", d.handle(d.removeNetwork))
 }
 
-func (d *Daemon) createNetwork(w http.ResponseWriter, r *http.Request) {
+func (d *Daemon) createNetwork(w http.ResponseWriter, r *http.Request) error {
 	var c api.NetworkCreate
 	if err := decode(w, r, &c); err != nil {
-		d.fail(w, err)
-		return
+		return err
 	}
 	v, err := d.sup.CreateNetwork(r.Context(), runtime.NetworkRequest{Name: c.Name, Subnet: c.Subnet, Gateway: c.Gateway, Egress: c.Egress, IsolateVMs: c.IsolateVMs})
 	if err != nil {
-		d.fail(w, err)
-		return
+		return err
 	}
 	writeJSON(w, http.StatusCreated, networkToAPI(v))
+	return nil
 }
 
-func (d *Daemon) listNetworks(w http.ResponseWriter, r *http.Request) {
+func (d *Daemon) listNetworks(w http.ResponseWriter, r *http.Request) error {
 	vs, err := d.sup.Networks(r.Context())
 	if err != nil {
-		d.fail(w, err)
-		return
+		return err
 	}
 	out := []api.Network{}
 	for _, v := range vs {
 		out = append(out, networkToAPI(v))
 	}
 	writeJSON(w, http.StatusOK, out)
+	return nil
 }
 
-func (d *Daemon) inspectNetwork(w http.ResponseWriter, r *http.Request) {
+func (d *Daemon) inspectNetwork(w http.ResponseWriter, r *http.Request) error {
 	v, err := d.sup.Network(r.Context(), r.PathValue("name"))
 	if err != nil {
-		d.fail(w, err)
-		return
+		return err
 	}
 	writeJSON(w, http.StatusOK, networkToAPI(v))
+	return nil
 }
 
-func (d *Daemon) removeNetwork(w http.ResponseWriter, r *http.Request) {
+func (d *Daemon) removeNetwork(w http.ResponseWriter, r *http.Request) error {
 	if err := d.sup.RemoveNetwork(r.Context(), r.PathValue("name")); err != nil {
-		d.fail(w, err)
-		return
+		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
+	return nil
 }
 
 func networkToAPI(v *runtime.NetworkView) api.Network {

@@ -12,11 +12,11 @@ import (
 // VMs that name them.
 
 func (d *Daemon) volumeRoutes(mux *http.ServeMux) {
-	mux.HandleFunc("POST /v1/volumes", d.createVolume)
-	mux.HandleFunc("GET /v1/volumes", d.listVolumes)
-	mux.HandleFunc("GET /v1/volumes/{name}", d.inspectVolume)
-	mux.HandleFunc("DELETE /v1/volumes/{name}", d.removeVolume)
-	mux.HandleFunc("POST /v1/volumes/prune", d.pruneVolumes)
+	mux.HandleFunc("POST /v1/volumes", d.handle(d.createVolume))
+	mux.HandleFunc("GET /v1/volumes", d.handle(d.listVolumes))
+	mux.HandleFunc("GET /v1/volumes/{name}", d.handle(d.inspectVolume))
+	mux.HandleFunc("DELETE /v1/volumes/{name}", d.handle(d.removeVolume))
+	mux.HandleFunc("POST /v1/volumes/prune", d.handle(d.pruneVolumes))
 }
 
 func volumeToAPI(u *runtime.VolumeUsage) api.Volume {
@@ -24,60 +24,59 @@ func volumeToAPI(u *runtime.VolumeUsage) api.Volume {
 		Path: u.Disk(), UsedBy: u.UsedBy, AttachedTo: u.AttachedTo, Anonymous: u.Anonymous}
 }
 
-func (d *Daemon) createVolume(w http.ResponseWriter, r *http.Request) {
+func (d *Daemon) createVolume(w http.ResponseWriter, r *http.Request) error {
 	var req api.VolumeCreateRequest
 	if err := decode(w, r, &req); err != nil {
-		d.fail(w, err)
-		return
+		return err
 	}
 	u, err := d.sup.CreateVolume(r.Context(), req.Name, req.SizeMiB)
 	if err != nil {
-		d.fail(w, err)
-		return
+		return err
 	}
 	writeJSON(w, http.StatusCreated, volumeToAPI(u))
+	return nil
 }
 
-func (d *Daemon) listVolumes(w http.ResponseWriter, r *http.Request) {
+func (d *Daemon) listVolumes(w http.ResponseWriter, r *http.Request) error {
 	us, err := d.sup.ListVolumes()
 	if err != nil {
-		d.fail(w, err)
-		return
+		return err
 	}
 	out := []api.Volume{}
 	for _, u := range us {
 		out = append(out, volumeToAPI(u))
 	}
 	writeJSON(w, http.StatusOK, out)
+	return nil
 }
 
-func (d *Daemon) inspectVolume(w http.ResponseWriter, r *http.Request) {
+func (d *Daemon) inspectVolume(w http.ResponseWriter, r *http.Request) error {
 	u, err := d.sup.Volume(r.PathValue("name"))
 	if err != nil {
-		d.fail(w, err)
-		return
+		return err
 	}
 	writeJSON(w, http.StatusOK, volumeToAPI(u))
+	return nil
 }
 
-func (d *Daemon) removeVolume(w http.ResponseWriter, r *http.Request) {
+func (d *Daemon) removeVolume(w http.ResponseWriter, r *http.Request) error {
 	if err := d.sup.RemoveVolume(r.Context(), r.PathValue("name")); err != nil {
-		d.fail(w, err)
-		return
+		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
+	return nil
 }
 
-func (d *Daemon) pruneVolumes(w http.ResponseWriter, r *http.Request) {
+func (d *Daemon) pruneVolumes(w http.ResponseWriter, r *http.Request) error {
 	removed, freed, err := d.sup.PruneVolumes(r.Context())
 	if err != nil {
-		d.fail(w, err)
-		return
+		return err
 	}
 	if removed == nil {
 		removed = []string{}
 	}
 	writeJSON(w, http.StatusOK, api.VolumePruneResponse{Removed: removed, SpaceReclaimed: freed})
+	return nil
 }
 
 // The API's and the runtime's mounts have the same fields, so they convert
