@@ -13,7 +13,7 @@ import (
 	"kiln.dev/kiln/api"
 	"kiln.dev/kiln/internal/agent"
 	"kiln.dev/kiln/internal/errdefs"
-	"kiln.dev/kiln/internal/runtime"
+	"kiln.dev/kiln/internal/vm"
 )
 
 // StreamProtocol is the Upgrade token of an exec stream.
@@ -37,14 +37,14 @@ func (d *Daemon) exec(w http.ResponseWriter, r *http.Request) {
 		d.fail(w, errdefs.Invalid("exec needs a command"))
 		return
 	}
-	vm, err := d.sup.Running(r.Context(), r.PathValue("ref"))
+	v, err := d.sup.Running(r.Context(), r.PathValue("ref"))
 	if err != nil {
 		d.fail(w, err)
 		return
 	}
-	sess, err := vm.Exec(agent.ExecRequest{Args: c.Cmd, Env: c.Env, WorkingDir: c.WorkingDir, User: c.User,
+	sess, err := v.Exec(agent.ExecRequest{Args: c.Cmd, Env: c.Env, WorkingDir: c.WorkingDir, User: c.User,
 		TTY: c.Tty, Rows: c.Rows, Cols: c.Cols, Stdin: c.Stdin})
-	var ee *runtime.ExecError
+	var ee *vm.ExecError
 	if err != nil && !errors.As(err, &ee) {
 		d.fail(w, errdefs.Mark(err, errdefs.ErrConflict))
 		return
@@ -100,7 +100,7 @@ func (d *Daemon) exec(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 		case agent.FrameExit:
-			e, err := runtime.ParseExit(f)
+			e, err := vm.ParseExit(f)
 			x := api.ExecExit{ExitCode: e.ExitCode, Error: e.Error}
 			if err != nil {
 				x = api.ExecExit{ExitCode: 125, Error: err.Error()}
@@ -150,12 +150,12 @@ func (d *Daemon) archiveGet(w http.ResponseWriter, r *http.Request) {
 		d.fail(w, errdefs.Invalid("archive needs a path"))
 		return
 	}
-	vm, err := d.sup.Running(r.Context(), r.PathValue("ref"))
+	v, err := d.sup.Running(r.Context(), r.PathValue("ref"))
 	if err != nil {
 		d.fail(w, err)
 		return
 	}
-	sess, err := vm.CopyOut(p)
+	sess, err := v.CopyOut(p)
 	if err != nil {
 		d.fail(w, err)
 		return
@@ -174,8 +174,8 @@ func (d *Daemon) archiveGet(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 		case agent.FrameExit:
-			if e, err := runtime.ParseExit(f); err != nil || e.Error != "" {
-				d.log.Warn("copying out of a VM", "vm", vm.ID, "path", p, "err", e.Error)
+			if e, err := vm.ParseExit(f); err != nil || e.Error != "" {
+				d.log.Warn("copying out of a VM", "vm", v.ID, "path", p, "err", e.Error)
 				panic(http.ErrAbortHandler)
 			}
 			return
@@ -191,12 +191,12 @@ func (d *Daemon) archivePut(w http.ResponseWriter, r *http.Request) {
 		d.fail(w, errdefs.Invalid("archive needs a path"))
 		return
 	}
-	vm, err := d.sup.Running(r.Context(), r.PathValue("ref"))
+	v, err := d.sup.Running(r.Context(), r.PathValue("ref"))
 	if err != nil {
 		d.fail(w, err)
 		return
 	}
-	sess, err := vm.CopyIn(p)
+	sess, err := v.CopyIn(p)
 	if err != nil {
 		d.fail(w, err)
 		return
@@ -219,16 +219,16 @@ func (d *Daemon) archivePut(w http.ResponseWriter, r *http.Request) {
 		if f.Type != agent.FrameExit {
 			continue
 		}
-		e, err := runtime.ParseExit(f)
+		e, err := vm.ParseExit(f)
 		if err == nil && e.Error != "" {
-			err = fmt.Errorf("copying into VM %s: %s", vm.Name, e.Error)
+			err = fmt.Errorf("copying into VM %s: %s", v.Name, e.Error)
 		}
 		if err != nil {
 			d.fail(w, err)
 			return
 		}
 		if err := <-copied; err != nil {
-			d.fail(w, fmt.Errorf("copying into VM %s: %w", vm.Name, err))
+			d.fail(w, fmt.Errorf("copying into VM %s: %w", v.Name, err))
 			return
 		}
 		w.WriteHeader(http.StatusNoContent)
@@ -238,12 +238,12 @@ func (d *Daemon) archivePut(w http.ResponseWriter, r *http.Request) {
 
 // stats answers a running VM's memory and load, from its guest agent.
 func (d *Daemon) stats(w http.ResponseWriter, r *http.Request) {
-	vm, err := d.sup.Running(r.Context(), r.PathValue("ref"))
+	v, err := d.sup.Running(r.Context(), r.PathValue("ref"))
 	if err != nil {
 		d.fail(w, err)
 		return
 	}
-	st, err := vm.Stats()
+	st, err := v.Stats()
 	if err != nil {
 		d.fail(w, errdefs.Mark(err, errdefs.ErrConflict))
 		return

@@ -16,8 +16,8 @@ import (
 	"kiln.dev/kiln/api"
 	"kiln.dev/kiln/internal/errdefs"
 	"kiln.dev/kiln/internal/options"
-	"kiln.dev/kiln/internal/runtime"
 	"kiln.dev/kiln/internal/state"
+	"kiln.dev/kiln/internal/vm"
 )
 
 // maxBody bounds request bodies; a VM config is a few KiB.
@@ -251,7 +251,7 @@ func (d *Daemon) wait(w http.ResponseWriter, r *http.Request) {
 
 func (d *Daemon) remove(w http.ResponseWriter, r *http.Request) {
 	flag := func(k string) bool { v := r.URL.Query().Get(k); return v == "1" || v == "true" }
-	o := runtime.RemoveOptions{Force: flag("force"), Volumes: flag("v")}
+	o := vm.RemoveOptions{Force: flag("force"), Volumes: flag("v")}
 	if err := d.sup.Remove(r.Context(), r.PathValue("ref"), o); err != nil {
 		d.fail(w, err)
 		return
@@ -340,7 +340,7 @@ func (d *Daemon) logs(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
-	lq := runtime.LogQuery{Tail: -1, Follow: q.Get("follow") == "1"}
+	lq := vm.LogQuery{Tail: -1, Follow: q.Get("follow") == "1"}
 	var err error
 	if lq.Since, err = timeParam(r, "since"); err == nil {
 		lq.Until, err = timeParam(r, "until")
