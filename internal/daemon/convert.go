@@ -9,6 +9,7 @@ import (
 	"kiln.dev/kiln/internal/network"
 	"kiln.dev/kiln/internal/options"
 	"kiln.dev/kiln/internal/state"
+	"kiln.dev/kiln/internal/supervisor"
 	"kiln.dev/kiln/internal/vm"
 	"kiln.dev/kiln/internal/vmm"
 )
@@ -32,7 +33,7 @@ func CheckConfig(c api.VMConfig) error {
 
 // fromAPI turns a create request into the runtime's spec and options.
 // Validation happens in the runtime, which names the bad field.
-func fromAPI(c *api.VMConfig) (vm.Spec, vm.Options, error) {
+func fromAPI(c *api.VMConfig) (vm.Spec, supervisor.Options, error) {
 	spec := vm.Spec{
 		Name:        c.Name,
 		Program:     c.Program,
@@ -61,7 +62,7 @@ func fromAPI(c *api.VMConfig) (vm.Spec, vm.Options, error) {
 	for _, u := range c.Ulimits {
 		spec.Rlimits = append(spec.Rlimits, agent.Rlimit{Name: u.Name, Soft: u.Soft, Hard: u.Hard})
 	}
-	opts := vm.Options{
+	opts := supervisor.Options{
 		Restart:    options.RestartPolicy{Name: c.Restart.Name, MaxRetries: c.Restart.MaxRetries},
 		AutoRemove: c.AutoRemove,
 		Log:        options.LogConfig{MaxSize: c.Log.MaxSize, MaxFiles: c.Log.MaxFiles},
@@ -74,7 +75,7 @@ func fromAPI(c *api.VMConfig) (vm.Spec, vm.Options, error) {
 	return spec, opts, nil
 }
 
-func toAPI(v *vm.View) api.VM {
+func toAPI(v *supervisor.View) api.VM {
 	s := v.Spec
 	c := api.VMConfig{
 		Name: s.Name, Program: s.Program, Image: s.Image, Mode: s.Mode, Pull: s.Pull, Insecure: s.Insecure, DiskMiB: s.DiskMiB,

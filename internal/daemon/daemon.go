@@ -1,5 +1,5 @@
 // Package daemon is kiln's daemon: the REST API (api/, version 1) over a
-// unix socket, in front of the runtime's supervisor. The socket is 0600 in a
+// unix socket, in front of the supervisor. The socket is 0600 in a
 // 0700 directory, and requests from another uid than the daemon's (checked
 // with SO_PEERCRED) or carrying an Origin header are refused.
 package daemon
@@ -23,6 +23,7 @@ import (
 	"kiln.dev/kiln/internal/jail"
 	"kiln.dev/kiln/internal/options"
 	"kiln.dev/kiln/internal/state"
+	"kiln.dev/kiln/internal/supervisor"
 	"kiln.dev/kiln/internal/unixsock"
 	"kiln.dev/kiln/internal/vm"
 )
@@ -112,7 +113,7 @@ type Daemon struct {
 	cfg  Config
 	db   *state.Store
 	rt   *vm.Runtime
-	sup  *vm.Supervisor
+	sup  *supervisor.Supervisor
 	log  *slog.Logger
 	uid  int
 	lock *os.File
@@ -155,7 +156,7 @@ func Run(ctx context.Context, cfg Config, ready func()) error {
 		return err
 	}
 	d.rt = rt
-	d.sup = vm.NewSupervisor(rt, db, d.log)
+	d.sup = supervisor.New(rt, db, d.log)
 	// Deferred after db.Close, so run before it: Close waits for the
 	// supervisor's goroutines, and none writes to the store after.
 	defer d.sup.Close()

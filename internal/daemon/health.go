@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"kiln.dev/kiln/api"
+	"kiln.dev/kiln/internal/supervisor"
 	"kiln.dev/kiln/internal/vm"
 )
 
@@ -23,7 +24,7 @@ func healthConfigToAPI(h *vm.HealthConfig) *api.HealthConfig {
 		StartPeriod: api.Duration(h.StartPeriod), Retries: h.Retries}
 }
 
-func healthToAPI(h *vm.Health) *api.Health {
+func healthToAPI(h *supervisor.Health) *api.Health {
 	if h == nil {
 		return nil
 	}

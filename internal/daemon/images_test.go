@@ -25,6 +25,7 @@ import (
 
 	"kiln.dev/kiln/api"
 	"kiln.dev/kiln/internal/state"
+	"kiln.dev/kiln/internal/supervisor"
 	"kiln.dev/kiln/internal/vm"
 	"kiln.dev/kiln/internal/vmm"
 )
@@ -58,7 +59,7 @@ func imageDaemon(t *testing.T) (*Daemon, http.Handler) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sup := vm.NewSupervisor(rt, db, lg)
+	sup := supervisor.New(rt, db, lg)
 	t.Cleanup(sup.Close)
 	d := &Daemon{cfg: Config{Root: root}, db: db, rt: rt, sup: sup, log: lg, uid: os.Geteuid()}
 	return d, d.routes()

@@ -6,7 +6,7 @@ import (
 
 	"kiln.dev/kiln/api"
 	"kiln.dev/kiln/internal/network"
-	"kiln.dev/kiln/internal/vm"
+	"kiln.dev/kiln/internal/supervisor"
 )
 
 func (d *Daemon) networkRoutes(mux *http.ServeMux) {
@@ -22,7 +22,7 @@ func (d *Daemon) createNetwork(w http.ResponseWriter, r *http.Request) {
 		d.fail(w, err)
 		return
 	}
-	v, err := d.sup.CreateNetwork(r.Context(), vm.NetworkRequest{Name: c.Name, Subnet: c.Subnet, Gateway: c.Gateway, Egress: c.Egress, IsolateVMs: c.IsolateVMs})
+	v, err := d.sup.CreateNetwork(r.Context(), supervisor.NetworkRequest{Name: c.Name, Subnet: c.Subnet, Gateway: c.Gateway, Egress: c.Egress, IsolateVMs: c.IsolateVMs})
 	if err != nil {
 		d.fail(w, err)
 		return
@@ -60,7 +60,7 @@ func (d *Daemon) removeNetwork(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-func networkToAPI(v *vm.NetworkView) api.Network {
+func networkToAPI(v *supervisor.NetworkView) api.Network {
 	out := api.Network{
 		Name: v.Name, Subnet: v.Subnet.String(), Gateway: v.Gateway.String(), Bridge: v.Bridge,
 		Egress: v.Egress, IsolateVMs: v.IsolateVMs, Created: v.Created, VMs: []api.NetworkVM{},
@@ -73,7 +73,7 @@ func networkToAPI(v *vm.NetworkView) api.Network {
 
 // networkSettings describes a VM's place on its bridge network, nil for
 // other modes.
-func networkSettings(v *vm.View) *api.NetworkSettings {
+func networkSettings(v *supervisor.View) *api.NetworkSettings {
 	a := v.Spec.Attach
 	if a == nil {
 		return nil

@@ -13,6 +13,7 @@ import (
 
 	"kiln.dev/kiln/api"
 	"kiln.dev/kiln/internal/state"
+	"kiln.dev/kiln/internal/supervisor"
 	"kiln.dev/kiln/internal/vm"
 )
 
@@ -34,7 +35,7 @@ func TestVolumeEndpoints(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sup := vm.NewSupervisor(rt, db, slog.New(slog.DiscardHandler))
+	sup := supervisor.New(rt, db, slog.New(slog.DiscardHandler))
 	defer sup.Close()
 	d := &Daemon{uid: 1000, log: slog.New(slog.DiscardHandler), rt: rt, sup: sup}
 	h := d.routes()

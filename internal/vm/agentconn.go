@@ -171,9 +171,9 @@ func (s *Session) Close() {
 	s.ch.Close()
 }
 
-// oomKilled reports whether the last run's exit record says the guest's
+// OOMKilled reports whether the last run's exit record says the guest's
 // kernel killed a process for lack of memory.
-func (vm *VM) oomKilled() bool {
+func (vm *VM) OOMKilled() bool {
 	data, err := vm.readStatus()
 	if err != nil {
 		return false

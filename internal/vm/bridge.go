@@ -69,7 +69,7 @@ func (vm *VM) attachBridge() error {
 
 // portHolds are the sockets held on the host for the published ports of
 // running bridge VMs, by VM ID (see network.Hold). They belong to the
-// process: a daemon that starts again takes them anew (holdResolved).
+// process: a daemon that starts again takes them anew (HoldResolvedPorts).
 var portHolds = struct {
 	sync.Mutex
 	m map[string][]io.Closer
@@ -78,7 +78,7 @@ var portHolds = struct {
 // holdPorts resolves the published ports of a bridge VM for this start and
 // holds them; what it held for an earlier run is let go first.
 func (vm *VM) holdPorts() ([]network.PortMapping, error) {
-	releasePorts(vm.ID)
+	ReleasePorts(vm.ID)
 	bound, held, err := network.Hold(vm.Spec.Ports)
 	if err != nil {
 		return nil, err
@@ -89,9 +89,10 @@ func (vm *VM) holdPorts() ([]network.PortMapping, error) {
 	return bound, nil
 }
 
-// holdResolved holds ports resolved by an earlier start (of a VM that kept
-// running while no daemon ran), unless they are held already.
-func holdResolved(id string, ports []network.PortMapping) error {
+// HoldResolvedPorts holds the ports an earlier start resolved for the VM
+// id (one that kept running while no daemon ran), unless they are held
+// already. The supervisor calls it as it rebuilds the networks.
+func HoldResolvedPorts(id string, ports []network.PortMapping) error {
 	portHolds.Lock()
 	_, ok := portHolds.m[id]
 	portHolds.Unlock()
@@ -108,8 +109,9 @@ func holdResolved(id string, ports []network.PortMapping) error {
 	return nil
 }
 
-// releasePorts lets go of what is held for a VM.
-func releasePorts(id string) {
+// ReleasePorts lets go of the host ports held for the VM id: its run
+// ended, or it is removed.
+func ReleasePorts(id string) {
 	portHolds.Lock()
 	held := portHolds.m[id]
 	delete(portHolds.m, id)

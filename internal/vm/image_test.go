@@ -11,7 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	goruntime "runtime"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -307,10 +307,10 @@ func TestBinaryModeStreamsTheProgram(t *testing.T) {
 		t.Errorf("args = %q, want the program", p.args)
 	}
 	dir := t.TempDir()
-	var before, after goruntime.MemStats
-	goruntime.ReadMemStats(&before)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
 	files, drives, err := p.attach(ctx, dir, s)
-	goruntime.ReadMemStats(&after)
+	runtime.ReadMemStats(&after)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,7 +12,6 @@ import (
 	"kiln.dev/kiln/internal/disk"
 	"kiln.dev/kiln/internal/errdefs"
 	"kiln.dev/kiln/internal/options"
-	"kiln.dev/kiln/internal/state"
 	"kiln.dev/kiln/internal/volume"
 )
 
@@ -31,24 +30,6 @@ func TestCheckMountSources(t *testing.T) {
 	missing := filepath.Join(dir, "missing")
 	if err := checkMountSources([]options.Mount{{Type: options.MountBind, Source: missing, Target: "/x"}}); err == nil || !strings.Contains(err.Error(), missing+" (") {
 		t.Errorf("missing: %v, want an error naming it", err)
-	}
-}
-
-func TestRunningFirst(t *testing.T) {
-	recs := []*state.VM{
-		{ID: "a", Status: state.StatusExited},
-		{ID: "b", Status: state.StatusRunning},
-		{ID: "c", Status: state.StatusCreated},
-		{ID: "d", Status: state.StatusStopping},
-		{ID: "e", Status: state.StatusRestarting},
-	}
-	runningFirst(recs)
-	var got []string
-	for _, r := range recs {
-		got = append(got, r.ID)
-	}
-	if strings.Join(got, "") != "bdace" {
-		t.Errorf("order %v, want b d a c e", got)
 	}
 }
 

@@ -1,4 +1,4 @@
-// Package runtime turns what a user asks to run into a VM and drives it: it
+// Package vm turns what a user asks to run into a VM and drives it: it
 // prepares the VM's state directory and initrd, starts it on a VMM backend,
 // watches that it boots, stops it gracefully through the guest agent and
 // reads back the program's exit status.
@@ -149,13 +149,13 @@ const (
 	initrdFile = "initrd"
 	statusFile = "status.jsonl"
 	statusSock = "status.sock"
-	// stdoutPipe and stderrPipe name the FIFOs (".in", ".out") the guest's
-	// output comes through; stdoutFile and stderrFile are where VMs made
+	// StdoutPipe and StderrPipe name the FIFOs (".in", ".out") the guest's
+	// output comes through; StdoutFile and StderrFile are where VMs made
 	// by an older kiln have it appended.
-	stdoutPipe = "stdout"
-	stderrPipe = "stderr"
-	stdoutFile = "stdout.log"
-	stderrFile = "stderr.log"
+	StdoutPipe = "stdout"
+	StderrPipe = "stderr"
+	StdoutFile = "stdout.log"
+	StderrFile = "stderr.log"
 	agentSock  = "agent.sock"
 	specFile   = "vm.json"
 	// portsFile holds the published ports as resolved for the current
@@ -212,7 +212,7 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (*VM, error) {
 	}
 	id := spec.ID
 	if id == "" {
-		if id, err = newID(); err != nil {
+		if id, err = NewID(); err != nil {
 			return nil, err
 		}
 	}
@@ -223,7 +223,7 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (*VM, error) {
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating VM directory: %w", err)
 	}
-	var undo undoStack
+	var undo UndoStack
 	defer undo.Run() // on any error below
 	undo.Add(func() { os.RemoveAll(dir) })
 	guestProg := "/usr/local/bin/" + filepath.Base(spec.Program)
@@ -285,8 +285,8 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (*VM, error) {
 			// guest's writes wait (a status record at once, output once
 			// a pipe buffer is full) and the host holds no more.
 			{Name: agent.PortStatus, Socket: filepath.Join(dir, statusSock)},
-			{Name: agent.PortStdout, Pipe: filepath.Join(dir, stdoutPipe)},
-			{Name: agent.PortStderr, Pipe: filepath.Join(dir, stderrPipe)},
+			{Name: agent.PortStdout, Pipe: filepath.Join(dir, StdoutPipe)},
+			{Name: agent.PortStderr, Pipe: filepath.Join(dir, StderrPipe)},
 			{Name: agent.PortControl, Socket: filepath.Join(dir, agentSock)},
 		},
 		Drives: drives,
@@ -417,10 +417,31 @@ func (r *Runtime) agentSpec(s *Spec, k *kernel.Kernel, guestProg string, img *im
 	}
 }
 
-func newID() (string, error) {
+// NewID makes a new VM ID: 64 random hex digits. The supervisor takes one
+// early for a VM on a bridge network, to lease its address under it.
+func NewID() (string, error) {
 	b := make([]byte, 32)
 	if _, err := rand.Read(b); err != nil {
 		return "", fmt.Errorf("making VM ID: %w", err)
 	}
 	return hex.EncodeToString(b), nil
 }
+
+// SetVolumeRemover sets how a failed Create removes a volume it made
+// (default: the volume store's Remove). The supervisor sets it, for it
+// knows whether another VM names the volume meanwhile.
+func (r *Runtime) SetVolumeRemover(fn func(st *volume.Store, name string) error) {
+	r.removeVolume = fn
+}
+
+// RemoveCgroup removes the cgroup the runs of the VM id used, if any is
+// left (a VM removed, or one that ended while no daemon watched it).
+func (r *Runtime) RemoveCgroup(id string) error { return r.confine.removeCgroup(id) }
+
+// SweepCgroups removes, host-wide, the empty VM cgroups that VMs of any
+// root left when they ended unseen, and returns how many it removed.
+func (r *Runtime) SweepCgroups() int { return r.confine.sweepCgroups() }
+
+// Reap ends the monitor of a VM no record knows (id, in the VM directory
+// dir) through the backend, and returns its PID if one was running.
+func (r *Runtime) Reap(dir, id string) (int, error) { return r.backend.Reap(dir, id) }

@@ -1,16 +1,16 @@
 package vm
 
-// undoStack undoes the steps of an operation that failed part way: each
+// UndoStack undoes the steps of an operation that failed part way: each
 // step that succeeds adds how to undo itself, and Run undoes them, last
 // first. Deferred Run is a no-op once the operation succeeds and calls
 // Release.
-type undoStack []func()
+type UndoStack []func()
 
 // Add records how to undo the step just done.
-func (u *undoStack) Add(fn func()) { *u = append(*u, fn) }
+func (u *UndoStack) Add(fn func()) { *u = append(*u, fn) }
 
 // Run undoes the steps recorded, last first, and forgets them.
-func (u *undoStack) Run() {
+func (u *UndoStack) Run() {
 	for i := len(*u) - 1; i >= 0; i-- {
 		(*u)[i]()
 	}
@@ -18,4 +18,4 @@ func (u *undoStack) Run() {
 }
 
 // Release forgets the steps: the operation succeeded and keeps them.
-func (u *undoStack) Release() { *u = nil }
+func (u *UndoStack) Release() { *u = nil }

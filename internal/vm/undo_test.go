@@ -7,7 +7,7 @@ import (
 
 func TestUndoStack(t *testing.T) {
 	var got []int
-	var u undoStack
+	var u UndoStack
 	for i := range 3 {
 		u.Add(func() { got = append(got, i) })
 	}

@@ -55,10 +55,10 @@ type VM struct {
 }
 
 // Stdout and Stderr return the host files the program's output lands in.
-func (vm *VM) Stdout() string { return filepath.Join(vm.Dir, stdoutFile) }
+func (vm *VM) Stdout() string { return filepath.Join(vm.Dir, StdoutFile) }
 
 // Stderr: see Stdout.
-func (vm *VM) Stderr() string { return filepath.Join(vm.Dir, stderrFile) }
+func (vm *VM) Stderr() string { return filepath.Join(vm.Dir, StderrFile) }
 
 // Console returns the host file holding the guest's serial console.
 func (vm *VM) Console() string { return filepath.Join(vm.Dir, vmm.ConsoleLog) }

@@ -1,10 +1,14 @@
-package vm
+package supervisor
 
 import (
-	"kiln.dev/kiln/internal/options"
+	"errors"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
+
+	"kiln.dev/kiln/internal/errdefs"
+	"kiln.dev/kiln/internal/options"
 )
 
 func TestBackoff(t *testing.T) {
@@ -99,5 +103,22 @@ func TestOptionsValidate(t *testing.T) {
 	}
 	if options.DefaultStopGrace != 10*time.Second || options.DefaultLogMaxSize != 10<<20 || options.DefaultLogMaxFiles != 3 {
 		t.Errorf("defaults changed: grace %v, max-size %d, max-file %d", options.DefaultStopGrace, options.DefaultLogMaxSize, options.DefaultLogMaxFiles)
+	}
+}
+
+// checkInvalid fails unless err is an ErrInvalidArgument that mentions each
+// of subs.
+func checkInvalid(t *testing.T, err error, subs ...string) {
+	t.Helper()
+	if err == nil {
+		t.Fatalf("got no error, want one mentioning %q", subs)
+	}
+	if !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Errorf("error %q is not ErrInvalidArgument", err)
+	}
+	for _, s := range subs {
+		if !strings.Contains(err.Error(), s) {
+			t.Errorf("error %q does not mention %q", err, s)
+		}
 	}
 }

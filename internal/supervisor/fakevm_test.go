@@ -1,15 +1,20 @@
-package vm
+package supervisor
 
 import (
+	"bytes"
 	"context"
+	crand "crypto/rand"
+	"debug/elf"
+	"encoding/binary"
 	"log/slog"
 	"os"
 	"path/filepath"
-	goruntime "runtime"
+	"runtime"
 	"testing"
 	"time"
 
 	"kiln.dev/kiln/internal/state"
+	"kiln.dev/kiln/internal/vm"
 	"kiln.dev/kiln/internal/vmm/vmmtest"
 )
 
@@ -21,7 +26,7 @@ type fakeDaemon struct {
 	root string
 	b    *vmmtest.Backend
 	db   *state.Store
-	rt   *Runtime
+	rt   *vm.Runtime
 	sup  *Supervisor
 	// kernel and prog are stand-ins the fake never boots.
 	kernel, prog string
@@ -58,13 +63,13 @@ func (d *fakeDaemon) open() {
 	if err != nil {
 		d.t.Fatal(err)
 	}
-	rt, err := New(d.root, WithBackend(d.b), WithoutJail(),
-		WithInit(filepath.Join(filepath.Dir(d.prog), "kiln-init")))
+	rt, err := vm.New(d.root, vm.WithBackend(d.b), vm.WithoutJail(),
+		vm.WithInit(filepath.Join(filepath.Dir(d.prog), "kiln-init")))
 	if err != nil {
 		d.t.Fatal(err)
 	}
 	d.db, d.rt = db, rt
-	d.sup = NewSupervisor(rt, db, slog.New(slog.DiscardHandler))
+	d.sup = New(rt, db, slog.New(slog.DiscardHandler))
 	if err := d.sup.Reconcile(context.Background()); err != nil {
 		d.t.Fatal(err)
 	}
@@ -79,12 +84,12 @@ func (d *fakeDaemon) close() {
 }
 
 // spec is a VM spec the fake can run.
-func (d *fakeDaemon) spec(name string) Spec {
-	return Spec{Name: name, Program: d.prog, Kernel: d.kernel, Unconfined: true, MemoryMiB: 64, BootTimeout: 5 * time.Second}
+func (d *fakeDaemon) spec(name string) vm.Spec {
+	return vm.Spec{Name: name, Program: d.prog, Kernel: d.kernel, Unconfined: true, MemoryMiB: 64, BootTimeout: 5 * time.Second}
 }
 
 // run creates and starts a VM.
-func (d *fakeDaemon) run(s Spec, o Options) *View {
+func (d *fakeDaemon) run(s vm.Spec, o Options) *View {
 	d.t.Helper()
 	v, _, err := d.sup.Create(context.Background(), s, o)
 	if err != nil {
@@ -119,7 +124,7 @@ func (d *fakeDaemon) waitFor(ref, what string, ok func(*View) bool) *View {
 // ending have had a moment to.
 func countGoroutines() int {
 	time.Sleep(20 * time.Millisecond)
-	return goruntime.NumGoroutine()
+	return runtime.NumGoroutine()
 }
 
 // waitGoroutines fails the test unless the goroutines come back down to
@@ -129,15 +134,41 @@ func waitGoroutines(t *testing.T, want int) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		n := goruntime.NumGoroutine()
+		n := runtime.NumGoroutine()
 		if n <= want+1 {
 			return
 		}
 		if time.Now().After(deadline) {
 			buf := make([]byte, 1<<20)
-			buf = buf[:goruntime.Stack(buf, true)]
+			buf = buf[:runtime.Stack(buf, true)]
 			t.Fatalf("%d goroutines, want at most %d:\n%s", n, want+1, buf)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// tinyELF is an x86-64 executable of size bytes: an ELF header, a PT_LOAD
+// (and a PT_INTERP when dynamic), then random bytes.
+func tinyELF(t *testing.T, size int, dynamic bool) []byte {
+	t.Helper()
+	b := make([]byte, size)
+	crand.Read(b[64+2*56:])
+	h := elf.Header64{
+		Type: uint16(elf.ET_EXEC), Machine: uint16(elf.EM_X86_64), Version: uint32(elf.EV_CURRENT),
+		Entry: 0x400000, Phoff: 64, Ehsize: 64, Phentsize: 56, Phnum: 1,
+	}
+	copy(h.Ident[:], elf.ELFMAG)
+	h.Ident[elf.EI_CLASS], h.Ident[elf.EI_DATA], h.Ident[elf.EI_VERSION] = byte(elf.ELFCLASS64), byte(elf.ELFDATA2LSB), byte(elf.EV_CURRENT)
+	progs := []elf.Prog64{{Type: uint32(elf.PT_LOAD), Flags: uint32(elf.PF_R | elf.PF_X), Vaddr: 0x400000, Filesz: uint64(size), Memsz: uint64(size), Align: 0x1000}}
+	if dynamic {
+		progs = append(progs, elf.Prog64{Type: uint32(elf.PT_INTERP), Off: 64, Filesz: 28})
+		h.Phnum = 2
+	}
+	var buf bytes.Buffer
+	binary.Write(&buf, binary.LittleEndian, &h)
+	for _, p := range progs {
+		binary.Write(&buf, binary.LittleEndian, &p)
+	}
+	copy(b, buf.Bytes())
+	return b
 }

@@ -1,4 +1,4 @@
-package vm
+package supervisor
 
 import (
 	"bufio"
@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"kiln.dev/kiln/internal/options"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -17,6 +16,9 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"kiln.dev/kiln/internal/options"
+	"kiln.dev/kiln/internal/vm"
 )
 
 // LogEntry is one line of a VM's output.
@@ -78,17 +80,17 @@ var streams = [2]string{"stdout", "stderr"}
 
 func rawFile(dir string, i int) string {
 	if i == 0 {
-		return filepath.Join(dir, stdoutFile)
+		return filepath.Join(dir, vm.StdoutFile)
 	}
-	return filepath.Join(dir, stderrFile)
+	return filepath.Join(dir, vm.StderrFile)
 }
 
 // pipeFIFO is the FIFO stream i comes out of, in pipe mode.
 func pipeFIFO(dir string, i int) string {
 	if i == 0 {
-		return filepath.Join(dir, stdoutPipe+".out")
+		return filepath.Join(dir, vm.StdoutPipe+".out")
 	}
-	return filepath.Join(dir, stderrPipe+".out")
+	return filepath.Join(dir, vm.StderrPipe+".out")
 }
 
 // outputPipeSize is the pipe buffer of each output FIFO: what a guest's

@@ -1,4 +1,4 @@
-package vm
+package supervisor
 
 import (
 	"bytes"
@@ -15,6 +15,7 @@ import (
 
 	"kiln.dev/kiln/internal/errdefs"
 	"kiln.dev/kiln/internal/image"
+	"kiln.dev/kiln/internal/vm"
 )
 
 // TestRemoveImageGuardsCreation: rmi's policy reads the supervisor's own
@@ -42,12 +43,12 @@ func TestRemoveImageGuardsCreation(t *testing.T) {
 		t.Fatal(err)
 	}
 	id := loaded[0].ID
-	r, err := New(root, WithImages(store))
+	r, err := vm.New(root, vm.WithImages(store))
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := NewSupervisor(r, nil, slog.New(slog.DiscardHandler))
-	s.vms["0123456789abcdef"] = &managed{id: "0123456789abcdef", spec: Spec{Name: "web", ImageID: id}}
+	s := New(r, nil, slog.New(slog.DiscardHandler))
+	s.vms["0123456789abcdef"] = &managed{id: "0123456789abcdef", spec: vm.Spec{Name: "web", ImageID: id}}
 
 	if res, err := s.RemoveImage("kiln-test/app:a", false); err != nil || res.Deleted != "" || len(res.Untagged) != 1 || res.Untagged[0] != a.Name() {
 		t.Errorf("untagging a tag of an image that keeps another = %+v, %v", res, err)

@@ -1,4 +1,11 @@
-package vm
+// Package supervisor keeps VMs in their desired state for the daemon: it
+// creates them through a vm.Runtime, starts, stops and removes them,
+// restarts them by their policy with backoff, runs their health checks,
+// collects their output into logs, records what happens in the state store
+// and reconciles that store with the VMs it finds at a daemon start. It
+// also owns what VMs share: bridge networks' leases, firewall and name
+// servers, volume reservations, and the image removal guard.
+package supervisor
 
 import (
 	"context"
@@ -18,6 +25,7 @@ import (
 	"kiln.dev/kiln/internal/network"
 	"kiln.dev/kiln/internal/options"
 	"kiln.dev/kiln/internal/state"
+	"kiln.dev/kiln/internal/vm"
 	"kiln.dev/kiln/internal/vmm"
 )
 
@@ -38,7 +46,7 @@ const (
 // collects their logs, and on start-up reconciles the store with the VMs it
 // finds running. VMs do not depend on it: they keep running when it stops.
 type Supervisor struct {
-	rt  *Runtime
+	rt  *vm.Runtime
 	db  *state.Store
 	log *slog.Logger
 
@@ -90,9 +98,9 @@ type managed struct {
 	// and inspect can always get in.
 	mu      sync.Mutex
 	rec     *state.VM
-	spec    Spec
+	spec    vm.Spec
 	opts    Options
-	vm      *VM
+	machine *vm.VM
 	logs    *collector
 	runDone chan struct{} // closed when the current run ends; nil when not running
 	// starting is closed when the start under way (its monitor coming up,
@@ -127,22 +135,22 @@ func (m *managed) settle(ctx context.Context) error {
 
 // record is what the state store keeps of a VM's spec.
 type record struct {
-	Spec    Spec    `json:"spec"`
+	Spec    vm.Spec `json:"spec"`
 	Options Options `json:"options"`
 }
 
-// NewSupervisor returns a supervisor over the runtime's VMs and the store.
-func NewSupervisor(rt *Runtime, db *state.Store, log *slog.Logger) *Supervisor {
+// New returns a supervisor over the runtime's VMs and the store.
+func New(rt *vm.Runtime, db *state.Store, log *slog.Logger) *Supervisor {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Supervisor{rt: rt, db: db, log: log, vms: map[string]*managed{}, subs: map[chan state.Event]struct{}{}, ctx: ctx, cancel: cancel}
-	rt.removeVolume = s.removeCreatedVolume
+	rt.SetVolumeRemover(s.removeCreatedVolume)
 	return s
 }
 
 // View is a VM as the supervisor knows it.
 type View struct {
 	Record  state.VM
-	Spec    Spec
+	Spec    vm.Spec
 	Options Options
 	Dir     string
 	Accel   vmm.Accel
@@ -157,21 +165,21 @@ type View struct {
 	OOMKilled bool
 	// Confinement is how the running VM's QEMU is confined; set by Get
 	// only, nil when the VM does not run.
-	Confinement *ConfinementView
+	Confinement *vm.ConfinementView
 }
 
 func (m *managed) view() *View {
 	v := &View{Record: *m.rec, Spec: m.spec, Options: m.opts}
-	if m.vm != nil {
-		v.Dir, v.Accel = m.vm.Dir, m.vm.Accel.Accel
-		if m.vm.Kernel != nil {
-			v.Kernel = m.vm.Kernel.Path
+	if m.machine != nil {
+		v.Dir, v.Accel = m.machine.Dir, m.machine.Accel.Accel
+		if m.machine.Kernel != nil {
+			v.Kernel = m.machine.Kernel.Path
 		}
 		if m.runDone != nil {
-			v.Ports = m.vm.Ports()
+			v.Ports = m.machine.Ports()
 			v.Health = m.health.snapshot()
 		} else {
-			v.OOMKilled = m.vm.oomKilled()
+			v.OOMKilled = m.machine.OOMKilled()
 		}
 	}
 	return v
@@ -237,13 +245,13 @@ func (s *Supervisor) get(ctx context.Context, ref string) (*managed, error) {
 }
 
 // Create prepares a VM and records it, without starting it.
-func (s *Supervisor) Create(ctx context.Context, spec Spec, opts Options) (*View, []string, error) {
+func (s *Supervisor) Create(ctx context.Context, spec vm.Spec, opts Options) (*View, []string, error) {
 	opts.Resolve()
 	if err := opts.Validate(); err != nil {
 		return nil, nil, err
 	}
 	if spec.Name != "" {
-		if err := ValidateName(spec.Name); err != nil {
+		if err := vm.ValidateName(spec.Name); err != nil {
 			return nil, nil, err
 		}
 		// Exact names only: a name may be a prefix of another VM's ID.
@@ -261,34 +269,34 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec, opts Options) (*View
 		// or its volumes are undone.
 		defer s.reserveVolumes(spec.Name, names)()
 	}
-	var undo undoStack
+	var undo vm.UndoStack
 	defer undo.Run() // on any error below
 	release, err := s.leaseNetwork(ctx, &spec)
 	if err != nil {
 		return nil, nil, err
 	}
 	undo.Add(release)
-	vm, err := s.rt.Create(ctx, spec)
+	machine, err := s.rt.Create(ctx, spec)
 	if err != nil {
 		return nil, nil, err
 	}
-	undo.Add(func() { vm.Discard() })
+	undo.Add(func() { machine.Discard() })
 	var warnings []string
 	// Until the VM is in s.vms, an image removal must not miss it.
-	releaseImage, err := s.holdImage(vm.Spec.ImageID)
+	releaseImage, err := s.holdImage(machine.Spec.ImageID)
 	if err != nil {
 		return nil, nil, err
 	}
 	defer releaseImage()
-	if vm.Accel.Warning != "" {
-		warnings = append(warnings, vm.Accel.Warning)
+	if machine.Accel.Warning != "" {
+		warnings = append(warnings, machine.Accel.Warning)
 	}
-	b, err := json.Marshal(record{Spec: vm.Spec, Options: opts})
+	b, err := json.Marshal(record{Spec: machine.Spec, Options: opts})
 	if err != nil {
 		return nil, nil, fmt.Errorf("encoding VM spec: %w", err)
 	}
-	rec := &state.VM{ID: vm.ID, Name: vm.Name, Spec: b, Created: time.Now().UTC(), Desired: state.DesiredStopped, Status: state.StatusCreated}
-	logs, err := startCollector(vm.Dir, opts.Log, s.log)
+	rec := &state.VM{ID: machine.ID, Name: machine.Name, Spec: b, Created: time.Now().UTC(), Desired: state.DesiredStopped, Status: state.StatusCreated}
+	logs, err := startCollector(machine.Dir, opts.Log, s.log)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -297,9 +305,9 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec, opts Options) (*View
 		return nil, nil, err
 	}
 	undo.Release()
-	m := &managed{id: vm.ID, rec: rec, spec: vm.Spec, opts: opts, vm: vm, logs: logs, nextRun: make(chan struct{})}
+	m := &managed{id: machine.ID, rec: rec, spec: machine.Spec, opts: opts, machine: machine, logs: logs, nextRun: make(chan struct{})}
 	s.mu.Lock()
-	s.vms[vm.ID] = m
+	s.vms[machine.ID] = m
 	s.mu.Unlock()
 	s.event(rec, EventCreated)
 	return m.view(), warnings, nil
@@ -340,12 +348,12 @@ func (s *Supervisor) Start(ctx context.Context, ref string) error {
 func (s *Supervisor) startLocked(m *managed, action string) error {
 	err := s.acquireVolumes(m.id, &m.spec)
 	if err == nil {
-		starting, vm := make(chan struct{}), m.vm
+		starting, machine := make(chan struct{}), m.machine
 		m.starting = starting
 		m.rec.Status, m.rec.Error = state.StatusStarting, ""
 		s.save(m)
 		m.mu.Unlock()
-		err = vm.Start(s.ctx)
+		err = machine.Start(s.ctx)
 		m.mu.Lock()
 		m.starting = nil
 		close(starting)
@@ -363,7 +371,7 @@ func (s *Supervisor) startLocked(m *managed, action string) error {
 		m.nextRun = make(chan struct{})
 		return err
 	}
-	m.rec.Status, m.rec.PID, m.rec.Error = state.StatusRunning, m.vm.Info().PID, ""
+	m.rec.Status, m.rec.PID, m.rec.Error = state.StatusRunning, m.machine.Info().PID, ""
 	m.rec.StartedAt, m.rec.FinishedAt, m.rec.ExitCode, m.rec.BootUptime = time.Now().UTC(), time.Time{}, 0, 0
 	s.save(m)
 	done := make(chan struct{})
@@ -372,8 +380,8 @@ func (s *Supervisor) startLocked(m *managed, action string) error {
 	m.nextRun = make(chan struct{})
 	s.event(m.rec, action)
 	s.networkChanged(m.spec)
-	vm := m.vm
-	s.spawn(func() { s.monitor(m, vm, done) }) // closing: the next daemon attaches
+	machine := m.machine
+	s.spawn(func() { s.monitor(m, machine, done) }) // closing: the next daemon attaches
 	return nil
 }
 
@@ -381,14 +389,14 @@ func (s *Supervisor) startLocked(m *managed, action string) error {
 // restart policy. It is the only goroutine that waits on that run. When
 // the supervisor closes first it returns at once, recording nothing: the
 // VM runs on and the next daemon attaches to it.
-func (s *Supervisor) monitor(m *managed, vm *VM, done chan struct{}) {
-	s.spawn(func() { s.runHealth(m, vm, done) })
+func (s *Supervisor) monitor(m *managed, machine *vm.VM, done chan struct{}) {
+	s.spawn(func() { s.runHealth(m, machine, done) })
 	s.spawn(func() {
 		select {
-		case <-vm.Started():
+		case <-machine.Started():
 			// Dial now: the first exec or stop need not wait for the hello.
-			s.spawn(func() { _, _ = vm.Agent() })
-			if up := vm.BootUptime(); up > 0 {
+			s.spawn(func() { _, _ = machine.Agent() })
+			if up := machine.BootUptime(); up > 0 {
 				m.mu.Lock()
 				if m.runDone == done {
 					m.rec.BootUptime = up
@@ -400,7 +408,7 @@ func (s *Supervisor) monitor(m *managed, vm *VM, done chan struct{}) {
 		case <-s.ctx.Done():
 		}
 	})
-	exit, err := vm.Wait(s.ctx)
+	exit, err := machine.Wait(s.ctx)
 	if s.ctx.Err() != nil {
 		return
 	}
@@ -497,7 +505,7 @@ func (s *Supervisor) Stop(ctx context.Context, ref string, grace time.Duration) 
 		m.rec.Status = state.StatusExited
 		m.logs.EndFollowers()
 	}
-	done, vm := m.runDone, m.vm
+	done, machine := m.runDone, m.machine
 	if done != nil {
 		m.rec.Status = state.StatusStopping
 	}
@@ -509,7 +517,7 @@ func (s *Supervisor) Stop(ctx context.Context, ref string, grace time.Duration) 
 	if done == nil {
 		return nil
 	}
-	stopErr := vm.Stop(ctx, grace)
+	stopErr := machine.Stop(ctx, grace)
 	select {
 	case <-done:
 	case <-ctx.Done():
@@ -554,7 +562,7 @@ func (s *Supervisor) Kill(ctx context.Context, ref string, sig syscall.Signal) e
 	if err := m.settle(ctx); err != nil {
 		return err
 	}
-	done, vm, rec := m.runDone, m.vm, m.rec
+	done, machine, rec := m.runDone, m.machine, m.rec
 	m.mu.Unlock()
 	if done == nil {
 		return fmt.Errorf("VM %s is not running: %w", rec.Name, errdefs.ErrConflict)
@@ -562,9 +570,9 @@ func (s *Supervisor) Kill(ctx context.Context, ref string, sig syscall.Signal) e
 	if sig == syscall.SIGKILL {
 		// Straight to QEMU: a guest that does not answer its agent (or
 		// answers slowly) cannot hold off a kill.
-		err = vm.Kill()
+		err = machine.Kill()
 	} else {
-		err = vm.Signal(int(sig))
+		err = machine.Signal(int(sig))
 	}
 	if err != nil {
 		return fmt.Errorf("signalling VM %s: %w", rec.Name, err)
@@ -606,10 +614,10 @@ func (s *Supervisor) Remove(ctx context.Context, ref string, o RemoveOptions) er
 		m.timer.Stop()
 		m.timer = nil
 	}
-	done, vm, rec := m.runDone, m.vm, m.rec
+	done, machine, rec := m.runDone, m.machine, m.rec
 	m.mu.Unlock()
 	if done != nil {
-		if err := vm.Kill(); err != nil {
+		if err := machine.Kill(); err != nil {
 			s.log.Warn("killing VM to remove it", "vm", m.id, "err", err)
 		}
 		<-done
@@ -625,7 +633,7 @@ func (s *Supervisor) Remove(ctx context.Context, ref string, o RemoveOptions) er
 	if err := os.RemoveAll(s.rt.VMDir(m.id)); err != nil {
 		return fmt.Errorf("removing VM %s: %w", rec.Name, err)
 	}
-	if err := s.rt.confine.removeCgroup(m.id); err != nil {
+	if err := s.rt.RemoveCgroup(m.id); err != nil {
 		s.log.Warn("removing the cgroup of a removed VM", "vm", m.id, "err", err)
 	}
 	s.event(rec, EventRemoved)
@@ -685,12 +693,12 @@ func (s *Supervisor) Get(ctx context.Context, ref string) (*View, error) {
 	}
 	m.mu.Lock()
 	v := m.view()
-	vm, running := m.vm, m.runDone != nil
+	machine, running := m.machine, m.runDone != nil
 	m.mu.Unlock()
 	// Read from /proc and the cgroup files for inspect alone (not for every
 	// VM of a ps), outside the VM's lock.
-	if vm != nil && running {
-		v.Confinement = vm.Confinement()
+	if machine != nil && running {
+		v.Confinement = machine.Confinement()
 	}
 	return v, nil
 }
@@ -771,15 +779,15 @@ func (s *Supervisor) Reconcile(ctx context.Context) error {
 		// A VM whose creation never reached the store (the daemon died in
 		// between): end its QEMU if any and remove its directory.
 		dir := s.rt.VMDir(id)
-		if pid, err := s.rt.backend.Reap(dir, id); pid != 0 || err != nil {
+		if pid, err := s.rt.Reap(dir, id); pid != 0 || err != nil {
 			s.log.Warn("killed the monitor of an untracked VM", "vm", id, "pid", pid, "err", err)
 		}
 		os.RemoveAll(dir)
-		if err := s.rt.confine.removeCgroup(id); err != nil {
+		if err := s.rt.RemoveCgroup(id); err != nil {
 			s.log.Warn("removing the cgroup of an untracked VM", "vm", id, "err", err)
 		}
 	}
-	if n := s.rt.confine.sweepCgroups(); n > 0 {
+	if n := s.rt.SweepCgroups(); n > 0 {
 		s.log.Info("removed cgroups that ended VMs left", "count", n)
 	}
 	if err := s.reconcileNetworks(ctx); err != nil {
@@ -800,7 +808,7 @@ func (s *Supervisor) adopt(rec *state.VM) {
 	s.vms[rec.ID] = m
 	s.mu.Unlock()
 	m.mu.Lock()
-	vm, err := s.rt.Load(s.rt.VMDir(rec.ID))
+	machine, err := s.rt.Load(s.rt.VMDir(rec.ID))
 	if err != nil {
 		m.rec.Status, m.rec.Desired, m.rec.PID = state.StatusDead, state.DesiredStopped, 0
 		m.rec.Error = fmt.Sprintf("VM directory is missing or broken (%v): remove the VM", err)
@@ -809,39 +817,39 @@ func (s *Supervisor) adopt(rec *state.VM) {
 		m.mu.Unlock()
 		return
 	}
-	m.vm = vm
-	if logs, err := startCollector(vm.Dir, m.opts.Log, s.log); err == nil {
+	m.machine = machine
+	if logs, err := startCollector(machine.Dir, m.opts.Log, s.log); err == nil {
 		m.logs = logs
 	} else {
 		s.log.Warn("collecting logs", "vm", rec.ID, "err", err)
-		m.logs = closedCollector(vm.Dir)
+		m.logs = closedCollector(machine.Dir)
 	}
 	wasRunning := rec.Status == state.StatusRunning || rec.Status == state.StatusStarting || rec.Status == state.StatusStopping
-	if err := vm.Attach(s.ctx); err == nil {
+	if err := machine.Attach(s.ctx); err == nil {
 		if err := s.acquireVolumes(m.id, &m.spec); err != nil {
 			s.log.Warn("a running VM shares a volume", "vm", rec.ID, "err", err)
 		}
-		m.rec.Status, m.rec.PID = state.StatusRunning, vm.Info().PID
+		m.rec.Status, m.rec.PID = state.StatusRunning, machine.Info().PID
 		if rec.Status == state.StatusStopping {
 			m.rec.Desired = state.DesiredStopped
 		}
 		s.save(m)
 		done := make(chan struct{})
 		m.runDone = done
-		s.spawn(func() { s.monitor(m, vm, done) })
+		s.spawn(func() { s.monitor(m, machine, done) })
 		m.mu.Unlock()
 		return
 	}
 	// Not running: a cgroup its last run left (it ended while no daemon
 	// watched) goes now, not at some later rm.
-	if err := s.rt.confine.removeCgroup(rec.ID); err != nil {
+	if err := s.rt.RemoveCgroup(rec.ID); err != nil {
 		s.log.Warn("removing the cgroup of a VM that ended unwatched", "vm", rec.ID, "err", err)
 	}
 	if wasRunning {
 		// It ended while nobody watched: record how, from what its guest
 		// left on the status port.
 		code, msg := 137, "the VM ended while the daemon was not running"
-		if exit, err := vm.LastExit(); err == nil {
+		if exit, err := machine.LastExit(); err == nil {
 			code = exit.Code
 			if exit.Err != nil {
 				msg = exit.Err.Error()

@@ -1,9 +1,8 @@
-package vm
+package supervisor
 
 import (
 	"encoding/json"
 	"fmt"
-	"kiln.dev/kiln/internal/options"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -15,6 +14,9 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"kiln.dev/kiln/internal/options"
+	"kiln.dev/kiln/internal/vm"
 )
 
 // logDir returns a VM directory with empty raw output files, as QEMU
@@ -22,7 +24,7 @@ import (
 func logDir(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
-	for _, name := range []string{stdoutFile, stderrFile} {
+	for _, name := range []string{vm.StdoutFile, vm.StderrFile} {
 		if err := os.WriteFile(filepath.Join(dir, name), nil, 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -46,9 +48,9 @@ var smallLogs = options.LogConfig{MaxSize: 4096, MaxFiles: 3}
 // appendRaw appends data to a raw output file, as the guest's writes do.
 func appendRaw(t *testing.T, dir, stream, data string) {
 	t.Helper()
-	name := stdoutFile
+	name := vm.StdoutFile
 	if stream == "stderr" {
-		name = stderrFile
+		name = vm.StderrFile
 	}
 	f, err := os.OpenFile(filepath.Join(dir, name), os.O_WRONLY|os.O_APPEND, 0)
 	if err != nil {
@@ -646,7 +648,7 @@ func TestCollectorPunchesConsumedOutput(t *testing.T) {
 	if n := len(readAll(t, c)); n == 0 {
 		t.Fatal("nothing collected")
 	}
-	st, err := os.Stat(filepath.Join(dir, stdoutFile))
+	st, err := os.Stat(filepath.Join(dir, vm.StdoutFile))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package vm
+package supervisor
 
 import (
 	"context"
@@ -12,6 +12,7 @@ import (
 	"kiln.dev/kiln/internal/errdefs"
 	"kiln.dev/kiln/internal/network"
 	"kiln.dev/kiln/internal/state"
+	"kiln.dev/kiln/internal/vm"
 )
 
 // netState is the supervisor's share of bridge networking: the name
@@ -156,7 +157,7 @@ func (s *Supervisor) vmNames() map[string]string {
 // leaseNetwork gives a VM that is to be created on a bridge network its
 // ID, its address (in one transaction with the check that no one else has
 // it) and its attachment. release undoes it, for a create that fails.
-func (s *Supervisor) leaseNetwork(ctx context.Context, spec *Spec) (release func(), err error) {
+func (s *Supervisor) leaseNetwork(ctx context.Context, spec *vm.Spec) (release func(), err error) {
 	mode, err := network.ParseMode(spec.Network)
 	if err != nil || !network.IsBridge(mode) {
 		return func() {}, nil // Validate reports a bad mode or a stray --ip
@@ -176,7 +177,7 @@ func (s *Supervisor) leaseNetwork(ctx context.Context, spec *Spec) (release func
 	}
 	id := spec.ID
 	if id == "" {
-		if id, err = newID(); err != nil {
+		if id, err = vm.NewID(); err != nil {
 			return nil, err
 		}
 	}
@@ -199,11 +200,11 @@ func (s *Supervisor) leaseNetwork(ctx context.Context, spec *Spec) (release func
 
 // releaseNetwork frees what a removed VM held on its network: its TAP, its
 // lease and its rules.
-func (s *Supervisor) releaseNetwork(id string, spec Spec) error {
+func (s *Supervisor) releaseNetwork(id string, spec vm.Spec) error {
 	if spec.Attach == nil {
 		return nil
 	}
-	releasePorts(id)
+	vm.ReleasePorts(id)
 	errTAP := network.DeleteLink(spec.Attach.TAP)
 	errLease := s.db.ReleaseLease(context.Background(), id)
 	return errors.Join(errTAP, errLease, s.syncNetworks())
@@ -212,7 +213,7 @@ func (s *Supervisor) releaseNetwork(id string, spec Spec) error {
 // networkChanged rebuilds the firewall and name servers in the background,
 // for callers that hold a VM's lock (a VM on a bridge network started or
 // ended: its published ports come or go).
-func (s *Supervisor) networkChanged(spec Spec) {
+func (s *Supervisor) networkChanged(spec vm.Spec) {
 	if spec.Attach == nil {
 		return
 	}
@@ -271,11 +272,11 @@ func (s *Supervisor) syncNetworks() error {
 			continue // being created, or an orphan reconcile drops
 		}
 		m.mu.Lock()
-		name, removed, running := m.rec.Name, m.removed, m.runDone != nil && m.vm != nil
+		name, removed, running := m.rec.Name, m.removed, m.runDone != nil && m.machine != nil
 		starting := m.starting != nil
 		var ports []network.PortMapping
 		if running {
-			ports = m.vm.Ports()
+			ports = m.machine.Ports()
 		}
 		m.mu.Unlock()
 		if removed {
@@ -285,8 +286,8 @@ func (s *Supervisor) syncNetworks() error {
 			// Its ports are being taken (and are published once it has
 			// started, when it syncs again): leave them be.
 		} else if !running {
-			releasePorts(l.VMID)
-		} else if err := holdResolved(l.VMID, ports); err != nil {
+			vm.ReleasePorts(l.VMID)
+		} else if err := vm.HoldResolvedPorts(l.VMID, ports); err != nil {
 			s.log.Warn("holding the published ports of a running VM", "vm", l.VMID, "err", err)
 		}
 		if z := zones[l.Network]; z != nil {
