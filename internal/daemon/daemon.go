@@ -112,7 +112,7 @@ func SocketPath(root string) string { return filepath.Join(root, "run", "kiln.so
 type Daemon struct {
 	cfg  Config
 	db   *state.Store
-	rt   *vm.Runtime
+	rt   *vm.Factory
 	sup  *supervisor.Supervisor
 	log  *slog.Logger
 	uid  int

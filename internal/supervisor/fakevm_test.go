@@ -19,14 +19,14 @@ import (
 )
 
 // fakeDaemon is a supervisor over a fake backend, as the daemon makes
-// one: a kiln root, its store, a runtime and a supervisor. No QEMU runs:
+// one: a kiln root, its store, a VM factory and a supervisor. No QEMU runs:
 // the backend plays each VM's guest by its script.
 type fakeDaemon struct {
 	t    *testing.T
 	root string
 	b    *vmmtest.Backend
 	db   *state.Store
-	rt   *vm.Runtime
+	rt   *vm.Factory
 	sup  *Supervisor
 	// kernel and prog are stand-ins the fake never boots.
 	kernel, prog string
@@ -55,7 +55,7 @@ func newFakeDaemon(t *testing.T, b *vmmtest.Backend) *fakeDaemon {
 	return d
 }
 
-// open starts the daemon on the root: store, runtime, supervisor,
+// open starts the daemon on the root: store, VM factory, supervisor,
 // reconcile.
 func (d *fakeDaemon) open() {
 	d.t.Helper()

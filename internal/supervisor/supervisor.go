@@ -1,5 +1,5 @@
 // Package supervisor keeps VMs in their desired state for the daemon: it
-// creates them through a vm.Runtime, starts, stops and removes them,
+// creates them through a vm.Factory, starts, stops and removes them,
 // restarts them by their policy with backoff, runs their health checks,
 // collects their output into logs, records what happens in the state store
 // and reconciles that store with the VMs it finds at a daemon start. It
@@ -46,7 +46,7 @@ const (
 // collects their logs, and on start-up reconciles the store with the VMs it
 // finds running. VMs do not depend on it: they keep running when it stops.
 type Supervisor struct {
-	rt  *vm.Runtime
+	rt  *vm.Factory
 	db  *state.Store
 	log *slog.Logger
 
@@ -139,8 +139,8 @@ type record struct {
 	Options Options `json:"options"`
 }
 
-// New returns a supervisor over the runtime's VMs and the store.
-func New(rt *vm.Runtime, db *state.Store, log *slog.Logger) *Supervisor {
+// New returns a supervisor over the factory's VMs and the store.
+func New(rt *vm.Factory, db *state.Store, log *slog.Logger) *Supervisor {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Supervisor{rt: rt, db: db, log: log, vms: map[string]*managed{}, subs: map[chan state.Event]struct{}{}, ctx: ctx, cancel: cancel}
 	rt.SetVolumeRemover(s.removeCreatedVolume)

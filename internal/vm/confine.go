@@ -71,7 +71,7 @@ func cgroupLimits(s *Spec) cgroup.Limits {
 	return cgroup.Limits{MemoryBytes: mib << 20, CPUs: float64(s.CPUs + qemuOverheadCPUs), Pids: qemuPids}
 }
 
-// confiner is a runtime's view of the host's means of confinement, probed
+// confiner is a factory's view of the host's means of confinement, probed
 // once: whether it is root, its cgroup hierarchy, kiln's binary.
 type confiner struct {
 	conf Confinement
@@ -288,7 +288,7 @@ func (c *confiner) group(id string) *cgroup.Group {
 	return g
 }
 
-// DefaultConfinement is the confinement of a runtime not told otherwise:
+// DefaultConfinement is the confinement of a factory not told otherwise:
 // the default uid range, or $KILN_JAIL_UIDS.
 func DefaultConfinement() (Confinement, error) {
 	c := Confinement{UIDs: jail.Range{Min: jail.DefaultUIDMin, Max: jail.DefaultUIDMax}, LockDir: jail.LockDir, MemoryShare: DefaultMemoryShare}

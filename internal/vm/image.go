@@ -58,19 +58,19 @@ var (
 	maxUserDBSize int64 = 1 << 20
 )
 
-// imageStores holds the runtime's image store, opened on first use.
+// imageStores holds the factory's image store, opened on first use.
 type imageStores struct {
 	mu    sync.Mutex // guards store
 	store *image.Store
 }
 
-// WithImages makes the runtime use s for images instead of opening the
+// WithImages makes the factory use s for images instead of opening the
 // store under its root on first use. s must be the store of the same root:
 // VMs record image IDs that ImageUsers looks for there.
-func WithImages(s *image.Store) Option { return func(r *Runtime) { r.images.store = s } }
+func WithImages(s *image.Store) Option { return func(r *Factory) { r.images.store = s } }
 
-// Images returns the runtime's image store, opening it on first use.
-func (r *Runtime) Images() (*image.Store, error) {
+// Images returns the factory's image store, opening it on first use.
+func (r *Factory) Images() (*image.Store, error) {
 	r.images.mu.Lock()
 	defer r.images.mu.Unlock()
 	if r.images.store == nil {
@@ -115,7 +115,7 @@ type imageFile struct {
 // the command and mode. It fills in spec.ImageID, ExposedPorts and
 // StopSignal. It returns nil for a program spec. It creates nothing but
 // shared cache entries, so a failure leaves no VM state behind.
-func (r *Runtime) resolveImage(ctx context.Context, s *Spec) (*imagePlan, error) {
+func (r *Factory) resolveImage(ctx context.Context, s *Spec) (*imagePlan, error) {
 	if s.Image == "" {
 		return nil, nil
 	}
@@ -598,7 +598,7 @@ func splitPath(p string) []string {
 // ImageUsers returns the names of the VMs under the root made from the
 // image with ID id (running or not), sorted: while there are any, the
 // image should not be removed.
-func (r *Runtime) ImageUsers(id string) ([]string, error) {
+func (r *Factory) ImageUsers(id string) ([]string, error) {
 	ids, err := r.VMIDs()
 	if err != nil {
 		return nil, err

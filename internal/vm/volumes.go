@@ -18,8 +18,8 @@ import (
 	"kiln.dev/kiln/internal/volume"
 )
 
-// Volumes returns the store of named volumes under the runtime's root.
-func (r *Runtime) Volumes() (*volume.Store, error) { return volume.Open(r.root) }
+// Volumes returns the store of named volumes under the factory's root.
+func (r *Factory) Volumes() (*volume.Store, error) { return volume.Open(r.root) }
 
 // mountPlan is what Create makes of a spec's mounts: the drives and shares
 // the VM gets, what kiln-init mounts, and the volumes this Create made
@@ -31,7 +31,7 @@ type mountPlan struct {
 	created []string
 	store   *volume.Store
 	// remove removes a volume the plan created: store.Remove, unless the
-	// runtime has a supervisor, which keeps one another VM now names.
+	// factory has a supervisor, which keeps one another VM now names.
 	remove func(*volume.Store, string) error
 }
 
@@ -48,7 +48,7 @@ func kilnName(id string) string {
 // creates the named volumes that do not exist yet (as docker's -v does),
 // packs baked directories into read-only squashfs disks in dir, and says
 // how the guest finds each. Mounts are made parents first.
-func (r *Runtime) planMounts(ctx context.Context, dir string, s *Spec) (p *mountPlan, err error) {
+func (r *Factory) planMounts(ctx context.Context, dir string, s *Spec) (p *mountPlan, err error) {
 	p = &mountPlan{remove: r.removeVolume}
 	if len(s.Mounts) == 0 {
 		return p, nil

@@ -29,8 +29,9 @@ import (
 	"kiln.dev/kiln/internal/volume"
 )
 
-// Runtime creates and runs VMs under one kiln root.
-type Runtime struct {
+// Factory makes VMs under one kiln root (Create) and opens the ones made
+// before (Load); each VM it returns is the handle that runs that VM.
+type Factory struct {
 	root     string
 	kernels  *kernel.Store
 	log      *slog.Logger
@@ -46,46 +47,46 @@ type Runtime struct {
 	removeVolume func(*volume.Store, string) error
 }
 
-// Option configures a Runtime.
-type Option func(*Runtime)
+// Option configures a Factory.
+type Option func(*Factory)
 
 // WithLogger sets the logger (default: discard).
-func WithLogger(l *slog.Logger) Option { return func(r *Runtime) { r.log = l } }
+func WithLogger(l *slog.Logger) Option { return func(r *Factory) { r.log = l } }
 
 // WithInit sets the kiln-init binary (default: FindInit).
-func WithInit(path string) Option { return func(r *Runtime) { r.initPath = path } }
+func WithInit(path string) Option { return func(r *Factory) { r.initPath = path } }
 
 // WithQEMU sets the QEMU binary (default: from PATH).
-func WithQEMU(path string) Option { return func(r *Runtime) { r.qemuBin = path } }
+func WithQEMU(path string) Option { return func(r *Factory) { r.qemuBin = path } }
 
 // WithBackend sets the monitor backend VMs run on (default: QEMU).
-func WithBackend(b vmm.Backend) Option { return func(r *Runtime) { r.backend = b } }
+func WithBackend(b vmm.Backend) Option { return func(r *Factory) { r.backend = b } }
 
 // WithHost replaces the host that accelerator detection and limits look at.
 func WithHost(h vmm.Host, l HostLimits) Option {
-	return func(r *Runtime) { r.host, r.limits = h, l }
+	return func(r *Factory) { r.host, r.limits = h, l }
 }
 
 // WithConfinement sets how VMs are jailed (default: the default uid range,
 // or $KILN_JAIL_UIDS).
 func WithConfinement(c Confinement) Option {
-	return func(r *Runtime) { r.confine = &confiner{conf: c} }
+	return func(r *Factory) { r.confine = &confiner{conf: c} }
 }
 
 // WithoutJail runs every VM's monitor as the caller, unjailed, and leaves
 // the host's cgroups and firewall alone, as a daemon not run by root does
 // (but without QEMU's sandbox either): for tests on a fake backend.
 func WithoutJail() Option {
-	return func(r *Runtime) {
+	return func(r *Factory) {
 		c := &confiner{}
 		c.once.Do(func() {}) // probed: not root, no cgroups
 		r.confine = c
 	}
 }
 
-// New returns the runtime for the kiln root.
-func New(root string, opts ...Option) (*Runtime, error) {
-	r := &Runtime{
+// New returns the factory for the kiln root.
+func New(root string, opts ...Option) (*Factory, error) {
+	r := &Factory{
 		root:    root,
 		kernels: kernel.NewStore(root),
 		log:     slog.New(slog.DiscardHandler),
@@ -109,11 +110,11 @@ func New(root string, opts ...Option) (*Runtime, error) {
 	return r, nil
 }
 
-// Kernels returns the runtime's kernel store.
-func (r *Runtime) Kernels() *kernel.Store { return r.kernels }
+// Kernels returns the factory's kernel store.
+func (r *Factory) Kernels() *kernel.Store { return r.kernels }
 
-func (r *Runtime) vmsDir() string   { return filepath.Join(r.root, "vms") }
-func (r *Runtime) cacheDir() string { return filepath.Join(r.root, "cache") }
+func (r *Factory) vmsDir() string   { return filepath.Join(r.root, "vms") }
+func (r *Factory) cacheDir() string { return filepath.Join(r.root, "cache") }
 
 // InitEnv names the environment variable that overrides where kiln-init is.
 const InitEnv = "KILN_INIT"
@@ -140,11 +141,11 @@ func FindInit() (string, error) {
 }
 
 // ChooseAccel resolves the accelerator for a request, for run and doctor.
-func (r *Runtime) ChooseAccel(a vmm.Accel) (vmm.AccelChoice, error) {
+func (r *Factory) ChooseAccel(a vmm.Accel) (vmm.AccelChoice, error) {
 	return r.host.ChooseAccel(a)
 }
 
-// Names of the files in a VM's directory that the runtime owns.
+// Names of the files in a VM's directory that this package owns.
 const (
 	initrdFile = "initrd"
 	statusFile = "status.jsonl"
@@ -166,7 +167,7 @@ const (
 // Create prepares a VM for spec: it fills in its defaults, validates it, resolves the kernel,
 // QEMU and kiln-init, and writes the VM's directory and initrd. Nothing runs
 // until Start. On error nothing is left behind.
-func (r *Runtime) Create(ctx context.Context, spec Spec) (*VM, error) {
+func (r *Factory) Create(ctx context.Context, spec Spec) (*VM, error) {
 	spec.Resolve()
 	if err := spec.Validate(r.limits); err != nil {
 		return nil, err
@@ -340,13 +341,13 @@ type vmRecord struct {
 	Guest  *agent.Spec     `json:"guest"`
 }
 
-func (rec *vmRecord) vm(r *Runtime) *VM {
+func (rec *vmRecord) vm(r *Factory) *VM {
 	return &VM{ID: rec.ID, Name: rec.Spec.Name, Dir: rec.Config.Dir, Spec: rec.Spec, Accel: rec.Accel, Kernel: rec.Kernel, cfg: rec.Config, log: r.log, confine: r.confine, backend: r.backend}
 }
 
 // Load returns the VM whose directory is dir, as Create left it. Its
 // monitor is not attached: call Attach to take over a running VM, or Start.
-func (r *Runtime) Load(dir string) (*VM, error) {
+func (r *Factory) Load(dir string) (*VM, error) {
 	b, err := os.ReadFile(filepath.Join(dir, specFile))
 	if err != nil {
 		return nil, fmt.Errorf("reading VM record: %w", err)
@@ -362,10 +363,10 @@ func (r *Runtime) Load(dir string) (*VM, error) {
 }
 
 // VMDir returns the directory of the VM with the given ID.
-func (r *Runtime) VMDir(id string) string { return filepath.Join(r.vmsDir(), id) }
+func (r *Factory) VMDir(id string) string { return filepath.Join(r.vmsDir(), id) }
 
 // VMIDs lists the IDs of the VM directories under the root.
-func (r *Runtime) VMIDs() ([]string, error) {
+func (r *Factory) VMIDs() ([]string, error) {
 	ents, err := os.ReadDir(r.vmsDir())
 	if err != nil {
 		return nil, fmt.Errorf("listing VM directories: %w", err)
@@ -388,7 +389,7 @@ func kernelName(ref string) string {
 
 // agentSpec is what kiln-init is told to run: guestProg, or img when it is
 // not nil.
-func (r *Runtime) agentSpec(s *Spec, k *kernel.Kernel, guestProg string, img *imagePlan) *agent.Spec {
+func (r *Factory) agentSpec(s *Spec, k *kernel.Kernel, guestProg string, img *imagePlan) *agent.Spec {
 	if img != nil {
 		return img.agentSpec(s, k)
 	}
@@ -430,18 +431,18 @@ func NewID() (string, error) {
 // SetVolumeRemover sets how a failed Create removes a volume it made
 // (default: the volume store's Remove). The supervisor sets it, for it
 // knows whether another VM names the volume meanwhile.
-func (r *Runtime) SetVolumeRemover(fn func(st *volume.Store, name string) error) {
+func (r *Factory) SetVolumeRemover(fn func(st *volume.Store, name string) error) {
 	r.removeVolume = fn
 }
 
 // RemoveCgroup removes the cgroup the runs of the VM id used, if any is
 // left (a VM removed, or one that ended while no daemon watched it).
-func (r *Runtime) RemoveCgroup(id string) error { return r.confine.removeCgroup(id) }
+func (r *Factory) RemoveCgroup(id string) error { return r.confine.removeCgroup(id) }
 
 // SweepCgroups removes, host-wide, the empty VM cgroups that VMs of any
 // root left when they ended unseen, and returns how many it removed.
-func (r *Runtime) SweepCgroups() int { return r.confine.sweepCgroups() }
+func (r *Factory) SweepCgroups() int { return r.confine.sweepCgroups() }
 
 // Reap ends the monitor of a VM no record knows (id, in the VM directory
 // dir) through the backend, and returns its PID if one was running.
-func (r *Runtime) Reap(dir, id string) (int, error) { return r.backend.Reap(dir, id) }
+func (r *Factory) Reap(dir, id string) (int, error) { return r.backend.Reap(dir, id) }
