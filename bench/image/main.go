@@ -11,7 +11,7 @@
 //	(a) kiln: pull into a fresh store, then build the root filesystem;
 //	(b) skopeo copy (to an OCI layout) → umoci unpack → mkfs.ext4 -d;
 //	(c) kiln's cache hit: what a second run of the image does before boot,
-//	    as the image store's Get + RootFS, and as a whole runtime.Create
+//	    as the image store's Get + RootFS, and as a whole vm.Create
 //	    (the VM's writable disk and initrd included, then removed).
 //
 // and prints the medians, a/b (goal ≤ 0.5) and c (goal < 100 ms). skopeo
@@ -50,14 +50,14 @@ import (
 	"kiln.dev/kiln/internal/image"
 	"kiln.dev/kiln/internal/image/layerpack"
 	"kiln.dev/kiln/internal/options"
-	"kiln.dev/kiln/internal/runtime"
+	"kiln.dev/kiln/internal/vm"
 )
 
 func main() {
 	n := flag.Int("n", 5, "runs of each kind (at least 3)")
 	rootfs := flag.String("rootfs", "/var/cache/kiln-test/debian-rootfs", "a Debian userland (scripts/fetch-test-rootfs)")
-	initBin := flag.String("init", "bin/kiln-init", "kiln-init, for the runtime.Create figure (skipped when missing)")
-	kernel := flag.String("kernel", "/var/lib/kiln/kernels/default/vmlinux", "guest kernel, for the runtime.Create figure")
+	initBin := flag.String("init", "bin/kiln-init", "kiln-init, for the vm.Create figure (skipped when missing)")
+	kernel := flag.String("kernel", "/var/lib/kiln/kernels/default/vmlinux", "guest kernel, for the vm.Create figure")
 	flag.Parse()
 	if err := run(*n, *rootfs, *initBin, *kernel); err != nil {
 		fmt.Fprintln(os.Stderr, "bench/image:", err)
@@ -274,7 +274,7 @@ func cacheHit(root, ref string) (time.Duration, error) {
 	return time.Since(start), nil
 }
 
-// createHit times a whole runtime.Create of the cached image (the VM's
+// createHit times a whole vm.Create of the cached image (the VM's
 // writable disk and initrd included), then removes the VM. It returns 0
 // when kiln-init or the kernel is missing.
 func createHit(root, ref, initBin, kernel string) (time.Duration, error) {
@@ -285,17 +285,17 @@ func createHit(root, ref, initBin, kernel string) (time.Duration, error) {
 		return 0, nil
 	}
 	abs, _ := filepath.Abs(initBin)
-	rt, err := runtime.New(root, runtime.WithInit(abs))
+	rt, err := vm.New(root, vm.WithInit(abs))
 	if err != nil {
 		return 0, err
 	}
 	start := time.Now()
-	vm, err := rt.Create(context.Background(), runtime.Spec{Image: ref, Pull: options.PullNever, Kernel: kernel, Cmd: []string{"/bin/true"}})
+	v, err := rt.Create(context.Background(), vm.Spec{Image: ref, Pull: options.PullNever, Kernel: kernel, Cmd: []string{"/bin/true"}})
 	d := time.Since(start)
 	if err != nil {
 		return 0, err
 	}
-	return d, vm.Remove()
+	return d, v.Remove()
 }
 
 // dirImage packs a directory tree into a two-layer image: /usr, then the

@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"kiln.dev/kiln/internal/jail"
-	"kiln.dev/kiln/internal/runtime"
+	"kiln.dev/kiln/internal/vm"
 )
 
 // requireRoot skips a test of the jail, which only a root daemon builds.
@@ -199,12 +199,12 @@ func TestJailBadInput(t *testing.T) {
 	e := newEnv(t)
 	// More memory than the share of the host kiln may give VMs (the limit
 	// adds QEMU's own to the guest's).
-	host := runtime.ThisHost().MemoryMiB
+	host := vm.ThisHost().MemoryMiB
 	big := fmt.Sprintf("%dm", host*95/100)
 	groups := func() map[string]bool {
 		m := map[string]bool{}
 		for _, h := range []string{"/sys/fs/cgroup/memory", "/sys/fs/cgroup", "/sys/fs/cgroup/unified"} {
-			ents, _ := os.ReadDir(filepath.Join(h, runtime.CgroupParent))
+			ents, _ := os.ReadDir(filepath.Join(h, vm.CgroupParent))
 			for _, d := range ents {
 				if d.IsDir() {
 					m[filepath.Join(h, d.Name())] = true

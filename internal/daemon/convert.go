@@ -8,8 +8,9 @@ import (
 	"kiln.dev/kiln/internal/agent"
 	"kiln.dev/kiln/internal/network"
 	"kiln.dev/kiln/internal/options"
-	"kiln.dev/kiln/internal/runtime"
 	"kiln.dev/kiln/internal/state"
+	"kiln.dev/kiln/internal/supervisor"
+	"kiln.dev/kiln/internal/vm"
 	"kiln.dev/kiln/internal/vmm"
 )
 
@@ -27,13 +28,13 @@ func CheckConfig(c api.VMConfig) error {
 		// VM; a request never carries one.
 		spec.Attach = &network.Attachment{Network: spec.Network}
 	}
-	return spec.Validate(runtime.ThisHost())
+	return spec.Validate(vm.ThisHost())
 }
 
 // fromAPI turns a create request into the runtime's spec and options.
 // Validation happens in the runtime, which names the bad field.
-func fromAPI(c *api.VMConfig) (runtime.Spec, runtime.Options, error) {
-	spec := runtime.Spec{
+func fromAPI(c *api.VMConfig) (vm.Spec, supervisor.Options, error) {
+	spec := vm.Spec{
 		Name:        c.Name,
 		Program:     c.Program,
 		Image:       c.Image,
@@ -61,7 +62,7 @@ func fromAPI(c *api.VMConfig) (runtime.Spec, runtime.Options, error) {
 	for _, u := range c.Ulimits {
 		spec.Rlimits = append(spec.Rlimits, agent.Rlimit{Name: u.Name, Soft: u.Soft, Hard: u.Hard})
 	}
-	opts := runtime.Options{
+	opts := supervisor.Options{
 		Restart:    options.RestartPolicy{Name: c.Restart.Name, MaxRetries: c.Restart.MaxRetries},
 		AutoRemove: c.AutoRemove,
 		Log:        options.LogConfig{MaxSize: c.Log.MaxSize, MaxFiles: c.Log.MaxFiles},
@@ -74,7 +75,7 @@ func fromAPI(c *api.VMConfig) (runtime.Spec, runtime.Options, error) {
 	return spec, opts, nil
 }
 
-func toAPI(v *runtime.View) api.VM {
+func toAPI(v *supervisor.View) api.VM {
 	s := v.Spec
 	c := api.VMConfig{
 		Name: s.Name, Program: s.Program, Image: s.Image, Mode: s.Mode, Pull: s.Pull, Insecure: s.Insecure, DiskMiB: s.DiskMiB,
@@ -141,7 +142,7 @@ func eventToAPI(e state.Event) api.Event {
 	return out
 }
 
-func confinementToAPI(c *runtime.ConfinementView) *api.Confinement {
+func confinementToAPI(c *vm.ConfinementView) *api.Confinement {
 	if c == nil {
 		return nil
 	}

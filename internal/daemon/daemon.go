@@ -1,5 +1,5 @@
 // Package daemon is kiln's daemon: the REST API (api/, version 1) over a
-// unix socket, in front of the runtime's supervisor. The socket is 0600 in a
+// unix socket, in front of the supervisor. The socket is 0600 in a
 // 0700 directory, and requests from another uid than the daemon's (checked
 // with SO_PEERCRED) or carrying an Origin header are refused.
 package daemon
@@ -22,9 +22,10 @@ import (
 	"kiln.dev/kiln/internal/errdefs"
 	"kiln.dev/kiln/internal/jail"
 	"kiln.dev/kiln/internal/options"
-	"kiln.dev/kiln/internal/runtime"
 	"kiln.dev/kiln/internal/state"
+	"kiln.dev/kiln/internal/supervisor"
 	"kiln.dev/kiln/internal/unixsock"
+	"kiln.dev/kiln/internal/vm"
 )
 
 // Config configures the daemon.
@@ -51,14 +52,14 @@ type Config struct {
 
 // Defaults of the daemon's flags, for their help.
 const (
-	DefaultMemoryShare = runtime.DefaultMemoryShare
-	ConsoleMaxSizeEnv  = runtime.ConsoleMaxSizeEnv
+	DefaultMemoryShare = vm.DefaultMemoryShare
+	ConsoleMaxSizeEnv  = vm.ConsoleMaxSizeEnv
 )
 
 // confinement resolves the jail settings of cfg (with their environment
 // fallbacks) and applies its disk reserve. The errors name the flag.
-func (cfg Config) confinement() (runtime.Confinement, error) {
-	conf, err := runtime.DefaultConfinement()
+func (cfg Config) confinement() (vm.Confinement, error) {
+	conf, err := vm.DefaultConfinement()
 	if err != nil {
 		return conf, err
 	}
@@ -73,10 +74,10 @@ func (cfg Config) confinement() (runtime.Confinement, error) {
 	conf.MemoryShare = cfg.MemoryShare
 	consoleMax := cfg.ConsoleMaxSize
 	if consoleMax == "" {
-		consoleMax = os.Getenv(runtime.ConsoleMaxSizeEnv)
+		consoleMax = os.Getenv(vm.ConsoleMaxSizeEnv)
 	}
 	if consoleMax != "" {
-		if conf.ConsoleMaxSize, err = runtime.ParseConsoleMaxSize(consoleMax); err != nil {
+		if conf.ConsoleMaxSize, err = vm.ParseConsoleMaxSize(consoleMax); err != nil {
 			return conf, err
 		}
 	}
@@ -95,12 +96,12 @@ func (cfg Config) confinement() (runtime.Confinement, error) {
 }
 
 // FindInit returns the kiln-init a daemon started now boots its VMs with.
-func FindInit() (string, error) { return runtime.FindInit() }
+func FindInit() (string, error) { return vm.FindInit() }
 
 // JailUIDs returns the uid range a daemon started now without --jail-uids
 // jails its VMs' QEMUs in: $KILN_JAIL_UIDS, else the default range.
 func JailUIDs() (jail.Range, error) {
-	c, err := runtime.DefaultConfinement()
+	c, err := vm.DefaultConfinement()
 	return c.UIDs, err
 }
 
@@ -111,8 +112,8 @@ func SocketPath(root string) string { return filepath.Join(root, "run", "kiln.so
 type Daemon struct {
 	cfg  Config
 	db   *state.Store
-	rt   *runtime.Runtime
-	sup  *runtime.Supervisor
+	rt   *vm.Factory
+	sup  *supervisor.Supervisor
 	log  *slog.Logger
 	uid  int
 	lock *os.File
@@ -150,12 +151,12 @@ func Run(ctx context.Context, cfg Config, ready func()) error {
 	}
 	defer db.Close()
 	d.db = db
-	rt, err := runtime.New(cfg.Root, runtime.WithLogger(d.log), runtime.WithConfinement(conf))
+	rt, err := vm.New(cfg.Root, vm.WithLogger(d.log), vm.WithConfinement(conf))
 	if err != nil {
 		return err
 	}
 	d.rt = rt
-	d.sup = runtime.NewSupervisor(rt, db, d.log)
+	d.sup = supervisor.New(rt, db, d.log)
 	// Deferred after db.Close, so run before it: Close waits for the
 	// supervisor's goroutines, and none writes to the store after.
 	defer d.sup.Close()

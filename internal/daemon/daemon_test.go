@@ -18,8 +18,8 @@ import (
 	"kiln.dev/kiln/internal/errdefs"
 	"kiln.dev/kiln/internal/network"
 	"kiln.dev/kiln/internal/options"
-	"kiln.dev/kiln/internal/runtime"
 	"kiln.dev/kiln/internal/state"
+	"kiln.dev/kiln/internal/supervisor"
 	"kiln.dev/kiln/internal/vmm"
 )
 
@@ -379,7 +379,7 @@ func TestConvertRoundTrip(t *testing.T) {
 		RestartCount: 4, BootUptime: 0.25,
 	}
 	resolved := []network.PortMapping{{HostIP: "127.0.0.1", HostPort: 8080, GuestPort: 80, Protocol: "tcp"}, {HostIP: "0.0.0.0", HostPort: 40001, GuestPort: 53, Protocol: "udp"}}
-	out := toAPI(&runtime.View{Record: rec, Spec: spec, Options: opts, Dir: "/var/lib/kiln/vms/abcdef0123", Accel: vmm.AccelTCG, Kernel: "/k", Ports: resolved})
+	out := toAPI(&supervisor.View{Record: rec, Spec: spec, Options: opts, Dir: "/var/lib/kiln/vms/abcdef0123", Accel: vmm.AccelTCG, Kernel: "/k", Ports: resolved})
 	if !reflect.DeepEqual(out.Config, in) {
 		t.Errorf("toAPI(fromAPI(c)).Config =\n %+v\nwant\n %+v", out.Config, in)
 	}
@@ -405,7 +405,7 @@ func TestConvertZeroConfig(t *testing.T) {
 	if opts.StopGrace != 0 || spec.BootTimeout != 0 || spec.Rlimits != nil {
 		t.Errorf("fromAPI(zero): StopGrace %v BootTimeout %v Rlimits %v; want zero values for the runtime's defaults", opts.StopGrace, spec.BootTimeout, spec.Rlimits)
 	}
-	out := toAPI(&runtime.View{Spec: spec, Options: opts})
+	out := toAPI(&supervisor.View{Spec: spec, Options: opts})
 	if !reflect.DeepEqual(out.Config, api.VMConfig{}) {
 		t.Errorf("toAPI(fromAPI(zero)).Config = %+v, want zero", out.Config)
 	}
@@ -417,7 +417,7 @@ func TestToAPIRunning(t *testing.T) {
 		state.StatusStopping: true, state.StatusRestarting: false, state.StatusExited: false, state.StatusDead: false,
 	} {
 		t.Run(status, func(t *testing.T) {
-			out := toAPI(&runtime.View{Record: state.VM{Status: status}})
+			out := toAPI(&supervisor.View{Record: state.VM{Status: status}})
 			if out.State.Running != want || out.State.Status != status {
 				t.Errorf("status %s: Running = %v, want %v", status, out.State.Running, want)
 			}

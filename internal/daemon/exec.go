@@ -13,7 +13,7 @@ import (
 	"kiln.dev/kiln/api"
 	"kiln.dev/kiln/internal/agent"
 	"kiln.dev/kiln/internal/errdefs"
-	"kiln.dev/kiln/internal/runtime"
+	"kiln.dev/kiln/internal/vm"
 )
 
 // StreamProtocol is the Upgrade token of an exec stream.
@@ -35,13 +35,13 @@ func (d *Daemon) exec(w http.ResponseWriter, r *http.Request) error {
 	if len(c.Cmd) == 0 || c.Cmd[0] == "" {
 		return errdefs.Invalid("exec needs a command")
 	}
-	vm, err := d.sup.Running(r.Context(), r.PathValue("ref"))
+	v, err := d.sup.Running(r.Context(), r.PathValue("ref"))
 	if err != nil {
 		return err
 	}
-	sess, err := vm.Exec(agent.ExecRequest{Args: c.Cmd, Env: c.Env, WorkingDir: c.WorkingDir, User: c.User,
+	sess, err := v.Exec(agent.ExecRequest{Args: c.Cmd, Env: c.Env, WorkingDir: c.WorkingDir, User: c.User,
 		TTY: c.Tty, Rows: c.Rows, Cols: c.Cols, Stdin: c.Stdin})
-	var ee *runtime.ExecError
+	var ee *vm.ExecError
 	if err != nil && !errors.As(err, &ee) {
 		return errdefs.Mark(err, errdefs.ErrConflict)
 	}
@@ -96,7 +96,7 @@ func (d *Daemon) exec(w http.ResponseWriter, r *http.Request) error {
 				return nil
 			}
 		case agent.FrameExit:
-			e, err := runtime.ParseExit(f)
+			e, err := vm.ParseExit(f)
 			x := api.ExecExit{ExitCode: e.ExitCode, Error: e.Error}
 			if err != nil {
 				x = api.ExecExit{ExitCode: 125, Error: err.Error()}
@@ -145,11 +145,11 @@ func (d *Daemon) archiveGet(w http.ResponseWriter, r *http.Request) error {
 	if p == "" {
 		return errdefs.Invalid("archive needs a path")
 	}
-	vm, err := d.sup.Running(r.Context(), r.PathValue("ref"))
+	v, err := d.sup.Running(r.Context(), r.PathValue("ref"))
 	if err != nil {
 		return err
 	}
-	sess, err := vm.CopyOut(p)
+	sess, err := v.CopyOut(p)
 	if err != nil {
 		return err
 	}
@@ -167,8 +167,8 @@ func (d *Daemon) archiveGet(w http.ResponseWriter, r *http.Request) error {
 				return nil
 			}
 		case agent.FrameExit:
-			if e, err := runtime.ParseExit(f); err != nil || e.Error != "" {
-				d.log.Warn("copying out of a VM", "vm", vm.ID, "path", p, "err", e.Error)
+			if e, err := vm.ParseExit(f); err != nil || e.Error != "" {
+				d.log.Warn("copying out of a VM", "vm", v.ID, "path", p, "err", e.Error)
 				panic(http.ErrAbortHandler)
 			}
 			return nil
@@ -183,11 +183,11 @@ func (d *Daemon) archivePut(w http.ResponseWriter, r *http.Request) error {
 	if p == "" {
 		return errdefs.Invalid("archive needs a path")
 	}
-	vm, err := d.sup.Running(r.Context(), r.PathValue("ref"))
+	v, err := d.sup.Running(r.Context(), r.PathValue("ref"))
 	if err != nil {
 		return err
 	}
-	sess, err := vm.CopyIn(p)
+	sess, err := v.CopyIn(p)
 	if err != nil {
 		return err
 	}
@@ -208,15 +208,15 @@ func (d *Daemon) archivePut(w http.ResponseWriter, r *http.Request) error {
 		if f.Type != agent.FrameExit {
 			continue
 		}
-		e, err := runtime.ParseExit(f)
+		e, err := vm.ParseExit(f)
 		if err == nil && e.Error != "" {
-			err = fmt.Errorf("copying into VM %s: %s", vm.Name, e.Error)
+			err = fmt.Errorf("copying into VM %s: %s", v.Name, e.Error)
 		}
 		if err != nil {
 			return err
 		}
 		if err := <-copied; err != nil {
-			return fmt.Errorf("copying into VM %s: %w", vm.Name, err)
+			return fmt.Errorf("copying into VM %s: %w", v.Name, err)
 		}
 		w.WriteHeader(http.StatusNoContent)
 		return nil
@@ -225,11 +225,11 @@ func (d *Daemon) archivePut(w http.ResponseWriter, r *http.Request) error {
 
 // stats answers a running VM's memory and load, from its guest agent.
 func (d *Daemon) stats(w http.ResponseWriter, r *http.Request) error {
-	vm, err := d.sup.Running(r.Context(), r.PathValue("ref"))
+	v, err := d.sup.Running(r.Context(), r.PathValue("ref"))
 	if err != nil {
 		return err
 	}
-	st, err := vm.Stats()
+	st, err := v.Stats()
 	if err != nil {
 		return errdefs.Mark(err, errdefs.ErrConflict)
 	}

@@ -16,8 +16,8 @@ import (
 	"kiln.dev/kiln/api"
 	"kiln.dev/kiln/internal/errdefs"
 	"kiln.dev/kiln/internal/options"
-	"kiln.dev/kiln/internal/runtime"
 	"kiln.dev/kiln/internal/state"
+	"kiln.dev/kiln/internal/supervisor"
 )
 
 // maxBody bounds request bodies; a VM config is a few KiB.
@@ -266,7 +266,7 @@ func (d *Daemon) wait(w http.ResponseWriter, r *http.Request) error {
 
 func (d *Daemon) remove(w http.ResponseWriter, r *http.Request) error {
 	flag := func(k string) bool { v := r.URL.Query().Get(k); return v == "1" || v == "true" }
-	o := runtime.RemoveOptions{Force: flag("force"), Volumes: flag("v")}
+	o := supervisor.RemoveOptions{Force: flag("force"), Volumes: flag("v")}
 	if err := d.sup.Remove(r.Context(), r.PathValue("ref"), o); err != nil {
 		return err
 	}
@@ -353,7 +353,7 @@ func (d *Daemon) logs(w http.ResponseWriter, r *http.Request) error {
 		}
 		return nil
 	}
-	lq := runtime.LogQuery{Tail: -1, Follow: q.Get("follow") == "1"}
+	lq := supervisor.LogQuery{Tail: -1, Follow: q.Get("follow") == "1"}
 	var err error
 	if lq.Since, err = timeParam(r, "since"); err == nil {
 		lq.Until, err = timeParam(r, "until")

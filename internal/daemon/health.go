@@ -4,18 +4,19 @@ import (
 	"time"
 
 	"kiln.dev/kiln/api"
-	"kiln.dev/kiln/internal/runtime"
+	"kiln.dev/kiln/internal/supervisor"
+	"kiln.dev/kiln/internal/vm"
 )
 
-func healthFromAPI(h *api.HealthConfig) *runtime.HealthConfig {
+func healthFromAPI(h *api.HealthConfig) *vm.HealthConfig {
 	if h == nil {
 		return nil
 	}
-	return &runtime.HealthConfig{Test: h.Test, Interval: time.Duration(h.Interval), Timeout: time.Duration(h.Timeout),
+	return &vm.HealthConfig{Test: h.Test, Interval: time.Duration(h.Interval), Timeout: time.Duration(h.Timeout),
 		StartPeriod: time.Duration(h.StartPeriod), Retries: h.Retries}
 }
 
-func healthConfigToAPI(h *runtime.HealthConfig) *api.HealthConfig {
+func healthConfigToAPI(h *vm.HealthConfig) *api.HealthConfig {
 	if h == nil {
 		return nil
 	}
@@ -23,7 +24,7 @@ func healthConfigToAPI(h *runtime.HealthConfig) *api.HealthConfig {
 		StartPeriod: api.Duration(h.StartPeriod), Retries: h.Retries}
 }
 
-func healthToAPI(h *runtime.Health) *api.Health {
+func healthToAPI(h *supervisor.Health) *api.Health {
 	if h == nil {
 		return nil
 	}

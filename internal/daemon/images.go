@@ -239,7 +239,7 @@ func (d *Daemon) pruneImages(w http.ResponseWriter, r *http.Request) error {
 }
 
 // removeImage removes an image (by tag, digest or ID) by the supervisor's
-// one policy (see runtime.Supervisor.RemoveImage) and answers what it
+// one policy (see supervisor.Supervisor.RemoveImage) and answers what it
 // untagged and deleted.
 func (d *Daemon) removeImage(w http.ResponseWriter, r *http.Request) error {
 	ref, err := refParam(r)

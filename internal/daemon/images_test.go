@@ -24,8 +24,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"kiln.dev/kiln/api"
-	"kiln.dev/kiln/internal/runtime"
 	"kiln.dev/kiln/internal/state"
+	"kiln.dev/kiln/internal/supervisor"
+	"kiln.dev/kiln/internal/vm"
 	"kiln.dev/kiln/internal/vmm"
 )
 
@@ -53,12 +54,12 @@ func imageDaemon(t *testing.T) (*Daemon, http.Handler) {
 	}
 	noKVM := vmm.Host{Exists: func(string) bool { return false }, OpenRW: func(string) error { return os.ErrNotExist }}
 	lg := slog.New(slog.DiscardHandler)
-	rt, err := runtime.New(root, runtime.WithLogger(lg), runtime.WithHost(noKVM, runtime.HostLimits{MemoryMiB: 4096, CPUs: 2}),
-		runtime.WithInit(init), runtime.WithQEMU("/bin/true"))
+	rt, err := vm.New(root, vm.WithLogger(lg), vm.WithHost(noKVM, vm.HostLimits{MemoryMiB: 4096, CPUs: 2}),
+		vm.WithInit(init), vm.WithQEMU("/bin/true"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	sup := runtime.NewSupervisor(rt, db, lg)
+	sup := supervisor.New(rt, db, lg)
 	t.Cleanup(sup.Close)
 	d := &Daemon{cfg: Config{Root: root}, db: db, rt: rt, sup: sup, log: lg, uid: os.Geteuid()}
 	return d, d.routes()

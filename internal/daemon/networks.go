@@ -6,7 +6,7 @@ import (
 
 	"kiln.dev/kiln/api"
 	"kiln.dev/kiln/internal/network"
-	"kiln.dev/kiln/internal/runtime"
+	"kiln.dev/kiln/internal/supervisor"
 )
 
 func (d *Daemon) networkRoutes(mux *http.ServeMux) {
@@ -21,7 +21,7 @@ func (d *Daemon) createNetwork(w http.ResponseWriter, r *http.Request) error {
 	if err := decode(w, r, &c); err != nil {
 		return err
 	}
-	v, err := d.sup.CreateNetwork(r.Context(), runtime.NetworkRequest{Name: c.Name, Subnet: c.Subnet, Gateway: c.Gateway, Egress: c.Egress, IsolateVMs: c.IsolateVMs})
+	v, err := d.sup.CreateNetwork(r.Context(), supervisor.NetworkRequest{Name: c.Name, Subnet: c.Subnet, Gateway: c.Gateway, Egress: c.Egress, IsolateVMs: c.IsolateVMs})
 	if err != nil {
 		return err
 	}
@@ -59,20 +59,20 @@ func (d *Daemon) removeNetwork(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-func networkToAPI(v *runtime.NetworkView) api.Network {
+func networkToAPI(v *supervisor.NetworkView) api.Network {
 	out := api.Network{
 		Name: v.Name, Subnet: v.Subnet.String(), Gateway: v.Gateway.String(), Bridge: v.Bridge,
 		Egress: v.Egress, IsolateVMs: v.IsolateVMs, Created: v.Created, VMs: []api.NetworkVM{},
 	}
-	for _, vm := range v.VMs {
-		out.VMs = append(out.VMs, api.NetworkVM{ID: vm.ID, Name: vm.Name, IP: vm.IP})
+	for _, n := range v.VMs {
+		out.VMs = append(out.VMs, api.NetworkVM{ID: n.ID, Name: n.Name, IP: n.IP})
 	}
 	return out
 }
 
 // networkSettings describes a VM's place on its bridge network, nil for
 // other modes.
-func networkSettings(v *runtime.View) *api.NetworkSettings {
+func networkSettings(v *supervisor.View) *api.NetworkSettings {
 	a := v.Spec.Attach
 	if a == nil {
 		return nil

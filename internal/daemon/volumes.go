@@ -5,7 +5,7 @@ import (
 
 	"kiln.dev/kiln/api"
 	"kiln.dev/kiln/internal/options"
-	"kiln.dev/kiln/internal/runtime"
+	"kiln.dev/kiln/internal/supervisor"
 )
 
 // Volume endpoints: named volumes, kept under the root and attached to
@@ -19,7 +19,7 @@ func (d *Daemon) volumeRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /v1/volumes/prune", d.handle(d.pruneVolumes))
 }
 
-func volumeToAPI(u *runtime.VolumeUsage) api.Volume {
+func volumeToAPI(u *supervisor.VolumeUsage) api.Volume {
 	return api.Volume{Name: u.Name, SizeMiB: u.SizeMiB, Created: u.Created, UsedBytes: u.UsedBytes(),
 		Path: u.Disk(), UsedBy: u.UsedBy, AttachedTo: u.AttachedTo, Anonymous: u.Anonymous}
 }

@@ -12,8 +12,9 @@ import (
 	"testing"
 
 	"kiln.dev/kiln/api"
-	"kiln.dev/kiln/internal/runtime"
 	"kiln.dev/kiln/internal/state"
+	"kiln.dev/kiln/internal/supervisor"
+	"kiln.dev/kiln/internal/vm"
 )
 
 // TestVolumeEndpoints drives the volume API over a real supervisor and
@@ -30,11 +31,11 @@ func TestVolumeEndpoints(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	rt, err := runtime.New(root)
+	rt, err := vm.New(root)
 	if err != nil {
 		t.Fatal(err)
 	}
-	sup := runtime.NewSupervisor(rt, db, slog.New(slog.DiscardHandler))
+	sup := supervisor.New(rt, db, slog.New(slog.DiscardHandler))
 	defer sup.Close()
 	d := &Daemon{uid: 1000, log: slog.New(slog.DiscardHandler), rt: rt, sup: sup}
 	h := d.routes()

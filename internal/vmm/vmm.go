@@ -2,7 +2,7 @@
 // monitor through, and the configuration every backend takes.
 //
 // The seam is Backend (backend.go): the runtime is given one (QEMU by
-// default, runtime.WithBackend otherwise) and makes every run's VMM with
+// default, vm.WithBackend otherwise) and makes every run's VMM with
 // its New, takes over a running VM after a daemon restart with its Attach,
 // and lets it complete a new VM's Config (monitor binary, kernel command
 // line, device limits) with its Prepare. The runtime never names a backend

@@ -7,7 +7,7 @@
 //
 // A volume appears and disappears by a rename, so a reader never sees one
 // half made or half removed. Which VMs use a volume is not recorded here:
-// the VMs' specs say it (see runtime.Supervisor).
+// the VMs' specs say it (see supervisor.Supervisor).
 package volume
 
 import (

@@ -1,0 +1,386 @@
+package vm
+
+import (
+	"bufio"
+	"cmp"
+	"fmt"
+	"math"
+	"net/netip"
+	"os"
+	"path"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+
+	"kiln.dev/kiln/internal/agent"
+	"kiln.dev/kiln/internal/errdefs"
+	"kiln.dev/kiln/internal/network"
+	"kiln.dev/kiln/internal/options"
+	"kiln.dev/kiln/internal/vmm"
+)
+
+// Spec is what a user asks kiln to run. The zero value of each optional
+// field means the default.
+type Spec struct {
+	// Name is the VM's name; "" gets one made from its ID.
+	Name string `json:"name,omitempty"`
+	// Healthcheck is the VM's health check (health.go); an image's
+	// HEALTHCHECK fills what it leaves zero.
+	Healthcheck *HealthConfig `json:"healthcheck,omitempty"`
+	// Program is the host path of a static executable the VM runs (bare
+	// mode): it is placed at /usr/local/bin/<base name> in the guest.
+	Program string `json:"program"`
+	// Entrypoint replaces the program as what is executed (as docker's
+	// --entrypoint); Cmd are the arguments.
+	Entrypoint []string `json:"entrypoint,omitempty"`
+	Cmd        []string `json:"cmd,omitempty"`
+	// Env is KEY=VALUE, added to the defaults (PATH, HOSTNAME, HOME).
+	Env        []string `json:"env,omitempty"`
+	WorkingDir string   `json:"workingDir,omitempty"`
+	// User is uid[:gid], numeric: a bare VM has no /etc/passwd.
+	User      string         `json:"user,omitempty"`
+	MemoryMiB int            `json:"memoryMiB,omitempty"`
+	CPUs      int            `json:"cpus,omitempty"`
+	Kernel    string         `json:"kernel,omitempty"`
+	Accel     vmm.Accel      `json:"accel,omitempty"`
+	Rlimits   []agent.Rlimit `json:"rlimits,omitempty"`
+	// BootTimeout bounds the time from QEMU's start to kiln-init starting
+	// the program; a VM that misses it is a failed boot.
+	BootTimeout time.Duration `json:"bootTimeout,omitempty"`
+	StopSignal  int           `json:"stopSignal,omitempty"`
+	// Network is the VM's network mode: network.ModeUser ("" too; QEMU
+	// user-mode networking) or network.ModeNone (no interface).
+	Network string `json:"network,omitempty"`
+	// Ports are the published ports; a HostPort of 0 is picked at each
+	// start. They need a network.
+	Ports []network.PortMapping `json:"ports,omitempty"`
+	// IP is the address asked for on a bridge network (--ip); "" takes
+	// the next free one.
+	IP string `json:"ip,omitempty"`
+	// Attach is the VM's place on its bridge network, filled in by the
+	// supervisor when it leases the address (see bridge.go).
+	Attach *network.Attachment `json:"attach,omitempty"`
+	// ExtraHosts are docker's --add-host entries, "NAME:ADDRESS": lines of
+	// the guest's /etc/hosts. ADDRESS may be HostGateway, the host as the
+	// guest reaches it, which also opens the host's loopback services to
+	// the VM (closed to every other VM: see Confinement).
+	ExtraHosts []string `json:"extraHosts,omitempty"`
+	// Unconfined runs the VM's QEMU without its jail and sandbox
+	// (--unconfined): as the daemon's user, in the host's namespaces.
+	Unconfined bool `json:"unconfined,omitempty"`
+	// ID, when set, is the ID Create gives the VM (the supervisor picks
+	// it to lease an address under it before the VM exists).
+	ID string `json:"-"`
+
+	// Image is an OCI image (a reference, an ID or an ID prefix) to run
+	// instead of Program; exactly one of them is set. Its config is
+	// honoured as docker does; the fields above override it.
+	Image string `json:"image,omitempty"`
+	// Mode is how an image runs: options.ModeFull (its root filesystem, with a
+	// writable layer), options.ModeBinary (only the static ELF the image is for,
+	// booted like a Program), or "" to let the image's options.ModeLabel decide
+	// (full when it has none).
+	Mode string `json:"mode,omitempty"`
+	// Pull is when Create pulls Image: options.PullMissing ("" too), options.PullAlways or
+	// options.PullNever.
+	Pull string `json:"pull,omitempty"`
+	// Insecure allows a pull over plain HTTP from a registry that is not on
+	// loopback.
+	Insecure bool `json:"insecure,omitempty"`
+	// DiskMiB is the size of the VM's writable disk in full mode (a sparse
+	// file: it takes only what the guest writes); 0 means options.DefaultDiskMiB.
+	DiskMiB int `json:"diskMiB,omitempty"`
+
+	// ImageID and ExposedPorts are filled in by Create from the image: its
+	// ID (the config digest, which VMs using the image are found by) and
+	// the ports its config exposes ("80/tcp").
+	ImageID      string   `json:"imageID,omitempty"`
+	ExposedPorts []string `json:"exposedPorts,omitempty"`
+
+	// Mounts are named volumes, host directories and baked directories
+	// (mounts.go).
+	Mounts []options.Mount `json:"mounts,omitempty"`
+}
+
+// HostLimits are the bounds a Spec is checked against.
+type HostLimits struct {
+	MemoryMiB int
+	CPUs      int
+}
+
+// ThisHost returns the limits of this machine.
+func ThisHost() HostLimits {
+	return HostLimits{MemoryMiB: hostMemoryMiB(), CPUs: runtime.NumCPU()}
+}
+
+func hostMemoryMiB() int {
+	f, err := os.Open("/proc/meminfo")
+	if err != nil {
+		return math.MaxInt32
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "MemTotal:"); ok {
+			kb, err := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
+			if err == nil {
+				return kb / 1024
+			}
+		}
+	}
+	return math.MaxInt32
+}
+
+var nameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
+
+// ValidateName reports whether name can name a VM.
+func ValidateName(name string) error {
+	if !nameRE.MatchString(name) {
+		return errdefs.Invalid(fmt.Sprintf("invalid VM name %q: use 1-63 letters, digits, '_', '.' or '-', starting with a letter or digit", name))
+	}
+	return nil
+}
+
+// Resolve fills in s's defaults and puts its values in their canonical
+// form: memory, CPUs, boot timeout, accelerator and network mode, an
+// image's pull policy and disk size, clean mount paths. It never fails: a
+// value it cannot read is left as it is, for Validate to refuse.
+func (s *Spec) Resolve() {
+	if s.MemoryMiB == 0 {
+		s.MemoryMiB = options.DefaultMemoryMiB
+	}
+	if s.CPUs == 0 {
+		s.CPUs = 1
+	}
+	if a, err := vmm.ParseAccel(string(s.Accel)); err == nil {
+		s.Accel = a
+	}
+	if s.BootTimeout == 0 {
+		s.BootTimeout = options.DefaultBootTimeout
+	}
+	if mode, err := network.ParseMode(s.Network); err == nil {
+		s.Network = mode
+	}
+	if s.Image != "" {
+		if s.Pull == "" {
+			s.Pull = options.PullMissing
+		}
+		if s.DiskMiB == 0 {
+			s.DiskMiB = options.DefaultDiskMiB
+		}
+	}
+	options.CleanMounts(s.Mounts)
+}
+
+// Validate checks s against the host's limits without changing it. A zero
+// optional field is judged as the default Resolve gives it.
+func (s *Spec) Validate(h HostLimits) error {
+	if err := s.Healthcheck.Validate(); err != nil {
+		return err
+	}
+	if s.Name != "" {
+		if err := ValidateName(s.Name); err != nil {
+			return err
+		}
+	}
+	switch {
+	case s.Program == "" && s.Image == "":
+		return errdefs.Invalid("no program or image to run")
+	case s.Program != "" && s.Image != "":
+		return errdefs.Invalid("give a program or an image to run, not both")
+	}
+	if err := s.validateImage(); err != nil {
+		return err
+	}
+	if mem := cmp.Or(s.MemoryMiB, options.DefaultMemoryMiB); mem < options.MinMemoryMiB || mem > h.MemoryMiB {
+		return errdefs.Invalid(fmt.Sprintf("invalid memory %s: allowed %dm to %dm (this host's memory)", options.FormatMiB(mem), options.MinMemoryMiB, h.MemoryMiB))
+	}
+	if cpus := cmp.Or(s.CPUs, 1); cpus < 1 || cpus > h.CPUs {
+		return errdefs.Invalid(fmt.Sprintf("invalid cpus %d: allowed 1 to %d (this host's CPUs)", cpus, h.CPUs))
+	}
+	for _, e := range s.Env {
+		k, _, ok := strings.Cut(e, "=")
+		if !ok || k == "" || strings.ContainsAny(k, "\x00") {
+			return errdefs.Invalid(fmt.Sprintf("invalid environment entry %q: want KEY=VALUE", e))
+		}
+	}
+	if s.WorkingDir != "" && !path.IsAbs(s.WorkingDir) {
+		return errdefs.Invalid(fmt.Sprintf("invalid working directory %q: must be an absolute path", s.WorkingDir))
+	}
+	if s.Image != "" {
+		if err := ValidateImageUser(s.User); err != nil {
+			return err
+		}
+	} else if _, _, err := ParseUser(s.User); err != nil {
+		return err
+	}
+	if _, err := vmm.ParseAccel(string(s.Accel)); err != nil {
+		return errdefs.Invalid(err.Error())
+	}
+	if s.BootTimeout < 0 {
+		return errdefs.Invalid(fmt.Sprintf("invalid boot timeout %s: must be positive", s.BootTimeout))
+	}
+	mode, err := network.ParseMode(s.Network)
+	if err != nil {
+		return err
+	}
+	if err := network.Validate(s.Ports); err != nil {
+		return err
+	}
+	if mode == network.ModeNone && len(s.Ports) > 0 {
+		return errdefs.Invalid(fmt.Sprintf("cannot publish port %s: --network none gives the VM no network", s.Ports[0].Key()))
+	}
+	if err := s.validateBridge(); err != nil {
+		return err
+	}
+	if err := options.ValidateMounts(s.Mounts); err != nil {
+		return err
+	}
+	for _, h := range s.ExtraHosts {
+		if _, _, err := ParseExtraHost(h); err != nil {
+			return err
+		}
+	}
+	return options.ValidateRlimits(s.Rlimits)
+}
+
+// validateImage checks the image fields.
+func (s *Spec) validateImage() error {
+	if s.Image == "" {
+		if s.Mode != "" || s.Pull != "" || s.DiskMiB != 0 {
+			return errdefs.Invalid("--mode, --pull and --disk-size apply to images only")
+		}
+		return nil
+	}
+	if err := ValidateImageRef(s.Image); err != nil {
+		return err
+	}
+	switch s.Mode {
+	case "", options.ModeFull, options.ModeBinary:
+	default:
+		return errdefs.Invalid(fmt.Sprintf("invalid mode %q: use full or binary", s.Mode))
+	}
+	switch s.Pull {
+	case "", options.PullMissing, options.PullAlways, options.PullNever:
+	default:
+		return errdefs.Invalid(fmt.Sprintf("invalid pull policy %q: use missing, always or never", s.Pull))
+	}
+	if disk := cmp.Or(s.DiskMiB, options.DefaultDiskMiB); disk < options.MinDiskMiB || disk > options.MaxDiskMiB {
+		return errdefs.Invalid(fmt.Sprintf("invalid disk size %s: allowed %dm to %s", options.FormatMiB(disk), options.MinDiskMiB, options.FormatMiB(options.MaxDiskMiB)))
+	}
+	return nil
+}
+
+var (
+	imageIDRE   = regexp.MustCompile(`^(sha256:)?[0-9a-f]{1,64}$`)
+	userPartRE  = regexp.MustCompile(`^[A-Za-z0-9_.][A-Za-z0-9_.-]*\$?$`)
+	maxUserPart = 256
+)
+
+// ValidateImageRef reports whether ref can name an image: a reference
+// ("app", "app:v1", "host:5000/team/app@sha256:…") or an image ID or ID
+// prefix ("sha256:ab12…", "ab12…").
+func ValidateImageRef(ref string) error {
+	if imageIDRE.MatchString(ref) {
+		return nil
+	}
+	if _, err := name.ParseReference(ref); err != nil {
+		return errdefs.Invalid(fmt.Sprintf("invalid image reference %q (and no such file on this host): %s", ref, err.Error()))
+	}
+	return nil
+}
+
+// ValidateImageUser checks a --user for an image VM: user[:group], each a
+// name or a numeric id, resolved in the guest against the image's
+// /etc/passwd and /etc/group. "" is the image's user.
+func ValidateImageUser(s string) error {
+	if s == "" {
+		return nil
+	}
+	u, g, hasG := strings.Cut(s, ":")
+	if !validUserPart(u) || (hasG && !validUserPart(g)) {
+		return errdefs.Invalid(fmt.Sprintf("invalid user %q: want user[:group], each a name or a number", s))
+	}
+	return nil
+}
+
+func validUserPart(p string) bool { return len(p) <= maxUserPart && userPartRE.MatchString(p) }
+
+// ParseUser parses uid[:gid] (numeric). "" is root.
+func ParseUser(s string) (uid, gid uint32, err error) {
+	if s == "" {
+		return 0, 0, nil
+	}
+	u, g, hasG := strings.Cut(s, ":")
+	uv, err := strconv.ParseUint(u, 10, 32)
+	if err != nil {
+		return 0, 0, errdefs.Invalid(fmt.Sprintf("invalid user %q: a bare VM has no user database, use a numeric uid[:gid]", s))
+	}
+	// Without a group, gid 0, as docker gives a uid that has no passwd
+	// entry (a bare VM has none).
+	gv := uint64(0)
+	if hasG {
+		gv, err = strconv.ParseUint(g, 10, 32)
+		if err != nil {
+			return 0, 0, errdefs.Invalid(fmt.Sprintf("invalid user %q: a bare VM has no group database, use a numeric uid[:gid]", s))
+		}
+	}
+	return uint32(uv), uint32(gv), nil
+}
+
+// HostGateway is the --add-host address that stands for the host itself,
+// as docker spells it.
+const HostGateway = "host-gateway"
+
+var hostnameRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9_.-]{0,252})$`)
+
+// ParseExtraHost parses an --add-host entry, NAME:ADDRESS (an IPv4 or IPv6
+// address, or HostGateway).
+func ParseExtraHost(s string) (name, addr string, err error) {
+	name, addr, ok := strings.Cut(s, ":")
+	if !ok || !hostnameRE.MatchString(name) {
+		return "", "", errdefs.Invalid(fmt.Sprintf("invalid --add-host %q: want NAME:ADDRESS, NAME a host name, ADDRESS an IP address or %s", s, HostGateway))
+	}
+	if addr == HostGateway {
+		return name, addr, nil
+	}
+	if _, err := netip.ParseAddr(strings.Trim(addr, "[]")); err != nil {
+		return "", "", errdefs.Invalid(fmt.Sprintf("invalid --add-host %q: address %q is neither an IP address nor %s", s, addr, HostGateway))
+	}
+	return name, strings.Trim(addr, "[]"), nil
+}
+
+// HostAccess reports whether the VM asked to reach the host
+// (--add-host NAME:host-gateway).
+func (s *Spec) HostAccess() bool {
+	for _, h := range s.ExtraHosts {
+		if _, a, err := ParseExtraHost(h); err == nil && a == HostGateway {
+			return true
+		}
+	}
+	return false
+}
+
+// guestHosts returns the /etc/hosts lines of s.ExtraHosts, HostGateway
+// replaced by gateway (the host as the guest reaches it).
+func (s *Spec) guestHosts(gateway string) []string {
+	var out []string
+	for _, h := range s.ExtraHosts {
+		name, addr, err := ParseExtraHost(h)
+		if err != nil {
+			continue
+		}
+		if addr == HostGateway {
+			if gateway == "" {
+				continue
+			}
+			addr = gateway
+		}
+		out = append(out, addr+"\t"+name)
+	}
+	return out
+}
