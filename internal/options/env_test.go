@@ -5,6 +5,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"kiln.dev/kiln/internal/testenv"
 )
 
 func lookupFrom(m map[string]string) func(string) (string, bool) {
@@ -34,7 +36,7 @@ func TestParseEnv(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			got, err := ParseEnv(tt.in, host)
 			if tt.wantErr != "" {
-				checkInvalid(t, err, tt.wantErr)
+				testenv.CheckInvalid(t, err, tt.wantErr)
 				return
 			}
 			if err != nil || fmt.Sprint(got) != fmt.Sprint(tt.want) || len(got) != len(tt.want) {
@@ -66,7 +68,7 @@ func TestParseEnvFile(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			got, err := ParseEnvFile(strings.NewReader(tt.content), "app.env", host)
 			if tt.wantErr != nil {
-				checkInvalid(t, err, tt.wantErr...)
+				testenv.CheckInvalid(t, err, tt.wantErr...)
 				return
 			}
 			if err != nil || fmt.Sprintf("%q", got) != fmt.Sprintf("%q", tt.want) {

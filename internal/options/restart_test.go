@@ -2,6 +2,8 @@ package options
 
 import (
 	"testing"
+
+	"kiln.dev/kiln/internal/testenv"
 )
 
 func TestParseRestartPolicy(t *testing.T) {
@@ -29,7 +31,7 @@ func TestParseRestartPolicy(t *testing.T) {
 		t.Run(tt.in, func(t *testing.T) {
 			got, err := ParseRestartPolicy(tt.in)
 			if tt.wantErr != "" {
-				checkInvalid(t, err, `"`+tt.in+`"`, tt.wantErr)
+				testenv.CheckInvalid(t, err, `"`+tt.in+`"`, tt.wantErr)
 				return
 			}
 			if err != nil || got != tt.want {
@@ -92,7 +94,7 @@ func TestRestartPolicyValidate(t *testing.T) {
 				}
 				return
 			}
-			checkInvalid(t, err)
+			testenv.CheckInvalid(t, err)
 		})
 	}
 }
@@ -161,7 +163,7 @@ func TestParseLogOpts(t *testing.T) {
 			got, err := ParseLogOpts(tt.opts)
 			if tt.wantErr != "" {
 				bad := tt.opts[len(tt.opts)-1]
-				checkInvalid(t, err, `"`+bad+`"`, tt.wantErr)
+				testenv.CheckInvalid(t, err, `"`+bad+`"`, tt.wantErr)
 				return
 			}
 			if err != nil || got != tt.want {
@@ -184,7 +186,7 @@ func TestParseLogOptsOverflow(t *testing.T) {
 			if err == nil {
 				t.Fatalf("regression: policy.go ParseBytes: n*mult overflows; max-size=%s is accepted as %d bytes", v, got.MaxSize)
 			}
-			checkInvalid(t, err, "max-size")
+			testenv.CheckInvalid(t, err, "max-size")
 		})
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"kiln.dev/kiln/internal/errdefs"
+	"kiln.dev/kiln/internal/testenv"
 )
 
 func TestParseMemory(t *testing.T) {
@@ -51,7 +52,7 @@ func TestParseMemory(t *testing.T) {
 		t.Run(tt.in, func(t *testing.T) {
 			got, err := ParseMemory(tt.in)
 			if tt.wantErr != "" {
-				checkInvalid(t, err, tt.wantErr)
+				testenv.CheckInvalid(t, err, tt.wantErr)
 				return
 			}
 			if err != nil || got != tt.want {
@@ -110,6 +111,6 @@ func TestParseSize(t *testing.T) {
 	}
 	for _, in := range []string{"", "m", "-1m", "1.5m", "abc", "1x", "1 g", "17179869185g", "9223372036854775k", "9223372036854775808"} {
 		_, err := ParseSize(in)
-		checkInvalid(t, err, fmt.Sprintf("%q", in))
+		testenv.CheckInvalid(t, err, fmt.Sprintf("%q", in))
 	}
 }

@@ -8,6 +8,7 @@ import (
 
 	"kiln.dev/kiln/internal/agent"
 	"kiln.dev/kiln/internal/errdefs"
+	"kiln.dev/kiln/internal/testenv"
 )
 
 func TestParseUlimit(t *testing.T) {
@@ -37,7 +38,7 @@ func TestParseUlimit(t *testing.T) {
 		t.Run(tt.in, func(t *testing.T) {
 			got, err := ParseUlimit(tt.in)
 			if tt.wantErr != "" {
-				checkInvalid(t, err, tt.wantErr, tt.in)
+				testenv.CheckInvalid(t, err, tt.wantErr, tt.in)
 				return
 			}
 			if err != nil || got != tt.want {

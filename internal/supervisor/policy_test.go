@@ -1,14 +1,12 @@
 package supervisor
 
 import (
-	"errors"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
-	"kiln.dev/kiln/internal/errdefs"
 	"kiln.dev/kiln/internal/options"
+	"kiln.dev/kiln/internal/testenv"
 )
 
 func TestBackoff(t *testing.T) {
@@ -84,7 +82,7 @@ func TestOptionsValidate(t *testing.T) {
 			err := o.Validate()
 			o.Resolve()
 			if tt.wantErr != "" {
-				checkInvalid(t, err, tt.wantErr)
+				testenv.CheckInvalid(t, err, tt.wantErr)
 				return
 			}
 			if err != nil {
@@ -103,22 +101,5 @@ func TestOptionsValidate(t *testing.T) {
 	}
 	if options.DefaultStopGrace != 10*time.Second || options.DefaultLogMaxSize != 10<<20 || options.DefaultLogMaxFiles != 3 {
 		t.Errorf("defaults changed: grace %v, max-size %d, max-file %d", options.DefaultStopGrace, options.DefaultLogMaxSize, options.DefaultLogMaxFiles)
-	}
-}
-
-// checkInvalid fails unless err is an ErrInvalidArgument that mentions each
-// of subs.
-func checkInvalid(t *testing.T, err error, subs ...string) {
-	t.Helper()
-	if err == nil {
-		t.Fatalf("got no error, want one mentioning %q", subs)
-	}
-	if !errors.Is(err, errdefs.ErrInvalidArgument) {
-		t.Errorf("error %q is not ErrInvalidArgument", err)
-	}
-	for _, s := range subs {
-		if !strings.Contains(err.Error(), s) {
-			t.Errorf("error %q does not mention %q", err, s)
-		}
 	}
 }

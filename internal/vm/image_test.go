@@ -21,6 +21,7 @@ import (
 	"kiln.dev/kiln/internal/image"
 	"kiln.dev/kiln/internal/kernel"
 	"kiln.dev/kiln/internal/options"
+	"kiln.dev/kiln/internal/testenv"
 )
 
 func TestImageArgs(t *testing.T) {
@@ -87,7 +88,7 @@ func TestValidateImageSpec(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			s := base()
 			tt.edit(&s)
-			checkInvalid(t, s.Validate(h), tt.want)
+			testenv.CheckInvalid(t, s.Validate(h), tt.want)
 		})
 	}
 	// IDs and ID prefixes are image references too.

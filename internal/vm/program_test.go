@@ -11,6 +11,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"kiln.dev/kiln/internal/testenv"
 )
 
 var (
@@ -194,7 +196,7 @@ func TestCheckProgram(t *testing.T) {
 				}
 				return
 			}
-			checkInvalid(t, err, tt.wantErr, p)
+			testenv.CheckInvalid(t, err, tt.wantErr, p)
 		})
 	}
 }

@@ -1,7 +1,6 @@
 package vm
 
 import (
-	"errors"
 	"fmt"
 	"math"
 	"strings"
@@ -9,27 +8,10 @@ import (
 	"time"
 
 	"kiln.dev/kiln/internal/agent"
-	"kiln.dev/kiln/internal/errdefs"
 	"kiln.dev/kiln/internal/options"
+	"kiln.dev/kiln/internal/testenv"
 	"kiln.dev/kiln/internal/vmm"
 )
-
-// checkInvalid fails unless err is an ErrInvalidArgument that mentions each
-// of subs.
-func checkInvalid(t *testing.T, err error, subs ...string) {
-	t.Helper()
-	if err == nil {
-		t.Fatalf("got no error, want one mentioning %q", subs)
-	}
-	if !errors.Is(err, errdefs.ErrInvalidArgument) {
-		t.Errorf("error %q is not ErrInvalidArgument", err)
-	}
-	for _, s := range subs {
-		if !strings.Contains(err.Error(), s) {
-			t.Errorf("error %q does not mention %q", err, s)
-		}
-	}
-}
 
 func TestParseUser(t *testing.T) {
 	tests := []struct {
@@ -57,7 +39,7 @@ func TestParseUser(t *testing.T) {
 		t.Run(tt.in, func(t *testing.T) {
 			uid, gid, err := ParseUser(tt.in)
 			if tt.wantErr != "" {
-				checkInvalid(t, err, tt.wantErr)
+				testenv.CheckInvalid(t, err, tt.wantErr)
 				return
 			}
 			if err != nil || uid != tt.uid || (tt.checkGID && gid != tt.gid) {
@@ -132,7 +114,7 @@ func TestSpecValidate(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			s := tt.spec
-			checkInvalid(t, s.Validate(host), tt.wantErr...)
+			testenv.CheckInvalid(t, s.Validate(host), tt.wantErr...)
 		})
 	}
 }
@@ -144,6 +126,6 @@ func TestValidateName(t *testing.T) {
 		}
 	}
 	for _, bad := range []string{"", "-a", ".a", "_a", "a b", "a/b", "../a", "a:b", strings.Repeat("x", 64)} {
-		checkInvalid(t, ValidateName(bad), fmt.Sprintf("%q", bad))
+		testenv.CheckInvalid(t, ValidateName(bad), fmt.Sprintf("%q", bad))
 	}
 }
