@@ -5,16 +5,13 @@ import (
 	"context"
 	"debug/elf"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"os/exec"
 	"path"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -66,7 +63,7 @@ type imageStores struct {
 
 // WithImages makes the factory use s for images instead of opening the
 // store under its root on first use. s must be the store of the same root:
-// VMs record image IDs that ImageUsers looks for there.
+// VMs record the IDs of the images they were made from.
 func WithImages(s *image.Store) Option { return func(r *Factory) { r.images.store = s } }
 
 // Images returns the factory's image store, opening it on first use.
@@ -593,40 +590,4 @@ func splitPath(p string) []string {
 		}
 	}
 	return out
-}
-
-// ImageUsers returns the names of the VMs under the root made from the
-// image with ID id (running or not), sorted: while there are any, the
-// image should not be removed.
-func (r *Factory) ImageUsers(id string) ([]string, error) {
-	ids, err := r.VMIDs()
-	if err != nil {
-		return nil, err
-	}
-	var users []string
-	for _, vmID := range ids {
-		b, err := os.ReadFile(filepath.Join(r.VMDir(vmID), specFile))
-		if errors.Is(err, fs.ErrNotExist) {
-			continue // being created or removed
-		}
-		if err != nil {
-			return nil, fmt.Errorf("reading VM record: %w", err)
-		}
-		var rec struct {
-			Spec struct {
-				Name    string `json:"name"`
-				ImageID string `json:"imageID"`
-			} `json:"spec"`
-		}
-		if json.Unmarshal(b, &rec) != nil || rec.Spec.ImageID != id {
-			continue
-		}
-		n := rec.Spec.Name
-		if n == "" {
-			n = vmID[:12]
-		}
-		users = append(users, n)
-	}
-	sort.Strings(users)
-	return users, nil
 }

@@ -197,40 +197,6 @@ func TestSquashfsResolveFollowsLinksInsideTheImage(t *testing.T) {
 	}
 }
 
-func TestImageUsers(t *testing.T) {
-	root := t.TempDir()
-	r, err := New(root)
-	if err != nil {
-		t.Fatal(err)
-	}
-	const idA, idB = "sha256:aaaa", "sha256:bbbb"
-	vms := map[string]string{
-		"1111111111111111": `{"spec":{"name":"web","image":"app","imageID":"sha256:aaaa"}}`,
-		"2222222222222222": `{"spec":{"name":"db","imageID":"sha256:bbbb"}}`,
-		"3333333333333333": `{"spec":{"name":"api","image":"app:2","imageID":"sha256:aaaa"}}`,
-		"4444444444444444": `{"spec":{"name":"bare","program":"/bin/x"}}`,
-		"5555555555555555": ``, // being created: no vm.json yet
-		"6666666666666666": `{not json`,
-	}
-	for id, rec := range vms {
-		dir := r.VMDir(id)
-		if err := os.MkdirAll(dir, 0o700); err != nil {
-			t.Fatal(err)
-		}
-		if rec != "" {
-			if err := os.WriteFile(filepath.Join(dir, specFile), []byte(rec), 0o600); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	for id, want := range map[string][]string{idA: {"api", "web"}, idB: {"db"}, "sha256:cccc": nil} {
-		got, err := r.ImageUsers(id)
-		if err != nil || !slices.Equal(got, want) {
-			t.Errorf("ImageUsers(%s) = %q, %v; want %q", id, got, err, want)
-		}
-	}
-}
-
 // tinyELF is an x86-64 executable of size bytes: an ELF header, a PT_LOAD
 // (and a PT_INTERP when dynamic), then random bytes.
 func tinyELF(t *testing.T, size int, dynamic bool) []byte {
