@@ -125,7 +125,7 @@ const (
 type VM struct {
 	ID           string
 	Name         string
-	Spec         []byte // the runtime's spec, JSON
+	Spec         []byte // the supervisor's record of the VM (its options), JSON
 	Created      time.Time
 	Desired      string
 	Status       string

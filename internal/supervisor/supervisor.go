@@ -133,10 +133,16 @@ func (m *managed) settle(ctx context.Context) error {
 	return nil
 }
 
-// record is what the state store keeps of a VM's spec.
+// record is what the state store keeps of a VM beside its state: the
+// options it runs with.
+//
+// The VM's spec is kept once, in its directory's vm.json, with everything
+// else needed to start or reattach it; the record holds what only the
+// supervisor uses. A record written by an older kiln also holds the spec,
+// which is read only when vm.json cannot be.
 type record struct {
-	Spec    vm.Spec `json:"spec"`
-	Options Options `json:"options"`
+	Spec    *vm.Spec `json:"spec,omitempty"`
+	Options Options  `json:"options"`
 }
 
 // New returns a supervisor over the factory's VMs and the store.
@@ -291,7 +297,7 @@ func (s *Supervisor) Create(ctx context.Context, spec vm.Spec, opts Options) (*V
 	if machine.Accel.Warning != "" {
 		warnings = append(warnings, machine.Accel.Warning)
 	}
-	b, err := json.Marshal(record{Spec: machine.Spec, Options: opts})
+	b, err := json.Marshal(record{Options: opts})
 	if err != nil {
 		return nil, nil, fmt.Errorf("encoding VM spec: %w", err)
 	}
@@ -801,7 +807,10 @@ func (s *Supervisor) adopt(rec *state.VM) {
 	m := &managed{id: rec.ID, rec: rec, nextRun: make(chan struct{})}
 	var r record
 	if err := json.Unmarshal(rec.Spec, &r); err == nil {
-		m.spec, m.opts = r.Spec, r.Options
+		m.opts = r.Options
+		if r.Spec != nil {
+			m.spec = *r.Spec
+		}
 	}
 	m.opts.Resolve()
 	s.mu.Lock()
@@ -817,7 +826,7 @@ func (s *Supervisor) adopt(rec *state.VM) {
 		m.mu.Unlock()
 		return
 	}
-	m.machine = machine
+	m.machine, m.spec = machine, machine.Spec
 	if logs, err := startCollector(machine.Dir, m.opts.Log, s.log); err == nil {
 		m.logs = logs
 	} else {

@@ -2,11 +2,14 @@ package supervisor
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -402,5 +405,68 @@ func TestFakeVolumeReservedDuringCreate(t *testing.T) {
 	}
 	if err := d.sup.RemoveVolume(context.Background(), "data"); err != nil {
 		t.Errorf("removing a volume no VM names: %v", err)
+	}
+}
+
+// A VM's spec is stored once, in its vm.json: the store's record holds its
+// options only, and a daemon that adopts the VM takes the spec from its
+// directory. A record an older kiln wrote, with the spec in it, still
+// names what a VM with a broken directory was.
+func TestSpecIsStoredOnceInTheVMDirectory(t *testing.T) {
+	b := &vmmtest.Backend{}
+	d := newFakeDaemon(t, b)
+	s := d.spec("once")
+	s.Env = []string{"WHERE=vm.json"}
+	v, _, err := d.sup.Create(context.Background(), s, Options{StopGrace: 3 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := d.db.GetVM(context.Background(), v.Record.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stored map[string]json.RawMessage
+	if err := json.Unmarshal(rec.Spec, &stored); err != nil {
+		t.Fatalf("record %s: %v", rec.Spec, err)
+	}
+	if _, ok := stored["spec"]; ok || stored["options"] == nil {
+		t.Errorf("record %s: want the options and no spec", rec.Spec)
+	}
+	d.close()
+	d.open()
+	got, err := d.sup.Get(context.Background(), "once")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Spec.Program != s.Program || !slices.Equal(got.Spec.Env, s.Env) || got.Options.StopGrace != 3*time.Second {
+		t.Errorf("adopted spec %+v, options %+v; want the program and env created with, stop grace 3s", got.Spec, got.Options)
+	}
+
+	// An older record held the spec: it serves when vm.json is gone.
+	d.close()
+	old, err := json.Marshal(map[string]any{"spec": s, "options": Options{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The store writes a record's spec only when the VM is inserted, so
+	// the older record is written as an older kiln left it.
+	db, err := sql.Open("sqlite", "file:"+filepath.Join(d.root, "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`UPDATE vms SET spec=? WHERE id=?`, old, rec.ID); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	if err := os.Remove(filepath.Join(d.rt.VMDir(v.Record.ID), "vm.json")); err != nil {
+		t.Fatal(err)
+	}
+	d.open()
+	got, err = d.sup.Get(context.Background(), "once")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Record.Status != state.StatusDead || got.Spec.Program != s.Program {
+		t.Errorf("VM without vm.json: status %s, spec %+v; want dead, with the older record's spec", got.Record.Status, got.Spec)
 	}
 }
