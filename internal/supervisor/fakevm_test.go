@@ -1,11 +1,7 @@
 package supervisor
 
 import (
-	"bytes"
 	"context"
-	crand "crypto/rand"
-	"debug/elf"
-	"encoding/binary"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -14,6 +10,7 @@ import (
 	"time"
 
 	"kiln.dev/kiln/internal/state"
+	"kiln.dev/kiln/internal/testenv"
 	"kiln.dev/kiln/internal/vm"
 	"kiln.dev/kiln/internal/vmm/vmmtest"
 )
@@ -39,7 +36,7 @@ func newFakeDaemon(t *testing.T, b *vmmtest.Backend) *fakeDaemon {
 	d := &fakeDaemon{t: t, root: root, b: b,
 		kernel: filepath.Join(files, "vmlinux"), prog: filepath.Join(files, "prog")}
 	for p, b := range map[string][]byte{
-		d.kernel: []byte("not a kernel"), d.prog: tinyELF(t, 4096, false),
+		d.kernel: []byte("not a kernel"), d.prog: testenv.TinyELF(t, 4096, false),
 		filepath.Join(files, "kiln-init"): []byte("not kiln-init"),
 	} {
 		if err := os.WriteFile(p, b, 0o755); err != nil {
@@ -145,30 +142,4 @@ func waitGoroutines(t *testing.T, want int) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-// tinyELF is an x86-64 executable of size bytes: an ELF header, a PT_LOAD
-// (and a PT_INTERP when dynamic), then random bytes.
-func tinyELF(t *testing.T, size int, dynamic bool) []byte {
-	t.Helper()
-	b := make([]byte, size)
-	crand.Read(b[64+2*56:])
-	h := elf.Header64{
-		Type: uint16(elf.ET_EXEC), Machine: uint16(elf.EM_X86_64), Version: uint32(elf.EV_CURRENT),
-		Entry: 0x400000, Phoff: 64, Ehsize: 64, Phentsize: 56, Phnum: 1,
-	}
-	copy(h.Ident[:], elf.ELFMAG)
-	h.Ident[elf.EI_CLASS], h.Ident[elf.EI_DATA], h.Ident[elf.EI_VERSION] = byte(elf.ELFCLASS64), byte(elf.ELFDATA2LSB), byte(elf.EV_CURRENT)
-	progs := []elf.Prog64{{Type: uint32(elf.PT_LOAD), Flags: uint32(elf.PF_R | elf.PF_X), Vaddr: 0x400000, Filesz: uint64(size), Memsz: uint64(size), Align: 0x1000}}
-	if dynamic {
-		progs = append(progs, elf.Prog64{Type: uint32(elf.PT_INTERP), Off: 64, Filesz: 28})
-		h.Phnum = 2
-	}
-	var buf bytes.Buffer
-	binary.Write(&buf, binary.LittleEndian, &h)
-	for _, p := range progs {
-		binary.Write(&buf, binary.LittleEndian, &p)
-	}
-	copy(b, buf.Bytes())
-	return b
 }

@@ -4,9 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
-	crand "crypto/rand"
 	"debug/elf"
-	"encoding/binary"
 	"errors"
 	"os"
 	"os/exec"
@@ -197,45 +195,19 @@ func TestSquashfsResolveFollowsLinksInsideTheImage(t *testing.T) {
 	}
 }
 
-// tinyELF is an x86-64 executable of size bytes: an ELF header, a PT_LOAD
-// (and a PT_INTERP when dynamic), then random bytes.
-func tinyELF(t *testing.T, size int, dynamic bool) []byte {
-	t.Helper()
-	b := make([]byte, size)
-	crand.Read(b[64+2*56:])
-	h := elf.Header64{
-		Type: uint16(elf.ET_EXEC), Machine: uint16(elf.EM_X86_64), Version: uint32(elf.EV_CURRENT),
-		Entry: 0x400000, Phoff: 64, Ehsize: 64, Phentsize: 56, Phnum: 1,
-	}
-	copy(h.Ident[:], elf.ELFMAG)
-	h.Ident[elf.EI_CLASS], h.Ident[elf.EI_DATA], h.Ident[elf.EI_VERSION] = byte(elf.ELFCLASS64), byte(elf.ELFDATA2LSB), byte(elf.EV_CURRENT)
-	progs := []elf.Prog64{{Type: uint32(elf.PT_LOAD), Flags: uint32(elf.PF_R | elf.PF_X), Vaddr: 0x400000, Filesz: uint64(size), Memsz: uint64(size), Align: 0x1000}}
-	if dynamic {
-		progs = append(progs, elf.Prog64{Type: uint32(elf.PT_INTERP), Off: 64, Filesz: 28})
-		h.Phnum = 2
-	}
-	var buf bytes.Buffer
-	binary.Write(&buf, binary.LittleEndian, &h)
-	for _, p := range progs {
-		binary.Write(&buf, binary.LittleEndian, &p)
-	}
-	copy(b, buf.Bytes())
-	return b
-}
-
 func TestCheckStaticELFReadsOnlyHeaders(t *testing.T) {
-	if err := checkStaticELF(bytes.NewReader(tinyELF(t, 4096, false)), "img", "/app"); err != nil {
+	if err := checkStaticELF(bytes.NewReader(testenv.TinyELF(t, 4096, false)), "img", "/app"); err != nil {
 		t.Errorf("static: %v", err)
 	}
-	if err := checkStaticELF(bytes.NewReader(tinyELF(t, 4096, true)), "img", "/app"); err == nil || !strings.Contains(err.Error(), "dynamically linked") {
+	if err := checkStaticELF(bytes.NewReader(testenv.TinyELF(t, 4096, true)), "img", "/app"); err == nil || !strings.Contains(err.Error(), "dynamically linked") {
 		t.Errorf("dynamic: %v", err)
 	}
-	arm := tinyELF(t, 4096, false)
+	arm := testenv.TinyELF(t, 4096, false)
 	arm[18] = byte(elf.EM_AARCH64)
 	if err := checkStaticELF(bytes.NewReader(arm), "img", "/app"); err == nil || !strings.Contains(err.Error(), "EM_AARCH64") {
 		t.Errorf("arm64: %v", err)
 	}
-	cut := tinyELF(t, 4096, true)[:70] // the program headers are missing
+	cut := testenv.TinyELF(t, 4096, true)[:70] // the program headers are missing
 	if err := checkStaticELF(bytes.NewReader(cut), "img", "/app"); err == nil || !strings.Contains(err.Error(), "not an ELF") {
 		t.Errorf("truncated: %v", err)
 	}
@@ -264,7 +236,7 @@ func binaryImage(t *testing.T, prog []byte) (*imagePlan, *Spec) {
 // it lands byte for byte in a file of the VM's directory, which the initrd
 // is written from, without the process allocating anything near its size.
 func TestBinaryModeStreamsTheProgram(t *testing.T) {
-	prog := tinyELF(t, 8<<20, false)
+	prog := testenv.TinyELF(t, 8<<20, false)
 	p, s := binaryImage(t, prog)
 	ctx := context.Background()
 	if err := p.findBinary(ctx, s); err != nil {
@@ -308,7 +280,7 @@ func TestBinaryModeRefusesALargeProgram(t *testing.T) {
 	if maxBinarySize != 1<<30 || maxUserDBSize != 1<<20 {
 		t.Errorf("limits %d, %d; docs/images.md says 1 GiB and 1 MiB", maxBinarySize, maxUserDBSize)
 	}
-	prog := tinyELF(t, 8<<20, false)
+	prog := testenv.TinyELF(t, 8<<20, false)
 	p, s := binaryImage(t, prog)
 	ctx := context.Background()
 	defer func(old int64) { maxBinarySize = old }(maxBinarySize)
@@ -345,7 +317,7 @@ func TestBinaryModeRefusesALargeProgram(t *testing.T) {
 }
 
 func TestBinaryModeRefusesADynamicProgram(t *testing.T) {
-	p, s := binaryImage(t, tinyELF(t, 1<<20, true))
+	p, s := binaryImage(t, testenv.TinyELF(t, 1<<20, true))
 	ctx := context.Background()
 	if err := p.findBinary(ctx, s); err != nil {
 		t.Fatal(err)
