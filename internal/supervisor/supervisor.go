@@ -133,6 +133,19 @@ func (m *managed) settle(ctx context.Context) error {
 	return nil
 }
 
+// settled finds the VM ref names and returns it with m.mu held once no
+// start of it is under way.
+func (s *Supervisor) settled(ctx context.Context, ref string) (*managed, error) {
+	m, err := s.get(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	if err := m.settle(ctx); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
 // record is what the state store keeps of a VM beside its state: the
 // options it runs with.
 //
@@ -321,11 +334,8 @@ func (s *Supervisor) Create(ctx context.Context, spec vm.Spec, opts Options) (*V
 
 // Start starts a VM that is not running; starting a running VM is a no-op.
 func (s *Supervisor) Start(ctx context.Context, ref string) error {
-	m, err := s.get(ctx, ref)
+	m, err := s.settled(ctx, ref)
 	if err != nil {
-		return err
-	}
-	if err := m.settle(ctx); err != nil {
 		return err
 	}
 	defer m.mu.Unlock()
@@ -497,11 +507,8 @@ func (s *Supervisor) restart(m *managed) {
 // Stop stops a running VM gracefully (grace < 0: its own stop timeout) and
 // keeps it stopped: an explicit stop is not undone by the restart policy.
 func (s *Supervisor) Stop(ctx context.Context, ref string, grace time.Duration) error {
-	m, err := s.get(ctx, ref)
+	m, err := s.settled(ctx, ref)
 	if err != nil {
-		return err
-	}
-	if err := m.settle(ctx); err != nil {
 		return err
 	}
 	m.rec.Desired = state.DesiredStopped
@@ -541,11 +548,8 @@ func (s *Supervisor) Restart(ctx context.Context, ref string, grace time.Duratio
 	if err := s.Stop(ctx, ref, grace); err != nil {
 		return err
 	}
-	m, err := s.get(ctx, ref)
+	m, err := s.settled(ctx, ref)
 	if err != nil {
-		return err
-	}
-	if err := m.settle(ctx); err != nil {
 		return err
 	}
 	defer m.mu.Unlock()
@@ -561,11 +565,8 @@ func (s *Supervisor) Restart(ctx context.Context, ref string, grace time.Duratio
 // Kill sends sig to the VM's program through the guest agent; SIGKILL
 // kills the VM's QEMU at once, without asking the guest.
 func (s *Supervisor) Kill(ctx context.Context, ref string, sig syscall.Signal) error {
-	m, err := s.get(ctx, ref)
+	m, err := s.settled(ctx, ref)
 	if err != nil {
-		return err
-	}
-	if err := m.settle(ctx); err != nil {
 		return err
 	}
 	done, machine, rec := m.runDone, m.machine, m.rec
@@ -600,11 +601,8 @@ type RemoveOptions struct {
 // o.Volumes its anonymous volumes.
 func (s *Supervisor) Remove(ctx context.Context, ref string, o RemoveOptions) error {
 	force := o.Force
-	m, err := s.get(ctx, ref)
+	m, err := s.settled(ctx, ref)
 	if err != nil {
-		return err
-	}
-	if err := m.settle(ctx); err != nil {
 		return err
 	}
 	if m.removed {
@@ -657,11 +655,8 @@ func (s *Supervisor) Remove(ctx context.Context, ref string, o RemoveOptions) er
 // and error message. registered, if not nil, is called once the wait is in
 // place.
 func (s *Supervisor) Wait(ctx context.Context, ref string, next bool, registered func()) (int, string, error) {
-	m, err := s.get(ctx, ref)
+	m, err := s.settled(ctx, ref)
 	if err != nil {
-		return 0, "", err
-	}
-	if err := m.settle(ctx); err != nil {
 		return 0, "", err
 	}
 	done, nextRun := m.runDone, m.nextRun
