@@ -38,26 +38,23 @@ its last start. With GUESTPORT, print only where that port is published
 			if err != nil {
 				return err
 			}
-			var ports []network.PortMapping
-			for _, p := range v.Ports {
-				ports = append(ports, network.PortMapping{HostIP: p.HostIP, HostPort: p.HostPort, GuestPort: p.GuestPort, Protocol: p.Protocol})
-			}
+			ports := v.Ports
 			network.Sort(ports)
 			out := cmd.OutOrStdout()
 			found := false
 			for _, p := range ports {
 				if want == nil {
-					fmt.Fprintln(out, p.String())
+					fmt.Fprintln(out, network.FormatPort(p))
 					continue
 				}
 				if p.GuestPort == want.GuestPort && p.Protocol == want.Protocol {
-					_, hostPart, _ := strings.Cut(p.String(), " -> ")
+					_, hostPart, _ := strings.Cut(network.FormatPort(p), " -> ")
 					fmt.Fprintln(out, hostPart)
 					found = true
 				}
 			}
 			if want != nil && !found {
-				return fmt.Errorf("no public port '%s' published for %s: %w", want.Key(), args[0], errdefs.ErrNotFound)
+				return fmt.Errorf("no public port '%s' published for %s: %w", network.PortKey(*want), args[0], errdefs.ErrNotFound)
 			}
 			return nil
 		},

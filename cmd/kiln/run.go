@@ -192,22 +192,14 @@ func vmConfig(f *runFlags, args []string) (api.VMConfig, error) {
 	if c.Network, err = network.ParseMode(f.network); err != nil {
 		return c, err
 	}
-	ports, err := network.ParsePorts(f.publish)
-	if err != nil {
+	if c.Ports, err = network.ParsePorts(f.publish); err != nil {
 		return c, err
 	}
-	if c.Network == network.ModeNone && len(ports) > 0 {
+	if c.Network == network.ModeNone && len(c.Ports) > 0 {
 		return c, errdefs.Invalid(fmt.Sprintf("cannot publish %s: --network none gives the VM no network", f.publish[0]))
 	}
-	for _, p := range ports {
-		c.Ports = append(c.Ports, api.PortMapping{HostIP: p.HostIP, HostPort: p.HostPort, GuestPort: p.GuestPort, Protocol: p.Protocol})
-	}
-	mounts, err := parseMountFlags(f.volumes, f.mounts)
-	if err != nil {
+	if c.Mounts, err = parseMountFlags(f.volumes, f.mounts); err != nil {
 		return c, err
-	}
-	for _, m := range mounts {
-		c.Mounts = append(c.Mounts, api.Mount(m))
 	}
 	c.Kernel = f.kernel
 	if strings.Contains(c.Kernel, "/") {

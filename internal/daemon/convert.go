@@ -56,8 +56,8 @@ func fromAPI(c *api.VMConfig) (vm.Spec, supervisor.Options, error) {
 		ExtraHosts:  c.ExtraHosts,
 		Network:     c.Network,
 		IP:          c.IP,
-		Ports:       portsFromAPI(c.Ports),
-		Mounts:      mountsFromAPI(c.Mounts),
+		Ports:       c.Ports,
+		Mounts:      c.Mounts,
 	}
 	for _, u := range c.Ulimits {
 		spec.Rlimits = append(spec.Rlimits, agent.Rlimit{Name: u.Name, Soft: u.Soft, Hard: u.Hard})
@@ -91,8 +91,8 @@ func toAPI(v *supervisor.View) api.VM {
 		ExtraHosts:  s.ExtraHosts,
 		Network:     s.Network,
 		IP:          s.IP,
-		Ports:       portsToAPI(s.Ports),
-		Mounts:      mountsToAPI(s.Mounts),
+		Ports:       s.Ports,
+		Mounts:      s.Mounts,
 		Healthcheck: healthConfigToAPI(s.Healthcheck), HealthOnFailure: v.Options.HealthOnFailure,
 	}
 	for _, r := range s.Rlimits {
@@ -102,7 +102,7 @@ func toAPI(v *supervisor.View) api.VM {
 	return api.VM{
 		ID: r.ID, Name: r.Name, Created: r.Created, Config: c, Desired: r.Desired,
 		Dir: v.Dir, Accel: string(v.Accel), Kernel: v.Kernel, ImageID: s.ImageID, ExposedPorts: s.ExposedPorts,
-		Ports:           portsToAPI(v.Ports),
+		Ports:           v.Ports,
 		NetworkSettings: networkSettings(v),
 		Confinement:     confinementToAPI(v.Confinement),
 		State: api.VMState{
@@ -112,22 +112,6 @@ func toAPI(v *supervisor.View) api.VM {
 			OOMKilled: v.OOMKilled, Health: healthToAPI(v.Health),
 		},
 	}
-}
-
-func portsFromAPI(ps []api.PortMapping) []network.PortMapping {
-	var out []network.PortMapping
-	for _, p := range ps {
-		out = append(out, network.PortMapping{HostIP: p.HostIP, HostPort: p.HostPort, GuestPort: p.GuestPort, Protocol: p.Protocol})
-	}
-	return out
-}
-
-func portsToAPI(ps []network.PortMapping) []api.PortMapping {
-	var out []api.PortMapping
-	for _, p := range ps {
-		out = append(out, api.PortMapping{HostIP: p.HostIP, HostPort: p.HostPort, GuestPort: p.GuestPort, Protocol: p.Protocol})
-	}
-	return out
 }
 
 func eventToAPI(e state.Event) api.Event {

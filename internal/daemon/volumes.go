@@ -4,7 +4,6 @@ import (
 	"net/http"
 
 	"kiln.dev/kiln/api"
-	"kiln.dev/kiln/internal/options"
 	"kiln.dev/kiln/internal/supervisor"
 )
 
@@ -81,18 +80,3 @@ func (d *Daemon) pruneVolumes(w http.ResponseWriter, r *http.Request) error {
 
 // The API's and the runtime's mounts have the same fields, so they convert
 // whole: a field added to one and not the other does not compile.
-func mountsFromAPI(ms []api.Mount) []options.Mount {
-	var out []options.Mount
-	for _, m := range ms {
-		out = append(out, options.Mount(m))
-	}
-	return out
-}
-
-func mountsToAPI(ms []options.Mount) []api.Mount {
-	var out []api.Mount
-	for _, m := range ms {
-		out = append(out, api.Mount(m))
-	}
-	return out
-}

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 
+	"kiln.dev/kiln/api"
 	"kiln.dev/kiln/internal/errdefs"
 )
 
@@ -24,31 +25,27 @@ const (
 const DefaultHostIP = "0.0.0.0"
 
 // PortMapping is one published port: connections to HostIP:HostPort on the
-// host reach GuestPort in the VM.
-type PortMapping struct {
-	// HostIP is an IPv4 address; "" means DefaultHostIP.
-	HostIP string `json:"hostIP,omitempty"`
-	// HostPort 0 asks for an ephemeral port, picked at each start.
-	HostPort  int    `json:"hostPort,omitempty"`
-	GuestPort int    `json:"guestPort"`
-	Protocol  string `json:"protocol"` // TCP or UDP
-}
+// host reach GuestPort in the VM. It is the API's type itself: a request's
+// ports are used as they come. HostIP is an IPv4 address, "" meaning
+// DefaultHostIP; HostPort 0 asks for an ephemeral port, picked at each
+// start; Protocol is TCP or UDP.
+type PortMapping = api.PortMapping
 
-// IP returns the host address, with the default filled in.
-func (p PortMapping) IP() string {
+// HostIP returns p's host address, with the default filled in.
+func HostIP(p PortMapping) string {
 	if p.HostIP == "" {
 		return DefaultHostIP
 	}
 	return p.HostIP
 }
 
-// Key names the guest side as docker does: "80/tcp".
-func (p PortMapping) Key() string { return strconv.Itoa(p.GuestPort) + "/" + p.Protocol }
+// PortKey names p's guest side as docker does: "80/tcp".
+func PortKey(p PortMapping) string { return strconv.Itoa(p.GuestPort) + "/" + p.Protocol }
 
-// String is the mapping as docker port prints it: "80/tcp -> 0.0.0.0:8080"
-// (host port 0 while it is not resolved).
-func (p PortMapping) String() string {
-	return p.Key() + " -> " + net.JoinHostPort(p.IP(), strconv.Itoa(p.HostPort))
+// FormatPort is p as docker port prints it: "80/tcp -> 0.0.0.0:8080" (host
+// port 0 while it is not resolved).
+func FormatPort(p PortMapping) string {
+	return PortKey(p) + " -> " + net.JoinHostPort(HostIP(p), strconv.Itoa(p.HostPort))
 }
 
 func invalid(msg string) error { return errdefs.Invalid(msg) }
@@ -182,26 +179,26 @@ func Validate(ms []PortMapping) error {
 	seen := map[string]bool{}
 	for _, m := range ms {
 		if m.Protocol != TCP && m.Protocol != UDP {
-			return invalid(fmt.Sprintf("invalid port %s: protocol %q is not tcp or udp", m.Key(), m.Protocol))
+			return invalid(fmt.Sprintf("invalid port %s: protocol %q is not tcp or udp", PortKey(m), m.Protocol))
 		}
 		if m.GuestPort < 1 || m.GuestPort > 65535 {
-			return invalid(fmt.Sprintf("invalid port %s: guest port %d is out of range 1-65535", m.Key(), m.GuestPort))
+			return invalid(fmt.Sprintf("invalid port %s: guest port %d is out of range 1-65535", PortKey(m), m.GuestPort))
 		}
 		if m.HostPort < 0 || m.HostPort > 65535 {
-			return invalid(fmt.Sprintf("invalid port %s: host port %d is out of range 1-65535 (0: ephemeral)", m.Key(), m.HostPort))
+			return invalid(fmt.Sprintf("invalid port %s: host port %d is out of range 1-65535 (0: ephemeral)", PortKey(m), m.HostPort))
 		}
 		if m.HostIP != "" {
 			a, err := netip.ParseAddr(m.HostIP)
 			if err != nil || !a.Is4() {
-				return invalid(fmt.Sprintf("invalid port %s: host address %q is not an IPv4 address", m.Key(), m.HostIP))
+				return invalid(fmt.Sprintf("invalid port %s: host address %q is not an IPv4 address", PortKey(m), m.HostIP))
 			}
 		}
 		if m.HostPort == 0 {
 			continue
 		}
-		k := m.Protocol + ":" + m.IP() + ":" + strconv.Itoa(m.HostPort)
+		k := m.Protocol + ":" + HostIP(m) + ":" + strconv.Itoa(m.HostPort)
 		if seen[k] {
-			return invalid(fmt.Sprintf("invalid ports: %s port %d on %s is published twice", m.Protocol, m.HostPort, m.IP()))
+			return invalid(fmt.Sprintf("invalid ports: %s port %d on %s is published twice", m.Protocol, m.HostPort, HostIP(m)))
 		}
 		seen[k] = true
 	}
@@ -227,8 +224,8 @@ func Sort(ms []PortMapping) {
 		if a.Protocol != b.Protocol {
 			return a.Protocol < b.Protocol
 		}
-		if a.IP() != b.IP() {
-			return a.IP() < b.IP()
+		if HostIP(a) != HostIP(b) {
+			return HostIP(a) < HostIP(b)
 		}
 		return a.HostPort < b.HostPort
 	})

@@ -110,7 +110,7 @@ func TestValidate(t *testing.T) {
 
 func TestString(t *testing.T) {
 	m := PortMapping{HostPort: 8080, GuestPort: 80, Protocol: TCP}
-	if got := m.String(); got != "80/tcp -> 0.0.0.0:8080" {
+	if got := FormatPort(m); got != "80/tcp -> 0.0.0.0:8080" {
 		t.Errorf("String = %q", got)
 	}
 }

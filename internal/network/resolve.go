@@ -45,12 +45,12 @@ func Hold(ms []PortMapping) (out []PortMapping, held []io.Closer, err error) {
 		}
 	}()
 	for _, m := range ms {
-		m.HostIP = m.IP()
+		m.HostIP = HostIP(m)
 		c, port, err := bind(m.Protocol, m.HostIP, m.HostPort)
 		if err != nil {
 			switch {
 			case errors.Is(err, syscall.EADDRNOTAVAIL):
-				return nil, held, errdefs.Invalid(fmt.Sprintf("cannot publish %s on %s: no such address on this host", m.Key(), m.HostIP))
+				return nil, held, errdefs.Invalid(fmt.Sprintf("cannot publish %s on %s: no such address on this host", PortKey(m), m.HostIP))
 			case m.HostPort == 0:
 				return nil, held, fmt.Errorf("picking a free %s port on %s: %w", m.Protocol, m.HostIP, err)
 			case errors.Is(err, syscall.EADDRINUSE):

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 
+	"kiln.dev/kiln/api"
 	"kiln.dev/kiln/internal/errdefs"
 )
 
@@ -23,23 +24,16 @@ const (
 	MountBake = "bake"
 )
 
-// Mount is a filesystem a VM gets at Target, besides its root.
-type Mount struct {
-	Type string `json:"type"`
-	// Source is the volume's name (MountVolume) or an absolute host path
-	// (MountBind, MountBake).
-	Source string `json:"source"`
-	// Target is the absolute path in the guest.
-	Target   string `json:"target"`
-	ReadOnly bool   `json:"readOnly,omitempty"`
-	// Anonymous marks a volume made for this VM alone (`-v /path`, or
-	// --mount type=volume without src): Create names it, and it goes with
-	// the VM on `kiln rm -v` and with a --rm VM, as in docker.
-	Anonymous bool `json:"anonymous,omitempty"`
-}
+// Mount is a filesystem a VM gets at Target, besides its root: the API's
+// type itself, so a request's mounts are used as they come. Type is
+// MountVolume, MountBind or MountBake; Source is the volume's name or an
+// absolute host path; Anonymous marks a volume made for this VM alone
+// (`-v /path`, or --mount type=volume without src): Create names it, and
+// it goes with the VM on `kiln rm -v` and with a --rm VM, as in docker.
+type Mount = api.Mount
 
-// String formats m the way --mount takes it, for messages.
-func (m Mount) String() string {
+// FormatMount formats m the way --mount takes it, for messages.
+func FormatMount(m Mount) string {
 	s := "type=" + m.Type + ",src=" + m.Source + ",dst=" + m.Target
 	if m.ReadOnly {
 		s += ",readonly"
@@ -178,7 +172,7 @@ func ValidateMounts(ms []Mount) error {
 	targets := map[string]bool{}
 	for _, m := range ms {
 		if !path.IsAbs(m.Target) {
-			return errdefs.Invalid(fmt.Sprintf("invalid mount target %q (%s): must be an absolute path in the guest", m.Target, m))
+			return errdefs.Invalid(fmt.Sprintf("invalid mount target %q (%s): must be an absolute path in the guest", m.Target, FormatMount(m)))
 		}
 		target := path.Clean(m.Target)
 		for _, f := range forbiddenTargets {
@@ -191,7 +185,7 @@ func ValidateMounts(ms []Mount) error {
 		}
 		targets[target] = true
 		if m.Anonymous && m.Type != MountVolume {
-			return errdefs.Invalid(fmt.Sprintf("invalid mount %s: only a volume can be anonymous", m))
+			return errdefs.Invalid(fmt.Sprintf("invalid mount %s: only a volume can be anonymous", FormatMount(m)))
 		}
 		switch m.Type {
 		case MountVolume:
@@ -203,7 +197,7 @@ func ValidateMounts(ms []Mount) error {
 			}
 		case MountBind, MountBake:
 			if !filepath.IsAbs(m.Source) {
-				return errdefs.Invalid(fmt.Sprintf("invalid host path %q (%s): must be absolute", m.Source, m))
+				return errdefs.Invalid(fmt.Sprintf("invalid host path %q (%s): must be absolute", m.Source, FormatMount(m)))
 			}
 		default:
 			return errdefs.Invalid(fmt.Sprintf("invalid mount type %q: use volume, bind or bake", m.Type))

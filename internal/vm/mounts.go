@@ -18,11 +18,11 @@ func checkMountSources(ms []options.Mount) error {
 		st, err := os.Stat(m.Source)
 		switch {
 		case os.IsNotExist(err):
-			return errdefs.Invalid(fmt.Sprintf("host directory %s (%s) does not exist: create it first", m.Source, m))
+			return errdefs.Invalid(fmt.Sprintf("host directory %s (%s) does not exist: create it first", m.Source, options.FormatMount(m)))
 		case err != nil:
-			return errdefs.Invalid(fmt.Sprintf("host directory %s (%s): %v", m.Source, m, err))
+			return errdefs.Invalid(fmt.Sprintf("host directory %s (%s): %v", m.Source, options.FormatMount(m), err))
 		case !st.IsDir():
-			return errdefs.Invalid(fmt.Sprintf("host path %s (%s) is not a directory: only directories can be mounted", m.Source, m))
+			return errdefs.Invalid(fmt.Sprintf("host path %s (%s) is not a directory: only directories can be mounted", m.Source, options.FormatMount(m)))
 		}
 	}
 	return nil

@@ -232,7 +232,7 @@ func (s *Spec) Validate(h HostLimits) error {
 		return err
 	}
 	if mode == network.ModeNone && len(s.Ports) > 0 {
-		return errdefs.Invalid(fmt.Sprintf("cannot publish port %s: --network none gives the VM no network", s.Ports[0].Key()))
+		return errdefs.Invalid(fmt.Sprintf("cannot publish port %s: --network none gives the VM no network", network.PortKey(s.Ports[0])))
 	}
 	if err := s.validateBridge(); err != nil {
 		return err
