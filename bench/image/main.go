@@ -47,6 +47,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
+	"kiln.dev/kiln/api"
 	"kiln.dev/kiln/internal/image"
 	"kiln.dev/kiln/internal/image/layerpack"
 	"kiln.dev/kiln/internal/options"
@@ -290,7 +291,7 @@ func createHit(root, ref, initBin, kernel string) (time.Duration, error) {
 		return 0, err
 	}
 	start := time.Now()
-	v, err := rt.Create(context.Background(), vm.Spec{Image: ref, Pull: options.PullNever, Kernel: kernel, Cmd: []string{"/bin/true"}})
+	v, err := rt.Create(context.Background(), vm.Spec{VMConfig: api.VMConfig{Image: ref, Pull: options.PullNever, Kernel: kernel, Cmd: []string{"/bin/true"}}})
 	d := time.Since(start)
 	if err != nil {
 		return 0, err

@@ -184,7 +184,7 @@ func vmConfig(f *runFlags, args []string) (api.VMConfig, error) {
 		if err != nil {
 			return c, err
 		}
-		c.Ulimits = append(c.Ulimits, api.Ulimit{Name: r.Name, Soft: r.Soft, Hard: r.Hard})
+		c.Ulimits = append(c.Ulimits, r)
 	}
 	if f.stopTimeout < 0 {
 		return c, fmt.Errorf("invalid --time %d: must be 0 or more seconds", f.stopTimeout)
@@ -213,12 +213,10 @@ func vmConfig(f *runFlags, args []string) (api.VMConfig, error) {
 	if err != nil {
 		return c, err
 	}
-	c.Restart = api.RestartPolicy{Name: policy.Name, MaxRetries: policy.MaxRetries}
-	logCfg, err := options.ParseLogOpts(f.logOpts)
-	if err != nil {
+	c.Restart = api.RestartPolicy(policy)
+	if c.Log, err = options.ParseLogOpts(f.logOpts); err != nil {
 		return c, err
 	}
-	c.Log = api.LogConfig{MaxSize: logCfg.MaxSize, MaxFiles: logCfg.MaxFiles}
 	if c.Healthcheck, c.HealthOnFailure, err = f.health.config(); err != nil {
 		return c, err
 	}

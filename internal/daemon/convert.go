@@ -2,16 +2,12 @@ package daemon
 
 import (
 	"strings"
-	"time"
 
 	"kiln.dev/kiln/api"
-	"kiln.dev/kiln/internal/agent"
 	"kiln.dev/kiln/internal/network"
-	"kiln.dev/kiln/internal/options"
 	"kiln.dev/kiln/internal/state"
 	"kiln.dev/kiln/internal/supervisor"
 	"kiln.dev/kiln/internal/vm"
-	"kiln.dev/kiln/internal/vmm"
 )
 
 // CheckConfig reports whether the daemon would refuse a create request for
@@ -19,10 +15,7 @@ import (
 // volumes or networks: a caller checks a request before slow work (a pull)
 // it would otherwise do in vain.
 func CheckConfig(c api.VMConfig) error {
-	spec, _, err := fromAPI(&c)
-	if err != nil {
-		return err
-	}
+	spec := vm.Spec{VMConfig: c}
 	if network.IsBridge(spec.Network) {
 		// The supervisor leases a bridge VM's address when it creates the
 		// VM; a request never carries one.
@@ -31,76 +24,12 @@ func CheckConfig(c api.VMConfig) error {
 	return spec.Validate(vm.ThisHost())
 }
 
-// fromAPI turns a create request into the runtime's spec and options.
-// Validation happens in the runtime, which names the bad field.
-func fromAPI(c *api.VMConfig) (vm.Spec, supervisor.Options, error) {
-	spec := vm.Spec{
-		Name:        c.Name,
-		Program:     c.Program,
-		Image:       c.Image,
-		Mode:        c.Mode,
-		Pull:        c.Pull,
-		Insecure:    c.Insecure,
-		DiskMiB:     c.DiskMiB,
-		Entrypoint:  c.Entrypoint,
-		Cmd:         c.Cmd,
-		Env:         c.Env,
-		WorkingDir:  c.WorkingDir,
-		User:        c.User,
-		MemoryMiB:   c.MemoryMiB,
-		CPUs:        c.CPUs,
-		Kernel:      c.Kernel,
-		Accel:       vmm.Accel(c.Accel),
-		BootTimeout: time.Duration(c.BootTimeout),
-		Unconfined:  c.Unconfined,
-		ExtraHosts:  c.ExtraHosts,
-		Network:     c.Network,
-		IP:          c.IP,
-		Ports:       c.Ports,
-		Mounts:      c.Mounts,
-	}
-	for _, u := range c.Ulimits {
-		spec.Rlimits = append(spec.Rlimits, agent.Rlimit{Name: u.Name, Soft: u.Soft, Hard: u.Hard})
-	}
-	opts := supervisor.Options{
-		Restart:    options.RestartPolicy{Name: c.Restart.Name, MaxRetries: c.Restart.MaxRetries},
-		AutoRemove: c.AutoRemove,
-		Log:        options.LogConfig{MaxSize: c.Log.MaxSize, MaxFiles: c.Log.MaxFiles},
-		StopGrace:  time.Duration(c.StopTimeout) * time.Second,
-	}
-	if c.StopTimeout == 0 {
-		opts.StopGrace = 0
-	}
-	spec.Healthcheck, opts.HealthOnFailure = healthFromAPI(c.Healthcheck), c.HealthOnFailure
-	return spec, opts, nil
-}
-
+// toAPI shows a VM: its request as kept (defaults filled in), and what
+// kiln resolved and observes of it.
 func toAPI(v *supervisor.View) api.VM {
-	s := v.Spec
-	c := api.VMConfig{
-		Name: s.Name, Program: s.Program, Image: s.Image, Mode: s.Mode, Pull: s.Pull, Insecure: s.Insecure, DiskMiB: s.DiskMiB,
-		Entrypoint: s.Entrypoint, Cmd: s.Cmd, Env: s.Env,
-		WorkingDir: s.WorkingDir, User: s.User, MemoryMiB: s.MemoryMiB, CPUs: s.CPUs, Kernel: s.Kernel,
-		Accel:       string(s.Accel),
-		Restart:     api.RestartPolicy{Name: v.Options.Restart.Name, MaxRetries: v.Options.Restart.MaxRetries},
-		AutoRemove:  v.Options.AutoRemove,
-		Log:         api.LogConfig{MaxSize: v.Options.Log.MaxSize, MaxFiles: v.Options.Log.MaxFiles},
-		StopTimeout: int(v.Options.StopGrace / time.Second),
-		BootTimeout: api.Duration(s.BootTimeout),
-		Unconfined:  s.Unconfined,
-		ExtraHosts:  s.ExtraHosts,
-		Network:     s.Network,
-		IP:          s.IP,
-		Ports:       s.Ports,
-		Mounts:      s.Mounts,
-		Healthcheck: healthConfigToAPI(s.Healthcheck), HealthOnFailure: v.Options.HealthOnFailure,
-	}
-	for _, r := range s.Rlimits {
-		c.Ulimits = append(c.Ulimits, api.Ulimit{Name: r.Name, Soft: r.Soft, Hard: r.Hard})
-	}
-	r := v.Record
+	s, r := &v.Spec, v.Record
 	return api.VM{
-		ID: r.ID, Name: r.Name, Created: r.Created, Config: c, Desired: r.Desired,
+		ID: r.ID, Name: r.Name, Created: r.Created, Config: s.VMConfig, Desired: r.Desired,
 		Dir: v.Dir, Accel: string(v.Accel), Kernel: v.Kernel, ImageID: s.ImageID, ExposedPorts: s.ExposedPorts,
 		Ports:           v.Ports,
 		NetworkSettings: networkSettings(v),

@@ -20,6 +20,7 @@ import (
 	"kiln.dev/kiln/internal/options"
 	"kiln.dev/kiln/internal/state"
 	"kiln.dev/kiln/internal/supervisor"
+	"kiln.dev/kiln/internal/vm"
 	"kiln.dev/kiln/internal/vmm"
 )
 
@@ -327,7 +328,7 @@ func TestRoutesRejectBadInput(t *testing.T) {
 }
 
 // fullConfig sets every field of api.VMConfig (checked by reflection, so
-// a field added to the API without a conversion fails the round trip).
+// a field added to the API is in the round trip).
 func fullConfig(t *testing.T) api.VMConfig {
 	t.Helper()
 	c := api.VMConfig{
@@ -363,12 +364,10 @@ func fullConfig(t *testing.T) api.VMConfig {
 
 func TestConvertRoundTrip(t *testing.T) {
 	in := fullConfig(t)
-	spec, opts, err := fromAPI(&in)
-	if err != nil {
-		t.Fatalf("fromAPI: %v", err)
-	}
-	if opts.StopGrace != 25*time.Second || spec.BootTimeout != 90*time.Second || spec.Accel != vmm.AccelKVM {
-		t.Errorf("fromAPI: StopGrace %v BootTimeout %v Accel %q", opts.StopGrace, spec.BootTimeout, spec.Accel)
+	spec := vm.Spec{VMConfig: in}
+	opts := supervisor.OptionsOf(&spec.VMConfig)
+	if opts.StopGrace != 25*time.Second || opts.Restart.MaxRetries != 5 || opts.Log.MaxFiles != 7 || opts.HealthOnFailure != options.OnFailureKill {
+		t.Errorf("OptionsOf: %+v", opts)
 	}
 	spec.ImageID = "sha256:abc"
 	spec.ExposedPorts = []string{"80/tcp"}
@@ -381,7 +380,7 @@ func TestConvertRoundTrip(t *testing.T) {
 	resolved := []network.PortMapping{{HostIP: "127.0.0.1", HostPort: 8080, GuestPort: 80, Protocol: "tcp"}, {HostIP: "0.0.0.0", HostPort: 40001, GuestPort: 53, Protocol: "udp"}}
 	out := toAPI(&supervisor.View{Record: rec, Spec: spec, Options: opts, Dir: "/var/lib/kiln/vms/abcdef0123", Accel: vmm.AccelTCG, Kernel: "/k", Ports: resolved})
 	if !reflect.DeepEqual(out.Config, in) {
-		t.Errorf("toAPI(fromAPI(c)).Config =\n %+v\nwant\n %+v", out.Config, in)
+		t.Errorf("toAPI(c).Config =\n %+v\nwant\n %+v", out.Config, in)
 	}
 	want := api.VM{
 		ID: rec.ID, Name: rec.Name, Created: created, Config: in, Desired: state.DesiredRunning,
@@ -398,16 +397,14 @@ func TestConvertRoundTrip(t *testing.T) {
 }
 
 func TestConvertZeroConfig(t *testing.T) {
-	spec, opts, err := fromAPI(&api.VMConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if opts.StopGrace != 0 || spec.BootTimeout != 0 || spec.Rlimits != nil {
-		t.Errorf("fromAPI(zero): StopGrace %v BootTimeout %v Rlimits %v; want zero values for the runtime's defaults", opts.StopGrace, spec.BootTimeout, spec.Rlimits)
+	spec := vm.Spec{}
+	opts := supervisor.OptionsOf(&spec.VMConfig)
+	if opts.StopGrace != 0 || spec.BootTimeout != 0 || spec.Ulimits != nil {
+		t.Errorf("zero request: StopGrace %v BootTimeout %v Ulimits %v; want zero values for the runtime's defaults", opts.StopGrace, spec.BootTimeout, spec.Ulimits)
 	}
 	out := toAPI(&supervisor.View{Spec: spec, Options: opts})
 	if !reflect.DeepEqual(out.Config, api.VMConfig{}) {
-		t.Errorf("toAPI(fromAPI(zero)).Config = %+v, want zero", out.Config)
+		t.Errorf("toAPI(zero).Config = %+v, want zero", out.Config)
 	}
 }
 

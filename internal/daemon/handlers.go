@@ -18,6 +18,7 @@ import (
 	"kiln.dev/kiln/internal/options"
 	"kiln.dev/kiln/internal/state"
 	"kiln.dev/kiln/internal/supervisor"
+	"kiln.dev/kiln/internal/vm"
 )
 
 // maxBody bounds request bodies; a VM config is a few KiB.
@@ -145,11 +146,7 @@ func (d *Daemon) create(w http.ResponseWriter, r *http.Request) error {
 	if err := decode(w, r, &c); err != nil {
 		return err
 	}
-	spec, opts, err := fromAPI(&c)
-	if err != nil {
-		return err
-	}
-	v, warnings, err := d.sup.Create(r.Context(), spec, opts)
+	v, warnings, err := d.sup.Create(r.Context(), vm.Spec{VMConfig: c})
 	if err != nil {
 		return err
 	}

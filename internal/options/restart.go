@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"strings"
 
+	"kiln.dev/kiln/api"
 	"kiln.dev/kiln/internal/errdefs"
 )
 
@@ -87,13 +88,10 @@ func (p RestartPolicy) ShouldRestart(exitCode, restarts int) bool {
 	return false
 }
 
-// LogConfig bounds a VM's stored logs.
-type LogConfig struct {
-	// MaxSize is the size of one log file before rotation; 0 means 10 MiB.
-	MaxSize int64 `json:"maxSize,omitempty"`
-	// MaxFiles is how many log files are kept; 0 means 3.
-	MaxFiles int `json:"maxFiles,omitempty"`
-}
+// LogConfig bounds a VM's stored logs: the API's type itself. MaxSize is
+// the size of one log file before rotation, 0 meaning 10 MiB; MaxFiles is
+// how many log files are kept, 0 meaning 3.
+type LogConfig = api.LogConfig
 
 // Defaults of LogConfig.
 const (

@@ -6,14 +6,15 @@ import (
 	"strconv"
 	"strings"
 
+	"kiln.dev/kiln/api"
 	"kiln.dev/kiln/internal/agent"
 	"kiln.dev/kiln/internal/errdefs"
 )
 
 // ParseUlimit parses a docker --ulimit value: name=soft[:hard].
-func ParseUlimit(s string) (agent.Rlimit, error) {
-	bad := func(why string) (agent.Rlimit, error) {
-		return agent.Rlimit{}, errdefs.Invalid(fmt.Sprintf("invalid ulimit %q: %s", s, why))
+func ParseUlimit(s string) (api.Ulimit, error) {
+	bad := func(why string) (api.Ulimit, error) {
+		return api.Ulimit{}, errdefs.Invalid(fmt.Sprintf("invalid ulimit %q: %s", s, why))
 	}
 	name, val, ok := strings.Cut(s, "=")
 	if !ok {
@@ -36,7 +37,7 @@ func ParseUlimit(s string) (agent.Rlimit, error) {
 	if soft > hard {
 		return bad("soft limit above hard limit")
 	}
-	return agent.Rlimit{Name: name, Soft: soft, Hard: hard}, nil
+	return api.Ulimit{Name: name, Soft: soft, Hard: hard}, nil
 }
 
 func parseLimit(s string) (uint64, error) {
@@ -48,7 +49,7 @@ func parseLimit(s string) (uint64, error) {
 
 // ValidateRlimits checks resource limits however they were given: known
 // resources, soft limit not above hard.
-func ValidateRlimits(rs []agent.Rlimit) error {
+func ValidateRlimits(rs []api.Ulimit) error {
 	for _, r := range rs {
 		if _, ok := agent.RlimitResources[r.Name]; !ok {
 			return errdefs.Invalid(fmt.Sprintf("invalid ulimit %q: unknown resource", r.Name))

@@ -6,6 +6,7 @@ import (
 	"math"
 	"testing"
 
+	"kiln.dev/kiln/api"
 	"kiln.dev/kiln/internal/agent"
 	"kiln.dev/kiln/internal/errdefs"
 	"kiln.dev/kiln/internal/testenv"
@@ -14,14 +15,14 @@ import (
 func TestParseUlimit(t *testing.T) {
 	tests := []struct {
 		in      string
-		want    agent.Rlimit
+		want    api.Ulimit
 		wantErr string
 	}{
-		{in: "nofile=1024:4096", want: agent.Rlimit{Name: "nofile", Soft: 1024, Hard: 4096}},
-		{in: "nofile=1024", want: agent.Rlimit{Name: "nofile", Soft: 1024, Hard: 1024}},
-		{in: "nproc=unlimited", want: agent.Rlimit{Name: "nproc", Soft: math.MaxUint64, Hard: math.MaxUint64}},
-		{in: "core=0:unlimited", want: agent.Rlimit{Name: "core", Soft: 0, Hard: math.MaxUint64}},
-		{in: "stack=-1", want: agent.Rlimit{Name: "stack", Soft: math.MaxUint64, Hard: math.MaxUint64}},
+		{in: "nofile=1024:4096", want: api.Ulimit{Name: "nofile", Soft: 1024, Hard: 4096}},
+		{in: "nofile=1024", want: api.Ulimit{Name: "nofile", Soft: 1024, Hard: 1024}},
+		{in: "nproc=unlimited", want: api.Ulimit{Name: "nproc", Soft: math.MaxUint64, Hard: math.MaxUint64}},
+		{in: "core=0:unlimited", want: api.Ulimit{Name: "core", Soft: 0, Hard: math.MaxUint64}},
+		{in: "stack=-1", want: api.Ulimit{Name: "stack", Soft: math.MaxUint64, Hard: math.MaxUint64}},
 		{in: "bogus=1", wantErr: "bogus"},
 		{in: "nofile=5:1", wantErr: "soft limit above hard"},
 		{in: "nofile=unlimited:5", wantErr: "soft limit above hard"},
@@ -71,7 +72,7 @@ func FuzzParseUlimit(f *testing.F) {
 			t.Fatalf("ParseUlimit(%q) = %+v, but re-parsing it gives %+v, %v", s, r, back, err)
 		}
 		// What kiln-init receives passes the agent's own check.
-		spec := agent.Spec{Version: agent.Version, Args: []string{"x"}, Rlimits: []agent.Rlimit{r}}
+		spec := agent.Spec{Version: agent.Version, Args: []string{"x"}, Rlimits: []agent.Rlimit{{Name: r.Name, Soft: r.Soft, Hard: r.Hard}}}
 		if err := spec.Validate(); err != nil {
 			t.Fatalf("ParseUlimit(%q) = %+v, which agent.Spec.Validate rejects: %v", s, r, err)
 		}

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"kiln.dev/kiln/api"
 	"kiln.dev/kiln/internal/state"
 	"kiln.dev/kiln/internal/testenv"
 	"kiln.dev/kiln/internal/vm"
@@ -82,13 +83,19 @@ func (d *fakeDaemon) close() {
 
 // spec is a VM spec the fake can run.
 func (d *fakeDaemon) spec(name string) vm.Spec {
-	return vm.Spec{Name: name, Program: d.prog, Kernel: d.kernel, Unconfined: true, MemoryMiB: 64, BootTimeout: 5 * time.Second}
+	return vm.Spec{VMConfig: api.VMConfig{Name: name, Program: d.prog, Kernel: d.kernel, Unconfined: true, MemoryMiB: 64, BootTimeout: api.Duration(5 * time.Second)}}
+}
+
+// withOptions is s with o in its request.
+func withOptions(s vm.Spec, o Options) vm.Spec {
+	o.setIn(&s.VMConfig)
+	return s
 }
 
 // run creates and starts a VM.
 func (d *fakeDaemon) run(s vm.Spec, o Options) *View {
 	d.t.Helper()
-	v, _, err := d.sup.Create(context.Background(), s, o)
+	v, _, err := d.sup.Create(context.Background(), withOptions(s, o))
 	if err != nil {
 		d.t.Fatalf("create: %v", err)
 	}

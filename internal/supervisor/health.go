@@ -100,7 +100,7 @@ func healthCommand(test []string) []string {
 // say.
 func (s *Supervisor) runHealth(m *managed, machine *vm.VM, done chan struct{}) {
 	cfg := m.spec.Healthcheck
-	if !cfg.Enabled() {
+	if !vm.HealthEnabled(cfg) {
 		return
 	}
 	hs := &healthState{h: Health{Status: HealthStarting}}
@@ -112,7 +112,7 @@ func (s *Supervisor) runHealth(m *managed, machine *vm.VM, done chan struct{}) {
 	m.health = hs
 	onFailure := m.opts.HealthOnFailure
 	m.mu.Unlock()
-	interval, timeout, retries := cfg.Interval, cfg.Timeout, cfg.Retries
+	interval, timeout, retries := time.Duration(cfg.Interval), time.Duration(cfg.Timeout), cfg.Retries
 	if interval == 0 {
 		interval = DefaultHealthInterval
 	}
@@ -141,7 +141,7 @@ func (s *Supervisor) runHealth(m *managed, machine *vm.VM, done chan struct{}) {
 		case <-t.C:
 		}
 		r := probe(machine, healthCommand(cfg.Test), timeout)
-		status, changed := hs.record(r, retries, time.Since(began) < cfg.StartPeriod)
+		status, changed := hs.record(r, retries, time.Since(began) < time.Duration(cfg.StartPeriod))
 		if !changed {
 			continue
 		}

@@ -13,6 +13,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
+	"kiln.dev/kiln/api"
 	"kiln.dev/kiln/internal/errdefs"
 	"kiln.dev/kiln/internal/image"
 	"kiln.dev/kiln/internal/vm"
@@ -48,7 +49,7 @@ func TestRemoveImageGuardsCreation(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := New(r, nil, slog.New(slog.DiscardHandler))
-	s.vms["0123456789abcdef"] = &managed{id: "0123456789abcdef", spec: vm.Spec{Name: "web", ImageID: id}}
+	s.vms["0123456789abcdef"] = &managed{id: "0123456789abcdef", spec: vm.Spec{VMConfig: api.VMConfig{Name: "web"}, ImageID: id}}
 
 	if res, err := s.RemoveImage("kiln-test/app:a", false); err != nil || res.Deleted != "" || len(res.Untagged) != 1 || res.Untagged[0] != a.Name() {
 		t.Errorf("untagging a tag of an image that keeps another = %+v, %v", res, err)

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"time"
 
+	"kiln.dev/kiln/api"
 	"kiln.dev/kiln/internal/errdefs"
 	"kiln.dev/kiln/internal/options"
 )
@@ -22,7 +23,14 @@ func Backoff(n int) time.Duration {
 // again from 100 ms.
 const BackoffReset = 10 * time.Second
 
-// Options are how the supervisor keeps a VM, beside what it runs (Spec).
+// Options are how the supervisor keeps a VM, beside what it runs: the
+// restart policy, auto-remove, log bounds, stop timeout and health action
+// of its request, in the forms the supervisor works with. They are not a
+// second copy of the request: OptionsOf derives them from the VM's spec,
+// whose request (in the VM's vm.json) holds them once, resolved. Nothing
+// changes them after the VM is created, so nothing needs to store them
+// apart. The JSON form is that of the state records an older kiln wrote,
+// which held them (see record).
 type Options struct {
 	Restart    options.RestartPolicy `json:"restart"`
 	AutoRemove bool                  `json:"autoRemove,omitempty"`
@@ -33,6 +41,28 @@ type Options struct {
 	// HealthOnFailure is what an unhealthy VM gets: none, kill, restart
 	// or stop (health.go).
 	HealthOnFailure string `json:"healthOnFailure,omitempty"`
+}
+
+// OptionsOf derives a VM's options from its request.
+func OptionsOf(c *api.VMConfig) Options {
+	return Options{
+		Restart:         options.RestartPolicy(c.Restart),
+		AutoRemove:      c.AutoRemove,
+		Log:             c.Log,
+		StopGrace:       time.Duration(c.StopTimeout) * time.Second,
+		HealthOnFailure: c.HealthOnFailure,
+	}
+}
+
+// setIn writes o into the request c: a Create's resolved options, and
+// those an older kiln's record held (see record). OptionsOf(c) is then o,
+// but for a stop grace in part of a second.
+func (o Options) setIn(c *api.VMConfig) {
+	c.Restart = api.RestartPolicy(o.Restart)
+	c.AutoRemove = o.AutoRemove
+	c.Log = o.Log
+	c.StopTimeout = int(o.StopGrace / time.Second)
+	c.HealthOnFailure = o.HealthOnFailure
 }
 
 // Resolve fills in o's defaults; it never fails.

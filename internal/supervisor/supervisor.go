@@ -146,16 +146,17 @@ func (s *Supervisor) settled(ctx context.Context, ref string) (*managed, error) 
 	return m, nil
 }
 
-// record is what the state store keeps of a VM beside its state: the
-// options it runs with.
+// record is what the state store keeps of a VM beside its state: nothing,
+// now. The VM's spec, its request with its options in it, is kept once, in
+// its directory's vm.json, with everything else needed to start or
+// reattach it.
 //
-// The VM's spec is kept once, in its directory's vm.json, with everything
-// else needed to start or reattach it; the record holds what only the
-// supervisor uses. A record written by an older kiln also holds the spec,
-// which is read only when vm.json cannot be.
+// An older kiln kept the VM's options here (they were not in its spec),
+// and one older still its spec too: adopt puts such options into the spec
+// it reads, and takes the spec only when vm.json cannot be read.
 type record struct {
 	Spec    *vm.Spec `json:"spec,omitempty"`
-	Options Options  `json:"options"`
+	Options *Options `json:"options,omitempty"`
 }
 
 // New returns a supervisor over the factory's VMs and the store.
@@ -263,12 +264,15 @@ func (s *Supervisor) get(ctx context.Context, ref string) (*managed, error) {
 	return m, nil
 }
 
-// Create prepares a VM and records it, without starting it.
-func (s *Supervisor) Create(ctx context.Context, spec vm.Spec, opts Options) (*View, []string, error) {
+// Create prepares a VM for the request in spec and records it, without
+// starting it. The spec it keeps has the request's options resolved.
+func (s *Supervisor) Create(ctx context.Context, spec vm.Spec) (*View, []string, error) {
+	opts := OptionsOf(&spec.VMConfig)
 	opts.Resolve()
 	if err := opts.Validate(); err != nil {
 		return nil, nil, err
 	}
+	opts.setIn(&spec.VMConfig)
 	if spec.Name != "" {
 		if err := vm.ValidateName(spec.Name); err != nil {
 			return nil, nil, err
@@ -310,9 +314,9 @@ func (s *Supervisor) Create(ctx context.Context, spec vm.Spec, opts Options) (*V
 	if machine.Accel.Warning != "" {
 		warnings = append(warnings, machine.Accel.Warning)
 	}
-	b, err := json.Marshal(record{Options: opts})
+	b, err := json.Marshal(record{})
 	if err != nil {
-		return nil, nil, fmt.Errorf("encoding VM spec: %w", err)
+		return nil, nil, fmt.Errorf("encoding VM record: %w", err)
 	}
 	rec := &state.VM{ID: machine.ID, Name: machine.Name, Spec: b, Created: time.Now().UTC(), Desired: state.DesiredStopped, Status: state.StatusCreated}
 	logs, err := startCollector(machine.Dir, opts.Log, s.log)
@@ -801,13 +805,23 @@ func (s *Supervisor) Reconcile(ctx context.Context) error {
 func (s *Supervisor) adopt(rec *state.VM) {
 	m := &managed{id: rec.ID, rec: rec, nextRun: make(chan struct{})}
 	var r record
-	if err := json.Unmarshal(rec.Spec, &r); err == nil {
-		m.opts = r.Options
-		if r.Spec != nil {
-			m.spec = *r.Spec
-		}
+	if err := json.Unmarshal(rec.Spec, &r); err != nil {
+		s.log.Warn("reading VM record", "vm", rec.ID, "err", err)
 	}
-	m.opts.Resolve()
+	// setSpec takes spec as the VM's, with the options an older kiln's
+	// record holds put into its request.
+	setSpec := func(spec vm.Spec) {
+		if r.Options != nil {
+			r.Options.setIn(&spec.VMConfig)
+		}
+		m.spec, m.opts = spec, OptionsOf(&spec.VMConfig)
+		m.opts.Resolve()
+	}
+	if r.Spec != nil {
+		setSpec(*r.Spec)
+	} else {
+		setSpec(vm.Spec{})
+	}
 	s.mu.Lock()
 	s.vms[rec.ID] = m
 	s.mu.Unlock()
@@ -821,7 +835,8 @@ func (s *Supervisor) adopt(rec *state.VM) {
 		m.mu.Unlock()
 		return
 	}
-	m.machine, m.spec = machine, machine.Spec
+	m.machine = machine
+	setSpec(machine.Spec)
 	if logs, err := startCollector(machine.Dir, m.opts.Log, s.log); err == nil {
 		m.logs = logs
 	} else {

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"kiln.dev/kiln/api"
 	"kiln.dev/kiln/internal/errdefs"
 	"kiln.dev/kiln/internal/options"
 	"kiln.dev/kiln/internal/state"
@@ -119,7 +120,7 @@ func TestFakeBootTimeout(t *testing.T) {
 	}}
 	d := newFakeDaemon(t, b)
 	s := d.spec("hangs")
-	s.BootTimeout = 200 * time.Millisecond
+	s.BootTimeout = api.Duration(200 * time.Millisecond)
 	v := d.run(s, Options{})
 	code, msg, err := d.sup.Wait(context.Background(), v.Record.ID, false, nil)
 	if err != nil || code != 125 || !strings.Contains(msg, "did not reach kiln-init") || !strings.Contains(msg, "Probing EDD") {
@@ -224,7 +225,7 @@ func TestFakeCloseWaitsAndWritesNothing(t *testing.T) {
 	}
 	var ids []string
 	for _, name := range []string{"running", "booting", "flapping"} {
-		v, _, err := d.sup.Create(context.Background(), d.spec(name), Options{Restart: options.RestartPolicy{Name: options.RestartAlways}})
+		v, _, err := d.sup.Create(context.Background(), withOptions(d.spec(name), Options{Restart: options.RestartPolicy{Name: options.RestartAlways}}))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -284,7 +285,7 @@ func TestFakeListWhileStarting(t *testing.T) {
 	b.Script = func(string, int) vmmtest.Script {
 		return vmmtest.Script{Block: release, RunFor: vmmtest.Forever}
 	}
-	v, _, err := d.sup.Create(context.Background(), d.spec("slow"), Options{})
+	v, _, err := d.sup.Create(context.Background(), d.spec("slow"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -345,7 +346,7 @@ func TestFakeStopWhileStarting(t *testing.T) {
 		return vmmtest.Script{Block: release, RunFor: vmmtest.Forever}
 	}}
 	d := newFakeDaemon(t, b)
-	v, _, err := d.sup.Create(context.Background(), d.spec("slow"), Options{Restart: options.RestartPolicy{Name: options.RestartAlways}})
+	v, _, err := d.sup.Create(context.Background(), withOptions(d.spec("slow"), Options{Restart: options.RestartPolicy{Name: options.RestartAlways}}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -393,7 +394,7 @@ func TestFakeVolumeReservedDuringCreate(t *testing.T) {
 	release()
 	s := d.spec("user")
 	s.Mounts = []options.Mount{{Type: options.MountVolume, Source: "data", Target: "/data"}}
-	v, _, err := d.sup.Create(context.Background(), s, Options{})
+	v, _, err := d.sup.Create(context.Background(), s)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -408,16 +409,17 @@ func TestFakeVolumeReservedDuringCreate(t *testing.T) {
 	}
 }
 
-// A VM's spec is stored once, in its vm.json: the store's record holds its
-// options only, and a daemon that adopts the VM takes the spec from its
-// directory. A record an older kiln wrote, with the spec in it, still
-// names what a VM with a broken directory was.
+// A VM's spec is stored once, in its vm.json, its options in its request:
+// the store's record holds neither, and a daemon that adopts the VM takes
+// the spec from its directory. A record an older kiln wrote, with the
+// options in it (and, older still, the spec), still gives the VM its
+// options, and names what a VM with a broken directory was.
 func TestSpecIsStoredOnceInTheVMDirectory(t *testing.T) {
 	b := &vmmtest.Backend{}
 	d := newFakeDaemon(t, b)
 	s := d.spec("once")
 	s.Env = []string{"WHERE=vm.json"}
-	v, _, err := d.sup.Create(context.Background(), s, Options{StopGrace: 3 * time.Second})
+	v, _, err := d.sup.Create(context.Background(), withOptions(s, Options{StopGrace: 3 * time.Second}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -429,8 +431,8 @@ func TestSpecIsStoredOnceInTheVMDirectory(t *testing.T) {
 	if err := json.Unmarshal(rec.Spec, &stored); err != nil {
 		t.Fatalf("record %s: %v", rec.Spec, err)
 	}
-	if _, ok := stored["spec"]; ok || stored["options"] == nil {
-		t.Errorf("record %s: want the options and no spec", rec.Spec)
+	if len(stored) != 0 {
+		t.Errorf("record %s: want neither spec nor options (vm.json holds both)", rec.Spec)
 	}
 	d.close()
 	d.open()
@@ -438,26 +440,44 @@ func TestSpecIsStoredOnceInTheVMDirectory(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.Spec.Program != s.Program || !slices.Equal(got.Spec.Env, s.Env) || got.Options.StopGrace != 3*time.Second {
+	if got.Spec.Program != s.Program || !slices.Equal(got.Spec.Env, s.Env) || got.Options.StopGrace != 3*time.Second || got.Spec.StopTimeout != 3 {
 		t.Errorf("adopted spec %+v, options %+v; want the program and env created with, stop grace 3s", got.Spec, got.Options)
 	}
 
-	// An older record held the spec: it serves when vm.json is gone.
+	// An older record held the options (and an older one still the spec,
+	// in its own form): they serve, the spec only when vm.json is gone.
 	d.close()
-	old, err := json.Marshal(map[string]any{"spec": s, "options": Options{}})
+	setRecord := func(r map[string]any) {
+		t.Helper()
+		old, err := json.Marshal(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The store writes a record's spec only when the VM is inserted,
+		// so the older record is written as an older kiln left it.
+		db, err := sql.Open("sqlite", "file:"+filepath.Join(d.root, "state.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
+		if _, err := db.Exec(`UPDATE vms SET spec=? WHERE id=?`, old, rec.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setRecord(map[string]any{"options": Options{StopGrace: 7 * time.Second, AutoRemove: true}})
+	d.open()
+	got, err = d.sup.Get(context.Background(), "once")
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The store writes a record's spec only when the VM is inserted, so
-	// the older record is written as an older kiln left it.
-	db, err := sql.Open("sqlite", "file:"+filepath.Join(d.root, "state.db"))
-	if err != nil {
-		t.Fatal(err)
+	if got.Options.StopGrace != 7*time.Second || !got.Options.AutoRemove || got.Spec.StopTimeout != 7 || !got.Spec.AutoRemove || got.Spec.Program != s.Program {
+		t.Errorf("VM with an older record: spec %+v, options %+v; want the record's options in the spec", got.Spec, got.Options)
 	}
-	if _, err := db.Exec(`UPDATE vms SET spec=? WHERE id=?`, old, rec.ID); err != nil {
-		t.Fatal(err)
-	}
-	db.Close()
+	d.close()
+	setRecord(map[string]any{
+		"spec":    map[string]any{"name": "once", "program": s.Program, "bootTimeout": 5 * time.Second, "rlimits": []map[string]any{{"name": "nofile", "soft": 8, "hard": 9}}},
+		"options": Options{StopGrace: 3 * time.Second},
+	})
 	if err := os.Remove(filepath.Join(d.rt.VMDir(v.Record.ID), "vm.json")); err != nil {
 		t.Fatal(err)
 	}
@@ -466,7 +486,8 @@ func TestSpecIsStoredOnceInTheVMDirectory(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.Record.Status != state.StatusDead || got.Spec.Program != s.Program {
+	if got.Record.Status != state.StatusDead || got.Spec.Program != s.Program || got.Spec.BootTimeout != api.Duration(5*time.Second) ||
+		len(got.Spec.Ulimits) != 1 || got.Spec.Ulimits[0].Hard != 9 || got.Options.StopGrace != 3*time.Second {
 		t.Errorf("VM without vm.json: status %s, spec %+v; want dead, with the older record's spec", got.Record.Status, got.Spec)
 	}
 }

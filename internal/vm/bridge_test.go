@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"kiln.dev/kiln/api"
 	"kiln.dev/kiln/internal/errdefs"
 	"kiln.dev/kiln/internal/network"
 	"kiln.dev/kiln/internal/vmm"
@@ -17,12 +18,12 @@ func TestSpecValidateBridge(t *testing.T) {
 		spec Spec
 		want string // "" valid
 	}{
-		{"attached", Spec{Network: "backend", IP: "10.99.0.7", Attach: att}, ""},
-		{"no lease", Spec{Network: "backend"}, "network backend: no address leased"},
-		{"ip on user", Spec{IP: "10.99.0.7"}, `invalid IP "10.99.0.7": --ip needs a bridge network`},
-		{"ip not v4", Spec{Network: "backend", IP: "fd00::1", Attach: att}, `invalid IP "fd00::1": want an IPv4 address`},
-		{"other network", Spec{Network: "front", Attach: att}, `attached to network "backend"`},
-		{"attach on none", Spec{Network: network.ModeNone, Attach: att}, "has a bridge attachment"},
+		{"attached", Spec{VMConfig: api.VMConfig{Network: "backend", IP: "10.99.0.7"}, Attach: att}, ""},
+		{"no lease", Spec{VMConfig: api.VMConfig{Network: "backend"}}, "network backend: no address leased"},
+		{"ip on user", Spec{VMConfig: api.VMConfig{IP: "10.99.0.7"}}, `invalid IP "10.99.0.7": --ip needs a bridge network`},
+		{"ip not v4", Spec{VMConfig: api.VMConfig{Network: "backend", IP: "fd00::1"}, Attach: att}, `invalid IP "fd00::1": want an IPv4 address`},
+		{"other network", Spec{VMConfig: api.VMConfig{Network: "front"}, Attach: att}, `attached to network "backend"`},
+		{"attach on none", Spec{VMConfig: api.VMConfig{Network: network.ModeNone}, Attach: att}, "has a bridge attachment"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			s := tt.spec

@@ -4,6 +4,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"kiln.dev/kiln/api"
 )
 
 func TestParseExtraHost(t *testing.T) {
@@ -27,24 +29,24 @@ func TestParseExtraHost(t *testing.T) {
 			t.Errorf("ParseExtraHost(%q) = %q, %q, %v; want %q, %q", tt.in, name, addr, err, tt.name, tt.addr)
 		}
 	}
-	s := Spec{ExtraHosts: []string{"db:10.0.0.5", "host.kiln.internal:host-gateway"}}
+	s := Spec{VMConfig: api.VMConfig{ExtraHosts: []string{"db:10.0.0.5", "host.kiln.internal:host-gateway"}}}
 	if !s.HostAccess() {
 		t.Error("HostAccess of a spec with host-gateway = false")
 	}
 	if got := s.guestHosts("10.0.2.2"); !slices.Equal(got, []string{"10.0.0.5\tdb", "10.0.2.2\thost.kiln.internal"}) {
 		t.Errorf("guestHosts = %q", got)
 	}
-	if (&Spec{ExtraHosts: []string{"db:10.0.0.5"}}).HostAccess() {
+	if (&Spec{VMConfig: api.VMConfig{ExtraHosts: []string{"db:10.0.0.5"}}}).HostAccess() {
 		t.Error("HostAccess without host-gateway = true")
 	}
 }
 
 func TestCgroupLimitsCoverQEMU(t *testing.T) {
-	l := cgroupLimits(&Spec{MemoryMiB: 256, CPUs: 2})
+	l := cgroupLimits(&Spec{VMConfig: api.VMConfig{MemoryMiB: 256, CPUs: 2}})
 	if l.MemoryBytes != (256+192+64)<<20 || l.CPUs != 3 || l.Pids != qemuPids {
 		t.Errorf("cgroupLimits = %+v", l)
 	}
-	if big := cgroupLimits(&Spec{MemoryMiB: 4096, CPUs: 1}); big.MemoryBytes <= 4096<<20+qemuOverheadMiB<<20 {
+	if big := cgroupLimits(&Spec{VMConfig: api.VMConfig{MemoryMiB: 4096, CPUs: 1}}); big.MemoryBytes <= 4096<<20+qemuOverheadMiB<<20 {
 		t.Errorf("a large guest's limit %d leaves QEMU no room that grows with it", big.MemoryBytes)
 	}
 }

@@ -177,7 +177,7 @@ func (r *Factory) Create(ctx context.Context, spec Spec) (*VM, error) {
 			return nil, err
 		}
 	}
-	accel, err := r.host.ChooseAccel(spec.Accel)
+	accel, err := r.host.ChooseAccel(vmm.Accel(spec.Accel))
 	if err != nil {
 		return nil, errdefs.Invalid(err.Error())
 	}
@@ -412,7 +412,7 @@ func (r *Factory) agentSpec(s *Spec, k *kernel.Kernel, guestProg string, img *im
 		UID:        uid,
 		GID:        gid,
 		Hostname:   s.Name,
-		Rlimits:    s.Rlimits,
+		Rlimits:    s.guestRlimits(),
 		Modules:    kernel.GuestModules(k),
 		StopSignal: s.StopSignal,
 	}

@@ -5,28 +5,23 @@ import (
 	"strings"
 	"time"
 
+	"kiln.dev/kiln/api"
 	"kiln.dev/kiln/internal/errdefs"
 )
 
-// HealthConfig is a health check, as docker's HEALTHCHECK and --health-*.
-type HealthConfig struct {
-	// Test is ["CMD", args...], ["CMD-SHELL", command], or ["NONE"] (no
-	// check); empty means the image's.
-	Test []string `json:"test,omitempty"`
-	// Zero durations and retries mean the image's, then the defaults.
-	Interval    time.Duration `json:"interval,omitempty"`
-	Timeout     time.Duration `json:"timeout,omitempty"`
-	StartPeriod time.Duration `json:"startPeriod,omitempty"`
-	Retries     int           `json:"retries,omitempty"`
-}
+// HealthConfig is a health check, as docker's HEALTHCHECK and --health-*:
+// the API's type itself. Test is ["CMD", args...], ["CMD-SHELL", command],
+// or ["NONE"] (no check), empty meaning the image's; zero durations and
+// retries mean the image's, then the defaults.
+type HealthConfig = api.HealthConfig
 
-// Enabled reports whether h checks anything.
-func (h *HealthConfig) Enabled() bool {
+// HealthEnabled reports whether h checks anything.
+func HealthEnabled(h *HealthConfig) bool {
 	return h != nil && len(h.Test) > 0 && h.Test[0] != "NONE"
 }
 
-// Validate checks h's form.
-func (h *HealthConfig) Validate() error {
+// ValidateHealth checks h's form.
+func ValidateHealth(h *HealthConfig) error {
 	if h == nil {
 		return nil
 	}
@@ -45,7 +40,7 @@ func (h *HealthConfig) Validate() error {
 		name string
 		v    time.Duration
 		min  time.Duration
-	}{{"interval", h.Interval, time.Millisecond}, {"timeout", h.Timeout, time.Millisecond}, {"start period", h.StartPeriod, 0}} {
+	}{{"interval", time.Duration(h.Interval), time.Millisecond}, {"timeout", time.Duration(h.Timeout), time.Millisecond}, {"start period", time.Duration(h.StartPeriod), 0}} {
 		if d.v != 0 && d.v < d.min || d.v < 0 {
 			return errdefs.Invalid(fmt.Sprintf("invalid health %s %s: must be positive", d.name, d.v))
 		}
@@ -54,6 +49,16 @@ func (h *HealthConfig) Validate() error {
 		return errdefs.Invalid(fmt.Sprintf("invalid health retries %d: must be 0 or more", h.Retries))
 	}
 	return nil
+}
+
+// healthFromImage is an image's HEALTHCHECK as a health check (its
+// durations are nanoseconds); nil for nil.
+func healthFromImage(h *api.ImageHealthcheck) *HealthConfig {
+	if h == nil {
+		return nil
+	}
+	return &HealthConfig{Test: h.Test, Interval: api.Duration(h.Interval), Timeout: api.Duration(h.Timeout),
+		StartPeriod: api.Duration(h.StartPeriod), Retries: h.Retries}
 }
 
 // mergeHealth fills the zero fields of user (the run's flags) from image

@@ -156,7 +156,7 @@ func (r *Factory) resolveImage(ctx context.Context, s *Spec) (*imagePlan, error)
 	s.ImageID = img.ID
 	s.ExposedPorts = img.Config.ExposedPorts
 	if h := img.Config.Healthcheck; h != nil {
-		s.Healthcheck = mergeHealth(s.Healthcheck, &HealthConfig{Test: h.Test, Interval: h.Interval, Timeout: h.Timeout, StartPeriod: h.StartPeriod, Retries: h.Retries})
+		s.Healthcheck = mergeHealth(s.Healthcheck, healthFromImage(h))
 	}
 	if p.rootfs, err = store.RootFS(ctx, img); err != nil {
 		return nil, err
@@ -237,7 +237,7 @@ func (p *imagePlan) agentSpec(s *Spec, k *kernel.Kernel) *agent.Spec {
 		WorkingDir: p.workingDir,
 		User:       p.user,
 		Hostname:   s.Name,
-		Rlimits:    s.Rlimits,
+		Rlimits:    s.guestRlimits(),
 		Modules:    kernel.GuestModules(k),
 		StopSignal: s.StopSignal,
 	}

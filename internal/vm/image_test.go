@@ -14,6 +14,7 @@ import (
 	"strings"
 	"testing"
 
+	"kiln.dev/kiln/api"
 	"kiln.dev/kiln/internal/disk"
 	"kiln.dev/kiln/internal/errdefs"
 	"kiln.dev/kiln/internal/image"
@@ -32,11 +33,11 @@ func TestImageArgs(t *testing.T) {
 		want []string
 	}{
 		{"image entrypoint and cmd", img, Spec{}, []string{"/entry", "-x", "serve", "--port", "80"}},
-		{"args replace cmd", img, Spec{Cmd: []string{"check"}}, []string{"/entry", "-x", "check"}},
-		{"entrypoint override drops cmd", img, Spec{Entrypoint: []string{"/other"}}, []string{"/other"}},
-		{"entrypoint override with args", img, Spec{Entrypoint: []string{"/other"}, Cmd: []string{"a"}}, []string{"/other", "a"}},
+		{"args replace cmd", img, Spec{VMConfig: api.VMConfig{Cmd: []string{"check"}}}, []string{"/entry", "-x", "check"}},
+		{"entrypoint override drops cmd", img, Spec{VMConfig: api.VMConfig{Entrypoint: []string{"/other"}}}, []string{"/other"}},
+		{"entrypoint override with args", img, Spec{VMConfig: api.VMConfig{Entrypoint: []string{"/other"}, Cmd: []string{"a"}}}, []string{"/other", "a"}},
 		{"cmd only", noEntry, Spec{}, []string{"/bin/sh"}},
-		{"cmd only, args given", noEntry, Spec{Cmd: []string{"ls", "-l"}}, []string{"ls", "-l"}},
+		{"cmd only, args given", noEntry, Spec{VMConfig: api.VMConfig{Cmd: []string{"ls", "-l"}}}, []string{"ls", "-l"}},
 		{"nothing", image.Config{}, Spec{}, []string{}},
 	}
 	for _, tt := range tests {
@@ -49,7 +50,7 @@ func TestImageArgs(t *testing.T) {
 }
 
 func TestValidateImageSpec(t *testing.T) {
-	base := func() Spec { return Spec{Image: "app:1"} }
+	base := func() Spec { return Spec{VMConfig: api.VMConfig{Image: "app:1"}} }
 	h := HostLimits{MemoryMiB: 4096, CPUs: 2}
 	s := base()
 	s.Resolve()
@@ -229,7 +230,7 @@ func binaryImage(t *testing.T, prog []byte) (*imagePlan, *Spec) {
 		t.Skip(err)
 	}
 	return &imagePlan{img: &image.Image{}, rootfs: image.RootFS{Path: sq, FSType: image.FSTypeSquashfs}, mode: options.ModeBinary},
-		&Spec{Image: "registry.example/team/app:1"}
+		&Spec{VMConfig: api.VMConfig{Image: "registry.example/team/app:1"}}
 }
 
 // TestBinaryModeStreamsTheProgram takes an 8 MiB program out of an image:

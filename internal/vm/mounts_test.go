@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"kiln.dev/kiln/api"
 	"kiln.dev/kiln/internal/disk"
 	"kiln.dev/kiln/internal/errdefs"
 	"kiln.dev/kiln/internal/options"
@@ -82,10 +83,10 @@ func TestPlanNamesAnonymousVolumes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := Spec{Mounts: []options.Mount{
+	s := Spec{VMConfig: api.VMConfig{Mounts: []options.Mount{
 		{Type: options.MountVolume, Target: "/b", Anonymous: true},
 		{Type: options.MountVolume, Target: "/a", Anonymous: true},
-	}}
+	}}}
 	p, err := r.planMounts(context.Background(), t.TempDir(), &s)
 	if err != nil {
 		t.Fatal(err)
@@ -131,12 +132,12 @@ func TestPlanFailureUndoesItsVolumes(t *testing.T) {
 	if _, err := store.Create(context.Background(), "old", volume.MinSizeMiB); err != nil {
 		t.Fatal(err)
 	}
-	s := Spec{Mounts: []options.Mount{
+	s := Spec{VMConfig: api.VMConfig{Mounts: []options.Mount{
 		{Type: options.MountVolume, Source: "old", Target: "/a"},
 		{Type: options.MountVolume, Source: "new", Target: "/b"},
 		{Type: options.MountVolume, Target: "/c", Anonymous: true},
 		{Type: options.MountVolume, Source: "bad/name", Target: "/d"},
-	}}
+	}}}
 	if _, err := r.planMounts(context.Background(), t.TempDir(), &s); err == nil {
 		t.Fatal("a plan with a bad volume name succeeded")
 	}

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"kiln.dev/kiln/api"
 	"kiln.dev/kiln/internal/network"
 	"kiln.dev/kiln/internal/vmm"
 )
@@ -27,7 +28,7 @@ func TestValidateNetwork(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			s := Spec{Program: "/bin/true", Network: tt.network, Ports: tt.ports}
+			s := Spec{VMConfig: api.VMConfig{Program: "/bin/true", Network: tt.network, Ports: tt.ports}}
 			s.Resolve()
 			err := s.Validate(h)
 			if err != nil {
@@ -47,7 +48,7 @@ func TestResolvePortsAtEachStart(t *testing.T) {
 	dir := t.TempDir()
 	vm := &VM{
 		Name: "web", Dir: dir,
-		Spec: Spec{Ports: []network.PortMapping{{HostIP: "127.0.0.1", GuestPort: 80, Protocol: "tcp"}}},
+		Spec: Spec{VMConfig: api.VMConfig{Ports: []network.PortMapping{{HostIP: "127.0.0.1", GuestPort: 80, Protocol: "tcp"}}}},
 		cfg:  vmm.Config{Net: &vmm.NetConfig{Mode: vmm.NetUser, MAC: "52:54:00:00:00:01"}},
 	}
 	cfg, err := vm.resolvePorts()

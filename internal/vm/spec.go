@@ -16,6 +16,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 
+	"kiln.dev/kiln/api"
 	"kiln.dev/kiln/internal/agent"
 	"kiln.dev/kiln/internal/errdefs"
 	"kiln.dev/kiln/internal/network"
@@ -23,87 +24,56 @@ import (
 	"kiln.dev/kiln/internal/vmm"
 )
 
-// Spec is what a user asks kiln to run. The zero value of each optional
-// field means the default.
+// Spec is a VM as kiln runs it, in two parts: the request a client made
+// (api.VMConfig, embedded, so s.Cmd is the request's Cmd), and what kiln
+// worked out for it when it was created. Its one copy is the VM
+// directory's vm.json (vmRecord).
+//
+// The request is kept as it came, with Resolve's defaults filled in and an
+// image's HEALTHCHECK merged into Healthcheck; a zero optional field means
+// the default. Its fields are documented in api.VMConfig; how they read
+// here:
+//
+//   - Program (bare mode) is placed at /usr/local/bin/<base name> in the
+//     guest; Image is run instead, its config honoured as docker does and
+//     overridden by the request. Exactly one of them is set.
+//   - User is uid[:gid], numeric, for a program (a bare VM has no
+//     /etc/passwd); names are resolved in the guest for an image.
+//   - BootTimeout bounds the time from QEMU's start to kiln-init starting
+//     the program; a VM that misses it is a failed boot.
+//   - Network is network.ModeUser ("" too), network.ModeNone or a bridge
+//     network's name; Ports need a network.
+//   - ExtraHosts' ADDRESS may be HostGateway, which also opens the host's
+//     loopback services to the VM (closed to every other VM: see
+//     Confinement).
+//   - Mounts are named volumes, host directories and baked directories
+//     (mounts.go).
+//   - Restart, AutoRemove, Log, StopTimeout and HealthOnFailure are read by
+//     the supervisor only (supervisor.OptionsOf).
+//
+// The fields after it are not asked for: Create, the supervisor and the
+// image fill them in, and a request never carries them.
+//
+// A vm.json (or an older state record) written by a kiln whose Spec was a
+// copy of the request's fields, not the request, is read too: see
+// legacySpec.
 type Spec struct {
-	// Name is the VM's name; "" gets one made from its ID.
-	Name string `json:"name,omitempty"`
-	// Healthcheck is the VM's health check (health.go); an image's
-	// HEALTHCHECK fills what it leaves zero.
-	Healthcheck *HealthConfig `json:"healthcheck,omitempty"`
-	// Program is the host path of a static executable the VM runs (bare
-	// mode): it is placed at /usr/local/bin/<base name> in the guest.
-	Program string `json:"program"`
-	// Entrypoint replaces the program as what is executed (as docker's
-	// --entrypoint); Cmd are the arguments.
-	Entrypoint []string `json:"entrypoint,omitempty"`
-	Cmd        []string `json:"cmd,omitempty"`
-	// Env is KEY=VALUE, added to the defaults (PATH, HOSTNAME, HOME).
-	Env        []string `json:"env,omitempty"`
-	WorkingDir string   `json:"workingDir,omitempty"`
-	// User is uid[:gid], numeric: a bare VM has no /etc/passwd.
-	User      string         `json:"user,omitempty"`
-	MemoryMiB int            `json:"memoryMiB,omitempty"`
-	CPUs      int            `json:"cpus,omitempty"`
-	Kernel    string         `json:"kernel,omitempty"`
-	Accel     vmm.Accel      `json:"accel,omitempty"`
-	Rlimits   []agent.Rlimit `json:"rlimits,omitempty"`
-	// BootTimeout bounds the time from QEMU's start to kiln-init starting
-	// the program; a VM that misses it is a failed boot.
-	BootTimeout time.Duration `json:"bootTimeout,omitempty"`
-	StopSignal  int           `json:"stopSignal,omitempty"`
-	// Network is the VM's network mode: network.ModeUser ("" too; QEMU
-	// user-mode networking) or network.ModeNone (no interface).
-	Network string `json:"network,omitempty"`
-	// Ports are the published ports; a HostPort of 0 is picked at each
-	// start. They need a network.
-	Ports []network.PortMapping `json:"ports,omitempty"`
-	// IP is the address asked for on a bridge network (--ip); "" takes
-	// the next free one.
-	IP string `json:"ip,omitempty"`
-	// Attach is the VM's place on its bridge network, filled in by the
-	// supervisor when it leases the address (see bridge.go).
-	Attach *network.Attachment `json:"attach,omitempty"`
-	// ExtraHosts are docker's --add-host entries, "NAME:ADDRESS": lines of
-	// the guest's /etc/hosts. ADDRESS may be HostGateway, the host as the
-	// guest reaches it, which also opens the host's loopback services to
-	// the VM (closed to every other VM: see Confinement).
-	ExtraHosts []string `json:"extraHosts,omitempty"`
-	// Unconfined runs the VM's QEMU without its jail and sandbox
-	// (--unconfined): as the daemon's user, in the host's namespaces.
-	Unconfined bool `json:"unconfined,omitempty"`
+	api.VMConfig
+
 	// ID, when set, is the ID Create gives the VM (the supervisor picks
 	// it to lease an address under it before the VM exists).
 	ID string `json:"-"`
-
-	// Image is an OCI image (a reference, an ID or an ID prefix) to run
-	// instead of Program; exactly one of them is set. Its config is
-	// honoured as docker does; the fields above override it.
-	Image string `json:"image,omitempty"`
-	// Mode is how an image runs: options.ModeFull (its root filesystem, with a
-	// writable layer), options.ModeBinary (only the static ELF the image is for,
-	// booted like a Program), or "" to let the image's options.ModeLabel decide
-	// (full when it has none).
-	Mode string `json:"mode,omitempty"`
-	// Pull is when Create pulls Image: options.PullMissing ("" too), options.PullAlways or
-	// options.PullNever.
-	Pull string `json:"pull,omitempty"`
-	// Insecure allows a pull over plain HTTP from a registry that is not on
-	// loopback.
-	Insecure bool `json:"insecure,omitempty"`
-	// DiskMiB is the size of the VM's writable disk in full mode (a sparse
-	// file: it takes only what the guest writes); 0 means options.DefaultDiskMiB.
-	DiskMiB int `json:"diskMiB,omitempty"`
-
 	// ImageID and ExposedPorts are filled in by Create from the image: its
 	// ID (the config digest, which VMs using the image are found by) and
 	// the ports its config exposes ("80/tcp").
 	ImageID      string   `json:"imageID,omitempty"`
 	ExposedPorts []string `json:"exposedPorts,omitempty"`
-
-	// Mounts are named volumes, host directories and baked directories
-	// (mounts.go).
-	Mounts []options.Mount `json:"mounts,omitempty"`
+	// StopSignal is the image's STOPSIGNAL, filled in by Create; 0 is
+	// SIGTERM.
+	StopSignal int `json:"stopSignal,omitempty"`
+	// Attach is the VM's place on its bridge network, filled in by the
+	// supervisor when it leases the address (see bridge.go).
+	Attach *network.Attachment `json:"attach,omitempty"`
 }
 
 // HostLimits are the bounds a Spec is checked against.
@@ -156,11 +126,11 @@ func (s *Spec) Resolve() {
 	if s.CPUs == 0 {
 		s.CPUs = 1
 	}
-	if a, err := vmm.ParseAccel(string(s.Accel)); err == nil {
-		s.Accel = a
+	if a, err := vmm.ParseAccel(s.Accel); err == nil {
+		s.Accel = string(a)
 	}
 	if s.BootTimeout == 0 {
-		s.BootTimeout = options.DefaultBootTimeout
+		s.BootTimeout = api.Duration(options.DefaultBootTimeout)
 	}
 	if mode, err := network.ParseMode(s.Network); err == nil {
 		s.Network = mode
@@ -179,7 +149,7 @@ func (s *Spec) Resolve() {
 // Validate checks s against the host's limits without changing it. A zero
 // optional field is judged as the default Resolve gives it.
 func (s *Spec) Validate(h HostLimits) error {
-	if err := s.Healthcheck.Validate(); err != nil {
+	if err := ValidateHealth(s.Healthcheck); err != nil {
 		return err
 	}
 	if s.Name != "" {
@@ -218,11 +188,11 @@ func (s *Spec) Validate(h HostLimits) error {
 	} else if _, _, err := ParseUser(s.User); err != nil {
 		return err
 	}
-	if _, err := vmm.ParseAccel(string(s.Accel)); err != nil {
+	if _, err := vmm.ParseAccel(s.Accel); err != nil {
 		return errdefs.Invalid(err.Error())
 	}
 	if s.BootTimeout < 0 {
-		return errdefs.Invalid(fmt.Sprintf("invalid boot timeout %s: must be positive", s.BootTimeout))
+		return errdefs.Invalid(fmt.Sprintf("invalid boot timeout %s: must be positive", time.Duration(s.BootTimeout)))
 	}
 	mode, err := network.ParseMode(s.Network)
 	if err != nil {
@@ -245,7 +215,7 @@ func (s *Spec) Validate(h HostLimits) error {
 			return err
 		}
 	}
-	return options.ValidateRlimits(s.Rlimits)
+	return options.ValidateRlimits(s.Ulimits)
 }
 
 // validateImage checks the image fields.
@@ -352,6 +322,18 @@ func ParseExtraHost(s string) (name, addr string, err error) {
 		return "", "", errdefs.Invalid(fmt.Sprintf("invalid --add-host %q: address %q is neither an IP address nor %s", s, addr, HostGateway))
 	}
 	return name, strings.Trim(addr, "[]"), nil
+}
+
+// guestRlimits are s's ulimits as the guest protocol carries them. The
+// protocol keeps a type of its own (agent.Rlimit), converted here only: it
+// is what kiln-init reads, and changes with agent.Version, not with the
+// API.
+func (s *Spec) guestRlimits() []agent.Rlimit {
+	var out []agent.Rlimit
+	for _, u := range s.Ulimits {
+		out = append(out, agent.Rlimit{Name: u.Name, Soft: u.Soft, Hard: u.Hard})
+	}
+	return out
 }
 
 // HostAccess reports whether the VM asked to reach the host

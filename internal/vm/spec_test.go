@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"kiln.dev/kiln/internal/agent"
+	"kiln.dev/kiln/api"
 	"kiln.dev/kiln/internal/options"
 	"kiln.dev/kiln/internal/testenv"
 	"kiln.dev/kiln/internal/vmm"
@@ -52,7 +52,7 @@ func TestParseUser(t *testing.T) {
 func TestSpecValidate(t *testing.T) {
 	host := HostLimits{MemoryMiB: 4096, CPUs: 2}
 	t.Run("defaults", func(t *testing.T) {
-		s := Spec{Program: "/bin/hello", Mounts: []options.Mount{{Type: options.MountBind, Source: "/srv/", Target: "/data/"}}}
+		s := Spec{VMConfig: api.VMConfig{Program: "/bin/hello", Mounts: []options.Mount{{Type: options.MountBind, Source: "/srv/", Target: "/data/"}}}}
 		before := fmt.Sprintf("%+v", s)
 		if err := s.Validate(host); err != nil {
 			t.Fatal(err)
@@ -67,24 +67,24 @@ func TestSpecValidate(t *testing.T) {
 		if m := s.Mounts[0]; m.Source != "/srv" || m.Target != "/data" {
 			t.Errorf("mount paths not cleaned: %+v", m)
 		}
-		if s.MemoryMiB != 256 || s.CPUs != 1 || s.BootTimeout != options.DefaultBootTimeout || s.Accel != vmm.AccelAuto {
+		if s.MemoryMiB != 256 || s.CPUs != 1 || time.Duration(s.BootTimeout) != options.DefaultBootTimeout || s.Accel != string(vmm.AccelAuto) {
 			t.Errorf("defaults not filled: %+v", s)
 		}
 	})
 	t.Run("explicit values kept", func(t *testing.T) {
-		s := Spec{Name: "web-1.a_b", Program: "/bin/hello", MemoryMiB: 4096, CPUs: 2, Accel: vmm.AccelTCG,
-			BootTimeout: 5 * time.Second, WorkingDir: "/srv", User: "1000:1000", Env: []string{"A=1", "B="},
-			Rlimits: []agent.Rlimit{{Name: "nofile", Soft: 10, Hard: 10}}}
+		s := Spec{VMConfig: api.VMConfig{Name: "web-1.a_b", Program: "/bin/hello", MemoryMiB: 4096, CPUs: 2, Accel: string(vmm.AccelTCG),
+			BootTimeout: api.Duration(5 * time.Second), WorkingDir: "/srv", User: "1000:1000", Env: []string{"A=1", "B="},
+			Ulimits: []api.Ulimit{{Name: "nofile", Soft: 10, Hard: 10}}}}
 		s.Resolve()
 		if err := s.Validate(host); err != nil {
 			t.Fatal(err)
 		}
-		if s.MemoryMiB != 4096 || s.CPUs != 2 || s.Accel != vmm.AccelTCG || s.BootTimeout != 5*time.Second {
+		if s.MemoryMiB != 4096 || s.CPUs != 2 || s.Accel != string(vmm.AccelTCG) || time.Duration(s.BootTimeout) != 5*time.Second {
 			t.Errorf("explicit values changed: %+v", s)
 		}
 	})
 	t.Run("minimum memory", func(t *testing.T) {
-		s := Spec{Program: "/p", MemoryMiB: options.MinMemoryMiB}
+		s := Spec{VMConfig: api.VMConfig{Program: "/p", MemoryMiB: options.MinMemoryMiB}}
 		if err := s.Validate(host); err != nil {
 			t.Error(err)
 		}
@@ -95,21 +95,21 @@ func TestSpecValidate(t *testing.T) {
 		wantErr []string
 	}{
 		{"no program", Spec{}, []string{"no program"}},
-		{"memory below minimum", Spec{Program: "/p", MemoryMiB: 32}, []string{"32m", "64m"}},
-		{"memory negative", Spec{Program: "/p", MemoryMiB: -1}, []string{"memory"}},
-		{"memory above host", Spec{Program: "/p", MemoryMiB: 8192}, []string{"8g", "4096"}},
-		{"cpus above host", Spec{Program: "/p", CPUs: 3}, []string{"cpus 3", "2"}},
-		{"cpus negative", Spec{Program: "/p", CPUs: -1}, []string{"cpus -1"}},
-		{"relative workdir", Spec{Program: "/p", WorkingDir: "srv/app"}, []string{`"srv/app"`}},
-		{"bad name", Spec{Program: "/p", Name: "my vm"}, []string{`"my vm"`}},
-		{"name starting with dash", Spec{Program: "/p", Name: "-x"}, []string{`"-x"`}},
-		{"env without =", Spec{Program: "/p", Env: []string{"A=1", "NOVALUE"}}, []string{`"NOVALUE"`}},
-		{"env with empty key", Spec{Program: "/p", Env: []string{"=v"}}, []string{`"=v"`}},
-		{"bad user", Spec{Program: "/p", User: "bob"}, []string{`"bob"`}},
-		{"bad accel", Spec{Program: "/p", Accel: "hvf"}, []string{`"hvf"`}},
-		{"negative boot timeout", Spec{Program: "/p", BootTimeout: -time.Second}, []string{"boot timeout"}},
-		{"unknown rlimit", Spec{Program: "/p", Rlimits: []agent.Rlimit{{Name: "files", Soft: 1, Hard: 1}}}, []string{`"files"`}},
-		{"rlimit soft above hard", Spec{Program: "/p", Rlimits: []agent.Rlimit{{Name: "nofile", Soft: 2, Hard: 1}}}, []string{"nofile"}},
+		{"memory below minimum", Spec{VMConfig: api.VMConfig{Program: "/p", MemoryMiB: 32}}, []string{"32m", "64m"}},
+		{"memory negative", Spec{VMConfig: api.VMConfig{Program: "/p", MemoryMiB: -1}}, []string{"memory"}},
+		{"memory above host", Spec{VMConfig: api.VMConfig{Program: "/p", MemoryMiB: 8192}}, []string{"8g", "4096"}},
+		{"cpus above host", Spec{VMConfig: api.VMConfig{Program: "/p", CPUs: 3}}, []string{"cpus 3", "2"}},
+		{"cpus negative", Spec{VMConfig: api.VMConfig{Program: "/p", CPUs: -1}}, []string{"cpus -1"}},
+		{"relative workdir", Spec{VMConfig: api.VMConfig{Program: "/p", WorkingDir: "srv/app"}}, []string{`"srv/app"`}},
+		{"bad name", Spec{VMConfig: api.VMConfig{Program: "/p", Name: "my vm"}}, []string{`"my vm"`}},
+		{"name starting with dash", Spec{VMConfig: api.VMConfig{Program: "/p", Name: "-x"}}, []string{`"-x"`}},
+		{"env without =", Spec{VMConfig: api.VMConfig{Program: "/p", Env: []string{"A=1", "NOVALUE"}}}, []string{`"NOVALUE"`}},
+		{"env with empty key", Spec{VMConfig: api.VMConfig{Program: "/p", Env: []string{"=v"}}}, []string{`"=v"`}},
+		{"bad user", Spec{VMConfig: api.VMConfig{Program: "/p", User: "bob"}}, []string{`"bob"`}},
+		{"bad accel", Spec{VMConfig: api.VMConfig{Program: "/p", Accel: "hvf"}}, []string{`"hvf"`}},
+		{"negative boot timeout", Spec{VMConfig: api.VMConfig{Program: "/p", BootTimeout: api.Duration(-time.Second)}}, []string{"boot timeout"}},
+		{"unknown rlimit", Spec{VMConfig: api.VMConfig{Program: "/p", Ulimits: []api.Ulimit{{Name: "files", Soft: 1, Hard: 1}}}}, []string{`"files"`}},
+		{"rlimit soft above hard", Spec{VMConfig: api.VMConfig{Program: "/p", Ulimits: []api.Ulimit{{Name: "nofile", Soft: 2, Hard: 1}}}}, []string{"nofile"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -295,7 +295,7 @@ func (vm *VM) watch(ctx context.Context, m vmm.VMM, fl *watchedStatus, con *cons
 	vm.mu.Lock()
 	started := vm.started
 	vm.mu.Unlock()
-	deadline := time.NewTimer(vm.Spec.BootTimeout)
+	deadline := time.NewTimer(time.Duration(vm.Spec.BootTimeout))
 	defer deadline.Stop()
 	detached := false
 	for {
@@ -310,7 +310,7 @@ func (vm *VM) watch(ctx context.Context, m vmm.VMM, fl *watchedStatus, con *cons
 			vm.bootFail = late
 			vm.mu.Unlock()
 			if late {
-				vm.log.Warn("boot deadline passed: killing VM", "vm", vm.ID, "timeout", vm.Spec.BootTimeout)
+				vm.log.Warn("boot deadline passed: killing VM", "vm", vm.ID, "timeout", time.Duration(vm.Spec.BootTimeout))
 				_ = m.Kill()
 			}
 			continue
@@ -430,7 +430,7 @@ func (vm *VM) exit() (*Exit, error) {
 	case bootFail:
 		e.Code = 125
 		e.Err = fmt.Errorf("VM %s did not reach kiln-init within %s (accelerator %s); last console lines: %s: %w",
-			vm.Name, vm.Spec.BootTimeout, vm.Accel.Accel, console, errdefs.ErrBootFailed)
+			vm.Name, time.Duration(vm.Spec.BootTimeout), vm.Accel.Accel, console, errdefs.ErrBootFailed)
 	case !started:
 		e.Code = 125
 		e.Err = fmt.Errorf("VM %s ended before its program started; last console lines: %s: %w", vm.Name, console, errdefs.ErrBootFailed)
