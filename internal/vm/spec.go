@@ -29,14 +29,18 @@ import (
 // worked out for it when it was created. Its one copy is the VM
 // directory's vm.json (vmRecord).
 //
-// The request is kept as it came, with Resolve's defaults filled in and an
-// image's HEALTHCHECK merged into Healthcheck; a zero optional field means
-// the default. Its fields are documented in api.VMConfig; how they read
-// here:
+// The request is kept as it came, with its defaults filled in (by Resolve,
+// and by the supervisor for its options), a Name made from the ID when it
+// had none, and an image's HEALTHCHECK merged into Healthcheck; a zero
+// optional field means the default. Its fields are documented in
+// api.VMConfig; how they read here:
 //
 //   - Program (bare mode) is placed at /usr/local/bin/<base name> in the
 //     guest; Image is run instead, its config honoured as docker does and
-//     overridden by the request. Exactly one of them is set.
+//     overridden by the request. Exactly one of them is set. Mode, Pull,
+//     Insecure and DiskMiB apply to an image only (options.ModeFull or
+//     ModeBinary, "" for the image's options.ModeLabel; options.PullMissing
+//     by default; a sparse disk of options.DefaultDiskMiB by default).
 //   - User is uid[:gid], numeric, for a program (a bare VM has no
 //     /etc/passwd); names are resolved in the guest for an image.
 //   - BootTimeout bounds the time from QEMU's start to kiln-init starting
