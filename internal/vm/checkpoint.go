@@ -361,10 +361,13 @@ func (vm *VM) Restore(ctx context.Context, name string) error {
 		return fmt.Errorf("reading checkpoint %q: %w", name, err)
 	}
 	defer f.Close()
+	t0 := time.Now()
 	if err := vm.start(ctx, f, status); err != nil {
 		return err
 	}
+	t1 := time.Now()
 	vm.setClock(ctx)
+	vm.log.Info("VM resumed from a checkpoint", "vm", vm.ID, "checkpoint", name, "load", t1.Sub(t0), "clock", time.Since(t1))
 	return nil
 }
 
@@ -378,7 +381,14 @@ const setClockTimeout = 20 * time.Second
 func (vm *VM) setClock(ctx context.Context) {
 	deadline := time.Now().Add(setClockTimeout)
 	for {
-		r, err := vm.agentDo(agent.OpenRequest{Op: agent.OpSetTime, TimeNanos: time.Now().UnixNano()})
+		// A resumed guest may take the first connection for the one it
+		// had when saved and drop its hello: a short bound on the hello
+		// lets the next attempt come soon.
+		var r *agent.Reply
+		c, err := vm.agent(time.Second)
+		if err == nil {
+			r, err = c.Do(agent.OpenRequest{Op: agent.OpSetTime, TimeNanos: time.Now().UnixNano()})
+		}
 		if err == nil {
 			return
 		}
