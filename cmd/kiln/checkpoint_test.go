@@ -234,3 +234,57 @@ func TestCheckpointRefusesBadInput(t *testing.T) {
 		t.Fatalf("VM directories left after rm -f: %v", got)
 	}
 }
+
+// A full-mode image VM has a writable disk of its own: the checkpoint
+// keeps a copy of it as the guest left it, and a restore puts that copy
+// back, whatever a cold run wrote there in between.
+func TestCheckpointRestoresTheVMsOwnDisk(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ref := e.loadDebianWithApp()
+	loop := `n=0; while :; do echo count $n; echo $n > /root/state; n=$((n+1)); sleep 0.2; done`
+	id := e.runD("--name", "deb", "--memory", "256m", "--pull", "never", ref, "/bin/sh", "-c", loop)
+	e.awaitLog("deb", "count 5", 1)
+	if r := e.kiln("checkpoint", "create", "deb", "cp1"); r.code != 0 {
+		t.Fatalf("checkpoint create:\n%s", r)
+	}
+	if _, err := os.Stat(filepath.Join(e.root, "vms", id, "checkpoints", "cp1", "disk-disk")); err != nil {
+		t.Fatalf("the checkpoint has no copy of the VM's disk: %v", err)
+	}
+	saved := e.counts("deb")
+	last := saved[len(saved)-1]
+
+	// A cold run in between changes the disk.
+	if r := e.kiln("start", "deb"); r.code != 0 {
+		t.Fatalf("start:\n%s", r)
+	}
+	e.awaitLog("deb", "count 0", 2) // the cold run's program started
+	if r := e.kiln("exec", "deb", "/bin/sh", "-c", "touch /root/cold && sync"); r.code != 0 {
+		t.Fatalf("exec touch:\n%s", r)
+	}
+	if r := e.kiln("stop", "-t", "1", "deb"); r.code != 0 {
+		t.Fatalf("stop:\n%s", r)
+	}
+
+	if r := e.kiln("start", "--checkpoint", "cp1", "deb"); r.code != 0 {
+		t.Fatalf("start --checkpoint:\n%s", r)
+	}
+	e.awaitLog("deb", fmt.Sprintf("count %d", last+3), 1)
+	r := e.kiln("exec", "deb", "/bin/sh", "-c", "test -e /root/cold && echo cold run seen || echo as saved; cat /root/state")
+	if r.code != 0 {
+		t.Fatalf("exec:\n%s", r)
+	}
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if len(lines) != 2 || lines[0] != "as saved" {
+		t.Fatalf("after the restore the disk is not the checkpoint's: %q", r.stdout)
+	}
+	if n, err := strconv.Atoi(lines[1]); err != nil || n <= last {
+		t.Fatalf("/root/state holds %q, want a count past %d", lines[1], last)
+	}
+	if r := e.kiln("rm", "-f", "deb"); r.code != 0 {
+		t.Fatalf("rm -f:\n%s", r)
+	}
+	if got := e.vmDirs(); len(got) != 0 {
+		t.Fatalf("VM directories left after rm -f: %v", got)
+	}
+}
