@@ -242,6 +242,15 @@ func (vm *VM) Checkpoint(ctx context.Context, name string, leaveRunning bool) (e
 	if err := os.MkdirAll(root, 0o700); err != nil {
 		return fmt.Errorf("making the checkpoints directory: %w", err)
 	}
+	// What a daemon that died while making or removing a checkpoint left
+	// (no other checkpoint of this VM is under way: the supervisor sees
+	// to that).
+	for _, pat := range []string{".new-*", ".rm-*"} {
+		left, _ := filepath.Glob(filepath.Join(root, pat))
+		for _, p := range left {
+			os.RemoveAll(p)
+		}
+	}
 	if err := disk.CheckFree(root); err != nil {
 		return err
 	}
