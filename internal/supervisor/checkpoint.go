@@ -58,7 +58,10 @@ func (s *Supervisor) Checkpoint(ctx context.Context, ref, name string, leaveRunn
 	m.mu.Unlock()
 	err = machine.Checkpoint(ctx, name, leaveRunning)
 	if err == nil && !leaveRunning {
-		<-done // the monitor has recorded the end of the run
+		select {
+		case <-done: // the monitor has recorded the end of the run
+		case <-s.ctx.Done(): // closing: the next daemon records it
+		}
 	}
 	m.mu.Lock()
 	m.starting = nil

@@ -364,7 +364,7 @@ func (s *Supervisor) StartFrom(ctx context.Context, ref, checkpoint string) erro
 		if m.runDone != nil {
 			return fmt.Errorf("VM %s is running: stop it before starting it from checkpoint %q: %w", m.rec.Name, checkpoint, errdefs.ErrConflict)
 		}
-		if _, err := m.machine.CheckpointInfo(checkpoint); err != nil {
+		if err := m.machine.CanRestore(checkpoint); err != nil {
 			return err
 		}
 	}

@@ -339,12 +339,8 @@ func (vm *VM) Restore(ctx context.Context, name string) error {
 	if err := ValidateCheckpointName(name); err != nil {
 		return err
 	}
-	cp, err := vm.readCheckpoint(name)
-	if err != nil {
+	if err := vm.CanRestore(name); err != nil {
 		return err
-	}
-	if cp.Topology != vm.topology() {
-		return fmt.Errorf("checkpoint %q was made by a VM %s of another configuration (monitor, kernel, memory or devices changed since): it cannot be resumed: %w", name, vm.Name, errdefs.ErrConflict)
 	}
 	if m := vm.current(); m != nil && m.Info().Running {
 		return fmt.Errorf("VM %s is already running: %w", vm.Name, errdefs.ErrConflict)
@@ -436,4 +432,17 @@ func (vm *VM) CheckpointInfo(name string) (*Checkpoint, error) {
 		return nil, err
 	}
 	return vm.readCheckpoint(name)
+}
+
+// CanRestore reports whether checkpoint name exists and was made by a VM
+// of this VM's configuration.
+func (vm *VM) CanRestore(name string) error {
+	cp, err := vm.CheckpointInfo(name)
+	if err != nil {
+		return err
+	}
+	if cp.Topology != vm.topology() {
+		return fmt.Errorf("checkpoint %q was made by a VM %s of another configuration (monitor, kernel, memory or devices changed since): it cannot be resumed: %w", name, vm.Name, errdefs.ErrConflict)
+	}
+	return nil
 }
