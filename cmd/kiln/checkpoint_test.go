@@ -103,7 +103,9 @@ func (e *env) checkpointDirs(id string) []string {
 func TestCheckpointAndRestoreKeepsTheProgramsMemory(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	id := e.runD("--name", "web", "--memory", "128m", counter(t))
+	// --restart always: a checkpoint ends the VM as a stop does, which the
+	// policy leaves stopped.
+	id := e.runD("--name", "web", "--memory", "128m", "--restart", "always", counter(t))
 	e.awaitLog("web", "count 10", 1)
 
 	if r := e.kiln("checkpoint", "create", "web", "cp1"); r.code != 0 || strings.TrimSpace(r.stdout) != "cp1" {
@@ -128,6 +130,9 @@ func TestCheckpointAndRestoreKeepsTheProgramsMemory(t *testing.T) {
 	// The guest's clock stands still while it is saved: wait, so that a
 	// clock not set on restore would lag by this much.
 	time.Sleep(8*time.Second - time.Since(saved))
+	if got := e.inspect("web", "{{.State.Status}} {{.State.RestartCount}}"); got != "exited 0" {
+		t.Fatalf("8 s after checkpoint create the VM is %q, want it left exited by its restart policy", got)
+	}
 	start := time.Now()
 	if r := e.kiln("start", "--checkpoint", "cp1", "web"); r.code != 0 {
 		t.Fatalf("start --checkpoint:\n%s", r)
