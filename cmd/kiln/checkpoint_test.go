@@ -293,3 +293,22 @@ func TestCheckpointRestoresTheVMsOwnDisk(t *testing.T) {
 		t.Fatalf("VM directories left after rm -f: %v", got)
 	}
 }
+
+// A bridge VM's QEMU inherits its TAP as well as the saved state: after a
+// restore it answers on its address and published port as before.
+func TestCheckpointOfABridgeVM(t *testing.T) {
+	t.Parallel()
+	e := newNetEnv(t)
+	okr(t, "network create", e.kiln("network", "create", "n", "--subnet", "10.98.0.0/24"))
+	e.runD("--name", "b", "--network", "n", "-p", "127.0.0.1:18098:80", httpd(t))
+	e.awaitLog("b", "serving HTTP", 1)
+	okr(t, "checkpoint create", e.kiln("checkpoint", "create", "b", "cp1"))
+	if _, err := e.helper("get", "http://127.0.0.1:18098/"); err == nil {
+		t.Fatal("a checkpointed VM still answers")
+	}
+	okr(t, "start --checkpoint", e.kiln("start", "--checkpoint", "cp1", "b"))
+	if body, err := e.helper("get", "http://127.0.0.1:18098/"); err != nil || body != "hello from kiln VM b\n" {
+		t.Errorf("GET b after its restore = %q, %v", body, err)
+	}
+	okr(t, "rm -f", e.kiln("rm", "-f", "b"))
+}
