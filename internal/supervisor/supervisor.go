@@ -869,6 +869,13 @@ func (s *Supervisor) adopt(rec *state.VM) {
 		if rec.Status == state.StatusStopping {
 			m.rec.Desired = state.DesiredStopped
 		}
+		// A checkpoint cut short by the last daemon's death left the guest
+		// paused and the VM meant to stop: it runs on, as a failed
+		// checkpoint leaves it.
+		if cut, err := machine.RecoverCheckpoint(s.ctx); cut {
+			s.log.Warn("a checkpoint was cut short by the daemon's end: the VM runs on", "vm", rec.ID, "err", err)
+			m.rec.Desired = state.DesiredRunning
+		}
 		s.save(m)
 		done := make(chan struct{})
 		m.runDone = done

@@ -446,3 +446,29 @@ func (vm *VM) CanRestore(name string) error {
 	}
 	return nil
 }
+
+// RecoverCheckpoint finishes what a daemon that died while checkpointing
+// the VM left: the half-made checkpoint is removed and, if the VM still
+// runs, its guest (perhaps left paused by the save) is continued. It
+// reports whether there was anything to recover; call it after Attach.
+func (vm *VM) RecoverCheckpoint(ctx context.Context) (bool, error) {
+	left, _ := filepath.Glob(filepath.Join(vm.Dir, checkpointsDir, ".new-*"))
+	if len(left) == 0 {
+		return false, nil
+	}
+	for _, p := range left {
+		os.RemoveAll(p)
+	}
+	m := vm.current()
+	if m == nil || !m.Info().Running {
+		return true, nil
+	}
+	saver, ok := m.(vmm.Saver)
+	if !ok {
+		return true, nil
+	}
+	if err := saver.Resume(ctx); err != nil {
+		return true, fmt.Errorf("continuing VM %s after a checkpoint cut short: %w", vm.Name, err)
+	}
+	return true, nil
+}
