@@ -168,7 +168,17 @@ func vmPath(ref, rest string) string { return "/vms/" + url.PathEscape(ref) + re
 
 // Start starts a VM.
 func (c *Client) Start(ctx context.Context, ref string) error {
-	return c.call(ctx, http.MethodPost, vmPath(ref, "/start"), nil, nil, nil)
+	return c.StartFrom(ctx, ref, "")
+}
+
+// StartFrom starts a VM from its checkpoint, or boots it when checkpoint
+// is "".
+func (c *Client) StartFrom(ctx context.Context, ref, checkpoint string) error {
+	var q url.Values
+	if checkpoint != "" {
+		q = url.Values{"checkpoint": {checkpoint}}
+	}
+	return c.call(ctx, http.MethodPost, vmPath(ref, "/start"), q, nil, nil)
 }
 
 func graceQuery(grace *time.Duration) url.Values {

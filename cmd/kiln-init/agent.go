@@ -122,6 +122,8 @@ func (s *server) open(ch *agent.Channel, payload []byte) {
 	case agent.OpStats:
 		st := guestStats()
 		_ = ch.SendJSON(agent.FrameReply, agent.Reply{Stats: &st})
+	case agent.OpSetTime:
+		_ = ch.SendJSON(agent.FrameReply, setTime(req.TimeNanos))
 	case agent.OpExec:
 		s.exec(ch, req.Exec)
 	case agent.OpCopyOut:
@@ -456,4 +458,16 @@ func oomKills() int {
 			n++
 		}
 	}
+}
+
+// setTime sets the guest's clock to the host's time (ns since the epoch).
+func setTime(ns int64) agent.Reply {
+	if ns <= 0 {
+		return agent.Reply{Error: fmt.Sprintf("invalid time %d", ns)}
+	}
+	ts := unix.NsecToTimespec(ns)
+	if err := unix.ClockSettime(unix.CLOCK_REALTIME, &ts); err != nil {
+		return agent.Reply{Error: fmt.Sprintf("setting the clock: %v", err)}
+	}
+	return agent.Reply{}
 }

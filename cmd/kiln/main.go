@@ -75,6 +75,7 @@ func newRootCmd() *cobra.Command {
 	root.AddCommand(imageCommands(g)...)
 	root.AddCommand(newNetworkCmd(g))
 	root.AddCommand(volumeCommands(g))
+	root.AddCommand(checkpointCommands(g))
 	return root
 }
 

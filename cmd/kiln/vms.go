@@ -19,6 +19,8 @@ import (
 
 	"kiln.dev/kiln/api"
 	"kiln.dev/kiln/client"
+	"kiln.dev/kiln/internal/errdefs"
+	"kiln.dev/kiln/internal/vm"
 )
 
 func vmCommands(g *globals) []*cobra.Command {
@@ -377,9 +379,24 @@ func newStopCmd(g *globals) *cobra.Command {
 }
 
 func newStartCmd(g *globals) *cobra.Command {
-	return eachVM(g, "start VM...", "Start stopped VMs", func(ctx context.Context, cl *client.Client, ref string) (string, error) {
-		return ref, cl.Start(ctx, ref)
+	var checkpoint string
+	c := eachVM(g, "start [--checkpoint NAME] VM...", "Start stopped VMs (--checkpoint: resume one where its checkpoint saved it)", func(ctx context.Context, cl *client.Client, ref string) (string, error) {
+		return ref, cl.StartFrom(ctx, ref, checkpoint)
 	})
+	c.Flags().StringVar(&checkpoint, "checkpoint", "", "resume the VM from this checkpoint (kiln checkpoint create) instead of booting it")
+	run := c.RunE
+	c.RunE = func(cmd *cobra.Command, args []string) error {
+		if checkpoint != "" {
+			if len(args) > 1 {
+				return errdefs.Invalid("start --checkpoint takes one VM")
+			}
+			if err := vm.ValidateCheckpointName(checkpoint); err != nil {
+				return err
+			}
+		}
+		return run(cmd, args)
+	}
+	return c
 }
 
 func newRestartCmd(g *globals) *cobra.Command {
@@ -421,7 +438,7 @@ func newEventsCmd(g *globals) *cobra.Command {
 	var since, until, format string
 	c := &cobra.Command{
 		Use:   "events [--since T] [--until T]",
-		Short: "Stream VM events: created, started, died, restarted, stopped, killed, removed",
+		Short: "Stream VM events: created, started, died, restarted, stopped, killed, removed, checkpoint",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)

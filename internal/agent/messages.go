@@ -12,6 +12,10 @@ const (
 	// OpCopyIn extracts the tar stream the host sends (FrameStdin, then
 	// FrameEOF) into the directory Path, then an exit.
 	OpCopyIn = "copyin"
+	// OpSetTime sets the guest's clock (CLOCK_REALTIME) to TimeNanos,
+	// answered by a Reply: the host sends it after resuming a saved
+	// guest, whose clock stood still while it was saved.
+	OpSetTime = "settime"
 )
 
 // Hello is the first frame both ways.
@@ -29,6 +33,9 @@ type OpenRequest struct {
 	Signal      int          `json:"signal,omitempty"`
 	GraceMillis int64        `json:"graceMillis,omitempty"`
 	Path        string       `json:"path,omitempty"`
+	// TimeNanos is the host's time for OpSetTime, in nanoseconds since
+	// the Unix epoch.
+	TimeNanos int64 `json:"timeNanos,omitempty"`
 }
 
 // ExecRequest is a command to run in the guest, as docker exec takes it.

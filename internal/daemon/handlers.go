@@ -48,6 +48,7 @@ func (d *Daemon) routes() http.Handler {
 	d.imageRoutes(mux)
 	d.networkRoutes(mux)
 	d.volumeRoutes(mux)
+	d.checkpointRoutes(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s (this daemon serves /%s/)", r.Method, r.URL.Path, api.Version))
 	})
@@ -177,7 +178,7 @@ func (d *Daemon) inspect(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (d *Daemon) start(w http.ResponseWriter, r *http.Request) error {
-	if err := d.sup.Start(r.Context(), r.PathValue("ref")); err != nil {
+	if err := d.sup.StartFrom(r.Context(), r.PathValue("ref"), r.URL.Query().Get("checkpoint")); err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)

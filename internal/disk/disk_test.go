@@ -1,6 +1,7 @@
 package disk
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -98,5 +99,42 @@ func TestHumanBytes(t *testing.T) {
 		if got := HumanBytes(n); got != want {
 			t.Errorf("HumanBytes(%d) = %q, want %q", n, got, want)
 		}
+	}
+}
+
+func TestCopySparseKeepsHoles(t *testing.T) {
+	dir := t.TempDir()
+	src, dst := dir+"/src", dir+"/dst"
+	f, err := os.Create(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const size = 64 << 20
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	for _, off := range []int64{0, 10 << 20, size - 5} {
+		if _, err := f.WriteAt([]byte("kiln!"), off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.Close()
+	if err := os.WriteFile(dst, []byte("old content, longer than nothing"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := CopySparse(dst, src); err != nil {
+		t.Fatal(err)
+	}
+	a, _ := os.ReadFile(src)
+	b, _ := os.ReadFile(dst)
+	if !bytes.Equal(a, b) {
+		t.Fatal("the copy differs from its source")
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(dst, &st); err != nil {
+		t.Fatal(err)
+	}
+	if used := st.Blocks * 512; used > 4<<20 {
+		t.Errorf("the copy of a 64 MiB file holding 15 bytes uses %d bytes: holes were filled", used)
 	}
 }

@@ -114,6 +114,9 @@ type managed struct {
 	backoff int         // consecutive quick restarts
 	removed bool
 	health  *healthState // the current run's health checks; nil without
+	// checkpointed: the current run is being ended by a checkpoint, which
+	// the monitor records as a clean stop.
+	checkpointed bool
 }
 
 // settle locks m.mu once no start of the VM is under way; it fails, with
@@ -338,6 +341,18 @@ func (s *Supervisor) Create(ctx context.Context, spec vm.Spec) (*View, []string,
 
 // Start starts a VM that is not running; starting a running VM is a no-op.
 func (s *Supervisor) Start(ctx context.Context, ref string) error {
+	return s.StartFrom(ctx, ref, "")
+}
+
+// StartFrom starts a VM that is not running from its checkpoint named
+// checkpoint (vm.Restore: the program goes on where it was saved), or
+// boots it when checkpoint is "" (Start).
+func (s *Supervisor) StartFrom(ctx context.Context, ref, checkpoint string) error {
+	if checkpoint != "" {
+		if err := vm.ValidateCheckpointName(checkpoint); err != nil {
+			return err
+		}
+	}
 	m, err := s.settled(ctx, ref)
 	if err != nil {
 		return err
@@ -349,6 +364,14 @@ func (s *Supervisor) Start(ctx context.Context, ref string) error {
 	if m.rec.Status == state.StatusDead {
 		return fmt.Errorf("VM %s cannot start: %s: %w", m.rec.Name, m.rec.Error, errdefs.ErrConflict)
 	}
+	if checkpoint != "" {
+		if m.runDone != nil {
+			return fmt.Errorf("VM %s is running: stop it before starting it from checkpoint %q: %w", m.rec.Name, checkpoint, errdefs.ErrConflict)
+		}
+		if err := m.machine.CanRestore(checkpoint); err != nil {
+			return err
+		}
+	}
 	m.rec.Desired = state.DesiredRunning
 	if m.runDone != nil {
 		s.save(m)
@@ -359,13 +382,14 @@ func (s *Supervisor) Start(ctx context.Context, ref string) error {
 		m.timer = nil
 	}
 	m.backoff = 0
-	return s.startLocked(m, EventStarted)
+	return s.startLocked(m, EventStarted, checkpoint)
 }
 
-// startLocked boots the VM's current run. Preconditions: m.mu held, not
-// running, not starting. It lets go of m.mu while the monitor comes up
-// (the VM is starting meanwhile), and holds it again when it returns.
-func (s *Supervisor) startLocked(m *managed, action string) error {
+// startLocked boots the VM's current run, or resumes its checkpoint named
+// checkpoint when not "". Preconditions: m.mu held, not running, not
+// starting. It lets go of m.mu while the monitor comes up (the VM is
+// starting meanwhile), and holds it again when it returns.
+func (s *Supervisor) startLocked(m *managed, action, checkpoint string) error {
 	err := s.acquireVolumes(m.id, &m.spec)
 	if err == nil {
 		starting, machine := make(chan struct{}), m.machine
@@ -373,7 +397,11 @@ func (s *Supervisor) startLocked(m *managed, action string) error {
 		m.rec.Status, m.rec.Error = state.StatusStarting, ""
 		s.save(m)
 		m.mu.Unlock()
-		err = machine.Start(s.ctx)
+		if checkpoint != "" {
+			err = machine.Restore(s.ctx, checkpoint)
+		} else {
+			err = machine.Start(s.ctx)
+		}
 		m.mu.Lock()
 		m.starting = nil
 		close(starting)
@@ -444,6 +472,10 @@ func (s *Supervisor) monitor(m *managed, machine *vm.VM, done chan struct{}) {
 			msg = exit.Err.Error()
 		}
 	}
+	if m.checkpointed {
+		// Ended by a checkpoint, as a stop: not a failure.
+		code, msg, m.checkpointed = 0, "", false
+	}
 	ranFor := time.Since(m.rec.StartedAt)
 	m.rec.Status, m.rec.PID, m.rec.ExitCode, m.rec.Error, m.rec.FinishedAt = state.StatusExited, 0, code, msg, time.Now().UTC()
 	m.runDone, m.health = nil, nil
@@ -502,7 +534,7 @@ func (s *Supervisor) restart(m *managed) {
 		return
 	}
 	m.rec.RestartCount++
-	if err := s.startLocked(m, EventRestarted); err != nil {
+	if err := s.startLocked(m, EventRestarted, ""); err != nil {
 		s.log.Warn("restarting VM", "vm", m.id, "err", err)
 		m.logs.EndFollowers()
 	}
@@ -563,7 +595,7 @@ func (s *Supervisor) Restart(ctx context.Context, ref string, grace time.Duratio
 	m.rec.Desired = state.DesiredRunning
 	m.backoff = 0
 	m.rec.RestartCount++
-	return s.startLocked(m, EventRestarted)
+	return s.startLocked(m, EventRestarted, "")
 }
 
 // Kill sends sig to the VM's program through the guest agent; SIGKILL
@@ -852,6 +884,13 @@ func (s *Supervisor) adopt(rec *state.VM) {
 		if rec.Status == state.StatusStopping {
 			m.rec.Desired = state.DesiredStopped
 		}
+		// A checkpoint cut short by the last daemon's death left the guest
+		// paused and the VM meant to stop: it runs on, as a failed
+		// checkpoint leaves it.
+		if cut, err := machine.RecoverCheckpoint(s.ctx); cut {
+			s.log.Warn("a checkpoint was cut short by the daemon's end: the VM runs on", "vm", rec.ID, "err", err)
+			m.rec.Desired = state.DesiredRunning
+		}
 		s.save(m)
 		done := make(chan struct{})
 		m.runDone = done
@@ -899,7 +938,7 @@ func (s *Supervisor) adopt(rec *state.VM) {
 		if wasRunning {
 			m.rec.RestartCount++
 		}
-		if err := s.startLocked(m, EventRestarted); err != nil {
+		if err := s.startLocked(m, EventRestarted, ""); err != nil {
 			s.log.Warn("starting VM at daemon start", "vm", rec.ID, "err", err)
 		}
 	}

@@ -26,7 +26,10 @@ type agentLink struct {
 
 // Agent returns the connection to the VM's guest agent, dialling it if
 // needed. A VM that is not running is an ErrConflict.
-func (vm *VM) Agent() (*agent.Client, error) {
+func (vm *VM) Agent() (*agent.Client, error) { return vm.agent(5 * time.Second) }
+
+// agent is Agent with hello as the bound on the guest's hello.
+func (vm *VM) agent(hello time.Duration) (*agent.Client, error) {
 	if m := vm.current(); m == nil || !m.Info().Running {
 		return nil, fmt.Errorf("VM %s is not running: %w", vm.Name, errdefs.ErrConflict)
 	}
@@ -50,7 +53,7 @@ func (vm *VM) Agent() (*agent.Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connecting to the guest agent of VM %s: %w", vm.Name, err)
 	}
-	c, err := agent.NewClient(conn, 5*time.Second)
+	c, err := agent.NewClient(conn, hello)
 	if err != nil {
 		return nil, fmt.Errorf("VM %s: %w", vm.Name, err)
 	}

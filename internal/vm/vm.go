@@ -86,11 +86,15 @@ func (vm *VM) current() vmm.VMM {
 // ctx bounds the start, and the watching of the run: once it is done the
 // VM's status and console are no longer taken (the VM runs on, for
 // another process to Attach to).
-func (vm *VM) Start(ctx context.Context) error {
+func (vm *VM) Start(ctx context.Context) error { return vm.start(ctx, nil, nil) }
+
+// start starts a run: a boot, or with incoming the resumption of a saved
+// guest whose run's status records were status.
+func (vm *VM) start(ctx context.Context, incoming *os.File, status []byte) error {
 	if m := vm.current(); m != nil && m.Info().Running {
 		return fmt.Errorf("VM %s is already running: %w", vm.Name, errdefs.ErrConflict)
 	}
-	if err := os.WriteFile(filepath.Join(vm.Dir, statusFile), nil, 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(vm.Dir, statusFile), status, 0o600); err != nil {
 		return fmt.Errorf("resetting VM status: %w", err)
 	}
 	if err := vm.attachBridge(); err != nil {
@@ -100,6 +104,7 @@ func (vm *VM) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	cfg.Incoming = incoming
 	var cl *cell
 	if cfg.Jail != nil {
 		if cfg, cl, err = vm.confine.enter(cfg, &vm.Spec); err != nil {

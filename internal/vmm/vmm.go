@@ -158,6 +158,12 @@ type Config struct {
 	// Jail confines the monitor process; nil runs it as the caller,
 	// unconfined.
 	Jail *Jail `json:",omitempty"`
+	// Incoming, when set, is a guest state written by a Saver: the run
+	// resumes it instead of booting. The monitor inherits the file; the
+	// caller closes its copy once Start returns. IncomingFD is the
+	// descriptor number the monitor finds it on, set by the backend.
+	Incoming   *os.File `json:"-"`
+	IncomingFD int      `json:"-"`
 }
 
 // Jail is how a monitor process is confined (package jail): its own uid

@@ -75,6 +75,11 @@ func Argv(binary string, c *vmm.Config) []string {
 		"-chardev", fmt.Sprintf("socket,id=qmp,fd=%d,server=on,wait=off", qmpFD),
 		"-mon", "chardev=qmp,mode=control",
 	)
+	if c.IncomingFD > 0 {
+		// Resume a saved guest from the inherited descriptor; QEMU runs
+		// it once loaded (no -S).
+		a = append(a, "-incoming", "fd:"+strconv.Itoa(c.IncomingFD))
+	}
 	a = append(a, netArgs(c.Net)...)
 	if len(c.Ports) > 0 {
 		a = append(a, "-device", "virtio-serial-device,max_ports="+strconv.Itoa(len(c.Ports)+1))

@@ -128,20 +128,26 @@ func (m *Machine) Start(ctx context.Context) (err error) {
 		cmd  *exec.Cmd
 		argv []string
 	)
-	if m.cfg.Jail != nil {
+	cfg, inherit := m.cfg, files
+	if cfg.Incoming != nil {
+		// The saved state follows the listeners; the caller closes it.
+		inherit = append(append([]*os.File(nil), files...), cfg.Incoming)
+		cfg.IncomingFD = 3 + len(inherit) - 1
+	}
+	if cfg.Jail != nil {
 		var closeTAP func()
-		if cmd, argv, closeTAP, err = jailCommand(bin, &m.cfg, files, stderr); err != nil {
+		if cmd, argv, closeTAP, err = jailCommand(bin, &cfg, inherit, stderr); err != nil {
 			return err
 		}
 		defer closeTAP()
 	} else {
-		argv = Argv(bin, &m.cfg)
+		argv = Argv(bin, &cfg)
 		// Not CommandContext: the VM must outlive ctx.
 		cmd = exec.Command(argv[0], argv[1:]...)
 		cmd.Dir = m.cfg.Dir
 		cmd.Stdout = stderr
 		cmd.Stderr = stderr
-		cmd.ExtraFiles = files
+		cmd.ExtraFiles = inherit
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	}
 	cmd.Stdin = nil
@@ -184,6 +190,11 @@ func (m *Machine) Start(ctx context.Context) (err error) {
 			return fmt.Errorf("QEMU did not answer on QMP: %w", err)
 		}
 	}
+	if cfg.Incoming != nil {
+		if err := m.waitIncoming(ctx, done); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -209,6 +220,21 @@ func (m *Machine) ping(ctx context.Context, done <-chan struct{}) error {
 // qmp runs one QMP command on a fresh connection. QEMU serves one QMP
 // client at a time per monitor; kiln's commands are rare and short.
 func (m *Machine) qmp(ctx context.Context, command string) (json.RawMessage, error) {
+	var raw json.RawMessage
+	err := m.session(ctx, func(mon *qmp.SocketMonitor) error {
+		var err error
+		raw, err = mon.Run([]byte(`{"execute":"` + command + `"}`))
+		if err != nil {
+			return fmt.Errorf("running QMP %s: %w", command, err)
+		}
+		return nil
+	})
+	return raw, err
+}
+
+// session runs fn on one QMP connection, for commands that belong
+// together (a descriptor passed with getfd is used by the next command).
+func (m *Machine) session(_ context.Context, fn func(*qmp.SocketMonitor) error) error {
 	sock := filepath.Join(m.cfg.Dir, QMPSocket)
 	var mon *qmp.SocketMonitor
 	err := unixsock.WithPath(sock, func(p string) error {
@@ -217,17 +243,13 @@ func (m *Machine) qmp(ctx context.Context, command string) (json.RawMessage, err
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("connecting to QMP: %w", err)
+		return fmt.Errorf("connecting to QMP: %w", err)
 	}
 	defer mon.Disconnect()
 	if err := mon.Connect(); err != nil {
-		return nil, fmt.Errorf("QMP handshake: %w", err)
+		return fmt.Errorf("QMP handshake: %w", err)
 	}
-	raw, err := mon.Run([]byte(`{"execute":"` + command + `"}`))
-	if err != nil {
-		return nil, fmt.Errorf("running QMP %s: %w", command, err)
-	}
-	return raw, nil
+	return fn(mon)
 }
 
 // Wait blocks until QEMU has exited or ctx is done.
