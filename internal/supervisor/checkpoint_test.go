@@ -25,7 +25,7 @@ func TestFakeCheckpointRefusals(t *testing.T) {
 	ctx := context.Background()
 	v := d.run(d.spec("web"), Options{})
 	d.waitFor("web", "running", func(v *View) bool { return v.Record.Status == state.StatusRunning })
-	if _, _, err := d.sup.Create(ctx, d.spec("idle"), Options{}); err != nil {
+	if _, _, err := d.sup.Create(ctx, d.spec("idle")); err != nil {
 		t.Fatal(err)
 	}
 	for _, c := range []struct {

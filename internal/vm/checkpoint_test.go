@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"kiln.dev/kiln/api"
 	"kiln.dev/kiln/internal/errdefs"
 	"kiln.dev/kiln/internal/options"
 	"kiln.dev/kiln/internal/vmm"
@@ -38,13 +39,13 @@ func TestCheckpointableRefusesDataOutsideTheVM(t *testing.T) {
 		{options.Mount{Type: options.MountBind, Source: "/srv/shared", Target: "/data"}, "host directory /srv/shared"},
 		{options.Mount{Type: options.MountVolume, Source: "db", Target: "/var/lib/db"}, "volume db"},
 	} {
-		v := &VM{Name: "web", Spec: Spec{Mounts: []options.Mount{c.mount}}}
+		v := &VM{Name: "web", Spec: Spec{VMConfig: api.VMConfig{Mounts: []options.Mount{c.mount}}}}
 		err := v.Checkpointable()
 		switch {
 		case c.want == "" && err != nil:
-			t.Errorf("%s: %v", c.mount, err)
+			t.Errorf("%s: %v", options.FormatMount(c.mount), err)
 		case c.want != "" && (!errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), c.want)):
-			t.Errorf("%s: %v, want an invalid argument naming %q", c.mount, err, c.want)
+			t.Errorf("%s: %v, want an invalid argument naming %q", options.FormatMount(c.mount), err, c.want)
 		}
 	}
 }
