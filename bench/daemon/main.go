@@ -22,6 +22,9 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"kiln.dev/kiln/internal/vmm"
+	"kiln.dev/kiln/internal/vmm/qemu"
 )
 
 func main() {
@@ -162,20 +165,10 @@ func rawFirstLine(root, kernel, kiln, prog string) (time.Duration, error) {
 	if _, err := unix.InotifyAddWatch(fd, out, unix.IN_MODIFY); err != nil {
 		return 0, err
 	}
-	khz := 0
-	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
-		for _, l := range strings.Split(string(b), "\n") {
-			if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "cpu MHz" {
-				f, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
-				khz = int(f * 1000)
-				break
-			}
-		}
-	}
 	cmd := exec.Command("qemu-system-x86_64",
 		"-M", "microvm,acpi=off,rtc=on,pit=on,pic=on,isa-serial=on", "-accel", "tcg", "-cpu", "max", "-m", "128M",
 		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-kernel", kernel, "-initrd", initrds[0],
-		"-append", "console=ttyS0 reboot=t panic=-1 quiet 8250.nr_uarts=1 tsc_early_khz="+strconv.Itoa(khz)+" tsc=reliable",
+		"-append", qemu.Cmdline(vmm.AccelTCG, qemu.TSCKHz()),
 		"-netdev", "user,id=net0", "-device", "virtio-net-device,netdev=net0",
 		"-device", "virtio-serial-device,max_ports=5",
 		"-chardev", "file,id=s,path="+filepath.Join(dir, "status"), "-device", "virtserialport,chardev=s,name=kiln.exit",

@@ -170,6 +170,17 @@ func Cmdline(accel vmm.Accel, tscKHz int, extra ...string) string {
 	if accel == vmm.AccelTCG && tscKHz > 0 {
 		parts = append(parts, "tsc_early_khz="+strconv.Itoa(tscKHz), "tsc=reliable")
 	}
+	if accel == vmm.AccelTCG {
+		// nolapic_timer: TCG has no TSC-deadline timer, so the kernel
+		// calibrates the local APIC timer against jiffies, a tenth of a
+		// second of ticks that took 0.24-0.49 s of guest time here (half
+		// of the boot to kiln-init). The PIT, which microvm has
+		// (pit=on), is the clock event device instead; a guest with more
+		// CPUs gets its ticks broadcast. Under KVM the guest has the
+		// TSC-deadline timer and never calibrates, and the PIT would cost
+		// exits, so KVM guests keep the APIC timer.
+		parts = append(parts, "nolapic_timer")
+	}
 	parts = append(parts, extra...)
 	return strings.Join(parts, " ")
 }

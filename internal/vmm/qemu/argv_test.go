@@ -204,12 +204,12 @@ func TestCmdline(t *testing.T) {
 		extra []string
 		want  string
 	}{
-		{"tcg with khz", vmm.AccelTCG, 2400000, nil, base + " tsc_early_khz=2400000 tsc=reliable"},
-		{"tcg without khz", vmm.AccelTCG, 0, nil, base},
-		{"tcg negative khz", vmm.AccelTCG, -1, nil, base},
+		{"tcg with khz", vmm.AccelTCG, 2400000, nil, base + " tsc_early_khz=2400000 tsc=reliable nolapic_timer"},
+		{"tcg without khz", vmm.AccelTCG, 0, nil, base + " nolapic_timer"},
+		{"tcg negative khz", vmm.AccelTCG, -1, nil, base + " nolapic_timer"},
 		{"kvm ignores khz", vmm.AccelKVM, 2400000, nil, base},
 		{"tcg with extras after tsc", vmm.AccelTCG, 1000, []string{"virtio_mmio.device=512@0xfeb00000:12", "init=/init"},
-			base + " tsc_early_khz=1000 tsc=reliable virtio_mmio.device=512@0xfeb00000:12 init=/init"},
+			base + " tsc_early_khz=1000 tsc=reliable nolapic_timer virtio_mmio.device=512@0xfeb00000:12 init=/init"},
 		{"kvm with extras", vmm.AccelKVM, 0, []string{"a=b"}, base + " a=b"},
 	}
 	for _, tt := range tests {

@@ -27,7 +27,7 @@ func (Backend) Prepare(cfg *vmm.Config) error {
 		return err
 	}
 	cfg.Binary = bin
-	cfg.Cmdline = Cmdline(cfg.Accel, tscKHz())
+	cfg.Cmdline = Cmdline(cfg.Accel, TSCKHz())
 	if err := CheckDevices(cfg); err != nil {
 		return fmt.Errorf("too many mounts: %w", err)
 	}
@@ -63,8 +63,8 @@ func (Backend) Reap(dir, id string) (int, error) {
 	return pid, nil
 }
 
-// tscKHz returns the host's TSC frequency in kHz from /proc/cpuinfo, or 0.
-func tscKHz() int {
+// TSCKHz returns the host's TSC frequency in kHz from /proc/cpuinfo, or 0.
+func TSCKHz() int {
 	b, err := os.ReadFile("/proc/cpuinfo")
 	if err != nil {
 		return 0
