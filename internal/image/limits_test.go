@@ -131,10 +131,10 @@ func TestFlattenCountsEveryEntry(t *testing.T) {
 	lim := defaultLimits
 	lim.maxEntries = 20_000
 	n := lim.maxEntries - 100 // the 100 directories count too
-	if err := flatten(t.Context(), []layerSource{tinyEntries(n)}, io.Discard, lim); err != nil {
+	if err := flatten(t.Context(), []layerSource{tinyEntries(n)}, io.Discard, lim, &memSpool{}); err != nil {
 		t.Fatalf("at the limit: %v", err)
 	}
-	err := flatten(t.Context(), []layerSource{tinyEntries(n + 1)}, io.Discard, lim)
+	err := flatten(t.Context(), []layerSource{tinyEntries(n + 1)}, io.Discard, lim, &memSpool{})
 	wantTooLarge(t, err, "layer 0 (generated)", fmt.Sprintf("entry %q", fmt.Sprintf("d%02d/%d", n%100, n)), "more than 20000 entries")
 }
 
@@ -145,7 +145,7 @@ func TestFlattenMemoryPerEntry(t *testing.T) {
 	var before, after runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
-	tr := newTree(defaultLimits)
+	tr := newTree(defaultLimits, &memSpool{})
 	if err := tr.scan(t.Context(), 0, tinyEntries(n)); err != nil {
 		t.Fatal(err)
 	}
