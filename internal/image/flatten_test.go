@@ -424,6 +424,21 @@ func TestRootFSContent(t *testing.T) {
 	}
 }
 
+// wantNothingBuilt checks that a failed build left no root filesystem, no
+// temporary file and no count behind.
+func wantNothingBuilt(t *testing.T, s *Store) {
+	t.Helper()
+	if m, _ := filepath.Glob(filepath.Join(s.rootfsDir(), "*"+rootfsExt)); len(m) != 0 {
+		t.Errorf("rootfs left behind: %v", m)
+	}
+	if left, _ := os.ReadDir(s.tmpDir()); len(left) != 0 {
+		t.Errorf("temporary files left: %v", left)
+	}
+	if s.builds.Load() != 0 {
+		t.Error("failed build counted")
+	}
+}
+
 func TestRootFSFailureLeavesNothing(t *testing.T) {
 	requireTar2sqfs(t)
 	bad := testImage(t, nil,
@@ -439,15 +454,7 @@ func TestRootFSFailureLeavesNothing(t *testing.T) {
 	if !errors.Is(err, ErrInvalidArgument) || !strings.Contains(err.Error(), "../../escape") {
 		t.Fatalf("RootFS = %v, want ErrInvalidArgument naming the entry", err)
 	}
-	if m, _ := filepath.Glob(filepath.Join(s.rootfsDir(), "*"+rootfsExt)); len(m) != 0 {
-		t.Errorf("rootfs left behind: %v", m)
-	}
-	if left, _ := os.ReadDir(s.tmpDir()); len(left) != 0 {
-		t.Errorf("temporary files left: %v", left)
-	}
-	if s.builds.Load() != 0 {
-		t.Error("failed build counted")
-	}
+	wantNothingBuilt(t, s)
 }
 
 func TestRootFSDetectsDamagedBlob(t *testing.T) {
@@ -497,13 +504,5 @@ func TestRootFSRefusesWrongDiffID(t *testing.T) {
 		}
 	}
 	t.Log(err)
-	if m, _ := filepath.Glob(filepath.Join(s.rootfsDir(), "*"+rootfsExt)); len(m) != 0 {
-		t.Errorf("rootfs left behind: %v", m)
-	}
-	if left, _ := os.ReadDir(s.tmpDir()); len(left) != 0 {
-		t.Errorf("temporary files left: %v", left)
-	}
-	if s.builds.Load() != 0 {
-		t.Error("failed build counted")
-	}
+	wantNothingBuilt(t, s)
 }
