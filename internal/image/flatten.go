@@ -244,7 +244,7 @@ func (t *tree) scan(ctx context.Context, layer int, l layerSource) (err error) {
 	// a layer may hold a million small files.
 	buf := make([]byte, 32<<10)
 	last := "(start of layer)"
-	for ord := 0; ; ord++ {
+	for {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
@@ -264,7 +264,7 @@ func (t *tree) scan(ctx context.Context, layer int, l layerSource) (err error) {
 			return fmt.Errorf("entry %q: %w", hdr.Name, err)
 		}
 		if ino == nil || ino.hdr.Size == 0 {
-			continue // no content, or none that could be written
+			continue // no content to keep
 		}
 		ino.off = t.spooled
 		sw := &errWriter{w: t.spool}
