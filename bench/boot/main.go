@@ -5,7 +5,12 @@
 // cgroup and seccomp sandbox). It prints the medians, the ratios and the
 // guest's uptime when kiln-init started.
 //
+// With -memory it measures instead what an idle VM costs in memory and
+// what the size of TCG's translation buffer does to that and to speed
+// (memory.go).
+//
 //	go run ./bench/boot [-n 7] [-kiln bin/kiln] [-kernel PATH]
+//	go run ./bench/boot -memory [-n 5] [-tb 0,16,32,64,128] [-settle 3s]
 package main
 
 import (
@@ -31,8 +36,20 @@ func main() {
 	kiln := flag.String("kiln", "bin/kiln", "the kiln binary")
 	prog := flag.String("program", "bin/hello", "a static program that exits at once")
 	kernel := flag.String("kernel", "", "guest kernel (default: the default root's default kernel)")
+	memory := flag.Bool("memory", false, "measure an idle VM's memory and the translation buffer's size instead")
+	tbList := flag.String("tb", "0,16,32,64,128", "with -memory: translation buffer sizes to compare, in MiB (0: QEMU's default)")
+	settle := flag.Duration("settle", 3*time.Second, "with -memory: how long an idle VM runs after its program started before its memory is read")
 	flag.Parse()
-	if err := run(*n, *kiln, *prog, *kernel); err != nil {
+	if *kernel == "" {
+		*kernel = "/var/lib/kiln/kernels/default/vmlinux"
+	}
+	var err error
+	if *memory {
+		err = runMemory(*n, *tbList, *settle, *kiln, *prog, *kernel)
+	} else {
+		err = run(*n, *kiln, *prog, *kernel)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench/boot:", err)
 		os.Exit(1)
 	}
@@ -40,15 +57,13 @@ func main() {
 
 type sample struct {
 	wall   time.Duration
-	uptime float64 // guest uptime at kiln-init start, seconds
+	uptime float64       // guest uptime at kiln-init start, seconds
+	cpu    time.Duration // the QEMU's user and system time (raw runs only)
 }
 
 func run(n int, kiln, prog, kernel string) error {
 	if n < 5 {
 		return fmt.Errorf("-n %d: use at least 5 runs", n)
-	}
-	if kernel == "" {
-		kernel = "/var/lib/kiln/kernels/default/vmlinux"
 	}
 	root, err := os.MkdirTemp("", "kiln-bench-boot-")
 	if err != nil {
@@ -75,7 +90,7 @@ func run(n int, kiln, prog, kernel string) error {
 	// The guest command line kiln gives, and the same without
 	// nolapic_timer: the kernel then calibrates its APIC timer at boot, as
 	// it did before kiln turned that off under TCG.
-	cmdline := qemu.Cmdline(vmm.AccelTCG, qemu.TSCKHz())
+	cmdline := kilnCmdline()
 	calibrating := strings.Replace(cmdline, " nolapic_timer", "", 1)
 
 	var kilnS, freeS, rawS, calS []sample
@@ -89,12 +104,12 @@ func run(n int, kiln, prog, kernel string) error {
 			return err
 		}
 		freeS = append(freeS, s)
-		s, err = rawRun(root, kernel, initrd, cmdline)
+		s, err = rawRun(root, kernel, initrd, "tcg", cmdline)
 		if err != nil {
 			return err
 		}
 		rawS = append(rawS, s)
-		if s, err = rawRun(root, kernel, initrd, calibrating); err != nil {
+		if s, err = rawRun(root, kernel, initrd, "tcg", calibrating); err != nil {
 			return err
 		}
 		calS = append(calS, s)
@@ -135,7 +150,7 @@ func kilnRun(kiln, root, kernel, prog string, keep, unconfined bool) (sample, er
 			os.RemoveAll(d)
 		}
 	}
-	return sample{wall, up}, nil
+	return sample{wall: wall, uptime: up}, nil
 }
 
 // rawRun boots the initrd with the minimal QEMU command line that runs it:
@@ -143,16 +158,30 @@ func kilnRun(kiln, root, kernel, prog string, keep, unconfined bool) (sample, er
 // (status, stdout, stderr), nothing else. The guest sees the same hardware
 // and command line as under kiln (machine options, max_ports: QEMU's default
 // of 31 ports makes the guest set up 64 virtqueues, which costs boot time
-// under TCG), so the ratio measures kiln's own overhead on the host.
-func rawRun(root, kernel, initrd, cmdline string) (sample, error) {
+// under TCG), so the ratio measures kiln's own overhead on the host. accel
+// is -accel's value, cmdline the guest kernel's command line.
+func rawRun(root, kernel, initrd, accel, cmdline string) (sample, error) {
 	dir, err := os.MkdirTemp(root, "raw-")
 	if err != nil {
 		return sample{}, err
 	}
 	defer os.RemoveAll(dir)
+	start := time.Now()
+	cmd := exec.Command("qemu-system-x86_64", rawArgs(dir, kernel, initrd, accel, cmdline)...)
+	out, err := cmd.CombinedOutput()
+	wall := time.Since(start)
+	if err != nil {
+		return sample{}, fmt.Errorf("qemu: %w\n%s", err, out)
+	}
+	cpu := cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+	return sample{wall, uptimeFrom(filepath.Join(dir, "status")), cpu}, nil
+}
+
+// rawArgs is rawRun's QEMU command line; the ports write to files in dir.
+func rawArgs(dir, kernel, initrd, accel, cmdline string) []string {
 	status := filepath.Join(dir, "status")
-	args := []string{
-		"-M", "microvm,acpi=off,rtc=on,pit=on,pic=on,isa-serial=on", "-accel", "tcg", "-cpu", "max", "-m", "256M",
+	return []string{
+		"-M", "microvm,acpi=off,rtc=on,pit=on,pic=on,isa-serial=on", "-accel", accel, "-cpu", "max", "-m", "256M",
 		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
 		"-kernel", kernel, "-initrd", initrd,
 		// The same guest command line kiln gives, so that only the host side
@@ -165,14 +194,10 @@ func rawRun(root, kernel, initrd, cmdline string) (sample, error) {
 		"-chardev", "file,id=o,path=" + filepath.Join(dir, "out"), "-device", "virtserialport,chardev=o,name=kiln.stdout",
 		"-chardev", "file,id=e,path=" + filepath.Join(dir, "err"), "-device", "virtserialport,chardev=e,name=kiln.stderr",
 	}
-	start := time.Now()
-	out, err := exec.Command("qemu-system-x86_64", args...).CombinedOutput()
-	wall := time.Since(start)
-	if err != nil {
-		return sample{}, fmt.Errorf("qemu: %w\n%s", err, out)
-	}
-	return sample{wall, uptimeFrom(status)}, nil
 }
+
+// kilnCmdline is the guest command line kiln gives its kernel under TCG.
+func kilnCmdline() string { return qemu.Cmdline(vmm.AccelTCG, qemu.TSCKHz()) }
 
 // stopDaemon ends the daemon that `kiln run` started for root.
 func stopDaemon(root string) {
@@ -209,7 +234,9 @@ func median(s []sample) sample {
 	sort.Slice(w, func(i, j int) bool { return w[i].wall < w[j].wall })
 	u := append([]sample{}, s...)
 	sort.Slice(u, func(i, j int) bool { return u[i].uptime < u[j].uptime })
-	return sample{w[len(w)/2].wall, u[len(u)/2].uptime}
+	c := append([]sample{}, s...)
+	sort.Slice(c, func(i, j int) bool { return c[i].cpu < c[j].cpu })
+	return sample{w[len(w)/2].wall, u[len(u)/2].uptime, c[len(c)/2].cpu}
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

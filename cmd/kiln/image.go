@@ -109,7 +109,9 @@ func newLoadCmd(g *globals) *cobra.Command {
 		Use:   "load [-i FILE | oci:DIR]",
 		Short: "Load images from a docker or OCI archive, or an OCI layout directory",
 		Long: `Load every image of a docker-archive tarball ("docker save" output) or an OCI
-archive given with -i, or of an OCI image layout directory given as oci:DIR.`,
+archive given with -i, or of an OCI image layout directory given as oci:DIR.
+An archive may be compressed with gzip, zstd or bzip2 ("docker save | gzip"),
+whatever its name says.`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			src := input

@@ -592,6 +592,21 @@ func TestImageLoadListPushPrune(t *testing.T) {
 	if !strings.Contains(r.stdout, "Loaded image: kiln-test/app:v1") {
 		t.Errorf("load: stdout %q", r.stdout)
 	}
+	// As `docker save | gzip` makes it: the same image again.
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	if b, err := os.ReadFile(archive); err != nil {
+		t.Fatal(err)
+	} else {
+		zw.Write(b)
+	}
+	zw.Close()
+	if err := os.WriteFile(archive+".gz", gz.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if r := ok(t, "load .tar.gz", e.kiln("load", "-i", archive+".gz")); !strings.Contains(r.stdout, "Loaded image: kiln-test/app:v1") {
+		t.Errorf("load .tar.gz: stdout %q", r.stdout)
+	}
 	r = ok(t, "images", e.kiln("images"))
 	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
 	if len(lines) != 2 || strings.Join(strings.Fields(lines[0]), " ") != "REPOSITORY TAG DIGEST SIZE CREATED" {

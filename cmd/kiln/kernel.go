@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"kiln.dev/kiln/internal/errdefs"
 	"kiln.dev/kiln/internal/kernel"
 )
 
@@ -18,17 +19,29 @@ func newKernelCmd(g *globals) *cobra.Command {
 
 func newKernelBuildCmd(g *globals) *cobra.Command {
 	var o kernel.BuildOptions
-	var quiet bool
+	var quiet, verbose bool
 	c := &cobra.Command{
 		Use:   "build",
 		Short: "Build the guest kernel from Debian's linux-source-6.1 with kiln's microVM config",
 		Long: `Build a guest kernel from Debian's linux-source-6.1 tarball with kiln's
 microVM config fragment on top of tinyconfig. The result is cached by source
-version and fragment: when nothing changed, this returns at once.`,
+version and fragment: when nothing changed, this returns at once.
+
+A build takes minutes (about 5 on 2 cores). It says on stderr what it is doing
+and how far it is, on a terminal as one line kept up to date, otherwise as a
+line every 10 seconds; the whole output of make and the compiler goes to
+<root>/kernels/NAME.build.log, whose last lines a failed build shows.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if !quiet {
+			if quiet && verbose {
+				return errdefs.Invalid("give --quiet or --verbose, not both")
+			}
+			switch {
+			case verbose:
 				o.Log = cmd.ErrOrStderr()
+			case !quiet:
+				o.Progress = cmd.ErrOrStderr()
+				o.Redraw = isTTY(o.Progress)
 			}
 			k, built, err := kernel.NewStore(g.root).Build(cmd.Context(), o)
 			if err != nil {
@@ -46,7 +59,8 @@ version and fragment: when nothing changed, this returns at once.`,
 	c.Flags().StringVar(&o.Source, "source", kernel.DefaultSource, "kernel source tarball")
 	c.Flags().IntVarP(&o.Jobs, "jobs", "j", 0, "parallel build jobs (default: one per CPU)")
 	c.Flags().BoolVar(&o.Force, "force", false, "rebuild even when the cached kernel is up to date")
-	c.Flags().BoolVarP(&quiet, "quiet", "q", false, "do not show the build's output")
+	c.Flags().BoolVarP(&quiet, "quiet", "q", false, "show nothing while building (a failure still shows the log's last lines)")
+	c.Flags().BoolVarP(&verbose, "verbose", "v", false, "show the whole output of make and the compiler instead of the progress")
 	return c
 }
 

@@ -2,6 +2,7 @@ package image
 
 import (
 	"archive/tar"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -22,18 +23,27 @@ import (
 // root on the host and without a layer ever being able to write outside
 // its tree: nothing is extracted.
 //
-// It takes two passes over the layers, bottom to top:
+// Each layer is read (and so decompressed) once, bottom to top; the tree
+// is written after the last one:
 //
-//  1. Read every header and build the final tree in memory, applying each
+//  1. Read every entry and build the final tree in memory, applying each
 //     entry as an extractor would: later entries replace earlier ones,
 //     whiteouts (".wh.name") and opaque markers (".wh..wh..opq") hide what
 //     lower layers put there, hard links share an inode, and a path whose
 //     parent is a symlink is resolved through that symlink inside the tree,
-//     never outside it (as containerd does). File contents are skipped.
+//     never outside it (as containerd does). A regular file's content is
+//     appended to the spool, a temporary file, and its inode records
+//     where; the layer's digests are checked at its end.
 //  2. Write the tree: directories and other content-less entries straight
-//     from memory, parents first; then regular files, re-reading each
-//     layer that still owns a file in the final tree and copying exactly
-//     those contents; then hard links.
+//     from memory, parents first; then the regular files that survived,
+//     their contents read back from the spool in the order they were
+//     spooled; then hard links.
+//
+// Reading a layer twice instead (headers, then the contents that
+// survived) decompressed every layer that still owned a file twice, which
+// was most of the time a build took; the spool costs a write and a read
+// of the files' bytes, which limits.maxTotal bounds, and the build's
+// free-space guard watches it as it does the squashfs.
 //
 // Paths are normalised the way docker does: leading "/" and "./" are
 // dropped, so absolute names land relative to the root; a name that still
@@ -69,7 +79,7 @@ const (
 type limits struct {
 	// maxLayer bounds the uncompressed size of one layer's stream, tar
 	// padding and anything after the tar's end included: a decompression
-	// bomb stops there instead of being read to its end, twice.
+	// bomb stops there instead of being read to its end.
 	maxLayer int64
 	// maxRatio bounds how many times a compressed layer may expand once
 	// more than ratioFloor bytes came out of it. Real file trees
@@ -79,7 +89,8 @@ type limits struct {
 	// padding, free to expand as they like.
 	maxRatio   int64
 	ratioFloor int64
-	// maxTotal bounds the bytes of entry content read from all layers.
+	// maxTotal bounds the bytes of entry content read from all layers,
+	// and so what the spool holds.
 	maxTotal int64
 	// maxFile bounds one file's size.
 	maxFile int64
@@ -121,10 +132,8 @@ var defaultLimits = limits{
 	maxXattr:   64 << 10,
 }
 
-// layerSource is one layer's uncompressed tar stream. open is called once
-// per pass; both calls must yield the same bytes (layers are
-// content-addressed, so they do). Close after reading to EOF may report a
-// digest mismatch.
+// layerSource is one layer's uncompressed tar stream. open is called once;
+// Close after reading to EOF may report a digest mismatch.
 type layerSource struct {
 	name string // for messages, e.g. the layer digest
 	open func() (io.ReadCloser, error)
@@ -132,9 +141,9 @@ type layerSource struct {
 
 // inode is a file's content and metadata; hard links share one.
 type inode struct {
-	hdr   tar.Header // normalised: Name unset, Typeflag canonical
-	layer int        // which layer holds the content (regular files)
-	ord   int        // which entry of that layer
+	hdr tar.Header // normalised: Name unset, Typeflag canonical
+	// off is where the content of a regular file starts in the spool.
+	off int64
 	// origin is the node the inode was created at. If it survives it is
 	// the name written with the content, so a link keeps pointing at the
 	// name the image author gave the file.
@@ -164,18 +173,29 @@ type node struct {
 func (n *node) isDir() bool     { return n.children != nil }
 func (n *node) isSymlink() bool { return n.ino.hdr.Typeflag == tar.TypeSymlink }
 
+// spool holds the contents of the layers' regular files from the pass
+// that reads them to the one that writes the tree: a temporary file,
+// unlinked (see Store.buildSquashfs), or memory in tests.
+type spool interface {
+	io.Writer
+	io.ReaderAt
+}
+
 // tree is the merged filesystem being built by pass 1.
 type tree struct {
 	root    *node
 	lim     limits
+	spool   spool
+	spooled int64 // bytes written to spool
 	total   int64 // bytes of entry content, against lim.maxTotal
 	entries int   // entries, against lim.maxEntries
 	meta    int64 // bytes of names, symlink targets and xattrs, against lim.maxMeta
 }
 
-func newTree(lim limits) *tree {
+func newTree(lim limits, sp spool) *tree {
 	return &tree{
-		lim: lim,
+		lim:   lim,
+		spool: sp,
 		root: &node{
 			children: map[string]*node{},
 			ino:      &inode{hdr: implicitDir()},
@@ -190,18 +210,21 @@ func implicitDir() tar.Header {
 	return tar.Header{Typeflag: tar.TypeDir, Mode: 0o755, Format: tar.FormatPAX}
 }
 
-// flatten writes the merged tree of layers (bottom first) to w as a tar.
-func flatten(ctx context.Context, layers []layerSource, w io.Writer, lim limits) error {
-	t := newTree(lim)
+// flatten writes the merged tree of layers (bottom first) to w as a tar,
+// keeping the files' contents in sp meanwhile. Nothing is written to w
+// before every layer was read and its digests checked.
+func flatten(ctx context.Context, layers []layerSource, w io.Writer, lim limits, sp spool) error {
+	t := newTree(lim, sp)
 	for i, l := range layers {
 		if err := t.scan(ctx, i, l); err != nil {
 			return fmt.Errorf("layer %d (%s): %w", i, l.name, err)
 		}
 	}
-	return t.write(ctx, layers, w)
+	return t.write(ctx, w)
 }
 
-// scan is pass 1 for one layer.
+// scan is pass 1 for one layer: its entries go into the tree, its files'
+// contents into the spool.
 func (t *tree) scan(ctx context.Context, layer int, l layerSource) (err error) {
 	rc, err := l.open()
 	if err != nil {
@@ -217,8 +240,11 @@ func (t *tree) scan(ctx context.Context, layer int, l layerSource) (err error) {
 	// inside tr.Next.
 	cr := &ctxReader{ctx: ctx, r: rc}
 	tr := tar.NewReader(cr)
+	// One buffer for the layer: io.Copy would allocate one per file, and
+	// a layer may hold a million small files.
+	buf := make([]byte, 32<<10)
 	last := "(start of layer)"
-	for ord := 0; ; ord++ {
+	for {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
@@ -233,8 +259,26 @@ func (t *tree) scan(ctx context.Context, layer int, l layerSource) (err error) {
 			return fmt.Errorf("reading tar after entry %q: %w: %w", last, ErrCorrupt, err)
 		}
 		last = hdr.Name
-		if err := t.apply(layer, ord, hdr); err != nil {
+		ino, err := t.apply(layer, hdr)
+		if err != nil {
 			return fmt.Errorf("entry %q: %w", hdr.Name, err)
+		}
+		if ino == nil || ino.hdr.Size == 0 {
+			continue // no content to keep
+		}
+		ino.off = t.spooled
+		sw := &errWriter{w: t.spool}
+		n, err := io.CopyBuffer(sw, io.LimitReader(tr, ino.hdr.Size), buf)
+		t.spooled += n
+		switch {
+		case sw.err != nil:
+			return fmt.Errorf("spooling entry %q: %w", hdr.Name, sw.err)
+		case err != nil && (errors.Is(err, ErrTooLarge) || ctx.Err() != nil):
+			return fmt.Errorf("reading entry %q: %w", hdr.Name, err)
+		case err != nil:
+			return fmt.Errorf("reading entry %q: %w: %w", hdr.Name, ErrCorrupt, err)
+		case n != ino.hdr.Size:
+			return fmt.Errorf("entry %q: %d bytes of %d: %w", hdr.Name, n, ino.hdr.Size, ErrCorrupt)
 		}
 	}
 	// Read to the end and close, so the source can check the digests of
@@ -244,6 +288,21 @@ func (t *tree) scan(ctx context.Context, layer int, l layerSource) (err error) {
 	}
 	closed = true
 	return rc.Close()
+}
+
+// errWriter passes writes to w and keeps the error of a failed one, so
+// that a copy can tell its writer's errors from its reader's.
+type errWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (e *errWriter) Write(p []byte) (int, error) {
+	n, err := e.w.Write(p)
+	if err != nil {
+		e.err = err
+	}
+	return n, err
 }
 
 // canonicalType maps the tar types that mean "regular file" to TypeReg
@@ -420,45 +479,46 @@ func pathOf(n *node) string {
 	return string(b)
 }
 
-// apply adds one layer entry to the tree.
-func (t *tree) apply(layer, ord int, h *tar.Header) error {
+// apply adds one layer entry to the tree. It returns the inode of a
+// regular file it made, whose content the caller spools.
+func (t *tree) apply(layer int, h *tar.Header) (*inode, error) {
 	if err := t.addEntry(); err != nil {
-		return err
+		return nil, err
 	}
 	if h.Typeflag == tar.TypeXGlobalHeader {
-		return nil
+		return nil, nil
 	}
 	if h.Size < 0 {
-		return fmt.Errorf("negative size: %w", ErrCorrupt)
+		return nil, fmt.Errorf("negative size: %w", ErrCorrupt)
 	}
 	if h.Size > t.lim.maxFile {
-		return fmt.Errorf("size %d, over the %s limit for one file: %w", h.Size, disk.SizeName(t.lim.maxFile), ErrTooLarge)
+		return nil, fmt.Errorf("size %d, over the %s limit for one file: %w", h.Size, disk.SizeName(t.lim.maxFile), ErrTooLarge)
 	}
 	t.total += h.Size
 	if t.total > t.lim.maxTotal {
-		return fmt.Errorf("files of the layers add up to %d bytes, over the %s limit: %w", t.total, disk.SizeName(t.lim.maxTotal), ErrTooLarge)
+		return nil, fmt.Errorf("files of the layers add up to %d bytes, over the %s limit: %w", t.total, disk.SizeName(t.lim.maxTotal), ErrTooLarge)
 	}
 	comps, err := t.splitName(h.Name)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	typ, err := canonicalType(h)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	hdr, err := normHeader(h, typ)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if len(comps) == 0 {
 		if typ != tar.TypeDir {
-			return fmt.Errorf("root entry is not a directory: %w", ErrInvalidArgument)
+			return nil, fmt.Errorf("root entry is not a directory: %w", ErrInvalidArgument)
 		}
 		if err := t.checkMeta("", &hdr); err != nil {
-			return err
+			return nil, err
 		}
 		t.root.ino.hdr = hdr
-		return nil
+		return nil, nil
 	}
 	dir, base := comps[:len(comps)-1], comps[len(comps)-1]
 
@@ -466,7 +526,7 @@ func (t *tree) apply(layer, ord int, h *tar.Header) error {
 		hops := 0
 		parent, err := t.walk(t.root, dir, layer, false, &hops)
 		if err != nil || parent == nil {
-			return err // nothing to hide
+			return nil, err // nothing to hide
 		}
 		switch {
 		case base == opaqueMarker:
@@ -479,28 +539,28 @@ func (t *tree) apply(layer, ord int, h *tar.Header) error {
 				delete(parent.children, target)
 			}
 		}
-		return nil
+		return nil, nil
 	}
 
 	if err := t.checkMeta(base, &hdr); err != nil {
-		return err
+		return nil, err
 	}
 	var linked *inode
 	switch typ {
 	case tar.TypeLink:
 		if linked, err = t.linkTarget(h.Linkname, layer); err != nil {
-			return err
+			return nil, err
 		}
 	case tar.TypeSymlink:
 		if h.Linkname == "" {
-			return fmt.Errorf("symlink with empty target: %w", ErrInvalidArgument)
+			return nil, fmt.Errorf("symlink with empty target: %w", ErrInvalidArgument)
 		}
 	}
 
 	hops := 0
 	parent, err := t.walk(t.root, dir, layer, true, &hops)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	for p := parent; p != nil; p = p.parent {
 		p.layer = max(p.layer, layer)
@@ -509,11 +569,11 @@ func (t *tree) apply(layer, ord int, h *tar.Header) error {
 		// A directory over a directory merges: new metadata, old children.
 		old.ino.hdr = hdr
 		old.layer = layer
-		return nil
+		return nil, nil
 	}
 	n, err := t.newNode(parent, base, layer)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	switch typ {
 	case tar.TypeDir:
@@ -522,12 +582,15 @@ func (t *tree) apply(layer, ord int, h *tar.Header) error {
 	case tar.TypeLink:
 		n.ino = linked
 	default:
-		n.ino = &inode{hdr: hdr, layer: layer, ord: ord, origin: n}
+		n.ino = &inode{hdr: hdr, origin: n}
 	}
 	// Anything else already there (a file, or a directory replaced by a
 	// non-directory, with its whole subtree) is gone, as when extracting.
 	parent.children[base] = n
-	return nil
+	if typ == tar.TypeReg {
+		return n.ino, nil
+	}
+	return nil, nil
 }
 
 // linkTarget resolves a hard link's target to the inode it shares.
@@ -636,11 +699,12 @@ func hideLower(dir *node, layer int) {
 // It holds the live nodes and spells out each path only as it writes it,
 // so its memory grows with the entry count (bounded by lim.maxEntries),
 // not with the paths' lengths.
-func (t *tree) write(ctx context.Context, layers []layerSource, w io.Writer) error {
+func (t *tree) write(ctx context.Context, w io.Writer) error {
 	tw := tar.NewWriter(w)
-	files := make([]map[int]*node, len(layers)) // layer -> entry ordinal -> node
-	var links []*node                           // secondary names of shared inodes
-
+	var (
+		files []*node // regular files, written with their content
+		links []*node // secondary names of shared inodes
+	)
 	root := t.root.ino.hdr
 	root.Name = "./"
 	if err := tw.WriteHeader(&root); err != nil {
@@ -681,29 +745,33 @@ func (t *tree) write(ctx context.Context, layers []layerSource, w io.Writer) err
 			links = append(links, n)
 			continue
 		}
-		switch ino.hdr.Typeflag {
-		case tar.TypeReg:
-			if files[ino.layer] == nil {
-				files[ino.layer] = map[int]*node{}
-			}
-			files[ino.layer][ino.ord] = n
-		default:
-			h := ino.hdr
-			h.Name = pathOf(n)
-			if ino.hdr.Typeflag == tar.TypeDir {
-				h.Name += "/"
-			}
-			if err := tw.WriteHeader(&h); err != nil {
-				return fmt.Errorf("writing %q: %w", h.Name, err)
-			}
+		if ino.hdr.Typeflag == tar.TypeReg {
+			files = append(files, n)
+			continue
+		}
+		h := ino.hdr
+		h.Name = pathOf(n)
+		if ino.hdr.Typeflag == tar.TypeDir {
+			h.Name += "/"
+		}
+		if err := tw.WriteHeader(&h); err != nil {
+			return fmt.Errorf("writing %q: %w", h.Name, err)
 		}
 	}
-	for i, want := range files {
-		if len(want) == 0 {
-			continue // every file of this layer was replaced or deleted
+	// In spool order, so the spool is read front to back.
+	slices.SortFunc(files, func(a, b *node) int { return cmp.Compare(a.ino.off, b.ino.off) })
+	buf := make([]byte, 32<<10)
+	for _, n := range files {
+		if err := ctx.Err(); err != nil {
+			return err
 		}
-		if err := copyFiles(ctx, tw, layers[i], want); err != nil {
-			return fmt.Errorf("layer %d (%s): %w", i, layers[i].name, err)
+		h := n.ino.hdr
+		h.Name = pathOf(n)
+		if err := tw.WriteHeader(&h); err != nil {
+			return fmt.Errorf("writing %q: %w", h.Name, err)
+		}
+		if _, err := io.CopyBuffer(tw, io.NewSectionReader(t.spool, n.ino.off, h.Size), buf); err != nil {
+			return fmt.Errorf("writing %q: %w", h.Name, err)
 		}
 	}
 	for _, l := range links {
@@ -720,50 +788,6 @@ func (t *tree) write(ctx context.Context, layers []layerSource, w io.Writer) err
 	}
 	if err := tw.Close(); err != nil {
 		return fmt.Errorf("finishing tar: %w", err)
-	}
-	return nil
-}
-
-// copyFiles re-reads one layer and copies the contents of the entries in
-// want (by ordinal) under their final paths.
-func copyFiles(ctx context.Context, tw *tar.Writer, l layerSource, want map[int]*node) error {
-	rc, err := l.open()
-	if err != nil {
-		return err
-	}
-	defer rc.Close()
-	cr := &ctxReader{ctx: ctx, r: rc}
-	tr := tar.NewReader(cr)
-	// One buffer for the layer: io.Copy would allocate one per file, and
-	// a layer may hold a million small files.
-	buf := make([]byte, 32<<10)
-	left := len(want)
-	for ord := 0; left > 0; ord++ {
-		hdr, err := tr.Next()
-		if err != nil {
-			if ctx.Err() != nil {
-				return err
-			}
-			// The layer was complete in pass 1; anything else means it
-			// changed underneath us.
-			return fmt.Errorf("re-reading tar at entry %d: %w: %w", ord, ErrCorrupt, err)
-		}
-		n, ok := want[ord]
-		if !ok {
-			continue
-		}
-		if hdr.Size != n.ino.hdr.Size {
-			return fmt.Errorf("entry %q changed size between passes: %w", hdr.Name, ErrCorrupt)
-		}
-		h := n.ino.hdr
-		h.Name = pathOf(n)
-		if err := tw.WriteHeader(&h); err != nil {
-			return fmt.Errorf("writing %q: %w", h.Name, err)
-		}
-		if _, err := io.CopyBuffer(tw, tr, buf); err != nil {
-			return fmt.Errorf("copying %q: %w", hdr.Name, err)
-		}
-		left--
 	}
 	return nil
 }

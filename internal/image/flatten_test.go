@@ -74,7 +74,7 @@ func readTar(t testing.TB, r io.Reader) map[string]flatEntry {
 func flattenTars(t testing.TB, lim limits, tars ...[]byte) (map[string]flatEntry, error) {
 	t.Helper()
 	var out bytes.Buffer
-	if err := flatten(context.Background(), memSources(tars...), &out, lim); err != nil {
+	if err := flatten(context.Background(), memSources(tars...), &out, lim, &memSpool{}); err != nil {
 		return nil, err
 	}
 	return readTar(t, &out), nil
@@ -424,6 +424,21 @@ func TestRootFSContent(t *testing.T) {
 	}
 }
 
+// wantNothingBuilt checks that a failed build left no root filesystem, no
+// temporary file and no count behind.
+func wantNothingBuilt(t *testing.T, s *Store) {
+	t.Helper()
+	if m, _ := filepath.Glob(filepath.Join(s.rootfsDir(), "*"+rootfsExt)); len(m) != 0 {
+		t.Errorf("rootfs left behind: %v", m)
+	}
+	if left, _ := os.ReadDir(s.tmpDir()); len(left) != 0 {
+		t.Errorf("temporary files left: %v", left)
+	}
+	if s.builds.Load() != 0 {
+		t.Error("failed build counted")
+	}
+}
+
 func TestRootFSFailureLeavesNothing(t *testing.T) {
 	requireTar2sqfs(t)
 	bad := testImage(t, nil,
@@ -439,15 +454,7 @@ func TestRootFSFailureLeavesNothing(t *testing.T) {
 	if !errors.Is(err, ErrInvalidArgument) || !strings.Contains(err.Error(), "../../escape") {
 		t.Fatalf("RootFS = %v, want ErrInvalidArgument naming the entry", err)
 	}
-	if m, _ := filepath.Glob(filepath.Join(s.rootfsDir(), "*"+rootfsExt)); len(m) != 0 {
-		t.Errorf("rootfs left behind: %v", m)
-	}
-	if left, _ := os.ReadDir(s.tmpDir()); len(left) != 0 {
-		t.Errorf("temporary files left: %v", left)
-	}
-	if s.builds.Load() != 0 {
-		t.Error("failed build counted")
-	}
+	wantNothingBuilt(t, s)
 }
 
 func TestRootFSDetectsDamagedBlob(t *testing.T) {
@@ -468,4 +475,34 @@ func TestRootFSDetectsDamagedBlob(t *testing.T) {
 	if _, err := s.RootFS(ctx(t), imgs[0]); !errors.Is(err, ErrCorrupt) {
 		t.Errorf("RootFS over a damaged blob = %v, want ErrCorrupt", err)
 	}
+}
+
+// TestRootFSRefusesWrongDiffID: a layer whose uncompressed content is not
+// what the config's diff ID says is refused while it is read, the only
+// time it is decompressed, with a message naming the layer; the build
+// leaves nothing behind.
+func TestRootFSRefusesWrongDiffID(t *testing.T) {
+	requireTar2sqfs(t)
+	wrong := v1.Hash{Algorithm: "sha256", Hex: strings.Repeat("ab", 32)}
+	img := testImage(t, func(cf *v1.ConfigFile) { cf.RootFS.DiffIDs[1] = wrong },
+		layerTar(t, entry{name: "ok", body: "fine"}),
+		layerTar(t, entry{name: "app", body: strings.Repeat("not what the config says ", 1000)}),
+	)
+	s := newStore(t, nil)
+	imgs, err := s.Load(ctx(t), writeLayout(t, img, "local/wrong:v1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := mustRecord(t, s, imgs[0].ID)
+	_, err = s.RootFS(ctx(t), imgs[0])
+	if !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("RootFS = %v, want ErrCorrupt", err)
+	}
+	for _, want := range []string{"layer 1 (" + rec.Layers[1].Digest + ")", "config says " + wrong.String()} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("RootFS = %v, want it to say %q", err, want)
+		}
+	}
+	t.Log(err)
+	wantNothingBuilt(t, s)
 }

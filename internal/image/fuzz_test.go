@@ -32,7 +32,7 @@ func FuzzFlatten(f *testing.F) {
 	lim.maxTotal, lim.maxFile, lim.maxEntries = 1<<20, 1<<20, 2000
 	f.Fuzz(func(t *testing.T, l1, l2 []byte) {
 		var out bytes.Buffer
-		err := flatten(context.Background(), memSources(l1, l2), &out, lim)
+		err := flatten(context.Background(), memSources(l1, l2), &out, lim, &memSpool{})
 		if err != nil {
 			return
 		}

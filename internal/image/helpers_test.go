@@ -221,3 +221,22 @@ func digestOf(t testing.TB, img v1.Image) (manifest, config string) {
 }
 
 func ctx(t *testing.T) context.Context { return t.Context() }
+
+// memSpool is a spool in memory, the spool of flatten in tests.
+type memSpool struct{ b []byte }
+
+func (m *memSpool) Write(p []byte) (int, error) {
+	m.b = append(m.b, p...)
+	return len(p), nil
+}
+
+func (m *memSpool) ReadAt(p []byte, off int64) (int, error) {
+	if off >= int64(len(m.b)) {
+		return 0, io.EOF
+	}
+	n := copy(p, m.b[off:])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}

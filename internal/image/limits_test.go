@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
@@ -131,10 +130,10 @@ func TestFlattenCountsEveryEntry(t *testing.T) {
 	lim := defaultLimits
 	lim.maxEntries = 20_000
 	n := lim.maxEntries - 100 // the 100 directories count too
-	if err := flatten(t.Context(), []layerSource{tinyEntries(n)}, io.Discard, lim); err != nil {
+	if err := flatten(t.Context(), []layerSource{tinyEntries(n)}, io.Discard, lim, &memSpool{}); err != nil {
 		t.Fatalf("at the limit: %v", err)
 	}
-	err := flatten(t.Context(), []layerSource{tinyEntries(n + 1)}, io.Discard, lim)
+	err := flatten(t.Context(), []layerSource{tinyEntries(n + 1)}, io.Discard, lim, &memSpool{})
 	wantTooLarge(t, err, "layer 0 (generated)", fmt.Sprintf("entry %q", fmt.Sprintf("d%02d/%d", n%100, n)), "more than 20000 entries")
 }
 
@@ -145,7 +144,7 @@ func TestFlattenMemoryPerEntry(t *testing.T) {
 	var before, after runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
-	tr := newTree(defaultLimits)
+	tr := newTree(defaultLimits, &memSpool{})
 	if err := tr.scan(t.Context(), 0, tinyEntries(n)); err != nil {
 		t.Fatal(err)
 	}
@@ -210,12 +209,7 @@ func TestRootFSRefusesDecompressionBombs(t *testing.T) {
 			tt.edit(&s.limits)
 			_, err = s.RootFS(ctx(t), imgs[0])
 			wantTooLarge(t, err, append(tt.says, imgs[0].ID, "layer 1 ("+rec.Layers[1].Digest+")")...)
-			if m, _ := filepath.Glob(filepath.Join(s.rootfsDir(), "*"+rootfsExt)); len(m) != 0 {
-				t.Errorf("rootfs left behind: %v", m)
-			}
-			if left, _ := os.ReadDir(s.tmpDir()); len(left) != 0 {
-				t.Errorf("temporary files left: %v", left)
-			}
+			wantNothingBuilt(t, s)
 			s.limits = defaultLimits
 			if _, err := s.RootFS(ctx(t), imgs[0]); err != nil {
 				t.Errorf("under the default limits: %v", err)

@@ -34,7 +34,11 @@ import (
 // "io.containerd.image.name" annotation, or from
 // "org.opencontainers.image.ref.name" when that is a full reference
 // ("app:v1"); a bare "latest" names no repository and is ignored.
-// Compressed (.tar.gz) archives must be decompressed first.
+//
+// An archive may be compressed with gzip, zstd or bzip2 ("docker save |
+// gzip"), whatever its name: the compression is told by its first bytes,
+// and it is decompressed once, into the store's temporary directory,
+// within the limits a layer has (see LoadArchive).
 func (s *Store) Load(ctx context.Context, path string) ([]*Image, error) {
 	unlock, err := s.lockGC(unix.LOCK_SH)
 	if err != nil {
@@ -68,9 +72,29 @@ func (s *Store) load(ctx context.Context, p string) ([]*Image, error) {
 	return s.loadArchiveFile(ctx, p, p)
 }
 
-// loadArchiveFile loads the docker-archive or OCI archive in the file p;
-// label names it in progress and messages.
+// loadArchiveFile loads the docker-archive or OCI archive in the file p,
+// decompressing it first if it is compressed; label names it in progress
+// and messages.
 func (s *Store) loadArchiveFile(ctx context.Context, p, label string) ([]*Image, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var magic [6]byte
+	n, _ := io.ReadFull(f, magic[:])
+	if compressionOf(magic[:n]) == "" {
+		return s.loadTar(ctx, p, label)
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return nil, err
+	}
+	return s.loadArchive(ctx, f, label)
+}
+
+// loadTar loads the uncompressed docker-archive or OCI archive in the
+// file p.
+func (s *Store) loadTar(ctx context.Context, p, label string) ([]*Image, error) {
 	kind, err := sniffArchive(p)
 	if err != nil {
 		return nil, err
@@ -96,9 +120,12 @@ func (s *Store) loadArchiveFile(ctx context.Context, p, label string) ([]*Image,
 // tarball read from r, as Load does for a file: a caller such as the
 // daemon then needs no access to the client's files. label names the
 // archive in progress and messages only; it is never opened. The archive
-// is first copied into the store's temporary directory, at most as many
-// bytes as an archive's content may hold (the limit on a root
-// filesystem's total content).
+// is first copied into the store's temporary directory, decompressed if
+// its first bytes say gzip, zstd or bzip2, and at most as many bytes as
+// an archive's content may hold (the limit on a root filesystem's total
+// content); a compressed one is refused as a bomb if it expands more than
+// a layer may, and the copy stops when the filesystem gets down to kiln's
+// free-space reserve.
 func (s *Store) LoadArchive(ctx context.Context, r io.Reader, label string) ([]*Image, error) {
 	unlock, err := s.lockGC(unix.LOCK_SH)
 	if err != nil {
@@ -119,9 +146,33 @@ func (s *Store) loadArchive(ctx context.Context, r io.Reader, label string) ([]*
 	}
 	defer os.Remove(f.Name())
 	defer f.Close()
-	n, err := io.Copy(f, io.LimitReader(&ctxReader{ctx: ctx, r: r}, s.limits.maxTotal+1))
-	if err != nil {
+	in := &countReader{r: &ctxReader{ctx: ctx, r: r}}
+	br := bufio.NewReaderSize(in, 256<<10)
+	magic, _ := br.Peek(6)
+	kind := compressionOf(magic)
+	src := io.Reader(br)
+	if kind != "" {
+		dec, closeDec, err := decompressor(kind, br)
+		if errors.Is(err, ErrUnsupported) {
+			return nil, fmt.Errorf("archive: %w", err)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("decompressing %s archive: %w: %w", kind, ErrInvalidArgument, err)
+		}
+		defer closeDec()
+		src = &expander{r: dec, in: in, what: kind + " archive", lim: s.limits}
+	}
+	dir := filepath.Dir(f.Name())
+	guard := &freeGuard{w: f, dir: dir, free: statfsFree}
+	sw := &errWriter{w: guard}
+	n, err := io.Copy(sw, io.LimitReader(src, s.limits.maxTotal+1))
+	switch {
+	case sw.err != nil:
+		return nil, fmt.Errorf("receiving archive: %w", sw.err)
+	case err != nil && (errors.Is(err, ErrTooLarge) || ctx.Err() != nil || kind == ""):
 		return nil, fmt.Errorf("receiving archive: %w", err)
+	case err != nil:
+		return nil, fmt.Errorf("decompressing %s archive: %w: %w", kind, ErrInvalidArgument, err)
 	}
 	if n > s.limits.maxTotal {
 		return nil, fmt.Errorf("archive larger than %d bytes: %w", s.limits.maxTotal, ErrTooLarge)
@@ -129,7 +180,7 @@ func (s *Store) loadArchive(ctx context.Context, r io.Reader, label string) ([]*
 	if err := f.Close(); err != nil {
 		return nil, fmt.Errorf("receiving archive: %w", err)
 	}
-	return s.loadArchiveFile(ctx, f.Name(), label)
+	return s.loadTar(ctx, f.Name(), label)
 }
 
 type archiveKind int
@@ -150,9 +201,10 @@ func sniffArchive(p string) (archiveKind, error) {
 	}
 	defer f.Close()
 	br := bufio.NewReader(f)
-	if magic, _ := br.Peek(4); len(magic) >= 2 && magic[0] == 0x1f && magic[1] == 0x8b ||
-		len(magic) == 4 && string(magic) == "\x28\xb5\x2f\xfd" {
-		return archiveUnknown, fmt.Errorf("compressed archive; decompress it first: %w", ErrUnsupported)
+	if magic, _ := br.Peek(6); compressionOf(magic) != "" {
+		// Only ever reached after one decompression: take one, not a
+		// chain of them (a gzip file can decompress to itself).
+		return archiveUnknown, fmt.Errorf("archive compressed twice (%s inside): %w", compressionOf(magic), ErrUnsupported)
 	}
 	seen := map[string]bool{}
 	tr := tar.NewReader(br)

@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -21,6 +22,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/zstd"
 )
 
 // writeDockerArchive writes images as a "docker save" tarball.
@@ -270,5 +273,115 @@ func TestLoadArchiveFromReader(t *testing.T) {
 	}
 	if left, _ := os.ReadDir(s.tmpDir()); len(left) != 0 {
 		t.Errorf("LoadArchive left %d temporary files", len(left))
+	}
+}
+
+// compressFile writes p compressed with kind ("gzip", "zstd") to a new
+// file whose name says nothing of it.
+func compressFile(t *testing.T, p, kind string) string {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	switch kind {
+	case "gzip":
+		zw := gzip.NewWriter(&buf)
+		zw.Write(b)
+		zw.Close()
+	case "zstd":
+		zw, _ := zstd.NewWriter(&buf)
+		zw.Write(b)
+		zw.Close()
+	default:
+		t.Fatalf("compression %q", kind)
+	}
+	out := filepath.Join(t.TempDir(), "app.tar")
+	if err := os.WriteFile(out, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// TestLoadCompressedArchives: a docker-archive or OCI archive compressed
+// with gzip ("docker save | gzip") or zstd loads as the plain one does,
+// from a file and from a stream, told by its first bytes and not its
+// name; the decompressed copy is not left behind.
+func TestLoadCompressedArchives(t *testing.T) {
+	one := simpleImage(t, "compressed")
+	_, oneID := digestOf(t, one)
+	archives := map[string]string{
+		"docker-archive": writeDockerArchive(t, map[string]v1.Image{"example.test/one:v1": one}),
+		"OCI archive":    tarTree(t, writeLayout(t, one, "example.test/one:v1")),
+	}
+	for what, plain := range archives {
+		for _, kind := range []string{"gzip", "zstd"} {
+			t.Run(what+" "+kind, func(t *testing.T) {
+				p := compressFile(t, plain, kind)
+				s := newStore(t, nil)
+				imgs, err := s.Load(ctx(t), p)
+				if err != nil || len(imgs) != 1 || imgs[0].ID != oneID || !slices.Equal(imgs[0].RepoTags, []string{"example.test/one:v1"}) {
+					t.Fatalf("Load = %+v, %v; want %s tagged example.test/one:v1", imgs, err, oneID)
+				}
+				f, err := os.Open(p)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer f.Close()
+				s2 := newStore(t, nil)
+				if imgs, err := s2.LoadArchive(ctx(t), f, "app.tar.gz"); err != nil || len(imgs) != 1 || imgs[0].ID != oneID {
+					t.Fatalf("LoadArchive = %+v, %v; want %s", imgs, err, oneID)
+				}
+				for _, st := range []*Store{s, s2} {
+					if left, _ := os.ReadDir(st.tmpDir()); len(left) != 0 {
+						t.Errorf("temporary files left: %v", left)
+					}
+				}
+			})
+		}
+	}
+}
+
+// TestLoadRefusesCompressedBadly: what decompression could be made to
+// cost is bounded as a layer's is, and only one decompression is taken.
+func TestLoadRefusesCompressedBadly(t *testing.T) {
+	plain := writeDockerArchive(t, map[string]v1.Image{"example.test/one:v1": simpleImage(t, "bad")})
+	twice := compressFile(t, compressFile(t, plain, "gzip"), "gzip")
+	xz := filepath.Join(t.TempDir(), "app.tar.xz")
+	os.WriteFile(xz, []byte("\xfd7zXZ\x00 and the rest"), 0o644)
+	var zeros bytes.Buffer
+	zw := gzip.NewWriter(&zeros)
+	zw.Write(make([]byte, 8<<20))
+	zw.Close()
+	bomb := filepath.Join(t.TempDir(), "bomb.tar")
+	os.WriteFile(bomb, zeros.Bytes(), 0o644)
+	truncated := filepath.Join(t.TempDir(), "cut.tar.gz")
+	b, _ := os.ReadFile(compressFile(t, plain, "gzip"))
+	os.WriteFile(truncated, b[:len(b)/2], 0o644)
+
+	tests := []struct {
+		name string
+		path string
+		want error
+		says string
+	}{
+		{"compressed twice", twice, ErrUnsupported, "archive compressed twice (gzip inside)"},
+		{"xz", xz, ErrUnsupported, "xz compression; decompress it first"},
+		{"gzip of zeros", bomb, ErrTooLarge, "gzip archive expands to"},
+		{"truncated gzip", truncated, ErrInvalidArgument, "decompressing gzip archive"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := newStore(t, nil)
+			s.limits.maxRatio, s.limits.ratioFloor = 100, 1<<20
+			_, err := s.Load(ctx(t), tt.path)
+			if !errors.Is(err, tt.want) || !strings.Contains(err.Error(), tt.says) {
+				t.Errorf("Load = %v, want %v saying %q", err, tt.want, tt.says)
+			}
+			if left, _ := os.ReadDir(s.tmpDir()); len(left) != 0 {
+				t.Errorf("temporary files left: %v", left)
+			}
+		})
 	}
 }

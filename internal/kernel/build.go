@@ -22,12 +22,31 @@ const sourcePackage = "linux-source-6.1"
 // BuildOptions configure Build. The zero value builds the default kernel
 // from DefaultSource with one job per CPU.
 type BuildOptions struct {
-	Name   string    // store name; "" means DefaultName
-	Source string    // source tarball; "" means DefaultSource
-	Jobs   int       // make -j; 0 means runtime.NumCPU()
-	Force  bool      // rebuild even when the cached kernel matches
-	Log    io.Writer // build output; nil discards it
+	Name   string // store name; "" means DefaultName
+	Source string // source tarball; "" means DefaultSource
+	Jobs   int    // make -j; 0 means runtime.NumCPU()
+	Force  bool   // rebuild even when the cached kernel matches
+	// Log gets the build's whole output as it comes (make's and the
+	// compiler's); nil: it goes only to the build log file (BuildLog).
+	Log io.Writer
+	// Progress, if set, gets what the build is doing and how far it is
+	// ("kernel: compiling (CC 812/1540 objects, 2m10s elapsed, about 3m
+	// left)"): a line at each stage and every 10 s, or, with Redraw (a
+	// terminal), one line redrawn every second.
+	Progress io.Writer
+	Redraw   bool
 }
+
+// BuildLog is where Build keeps the whole output of the latest build of
+// the kernel name, kept after it ends; a failed build's error quotes its
+// last lines.
+func (s *Store) BuildLog(name string) string {
+	return filepath.Join(s.dir, name+".build.log")
+}
+
+// logTailLines is how many of the build log's last lines a failed
+// build's error quotes.
+const logTailLines = 25
 
 // Validate reports whether o can be used.
 func (o *BuildOptions) Validate() error {
@@ -68,7 +87,8 @@ func (s *Store) Build(ctx context.Context, o BuildOptions) (k *Kernel, built boo
 	}
 	version := sourceVersion(o.Source, st)
 	key := hashStrings(version, Fragment)
-	if cur, err := s.Get(o.Name); err == nil && cur.Key == key && !o.Force {
+	cur, _ := s.Get(o.Name)
+	if cur != nil && cur.Key == key && !o.Force {
 		return cur, false, nil
 	}
 	for _, tool := range []string{"make", "gcc", "flex", "bison", "bc", "tar", "xz"} {
@@ -93,19 +113,37 @@ func (s *Store) Build(ctx context.Context, o BuildOptions) (k *Kernel, built boo
 	if err := os.WriteFile(frag, []byte(Fragment), 0o644); err != nil {
 		return nil, false, fmt.Errorf("writing config fragment: %w", err)
 	}
+	logPath := s.BuildLog(o.Name)
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		return nil, false, fmt.Errorf("creating the build log: %w", err)
+	}
+	defer logFile.Close()
+	expect := 0
+	if cur != nil {
+		expect = cur.Objects // the last build's count, if it recorded one
+	}
+	prog := newBuildProgress(o.Progress, o.Redraw, expect)
+	prog.say("building %q from %s (%s) with %d jobs; the whole output goes to %s", o.Name, filepath.Base(o.Source), version, o.Jobs, logPath)
+	prog.begin()
+	defer prog.end()
+	out := io.MultiWriter(logFile, prog, o.Log)
 	run := func(dir string, args ...string) error {
-		fmt.Fprintf(o.Log, "+ %s\n", strings.Join(args, " "))
+		fmt.Fprintf(out, "+ %s\n", strings.Join(args, " "))
 		cmd := exec.CommandContext(ctx, args[0], args[1:]...)
 		cmd.Dir = dir
-		cmd.Stdout, cmd.Stderr = o.Log, o.Log
+		cmd.Stdout, cmd.Stderr = out, out
 		if err := cmd.Run(); err != nil {
-			return fmt.Errorf("running %s: %w", strings.Join(args, " "), err)
+			logFile.Sync()
+			return fmt.Errorf("running %s: %w%s", strings.Join(args, " "), err, logTail(logPath, logTailLines))
 		}
 		return nil
 	}
+	prog.setStage(stageUnpack)
 	if err := run(src, "tar", "-xf", o.Source, "--strip-components=1"); err != nil {
 		return nil, false, fmt.Errorf("unpacking kernel source: %w", err)
 	}
+	prog.setStage(stageConfigure)
 	steps := [][]string{
 		{"make", "tinyconfig"},
 		{"./scripts/kconfig/merge_config.sh", "-m", ".config", frag},
@@ -119,9 +157,13 @@ func (s *Store) Build(ctx context.Context, o BuildOptions) (k *Kernel, built boo
 	if err := checkConfig(filepath.Join(src, ".config"), Fragment); err != nil {
 		return nil, false, err
 	}
+	prog.setStage(stageCompile)
 	if err := run(src, "make", fmt.Sprintf("-j%d", o.Jobs), "vmlinux"); err != nil {
 		return nil, false, fmt.Errorf("building kernel: %w", err)
 	}
+	prog.end()
+	objects, took := prog.result()
+	prog.say("compiled %d objects in %s", objects, took)
 	for _, f := range []struct{ from, to string }{{"vmlinux", "vmlinux"}, {".config", "config"}} {
 		if err := os.Rename(filepath.Join(src, f.from), filepath.Join(tmp, f.to)); err != nil {
 			return nil, false, fmt.Errorf("keeping %s: %w", f.from, err)
@@ -141,11 +183,40 @@ func (s *Store) Build(ctx context.Context, o BuildOptions) (k *Kernel, built boo
 		Key:     key,
 		Created: time.Now().UTC(),
 		Size:    vst.Size(),
+		Objects: objects,
 	}
 	if err := s.install(tmp, k); err != nil {
 		return nil, false, err
 	}
 	return k, true, nil
+}
+
+// logTail is the last n lines of the log at path, introduced, for an
+// error message; "" when there is nothing to quote.
+func logTail(path string, n int) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	const window = 16 << 10 // enough for n compiler lines
+	var off int64
+	if st, err := f.Stat(); err == nil && st.Size() > window {
+		off = st.Size() - window
+	}
+	b := make([]byte, window)
+	m, _ := f.ReadAt(b, off)
+	lines := strings.Split(strings.TrimRight(string(b[:m]), "\n"), "\n")
+	if off > 0 && len(lines) > 1 {
+		lines = lines[1:] // the first may be cut
+	}
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	if len(lines) == 0 || lines[0] == "" && len(lines) == 1 {
+		return fmt.Sprintf(" (the build log %s is empty)", path)
+	}
+	return fmt.Sprintf("; the last lines of the build log %s:\n%s", path, strings.Join(lines, "\n"))
 }
 
 // sourceVersion names the source: the Debian package version when the

@@ -49,6 +49,9 @@ type Kernel struct {
 	ACPI    bool      `json:"acpi,omitempty"`
 	Created time.Time `json:"created"`
 	Size    int64     `json:"size"`
+	// Objects is how many objects a build compiled (0 for an imported
+	// kernel): the next build's progress counts against it.
+	Objects int `json:"objects,omitempty"`
 }
 
 // Store holds kernels under <root>/kernels/<name>/.
