@@ -7,9 +7,11 @@
 //
 // With -memory it measures instead what an idle VM costs in memory and
 // what the size of TCG's translation buffer does to that and to speed
-// (memory.go).
+// (memory.go). With -parallel N it times N `kiln run --rm` at once
+// against one (parallel.go).
 //
 //	go run ./bench/boot [-n 7] [-kiln bin/kiln] [-kernel PATH]
+//	go run ./bench/boot -parallel 8 [-n 5]   # 8 runs at once against one
 //	go run ./bench/boot -memory [-n 5] [-tb 0,16,32,64,128] [-settle 3s]
 package main
 
@@ -38,15 +40,19 @@ func main() {
 	kernel := flag.String("kernel", "", "guest kernel (default: the default root's default kernel)")
 	memory := flag.Bool("memory", false, "measure an idle VM's memory and the translation buffer's size instead")
 	tbList := flag.String("tb", "0,16,32,64,128", "with -memory: translation buffer sizes to compare, in MiB (0: QEMU's default)")
+	parallel := flag.Int("parallel", 0, "time this many `kiln run --rm` at once against one instead")
 	settle := flag.Duration("settle", 3*time.Second, "with -memory: how long an idle VM runs after its program started before its memory is read")
 	flag.Parse()
 	if *kernel == "" {
 		*kernel = "/var/lib/kiln/kernels/default/vmlinux"
 	}
 	var err error
-	if *memory {
+	switch {
+	case *parallel > 0:
+		err = runParallel(*n, *parallel, *kiln, *prog, *kernel)
+	case *memory:
 		err = runMemory(*n, *tbList, *settle, *kiln, *prog, *kernel)
-	} else {
+	default:
 		err = run(*n, *kiln, *prog, *kernel)
 	}
 	if err != nil {
