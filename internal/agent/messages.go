@@ -16,6 +16,12 @@ const (
 	// answered by a Reply: the host sends it after resuming a saved
 	// guest, whose clock stood still while it was saved.
 	OpSetTime = "settime"
+	// OpSpec hands a guest restored from a template (Spec.Template) the
+	// VM's own spec, with the host's time (TimeNanos) and fresh entropy
+	// for its random pool, answered by a Reply once kiln-init took it;
+	// kiln-init then goes on as after a cold boot. A guest that already
+	// has its spec refuses it.
+	OpSpec = "spec"
 )
 
 // Hello is the first frame both ways.
@@ -36,6 +42,11 @@ type OpenRequest struct {
 	// TimeNanos is the host's time for OpSetTime, in nanoseconds since
 	// the Unix epoch.
 	TimeNanos int64 `json:"timeNanos,omitempty"`
+	// Spec and Entropy are OpSpec's: the VM's spec, and random bytes
+	// from the host mixed into the guest's pool (credited) before the
+	// program starts.
+	Spec    *Spec  `json:"spec,omitempty"`
+	Entropy []byte `json:"entropy,omitempty"`
 }
 
 // ExecRequest is a command to run in the guest, as docker exec takes it.
