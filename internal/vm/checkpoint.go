@@ -367,7 +367,7 @@ func (vm *VM) Restore(ctx context.Context, name string) error {
 	}
 	defer f.Close()
 	t0 := time.Now()
-	if err := vm.start(ctx, f, status); err != nil {
+	if err := vm.start(ctx, runFrom{incoming: f, status: status}); err != nil {
 		return err
 	}
 	t1 := time.Now()
