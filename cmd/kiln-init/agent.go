@@ -504,6 +504,11 @@ func (s *server) takeSpec(req *agent.OpenRequest) agent.Reply {
 			return r
 		}
 	}
+	if p := req.Program; p != nil {
+		if err := copyProgram(p); err != nil {
+			return agent.Reply{Error: err.Error(), ExitCode: 125}
+		}
+	}
 	if len(req.Entropy) > 0 {
 		if err := addEntropy(req.Entropy); err != nil {
 			return agent.Reply{Error: err.Error(), ExitCode: 125}
@@ -546,6 +551,50 @@ func addEntropy(b []byte) error {
 	}
 	if _, _, e := unix.Syscall(unix.SYS_IOCTL, f.Fd(), rndReseedCRNG, 0); e != 0 {
 		return fmt.Errorf("reseeding the random generator: %w", e)
+	}
+	return nil
+}
+
+// blkFlsBuf is BLKFLSBUF (_IO(0x12, 97)): drop a block device's cached
+// pages.
+const blkFlsBuf = 0x1261
+
+// copyProgram writes the first p.Size bytes of the disk with serial
+// p.Serial to p.Path. The disk's cached pages are dropped first: the
+// template boot probed the disk that stood in its place (its partition
+// table), and a restored guest would read those pages back.
+func copyProgram(p *agent.ProgramDisk) error {
+	if p.Size < 0 || !filepath.IsAbs(p.Path) {
+		return fmt.Errorf("program %q: bad size or path", p.Path)
+	}
+	dev, err := findDisk(p.Serial)
+	if err != nil {
+		return fmt.Errorf("program disk: %w", err)
+	}
+	in, err := os.Open(dev)
+	if err != nil {
+		return fmt.Errorf("program disk: %w", err)
+	}
+	defer in.Close()
+	_, _, _ = unix.Syscall(unix.SYS_IOCTL, in.Fd(), blkFlsBuf, 0)
+	if err := os.MkdirAll(filepath.Dir(p.Path), 0o755); err != nil {
+		return fmt.Errorf("program: %w", err)
+	}
+	out, err := os.OpenFile(p.Path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o755)
+	if err != nil {
+		return fmt.Errorf("program: %w", err)
+	}
+	// Large reads: each is one request to the disk, and a restored guest
+	// waits for the program before it starts.
+	n, err := io.CopyBuffer(struct{ io.Writer }{out}, struct{ io.Reader }{io.LimitReader(in, p.Size)}, make([]byte, 1<<20))
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil && n != p.Size {
+		err = fmt.Errorf("the disk holds %d of its %d bytes", n, p.Size)
+	}
+	if err != nil {
+		return fmt.Errorf("copying the program to %s: %w", p.Path, err)
 	}
 	return nil
 }

@@ -47,6 +47,17 @@ type OpenRequest struct {
 	// program starts.
 	Spec    *Spec  `json:"spec,omitempty"`
 	Entropy []byte `json:"entropy,omitempty"`
+	// Program, with OpSpec, is a file kiln-init copies off a disk into
+	// its root before it takes the spec: the program of a bare VM.
+	Program *ProgramDisk `json:"program,omitempty"`
+}
+
+// ProgramDisk is a file at the start of a disk: Size bytes from offset 0
+// of the disk whose serial is Serial, to be written at Path (mode 0755).
+type ProgramDisk struct {
+	Serial string `json:"serial"`
+	Path   string `json:"path"`
+	Size   int64  `json:"size"`
 }
 
 // ExecRequest is a command to run in the guest, as docker exec takes it.

@@ -1,7 +1,6 @@
 package vm
 
 import (
-	"archive/tar"
 	"bufio"
 	"context"
 	"crypto/rand"
@@ -51,6 +50,14 @@ const (
 	templatesDir = "templates"
 	templateMeta = "template.json"
 	templateMAC  = "52:54:00:00:00:01"
+	// A VM restored from a template finds its program at the start of a
+	// read-only disk of programDiskSize bytes (a template boots with an
+	// empty one in its place, so the guest's view of the disk, its
+	// capacity, holds for every VM): programDiskFile in the VM's
+	// directory, sparse. A program of more cannot start from a template.
+	programDiskFile = "program.disk"
+	programDiskSize = 1 << 30
+	programSerial   = "kiln-program"
 	// handoverTimeout bounds handing a restored template its spec.
 	handoverTimeout = 15 * time.Second
 )
@@ -95,6 +102,7 @@ type templateKeyOf struct {
 	Net               bool
 	Sandbox           bool
 	TemplateMAC       string
+	ProgramDisk       int64
 	KilnInitProtocols [2]int
 }
 
@@ -143,7 +151,7 @@ func (vm *VM) templateKey() (string, templateKeyOf, error) {
 	c := vm.cfg
 	k := templateKeyOf{Binary: c.Binary, Kernel: c.Kernel, Base: vm.tmplIn.Base, Modules: vm.tmplIn.Modules,
 		Cmdline: c.Cmdline, Accel: c.Accel, ACPI: c.ACPI, MemoryMiB: c.MemoryMiB, CPUs: c.CPUs,
-		Net: c.Net != nil, Sandbox: c.Sandbox, TemplateMAC: templateMAC,
+		Net: c.Net != nil, Sandbox: c.Sandbox, TemplateMAC: templateMAC, ProgramDisk: programDiskSize,
 		KilnInitProtocols: [2]int{agent.Version, agent.ControlVersion}}
 	for _, p := range c.Ports {
 		kind := "socket"
@@ -169,9 +177,15 @@ func (vm *VM) templateKey() (string, templateKeyOf, error) {
 			*f.mod = st.ModTime().UTC()
 		}
 	}
+	return k.key(), k, nil
+}
+
+// key is the template key of k: a hash of it (a kiln whose key holds
+// other inputs finds other keys).
+func (k *templateKeyOf) key() string {
 	b, _ := json.Marshal(k)
 	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:16]), k, nil
+	return hex.EncodeToString(sum[:16])
 }
 
 // errTemplateInputs: the VM's program changed since it was made.
@@ -188,6 +202,9 @@ func (vm *VM) startFromTemplate(ctx context.Context) (made bool, err error) {
 	defer prog.Close()
 	if st, err := prog.Stat(); err != nil || st.Size() != in.Size || !st.ModTime().Equal(in.ModTime) {
 		return false, errProgramChanged
+	}
+	if err := writeProgramDisk(filepath.Join(vm.Dir, programDiskFile), prog, in.Size); err != nil {
+		return false, err
 	}
 	key, inputs, err := vm.templateKey()
 	if err != nil {
@@ -216,8 +233,10 @@ func (vm *VM) startFromTemplate(ctx context.Context) (made bool, err error) {
 	}
 	defer state.Close()
 	t0 := time.Now()
+	vm.log.Debug("restoring a template", "vm", vm.ID, "template", key)
 	err = vm.start(ctx, runFrom{incoming: state, initrd: filepath.Join(dir, initrdFile),
-		handover: func() error { return vm.handover(prog, in) }})
+		drives:   []vmm.Drive{programDrive(filepath.Join(vm.Dir, programDiskFile))},
+		handover: func() error { return vm.handover(in) }})
 	if err != nil {
 		// The template is suspect: made again next time.
 		lock.Lock()
@@ -306,6 +325,11 @@ func (t *templates) make(ctx context.Context, vm *VM, key string, in templateKey
 	if c.Net != nil {
 		cfg.Net = &vmm.NetConfig{Mode: vmm.NetUser, MAC: templateMAC}
 	}
+	placeholder := filepath.Join(tmp, programDiskFile)
+	if err := writeProgramDisk(placeholder, nil, 0); err != nil {
+		return nil, err
+	}
+	cfg.Drives = []vmm.Drive{programDrive(placeholder)}
 	if err := vmm.MakeConsole(tmp); err != nil {
 		return nil, err
 	}
@@ -423,8 +447,9 @@ func waitReady(ctx context.Context, sock string, timeout time.Duration) error {
 
 // handover gives a guest restored from a template its program and spec
 // over the agent, with the host's time and entropy.
-func (vm *VM) handover(prog *os.File, in *templateInputs) error {
-	deadline := time.Now().Add(handoverTimeout)
+func (vm *VM) handover(in *templateInputs) error {
+	t0 := time.Now()
+	deadline := t0.Add(handoverTimeout)
 	for {
 		// The restored guest notices the new host connection within a
 		// second or so, and may drop the first hello.
@@ -440,74 +465,61 @@ func (vm *VM) handover(prog *os.File, in *templateInputs) error {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if err := vm.copyProgram(prog, in); err != nil {
-		return fmt.Errorf("handing the guest its program: %w", err)
-	}
+	t1 := time.Now()
 	entropy := make([]byte, 64)
 	if _, err := rand.Read(entropy); err != nil {
 		return err
 	}
-	if _, err := vm.agentDo(agent.OpenRequest{Op: agent.OpSpec, Spec: vm.guest, Entropy: entropy, TimeNanos: time.Now().UnixNano()}); err != nil {
+	prog := &agent.ProgramDisk{Serial: programSerial, Path: in.Program, Size: in.Size}
+	if _, err := vm.agentDo(agent.OpenRequest{Op: agent.OpSpec, Spec: vm.guest, Entropy: entropy, TimeNanos: time.Now().UnixNano(), Program: prog}); err != nil {
 		return fmt.Errorf("handing the guest its spec: %w", err)
 	}
+	vm.log.Debug("template handover", "vm", vm.ID, "agent", t1.Sub(t0), "spec", time.Since(t1))
 	return nil
 }
 
-// copyProgram copies the program into the guest's root (its tmpfs) at
-// in.Program, through the agent's copy-in (a tar stream).
-func (vm *VM) copyProgram(prog *os.File, in *templateInputs) error {
-	if _, err := prog.Seek(0, io.SeekStart); err != nil {
-		return err
+// programDrive is the disk a restored template finds its program on.
+func programDrive(path string) vmm.Drive {
+	return vmm.Drive{ID: "program", Path: path, ReadOnly: true, Serial: programSerial}
+}
+
+// writeProgramDisk makes path a sparse disk of programDiskSize bytes
+// holding size bytes of prog from its start (none when prog is nil),
+// readable by a jailed QEMU.
+func writeProgramDisk(path string, prog *os.File, size int64) error {
+	if size > programDiskSize {
+		return fmt.Errorf("the program is %d bytes, more than a template's program disk holds (%d)", size, programDiskSize)
 	}
-	s, err := vm.CopyIn("/")
+	tmp := path + ".new"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
-		return err
+		return fmt.Errorf("making the program disk: %w", err)
 	}
-	defer s.Close()
-	errc := make(chan error, 1)
-	go func() {
-		tw := tar.NewWriter(s)
-		rel := strings.TrimPrefix(filepath.Clean(in.Program), "/")
-		var dirs []string
-		for d := filepath.Dir(rel); d != "." && d != "/"; d = filepath.Dir(d) {
-			dirs = append([]string{d}, dirs...)
+	if prog != nil {
+		if _, err := prog.Seek(0, io.SeekStart); err == nil {
+			_, err = io.CopyN(f, prog, size)
 		}
-		for _, d := range dirs {
-			if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: d + "/", Mode: 0o755, ModTime: in.ModTime}); err != nil {
-				errc <- err
-				return
-			}
-		}
-		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: rel, Mode: 0o755, Size: in.Size, ModTime: in.ModTime}); err != nil {
-			errc <- err
-			return
-		}
-		if _, err := io.CopyN(tw, prog, in.Size); err != nil {
-			errc <- err
-			return
-		}
-		if err := tw.Close(); err != nil {
-			errc <- err
-			return
-		}
-		errc <- s.CloseInput()
-	}()
-	for {
-		f, err := s.Recv()
 		if err != nil {
-			return err
-		}
-		if f.Type == agent.FrameExit {
-			st, err := ParseExit(f)
-			if err != nil {
-				return err
-			}
-			if st.ExitCode != 0 {
-				return fmt.Errorf("copy into the guest failed: %s", st.Error)
-			}
-			return <-errc
+			f.Close()
+			os.Remove(tmp)
+			return fmt.Errorf("making the program disk: %w", err)
 		}
 	}
+	err = f.Truncate(programDiskSize)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Chmod(tmp, 0o644)
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("making the program disk: %w", err)
+	}
+	return nil
 }
 
 // sweep removes what a daemon that died while making a template left,
@@ -525,7 +537,7 @@ func (t *templates) sweep() {
 			continue
 		}
 		rec, err := readTemplate(p)
-		if err != nil || rec.Inputs.stale() {
+		if err != nil || rec.Inputs.stale() || rec.Inputs.key() != e.Name() {
 			t.log.Info("removing a stale template", "template", e.Name())
 			os.RemoveAll(p)
 		}

@@ -141,6 +141,8 @@ type runFrom struct {
 	// initrd replaces the VM's initrd on the monitor's command line (a
 	// template's, which the saved guest was booted from).
 	initrd string
+	// drives are added to the VM's (a template's program disk).
+	drives []vmm.Drive
 	// handover runs once the monitor is up, before the run is watched;
 	// its error ends the monitor and fails the start.
 	handover func() error
@@ -165,6 +167,9 @@ func (vm *VM) start(ctx context.Context, from runFrom) error {
 	cfg.Incoming = incoming
 	if from.initrd != "" {
 		cfg.Initrd = from.initrd
+	}
+	if len(from.drives) > 0 {
+		cfg.Drives = append(append([]vmm.Drive(nil), cfg.Drives...), from.drives...)
 	}
 	var cl *cell
 	if cfg.Jail != nil {
