@@ -215,11 +215,14 @@ func (vm *VM) startFromTemplate(ctx context.Context) (made bool, err error) {
 	lock := t.keyLock(key)
 	lock.Lock()
 	rec, err := readTemplate(dir)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		// Damaged (a truncated state, say): this start boots, the next
+		// makes the template again.
+		os.RemoveAll(dir)
+		lock.Unlock()
+		return false, fmt.Errorf("template %s is damaged (discarded): %w", key, err)
+	}
 	if err != nil {
-		if !errors.Is(err, os.ErrNotExist) {
-			vm.log.Warn("discarding a damaged template", "template", key, "err", err)
-			os.RemoveAll(dir)
-		}
 		if rec, err = t.make(ctx, vm, key, inputs); err != nil {
 			lock.Unlock()
 			return false, fmt.Errorf("making template %s: %w", key, err)
