@@ -5,7 +5,12 @@
 // cgroup and seccomp sandbox). It prints the medians, the ratios and the
 // guest's uptime when kiln-init started.
 //
-//	go run ./bench/boot [-n 7] [-kiln bin/kiln] [-kernel PATH]
+// With -template it measures instead, in one run, the time from `kiln run`
+// to the program's first line on its stdout for a VM restored from a
+// template (a daemon with KILN_TEMPLATES=1; the template made first, by a
+// run not counted) against a cold boot of the same VM (`kiln run --cold`).
+//
+//	go run ./bench/boot [-n 7] [-kiln bin/kiln] [-kernel PATH] [-template]
 package main
 
 import (
@@ -13,6 +18,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -28,8 +34,13 @@ func main() {
 	kiln := flag.String("kiln", "bin/kiln", "the kiln binary")
 	prog := flag.String("program", "bin/hello", "a static program that exits at once")
 	kernel := flag.String("kernel", "", "guest kernel (default: the default root's default kernel)")
+	tmpl := flag.Bool("template", false, "measure start to first line, restored from a template against a cold boot")
 	flag.Parse()
-	if err := run(*n, *kiln, *prog, *kernel); err != nil {
+	f := run
+	if *tmpl {
+		f = runTemplate
+	}
+	if err := f(*n, *kiln, *prog, *kernel); err != nil {
 		fmt.Fprintln(os.Stderr, "bench/boot:", err)
 		os.Exit(1)
 	}
@@ -206,4 +217,75 @@ func tscKHz() int {
 		}
 	}
 	return 0
+}
+
+// runTemplate measures start to first line: restored against cold.
+func runTemplate(n int, kiln, prog, kernel string) error {
+	if n < 5 {
+		return fmt.Errorf("-n %d: use at least 5 runs", n)
+	}
+	if kernel == "" {
+		kernel = "/var/lib/kiln/kernels/default/vmlinux"
+	}
+	root, err := os.MkdirTemp("", "kiln-bench-template-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(root)
+	defer stopDaemon(root)
+	// The daemon this starts has templates on; this run makes the template.
+	if _, err := firstLine(kiln, root, kernel, prog, false); err != nil {
+		return fmt.Errorf("preparing: %w", err)
+	}
+	var cold, restored []sample
+	for i := 0; i < n; i++ { // interleaved, so drift in host load hits both
+		s, err := firstLine(kiln, root, kernel, prog, true)
+		if err != nil {
+			return err
+		}
+		cold = append(cold, s)
+		if s, err = firstLine(kiln, root, kernel, prog, false); err != nil {
+			return err
+		}
+		restored = append(restored, s)
+	}
+	cm, rm := median(cold), median(restored)
+	fmt.Printf("start to the program's first line, median of %d:\n", n)
+	fmt.Printf("  cold boot (kiln run --cold):   %7.0f ms\n", ms(cm.wall))
+	fmt.Printf("  restored from a template:      %7.0f ms\n", ms(rm.wall))
+	fmt.Printf("  ratio restored/cold:           %7.3f  (goal <= 0.30)\n", float64(rm.wall)/float64(cm.wall))
+	return nil
+}
+
+// firstLine times one `kiln run` from its start to the first line of the
+// program's stdout; the VM directory is removed after.
+func firstLine(kiln, root, kernel, prog string, cold bool) (sample, error) {
+	args := []string{"--root", root, "run", "--kernel", kernel}
+	if cold {
+		args = append(args, "--cold")
+	}
+	cmd := exec.Command(kiln, append(args, prog)...)
+	cmd.Env = append(os.Environ(), "KILN_TEMPLATES=1")
+	var errb strings.Builder
+	cmd.Stderr = &errb
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return sample{}, err
+	}
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		return sample{}, err
+	}
+	r := bufio.NewReader(out)
+	_, lerr := r.ReadString('\n')
+	wall := time.Since(start)
+	_, _ = r.WriteTo(io.Discard)
+	if err := cmd.Wait(); err != nil || lerr != nil {
+		return sample{}, fmt.Errorf("kiln run: %v %v\n%s", err, lerr, errb.String())
+	}
+	vms, _ := filepath.Glob(filepath.Join(root, "vms", "*"))
+	for _, d := range vms {
+		os.RemoveAll(d)
+	}
+	return sample{wall: wall}, nil
 }

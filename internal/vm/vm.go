@@ -187,37 +187,32 @@ func (vm *VM) start(ctx context.Context, from runFrom) error {
 		cl.release()
 		return err
 	}
-	con, err := startConsole(vm.Dir, vm.confine.conf.ConsoleMaxSize, vm.log)
-	if err != nil {
+	// abandon undoes the run's setup when it does not get going.
+	abandon := func(con *consoleCopier) {
+		if con != nil {
+			con.stop()
+		}
 		cl.release()
 		fl.Stop()
 		fl.keep.close()
 		vm.mu.Lock()
 		close(vm.watching)
 		vm.mu.Unlock()
+	}
+	con, err := startConsole(vm.Dir, vm.confine.conf.ConsoleMaxSize, vm.log)
+	if err != nil {
+		abandon(nil)
 		return err
 	}
 	if err := m.Start(ctx); err != nil {
-		con.stop()
-		cl.release()
-		fl.Stop()
-		fl.keep.close()
-		vm.mu.Lock()
-		close(vm.watching)
-		vm.mu.Unlock()
+		abandon(con)
 		return fmt.Errorf("starting VM %s: %w", vm.Name, err)
 	}
 	if from.handover != nil {
 		if err := from.handover(); err != nil {
 			_ = m.Kill()
 			vm.closeAgent()
-			con.stop()
-			cl.release()
-			fl.Stop()
-			fl.keep.close()
-			vm.mu.Lock()
-			close(vm.watching)
-			vm.mu.Unlock()
+			abandon(con)
 			return err
 		}
 	}
