@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -228,6 +229,32 @@ func TestTemplatePublishedPortAnswers(t *testing.T) {
 	}
 	if k := e.starts("web"); k != (startKinds{template: 1}) {
 		t.Fatalf("want one start from a template, got %+v", k)
+	}
+	e.kiln("rm", "-f", "web")
+}
+
+func TestTemplateCheckpointOfARestoredVM(t *testing.T) {
+	t.Parallel()
+	e := templateEnv(t)
+	e.runD("--name", "web", "--memory", "128m", "--restart", "always", counter(t))
+	e.awaitLog("web", "count 5", 1)
+	if k := e.starts("web"); k != (startKinds{template: 1}) {
+		t.Fatalf("want one start from a template, got %+v", k)
+	}
+	if r := e.kiln("checkpoint", "create", "web", "cp1"); r.code != 0 {
+		t.Fatalf("checkpoint create of a VM restored from a template:\n%s", r)
+	}
+	before := e.counts("web")
+	last := before[len(before)-1]
+	if r := e.kiln("start", "--checkpoint", "cp1", "web"); r.code != 0 {
+		t.Fatalf("start --checkpoint:\n%s", r)
+	}
+	e.awaitLog("web", fmt.Sprintf("count %d", last+3), 1)
+	after := e.counts("web")
+	for i := 1; i < len(after); i++ {
+		if after[i] != after[i-1]+1 {
+			t.Fatalf("the count did not go on where it was: ... %v (saved at %d)", after[max(0, i-3):min(len(after), i+3)], last)
+		}
 	}
 	e.kiln("rm", "-f", "web")
 }

@@ -481,6 +481,35 @@ func (vm *VM) handover(in *templateInputs) error {
 	return nil
 }
 
+// runTemplateFile, in a VM's directory, names the template initrd the
+// current run was started with (a restore from a template, or from a
+// checkpoint of such a run); it is absent for a run that booted. A
+// checkpoint reads it, also in a daemon that adopted the run.
+const runTemplateFile = "run-template"
+
+// recordRunTemplate records the initrd a run starts with in place of the
+// VM's own ("" for its own).
+func (vm *VM) recordRunTemplate(initrd string) error {
+	p := filepath.Join(vm.Dir, runTemplateFile)
+	if initrd == "" {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		return nil
+	}
+	return atomicfile.WriteFile(p, []byte(initrd), 0o600)
+}
+
+// runTemplateInitrd returns the initrd recorded for the current run, or
+// "" when it booted from the VM's own.
+func (vm *VM) runTemplateInitrd() string {
+	b, err := os.ReadFile(filepath.Join(vm.Dir, runTemplateFile))
+	if err != nil {
+		return ""
+	}
+	return string(b)
+}
+
 // programDrive is the disk a restored template finds its program on.
 func programDrive(path string) vmm.Drive {
 	return vmm.Drive{ID: "program", Path: path, ReadOnly: true, Serial: programSerial}

@@ -168,6 +168,9 @@ func (vm *VM) start(ctx context.Context, from runFrom) error {
 	if from.initrd != "" {
 		cfg.Initrd = from.initrd
 	}
+	if err := vm.recordRunTemplate(from.initrd); err != nil {
+		return err
+	}
 	if len(from.drives) > 0 {
 		cfg.Drives = append(append([]vmm.Drive(nil), cfg.Drives...), from.drives...)
 	}
