@@ -52,6 +52,7 @@ func (e *env) starts(name string) startKinds {
 			}
 		case "template_fallback":
 			k.fallback++
+			e.t.Logf("VM %s: template fallback: %s", name, ev.Attrs["error"])
 		}
 	}
 	return k
