@@ -15,10 +15,21 @@ import (
 )
 
 // templateEnv is a test's kiln whose daemon starts VMs from templates.
+// It boots a copy of the test kernel: the kernel is part of a template's
+// key, and the shared one may be replaced (a kernel build) while the
+// test runs, which would make another template.
 func templateEnv(t *testing.T) *env {
 	t.Helper()
 	e := newEnv(t)
 	e.extraEnv = []string{"KILN_TEMPLATES=1"}
+	b, err := os.ReadFile(e.kernel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.kernel = filepath.Join(t.TempDir(), filepath.Base(e.kernel))
+	if err := os.WriteFile(e.kernel, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	return e
 }
 
