@@ -466,7 +466,7 @@ func (vm *VM) handover(in *templateInputs) error {
 		if m := vm.current(); m == nil || !m.Info().Running {
 			return fmt.Errorf("the restored guest ended: %w", err)
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(10 * time.Millisecond)
 	}
 	t1 := time.Now()
 	entropy := make([]byte, 64)
