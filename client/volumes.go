@@ -41,3 +41,10 @@ func (c *Client) PruneVolumes(ctx context.Context) (api.VolumePruneResponse, err
 	err := c.call(ctx, http.MethodPost, "/volumes/prune", nil, nil, &r)
 	return r, err
 }
+
+// PruneTemplates removes every booted template of the root.
+func (c *Client) PruneTemplates(ctx context.Context) (api.TemplatePruneResponse, error) {
+	var r api.TemplatePruneResponse
+	err := c.call(ctx, http.MethodPost, "/templates/prune", nil, nil, &r)
+	return r, err
+}

@@ -228,6 +228,15 @@ func TestTemplateKeyChangesWithMemory(t *testing.T) {
 	if d := e.templateDirs(); len(d) != 2 {
 		t.Fatalf("another memory size: want a second template, got %v", d)
 	}
+	if r := e.kiln("template", "prune"); r.code != 0 || !strings.HasPrefix(r.stdout, "Removed 2 templates\n") {
+		t.Fatalf("template prune:\n%s", r)
+	}
+	if d := e.templateDirs(); len(d) != 0 {
+		t.Fatalf("templates left after prune: %v", d)
+	}
+	if r := e.run("--name", "again", e.hello()); r.code != 0 || e.starts("again") != (startKinds{template: 1}) || len(e.templateDirs()) != 1 {
+		t.Fatalf("VM after prune: want a new template and a restore:\n%s", r)
+	}
 }
 
 func TestTemplatePublishedPortAnswers(t *testing.T) {

@@ -16,6 +16,7 @@ func (d *Daemon) volumeRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/volumes/{name}", d.handle(d.inspectVolume))
 	mux.HandleFunc("DELETE /v1/volumes/{name}", d.handle(d.removeVolume))
 	mux.HandleFunc("POST /v1/volumes/prune", d.handle(d.pruneVolumes))
+	mux.HandleFunc("POST /v1/templates/prune", d.handle(d.pruneTemplates))
 }
 
 func volumeToAPI(u *supervisor.VolumeUsage) api.Volume {
@@ -75,6 +76,15 @@ func (d *Daemon) pruneVolumes(w http.ResponseWriter, r *http.Request) error {
 		removed = []string{}
 	}
 	writeJSON(w, http.StatusOK, api.VolumePruneResponse{Removed: removed, SpaceReclaimed: freed})
+	return nil
+}
+
+func (d *Daemon) pruneTemplates(w http.ResponseWriter, r *http.Request) error {
+	n, freed, err := d.rt.PruneTemplates()
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, api.TemplatePruneResponse{Removed: n, SpaceReclaimed: freed})
 	return nil
 }
 

@@ -592,24 +592,37 @@ func (k *templateKeyOf) stale() bool {
 }
 
 // PruneTemplates removes every template of the root (they are made again
-// on use) and returns how many there were.
-func (r *Factory) PruneTemplates() (int, error) {
+// on use), and returns how many there were and the bytes they took. A
+// template being made is waited for, then removed; a VM restoring from
+// one has its files open already, or boots.
+func (r *Factory) PruneTemplates() (int, int64, error) {
 	dir := filepath.Join(r.root, templatesDir)
 	ents, err := os.ReadDir(dir)
 	if errors.Is(err, os.ErrNotExist) {
-		return 0, nil
+		return 0, 0, nil
 	}
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	n := 0
+	n, freed := 0, int64(0)
 	for _, e := range ents {
-		if !strings.HasPrefix(e.Name(), ".") {
-			n++
+		if strings.HasPrefix(e.Name(), ".") {
+			continue // being made (or left by a dead daemon: swept at start)
 		}
-		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
-			return n, err
+		if r.templates != nil {
+			l := r.templates.keyLock(e.Name())
+			l.Lock()
+			freed += diskUsage(filepath.Join(dir, e.Name()))
+			err = os.RemoveAll(filepath.Join(dir, e.Name()))
+			l.Unlock()
+		} else {
+			freed += diskUsage(filepath.Join(dir, e.Name()))
+			err = os.RemoveAll(filepath.Join(dir, e.Name()))
 		}
+		if err != nil {
+			return n, freed, err
+		}
+		n++
 	}
-	return n, nil
+	return n, freed, nil
 }
