@@ -8,9 +8,14 @@
 // With -memory it measures instead what an idle VM costs in memory and
 // what the size of TCG's translation buffer does to that and to speed
 // (memory.go). With -parallel N it times N `kiln run --rm` at once
-// against one (parallel.go).
+// against one (parallel.go). With -template it measures, in one run, the
+// time from `kiln run` to the program's first line on its stdout for a VM
+// restored from a template (a daemon with KILN_TEMPLATES=1; the template
+// made first, by a run not counted) against a cold boot of the same VM
+// (`kiln run --cold`).
 //
 //	go run ./bench/boot [-n 7] [-kiln bin/kiln] [-kernel PATH]
+//	go run ./bench/boot -template [-n 7]     # restored from a template against a cold boot
 //	go run ./bench/boot -parallel 8 [-n 5]   # 8 runs at once against one
 //	go run ./bench/boot -memory [-n 5] [-tb 0,16,32,64,128] [-settle 3s]
 package main
@@ -20,6 +25,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -40,6 +46,7 @@ func main() {
 	kernel := flag.String("kernel", "", "guest kernel (default: the default root's default kernel)")
 	memory := flag.Bool("memory", false, "measure an idle VM's memory and the translation buffer's size instead")
 	tbList := flag.String("tb", "0,16,32,64,128", "with -memory: translation buffer sizes to compare, in MiB (0: QEMU's default)")
+	tmpl := flag.Bool("template", false, "measure start to first line, restored from a template against a cold boot")
 	parallel := flag.Int("parallel", 0, "time this many `kiln run --rm` at once against one instead")
 	settle := flag.Duration("settle", 3*time.Second, "with -memory: how long an idle VM runs after its program started before its memory is read")
 	flag.Parse()
@@ -48,6 +55,8 @@ func main() {
 	}
 	var err error
 	switch {
+	case *tmpl:
+		err = runTemplate(*n, *kiln, *prog, *kernel)
 	case *parallel > 0:
 		err = runParallel(*n, *parallel, *kiln, *prog, *kernel)
 	case *memory:
@@ -246,3 +255,85 @@ func median(s []sample) sample {
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+func tscKHz() int {
+	b, _ := os.ReadFile("/proc/cpuinfo")
+	for _, line := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "cpu MHz" {
+			f, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return int(f * 1000)
+		}
+	}
+	return 0
+}
+
+// runTemplate measures start to first line: restored against cold.
+func runTemplate(n int, kiln, prog, kernel string) error {
+	if n < 5 {
+		return fmt.Errorf("-n %d: use at least 5 runs", n)
+	}
+	if kernel == "" {
+		kernel = "/var/lib/kiln/kernels/default/vmlinux"
+	}
+	root, err := os.MkdirTemp("", "kiln-bench-template-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(root)
+	defer stopDaemon(root)
+	// The daemon this starts has templates on; this run makes the template.
+	if _, err := firstLine(kiln, root, kernel, prog, false); err != nil {
+		return fmt.Errorf("preparing: %w", err)
+	}
+	var cold, restored []sample
+	for i := 0; i < n; i++ { // interleaved, so drift in host load hits both
+		s, err := firstLine(kiln, root, kernel, prog, true)
+		if err != nil {
+			return err
+		}
+		cold = append(cold, s)
+		if s, err = firstLine(kiln, root, kernel, prog, false); err != nil {
+			return err
+		}
+		restored = append(restored, s)
+	}
+	cm, rm := median(cold), median(restored)
+	fmt.Printf("start to the program's first line, median of %d:\n", n)
+	fmt.Printf("  cold boot (kiln run --cold):   %7.0f ms\n", ms(cm.wall))
+	fmt.Printf("  restored from a template:      %7.0f ms\n", ms(rm.wall))
+	fmt.Printf("  ratio restored/cold:           %7.3f  (goal <= 0.30)\n", float64(rm.wall)/float64(cm.wall))
+	return nil
+}
+
+// firstLine times one `kiln run` from its start to the first line of the
+// program's stdout; the VM directory is removed after.
+func firstLine(kiln, root, kernel, prog string, cold bool) (sample, error) {
+	args := []string{"--root", root, "run", "--kernel", kernel}
+	if cold {
+		args = append(args, "--cold")
+	}
+	cmd := exec.Command(kiln, append(args, prog)...)
+	cmd.Env = append(os.Environ(), "KILN_TEMPLATES=1")
+	var errb strings.Builder
+	cmd.Stderr = &errb
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return sample{}, err
+	}
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		return sample{}, err
+	}
+	r := bufio.NewReader(out)
+	_, lerr := r.ReadString('\n')
+	wall := time.Since(start)
+	_, _ = r.WriteTo(io.Discard)
+	if err := cmd.Wait(); err != nil || lerr != nil {
+		return sample{}, fmt.Errorf("kiln run: %v %v\n%s", err, lerr, errb.String())
+	}
+	vms, _ := filepath.Glob(filepath.Join(root, "vms", "*"))
+	for _, d := range vms {
+		os.RemoveAll(d)
+	}
+	return sample{wall: wall}, nil
+}

@@ -4,6 +4,7 @@ package main
 
 import (
 	"bufio"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -17,6 +18,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -45,8 +47,8 @@ func execExited(pid int, ws syscall.WaitStatus) {
 // serveControl serves the host on the control port: one connection after
 // another (the port reads EOF while no host is connected; the driver
 // sends SIGIO when one connects, and a slow timer covers a missed notice).
-// Stop and signal requests for the program go to out.
-func serveControl(spec *agent.Spec, out chan<- agent.Request) {
+// Stop and signal requests for the program go to srv.reqs.
+func serveControl(srv *server) {
 	f, err := openPort(agent.PortControl)
 	if err != nil {
 		logf("control port unavailable: %v", err)
@@ -60,7 +62,6 @@ func serveControl(spec *agent.Spec, out chan<- agent.Request) {
 			_, _ = unix.FcntlInt(f.Fd(), unix.F_SETFL, fl|unix.O_ASYNC)
 		}
 	}
-	srv := &server{spec: spec, reqs: out}
 	for {
 		if err := srv.serve(f); err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, agent.ErrClosed) {
 			logf("control connection: %v", err)
@@ -73,8 +74,11 @@ func serveControl(spec *agent.Spec, out chan<- agent.Request) {
 }
 
 type server struct {
-	spec *agent.Spec
+	// spec is the VM's spec; nil while a template boot waits for it.
+	spec atomic.Pointer[agent.Spec]
 	reqs chan<- agent.Request
+	// specs, set in a template boot, takes the spec OpSpec delivers (once).
+	specs chan *agent.Spec
 }
 
 // serve runs one host connection: hello, then channels until the host
@@ -124,6 +128,8 @@ func (s *server) open(ch *agent.Channel, payload []byte) {
 		_ = ch.SendJSON(agent.FrameReply, agent.Reply{Stats: &st})
 	case agent.OpSetTime:
 		_ = ch.SendJSON(agent.FrameReply, setTime(req.TimeNanos))
+	case agent.OpSpec:
+		_ = ch.SendJSON(agent.FrameReply, s.takeSpec(&req))
 	case agent.OpExec:
 		s.exec(ch, req.Exec)
 	case agent.OpCopyOut:
@@ -143,15 +149,20 @@ func (s *server) exec(ch *agent.Channel, req *agent.ExecRequest) {
 		fail(125, errors.New("exec: no command"))
 		return
 	}
-	env := options.MergeEnv(s.spec.Env, req.Env)
+	spec := s.spec.Load()
+	if spec == nil {
+		fail(125, errors.New("exec: the VM has no spec yet"))
+		return
+	}
+	env := options.MergeEnv(spec.Env, req.Env)
 	cwd := req.WorkingDir
 	if cwd == "" {
-		cwd = s.spec.WorkingDir
+		cwd = spec.WorkingDir
 	}
 	if cwd == "" {
 		cwd = "/"
 	}
-	cred := &syscall.Credential{Uid: s.spec.UID, Gid: s.spec.GID, Groups: s.spec.AdditionalGIDs}
+	cred := &syscall.Credential{Uid: spec.UID, Gid: spec.GID, Groups: spec.AdditionalGIDs}
 	if req.User != "" {
 		u, err := resolveUser(req.User)
 		if err != nil {
@@ -470,4 +481,120 @@ func setTime(ns int64) agent.Reply {
 		return agent.Reply{Error: fmt.Sprintf("setting the clock: %v", err)}
 	}
 	return agent.Reply{}
+}
+
+// takeSpec hands a template boot the VM's spec (OpSpec): the clock is set
+// and the host's entropy added to the random pool first, so the program
+// starts with both; the spec goes to run, which goes on with it.
+func (s *server) takeSpec(req *agent.OpenRequest) agent.Reply {
+	if s.specs == nil || s.spec.Load() != nil {
+		return agent.Reply{Error: "this guest has its spec already", ExitCode: 125}
+	}
+	if req.Spec == nil {
+		return agent.Reply{Error: "no spec", ExitCode: 125}
+	}
+	if err := req.Spec.Validate(); err != nil || req.Spec.Template {
+		if err == nil {
+			err = errors.New("a template spec")
+		}
+		return agent.Reply{Error: fmt.Sprintf("refusing the spec: %v", err), ExitCode: 125}
+	}
+	if req.TimeNanos > 0 {
+		if r := setTime(req.TimeNanos); r.Error != "" {
+			return r
+		}
+	}
+	if p := req.Program; p != nil {
+		if err := copyProgram(p); err != nil {
+			return agent.Reply{Error: err.Error(), ExitCode: 125}
+		}
+	}
+	if len(req.Entropy) > 0 {
+		if err := addEntropy(req.Entropy); err != nil {
+			return agent.Reply{Error: err.Error(), ExitCode: 125}
+		}
+	}
+	if !s.spec.CompareAndSwap(nil, req.Spec) {
+		return agent.Reply{Error: "this guest has its spec already", ExitCode: 125}
+	}
+	s.specs <- req.Spec
+	return agent.Reply{}
+}
+
+// Linux's random ioctls (include/uapi/linux/random.h).
+const (
+	rndAddEntropy  = 0x40085203 // _IOW('R', 0x03, int[2])
+	rndReseedCRNG  = 0x5207     // _IO('R', 0x07)
+	maxEntropySize = 4096
+)
+
+// addEntropy mixes b into the kernel's random pool, credited as entropy,
+// and reseeds the CRNG from it at once: a guest restored from a template
+// would otherwise go on from the template's pool, as every other guest
+// restored from it does.
+func addEntropy(b []byte) error {
+	if len(b) > maxEntropySize {
+		b = b[:maxEntropySize]
+	}
+	f, err := os.OpenFile("/dev/urandom", os.O_WRONLY, 0)
+	if err != nil {
+		return fmt.Errorf("opening /dev/urandom: %w", err)
+	}
+	defer f.Close()
+	// struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
+	info := make([]byte, 8+(len(b)+3)/4*4)
+	binary.NativeEndian.PutUint32(info[0:], uint32(len(b)*8))
+	binary.NativeEndian.PutUint32(info[4:], uint32(len(b)))
+	copy(info[8:], b)
+	if _, _, e := unix.Syscall(unix.SYS_IOCTL, f.Fd(), rndAddEntropy, uintptr(unsafe.Pointer(&info[0]))); e != 0 {
+		return fmt.Errorf("adding the host's entropy: %w", e)
+	}
+	if _, _, e := unix.Syscall(unix.SYS_IOCTL, f.Fd(), rndReseedCRNG, 0); e != 0 {
+		return fmt.Errorf("reseeding the random generator: %w", e)
+	}
+	return nil
+}
+
+// blkFlsBuf is BLKFLSBUF (_IO(0x12, 97)): drop a block device's cached
+// pages.
+const blkFlsBuf = 0x1261
+
+// copyProgram writes the first p.Size bytes of the disk with serial
+// p.Serial to p.Path. The disk's cached pages are dropped first: the
+// template boot probed the disk that stood in its place (its partition
+// table), and a restored guest would read those pages back.
+func copyProgram(p *agent.ProgramDisk) error {
+	if p.Size < 0 || !filepath.IsAbs(p.Path) {
+		return fmt.Errorf("program %q: bad size or path", p.Path)
+	}
+	dev, err := findDisk(p.Serial)
+	if err != nil {
+		return fmt.Errorf("program disk: %w", err)
+	}
+	in, err := os.Open(dev)
+	if err != nil {
+		return fmt.Errorf("program disk: %w", err)
+	}
+	defer in.Close()
+	_, _, _ = unix.Syscall(unix.SYS_IOCTL, in.Fd(), blkFlsBuf, 0)
+	if err := os.MkdirAll(filepath.Dir(p.Path), 0o755); err != nil {
+		return fmt.Errorf("program: %w", err)
+	}
+	out, err := os.OpenFile(p.Path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o755)
+	if err != nil {
+		return fmt.Errorf("program: %w", err)
+	}
+	// Large reads: each is one request to the disk, and a restored guest
+	// waits for the program before it starts.
+	n, err := io.CopyBuffer(struct{ io.Writer }{out}, struct{ io.Reader }{io.LimitReader(in, p.Size)}, make([]byte, 1<<20))
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil && n != p.Size {
+		err = fmt.Errorf("the disk holds %d of its %d bytes", n, p.Size)
+	}
+	if err != nil {
+		return fmt.Errorf("copying the program to %s: %w", p.Path, err)
+	}
+	return nil
 }

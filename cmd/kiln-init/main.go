@@ -63,6 +63,19 @@ func run() int {
 	if specErr != nil {
 		return reportError(status, 125, specErr)
 	}
+	reqs := make(chan agent.Request, 4)
+	srv := &server{reqs: reqs}
+	if spec.Template {
+		// A template: serve the control port now and wait for the VM's
+		// spec, which comes in a run restored from this guest's state.
+		srv.specs = make(chan *agent.Spec, 1)
+		go serveControl(srv)
+		writeRecord(status, agent.Record{Kind: agent.KindReady, Uptime: uptime})
+		spec = <-srv.specs
+		uptime = readUptime()
+	} else {
+		srv.spec.Store(spec)
+	}
 	if spec.Root != nil {
 		if err := switchRoot(spec.Root, spec.Mounts); err != nil {
 			return reportError(status, 125, err)
@@ -88,7 +101,10 @@ func run() int {
 		return reportError(status, 126, err)
 	}
 	writeRecord(status, agent.Record{Kind: agent.KindStarted, PID: child.Pid, Uptime: uptime})
-	code, sig := supervise(spec, child.Pid)
+	if srv.specs == nil {
+		go serveControl(srv)
+	}
+	code, sig := supervise(spec, child.Pid, reqs)
 	writeRecord(status, agent.Record{Kind: agent.KindExit, PID: child.Pid, ExitCode: agent.ExitCodeFor(code, sig), Signal: sig, OOMKilled: oomKills() > 0})
 	return agent.ExitCodeFor(code, sig)
 }
@@ -375,15 +391,13 @@ func start(s *agent.Spec, path string) (*os.Process, error) {
 // supervise forwards signals to the program, serves control requests, reaps
 // every child (PID 1 inherits orphans) and returns when the program ends:
 // its exit status, or the signal that killed it.
-func supervise(s *agent.Spec, pid int) (status, sig int) {
+func supervise(s *agent.Spec, pid int, reqs <-chan agent.Request) (status, sig int) {
 	sigs := make(chan os.Signal, 16)
 	signal.Notify(sigs)
 	stopSig := syscall.SIGTERM
 	if s.StopSignal > 0 {
 		stopSig = syscall.Signal(s.StopSignal)
 	}
-	reqs := make(chan agent.Request, 4)
-	go serveControl(s, reqs)
 	var killTimer <-chan time.Time
 	for {
 		select {

@@ -3,6 +3,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -54,6 +55,17 @@ func (nl *netlink) configure(n *agent.Network) error {
 	ifi, err := waitInterface(n.Interface)
 	if err != nil {
 		return err
+	}
+	if n.MAC != "" {
+		hw, err := net.ParseMAC(n.MAC)
+		if err != nil {
+			return fmt.Errorf("MAC %q: %w", n.MAC, err)
+		}
+		if !bytes.Equal(hw, ifi.HardwareAddr) {
+			if err := nl.setMAC(ifi.Index, hw); err != nil {
+				return fmt.Errorf("setting the MAC of %s to %s: %w", n.Interface, hw, err)
+			}
+		}
 	}
 	pfx, err := netip.ParsePrefix(n.Address)
 	if err != nil {
@@ -214,6 +226,16 @@ func (nl *netlink) linkUp(index int) error {
 	ne.PutUint32(b[4:], uint32(index))
 	ne.PutUint32(b[8:], unix.IFF_UP)  // flags
 	ne.PutUint32(b[12:], unix.IFF_UP) // change mask
+	return nl.request(unix.RTM_NEWLINK, 0, b)
+}
+
+// setMAC gives a link its hardware address (RTM_NEWLINK with
+// IFLA_ADDRESS), while it is down.
+func (nl *netlink) setMAC(index int, hw net.HardwareAddr) error {
+	b := make([]byte, unix.SizeofIfInfomsg)
+	b[0] = unix.AF_UNSPEC
+	ne.PutUint32(b[4:], uint32(index))
+	b = attr(b, unix.IFLA_ADDRESS, hw)
 	return nl.request(unix.RTM_NEWLINK, 0, b)
 }
 

@@ -33,6 +33,7 @@ func newDaemonCmd(g *globals) *cobra.Command {
 	var uids string
 	var memShare float64
 	var consoleMax, diskReserve string
+	var templates bool
 	c := &cobra.Command{
 		Use:   "daemon",
 		Short: "Run the kiln daemon in the foreground (for systemd; the CLI starts one on demand)",
@@ -56,6 +57,7 @@ func newDaemonCmd(g *globals) *cobra.Command {
 			return daemon.Run(ctx, daemon.Config{
 				Root: g.root, AllowUIDs: allow, Logger: log,
 				JailUIDs: uids, MemoryShare: memShare, ConsoleMaxSize: consoleMax, DiskReserve: diskReserve,
+				Templates: templates,
 			}, ready)
 		},
 	}
@@ -64,6 +66,7 @@ func newDaemonCmd(g *globals) *cobra.Command {
 	c.Flags().Float64Var(&memShare, "memory-share", daemon.DefaultMemoryShare, "share of host memory the cgroups of running VMs may hold together; a VM that would pass it is refused")
 	c.Flags().StringVar(&consoleMax, "console-max-size", "", fmt.Sprintf("serial console kept on disk per VM, console.log and console.log.1 together (default $%s or 16m)", daemon.ConsoleMaxSizeEnv))
 	c.Flags().StringVar(&diskReserve, "disk-reserve", "", fmt.Sprintf("free space kept on kiln's filesystem: no VM disk or volume is made when less is free (default $%s or 1g)", disk.FreeReserveEnv))
+	c.Flags().BoolVar(&templates, "templates", false, fmt.Sprintf("start bare program VMs from a booted template (made once per kernel, kiln-init, QEMU, memory, CPUs and devices, under <root>/templates) instead of booting their kernel; kiln run --cold opts out (default $%s=1)", daemon.TemplatesEnv))
 	return c
 }
 

@@ -114,6 +114,9 @@ type env struct {
 	// out of kiln, and tests need not change the process's environment,
 	// which would keep them from running in parallel.
 	home string
+	// extraEnv is added to the environment of kiln commands (and so of
+	// the daemon they start): KILN_TEMPLATES=1, say.
+	extraEnv []string
 }
 
 func newEnv(t *testing.T) *env {
@@ -226,6 +229,7 @@ func (e *env) command(ctx context.Context, args ...string) *exec.Cmd {
 		cmd.Env = append(cmd.Env, "HOME="+e.home, "DOCKER_CONFIG="+e.home,
 			"REGISTRY_AUTH_FILE="+filepath.Join(e.home, "none.json"), "XDG_RUNTIME_DIR="+e.home)
 	}
+	cmd.Env = append(cmd.Env, e.extraEnv...)
 	return cmd
 }
 

@@ -174,6 +174,13 @@ func sweepStaleNetns() {
 
 func newNetEnv(t *testing.T) *netEnv {
 	t.Helper()
+	return newNetEnvWith(t, nil)
+}
+
+// newNetEnvWith is newNetEnv with extraEnv in the environment of its kiln
+// commands and daemon.
+func newNetEnvWith(t *testing.T, extraEnv []string) *netEnv {
+	t.Helper()
 	testenv.NeedVM(t) // first: no namespace is made for a test that skips
 	requireNetns(t)
 	ns := testNetns("test")
@@ -191,6 +198,7 @@ func newNetEnv(t *testing.T) *netEnv {
 		t.Fatalf("bringing up lo in %s: %v: %s", ns, err, out)
 	}
 	e := &netEnv{env: newEnv(t), ns: ns}
+	e.extraEnv = extraEnv
 	e.startDaemon()
 	return e
 }

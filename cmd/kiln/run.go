@@ -38,6 +38,7 @@ type runFlags struct {
 	stopTimeout int
 	bootTimeout time.Duration
 	unconfined  bool
+	cold        bool
 	addHosts    []string
 	pull        string
 	mode        string
@@ -87,6 +88,7 @@ after --time seconds. With -d the VM runs in the background.`,
 	fl.IntVarP(&f.stopTimeout, "time", "t", int(options.DefaultStopGrace/time.Second), "seconds the program has to exit after a stop signal")
 	fl.DurationVar(&f.bootTimeout, "boot-timeout", options.DefaultBootTimeout, "how long the VM may take to start its program")
 	fl.StringArrayVar(&f.addHosts, "add-host", nil, "add NAME:ADDRESS to the guest's /etc/hosts; NAME:host-gateway is the host, and lets the VM reach the host's own (loopback) services, closed to VMs otherwise")
+	fl.BoolVar(&f.cold, "cold", false, "always boot the guest kernel, never restore the VM from a booted template (see kiln daemon --templates)")
 	fl.BoolVar(&f.unconfined, "unconfined", false, "run QEMU without its jail (own uid, namespaces, root, cgroup) and seccomp sandbox: only to debug a host that cannot confine VMs")
 	fl.StringVar(&f.pull, "pull", options.PullMissing, "when to pull the image: missing, always or never")
 	fl.StringVar(&f.mode, "mode", "", "how to run the image: full (its root filesystem) or binary (only its static binary); default: the image's "+options.ModeLabel+" label, else full")
@@ -120,6 +122,7 @@ func vmConfig(f *runFlags, args []string) (api.VMConfig, error) {
 		Accel:       f.accel,
 		BootTimeout: api.Duration(f.bootTimeout),
 		Unconfined:  f.unconfined,
+		Cold:        f.cold,
 		ExtraHosts:  f.addHosts,
 		AutoRemove:  f.rm,
 		StopTimeout: f.stopTimeout,

@@ -438,7 +438,7 @@ func newEventsCmd(g *globals) *cobra.Command {
 	var since, until, format string
 	c := &cobra.Command{
 		Use:   "events [--since T] [--until T]",
-		Short: "Stream VM events: created, started, died, restarted, stopped, killed, removed, checkpoint",
+		Short: "Stream VM events: created, started, died, restarted, stopped, killed, removed, checkpoint, template_fallback",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)

@@ -22,6 +22,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 )
 
@@ -88,6 +89,11 @@ type Spec struct {
 	// Mounts are volumes, host directories and baked directories to mount
 	// (mounts.go).
 	Mounts []Mount `json:"mounts,omitempty"`
+	// Template marks the spec of a template boot: kiln-init loads Modules,
+	// writes a KindReady record and waits for the VM's own spec over the
+	// control port (OpSpec), which may come in a later run restored from
+	// a saved copy of the guest. Nothing else in the spec is used.
+	Template bool `json:"template,omitempty"`
 }
 
 // Network is the configuration of the guest's one interface.
@@ -101,6 +107,9 @@ type Network struct {
 	Gateway string `json:"gateway,omitempty"`
 	// DNS are the name servers for /etc/resolv.conf.
 	DNS []string `json:"dns,omitempty"`
+	// MAC, when set, is given to the interface before it comes up (a
+	// guest restored from a template has the template's MAC until then).
+	MAC string `json:"mac,omitempty"`
 }
 
 // RootSpec says where kiln-init finds the disks of the program's root.
@@ -141,6 +150,9 @@ const (
 	// program, ...). ExitCode is 127 for a missing program, 126 for one
 	// that cannot be executed, 125 otherwise, as docker reports them.
 	KindError = "error"
+	// KindReady: a template boot has done its early setup and waits for
+	// its spec on the control port (Spec.Template).
+	KindReady = "ready"
 )
 
 // Record is one line on the status port.
@@ -238,6 +250,9 @@ func (s *Spec) Validate() error {
 	if s.Version != Version {
 		return fmt.Errorf("spec has protocol version %d, kiln-init speaks %d", s.Version, Version)
 	}
+	if s.Template {
+		return nil
+	}
 	if len(s.Args) == 0 || s.Args[0] == "" {
 		return fmt.Errorf("spec has no program to run (args is empty)")
 	}
@@ -260,6 +275,11 @@ func (s *Spec) Validate() error {
 		}
 		if p, err := netip.ParsePrefix(n.Address); err != nil || !p.Addr().Is4() {
 			return fmt.Errorf("spec network: address %q: want an IPv4 address with a prefix length", n.Address)
+		}
+		if n.MAC != "" {
+			if hw, err := net.ParseMAC(n.MAC); err != nil || len(hw) != 6 {
+				return fmt.Errorf("spec network: MAC %q is not an Ethernet address", n.MAC)
+			}
 		}
 		for _, a := range append([]string{n.Gateway}, n.DNS...) {
 			if ip, err := netip.ParseAddr(a); a != "" && (err != nil || !ip.Is4()) {

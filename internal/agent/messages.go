@@ -16,6 +16,12 @@ const (
 	// answered by a Reply: the host sends it after resuming a saved
 	// guest, whose clock stood still while it was saved.
 	OpSetTime = "settime"
+	// OpSpec hands a guest restored from a template (Spec.Template) the
+	// VM's own spec, with the host's time (TimeNanos) and fresh entropy
+	// for its random pool, answered by a Reply once kiln-init took it;
+	// kiln-init then goes on as after a cold boot. A guest that already
+	// has its spec refuses it.
+	OpSpec = "spec"
 )
 
 // Hello is the first frame both ways.
@@ -36,6 +42,22 @@ type OpenRequest struct {
 	// TimeNanos is the host's time for OpSetTime, in nanoseconds since
 	// the Unix epoch.
 	TimeNanos int64 `json:"timeNanos,omitempty"`
+	// Spec and Entropy are OpSpec's: the VM's spec, and random bytes
+	// from the host mixed into the guest's pool (credited) before the
+	// program starts.
+	Spec    *Spec  `json:"spec,omitempty"`
+	Entropy []byte `json:"entropy,omitempty"`
+	// Program, with OpSpec, is a file kiln-init copies off a disk into
+	// its root before it takes the spec: the program of a bare VM.
+	Program *ProgramDisk `json:"program,omitempty"`
+}
+
+// ProgramDisk is a file at the start of a disk: Size bytes from offset 0
+// of the disk whose serial is Serial, to be written at Path (mode 0755).
+type ProgramDisk struct {
+	Serial string `json:"serial"`
+	Path   string `json:"path"`
+	Size   int64  `json:"size"`
 }
 
 // ExecRequest is a command to run in the guest, as docker exec takes it.

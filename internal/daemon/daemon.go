@@ -48,7 +48,14 @@ type Config struct {
 	// DiskReserve is the free space kept on the root's filesystem, a size
 	// like 1g (--disk-reserve); "" means $KILN_DISK_RESERVE, else 1g.
 	DiskReserve string
+	// Templates starts VMs that can be (bare program VMs without disks,
+	// on user-mode networking or none) from a booted template instead of
+	// a cold boot (--templates); false means $KILN_TEMPLATES=1.
+	Templates bool
 }
+
+// TemplatesEnv turns templates on for a daemon started without --templates.
+const TemplatesEnv = vm.TemplatesEnv
 
 // Defaults of the daemon's flags, for their help.
 const (
@@ -151,7 +158,8 @@ func Run(ctx context.Context, cfg Config, ready func()) error {
 	}
 	defer db.Close()
 	d.db = db
-	rt, err := vm.New(cfg.Root, vm.WithLogger(d.log), vm.WithConfinement(conf))
+	templates := cfg.Templates || os.Getenv(TemplatesEnv) == "1"
+	rt, err := vm.New(cfg.Root, vm.WithLogger(d.log), vm.WithConfinement(conf), vm.WithTemplates(templates))
 	if err != nil {
 		return err
 	}

@@ -344,6 +344,7 @@ func fullConfig(t *testing.T) api.VMConfig {
 		StopTimeout: 25,
 		BootTimeout: api.Duration(90 * time.Second),
 		Unconfined:  true,
+		Cold:        true,
 		ExtraHosts:  []string{"db:10.0.0.5", "host.kiln.internal:host-gateway"},
 		Network:     "backend",
 		IP:          "10.99.0.10",

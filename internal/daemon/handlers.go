@@ -48,6 +48,7 @@ func (d *Daemon) routes() http.Handler {
 	d.imageRoutes(mux)
 	d.networkRoutes(mux)
 	d.volumeRoutes(mux)
+	d.templateRoutes(mux)
 	d.checkpointRoutes(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s (this daemon serves /%s/)", r.Method, r.URL.Path, api.Version))

@@ -77,6 +77,3 @@ func (d *Daemon) pruneVolumes(w http.ResponseWriter, r *http.Request) error {
 	writeJSON(w, http.StatusOK, api.VolumePruneResponse{Removed: removed, SpaceReclaimed: freed})
 	return nil
 }
-
-// The API's and the runtime's mounts have the same fields, so they convert
-// whole: a field added to one and not the other does not compile.

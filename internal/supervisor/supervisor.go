@@ -39,6 +39,10 @@ const (
 	EventKilled    = "killed"
 	EventRemoved   = "removed"
 	EventOOM       = "oom"
+	// EventTemplateFallback: a start that tried to restore the VM from
+	// a template failed there and booted the VM instead (attribute
+	// error says why); the start event of such a run has no from=template.
+	EventTemplateFallback = "template_fallback"
 )
 
 // Supervisor keeps VMs in their desired state: it starts and stops them,
@@ -426,7 +430,15 @@ func (s *Supervisor) startLocked(m *managed, action, checkpoint string) error {
 	m.runDone = done
 	close(m.nextRun)
 	m.nextRun = make(chan struct{})
-	s.event(m.rec, action)
+	fromTemplate, why := m.machine.FromTemplate()
+	if why != "" {
+		s.event(m.rec, EventTemplateFallback, "error="+strings.ReplaceAll(why, ",", ";"))
+	}
+	if fromTemplate {
+		s.event(m.rec, action, "from=template")
+	} else {
+		s.event(m.rec, action)
+	}
 	s.networkChanged(m.spec)
 	machine := m.machine
 	s.spawn(func() { s.monitor(m, machine, done) }) // closing: the next daemon attaches

@@ -46,6 +46,10 @@ type Checkpoint struct {
 	Size int64 `json:"size"`
 	// StateSize is the size of the memory and device state.
 	StateSize int64 `json:"stateSize"`
+	// Template: the run saved was restored from a template, so it ran
+	// with the template's initrd (kept in the checkpoint as initrd) and
+	// the program disk; a restore runs with them again.
+	Template bool `json:"template,omitempty"`
 }
 
 // ValidateCheckpointName reports whether name can name a checkpoint: the
@@ -98,8 +102,19 @@ func (vm *VM) ownDisks() []vmm.Drive {
 // topology hashes what a run resuming a checkpoint must have as the run
 // that saved it: the monitor binary, machine, memory, CPUs, kernel,
 // initrd and devices. Published ports may differ (resolved at each start).
-func (vm *VM) topology() string {
+func (vm *VM) topology() string { return topologyOf(vm.cfg) }
+
+// templateTopology is the topology of a run restored from a template:
+// the program disk added, the initrd (the template's, kept in the
+// checkpoint) not named.
+func (vm *VM) templateTopology() string {
 	c := vm.cfg
+	c.Initrd = ""
+	c.Drives = append(append([]vmm.Drive(nil), c.Drives...), programDrive(filepath.Join(vm.Dir, programDiskFile)))
+	return topologyOf(c)
+}
+
+func topologyOf(c vmm.Config) string {
 	type drive struct {
 		ID, Serial string
 		ReadOnly   bool
@@ -324,7 +339,17 @@ func (vm *VM) saveCheckpointFiles(dir, name string) error {
 	if st, err := os.Stat(filepath.Join(dir, checkpointMem)); err == nil {
 		stateSize = st.Size()
 	}
-	b, err := json.MarshalIndent(Checkpoint{Name: name, Created: time.Now().UTC(), Topology: vm.topology(), StateSize: stateSize}, "", "  ")
+	cp := Checkpoint{Name: name, Created: time.Now().UTC(), Topology: vm.topology(), StateSize: stateSize}
+	if initrd := vm.runTemplateInitrd(); initrd != "" {
+		if err := disk.CopySparse(filepath.Join(dir, initrdFile), initrd); err != nil {
+			return fmt.Errorf("keeping the template's initrd: %w", err)
+		}
+		if err := os.Chmod(filepath.Join(dir, initrdFile), 0o644); err != nil {
+			return err
+		}
+		cp.Template, cp.Topology = true, vm.templateTopology()
+	}
+	b, err := json.MarshalIndent(cp, "", "  ")
 	if err != nil {
 		return err
 	}
@@ -366,8 +391,21 @@ func (vm *VM) Restore(ctx context.Context, name string) error {
 		return fmt.Errorf("reading checkpoint %q: %w", name, err)
 	}
 	defer f.Close()
+	from := runFrom{incoming: f, status: status}
+	if cp, err := vm.readCheckpoint(name); err == nil && cp.Template {
+		// The guest took its program off the disk long ago: any disk of
+		// the size will do, an empty one if the VM's is gone.
+		pd := filepath.Join(vm.Dir, programDiskFile)
+		if _, err := os.Stat(pd); err != nil {
+			if err := writeProgramDisk(pd, nil, 0); err != nil {
+				return err
+			}
+		}
+		from.initrd = filepath.Join(dir, initrdFile)
+		from.drives = []vmm.Drive{programDrive(pd)}
+	}
 	t0 := time.Now()
-	if err := vm.start(ctx, f, status); err != nil {
+	if err := vm.start(ctx, from); err != nil {
 		return err
 	}
 	t1 := time.Now()
@@ -441,7 +479,11 @@ func (vm *VM) CanRestore(name string) error {
 	if err != nil {
 		return err
 	}
-	if cp.Topology != vm.topology() {
+	want := vm.topology()
+	if cp.Template {
+		want = vm.templateTopology()
+	}
+	if cp.Topology != want {
 		return fmt.Errorf("checkpoint %q was made by a VM %s of another configuration (monitor, kernel, memory or devices changed since): it cannot be resumed: %w", name, vm.Name, errdefs.ErrConflict)
 	}
 	return nil

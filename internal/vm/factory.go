@@ -45,6 +45,9 @@ type Factory struct {
 	// removeVolume removes a volume a failed Create made; set by the
 	// supervisor, which knows whether another VM names it meanwhile.
 	removeVolume func(*volume.Store, string) error
+	// templatesOn: VMs that can start from a template do (template.go).
+	templatesOn bool
+	templates   *templates
 }
 
 // Option configures a Factory.
@@ -106,6 +109,10 @@ func New(root string, opts ...Option) (*Factory, error) {
 	}
 	if err := os.MkdirAll(r.vmsDir(), 0o700); err != nil {
 		return nil, fmt.Errorf("creating kiln root %s: %w", root, err)
+	}
+	if r.templatesOn {
+		r.templates = &templates{dir: filepath.Join(root, templatesDir), log: r.log, backend: r.backend}
+		r.templates.sweep()
 	}
 	return r, nil
 }
@@ -248,7 +255,7 @@ func (r *Factory) Create(ctx context.Context, spec Spec) (*VM, error) {
 		nic = &vmm.NetConfig{Mode: vmm.NetUser, MAC: network.MAC(id)}
 		as.Network = &agent.Network{
 			Interface: network.UserInterface, Address: network.UserGuestCIDR,
-			Gateway: network.UserGateway, DNS: []string{network.UserDNS},
+			Gateway: network.UserGateway, DNS: []string{network.UserDNS}, MAC: nic.MAC,
 		}
 	} else if spec.Attach != nil {
 		nic, as.Network = bridgeNIC(id, spec.Attach)
@@ -317,6 +324,13 @@ func (r *Factory) Create(ctx context.Context, spec Spec) (*VM, error) {
 		return nil, err
 	}
 	rec := vmRecord{ID: id, Spec: spec, Accel: accel, Kernel: k, Config: cfg, Guest: as}
+	if img == nil && len(drives) == 0 && len(mounts.shares) == 0 && (nic == nil || nic.Mode == vmm.NetUser) {
+		// A bare program VM: a template can stand in for its boot.
+		if st, err := os.Stat(spec.Program); err == nil {
+			rec.Template = &templateInputs{Base: base, Modules: as.Modules, Program: guestProg,
+				Source: spec.Program, Size: st.Size(), ModTime: st.ModTime()}
+		}
+	}
 	b, err := json.MarshalIndent(rec, "", "  ")
 	if err != nil {
 		return nil, fmt.Errorf("encoding VM record: %w", err)
@@ -339,10 +353,13 @@ type vmRecord struct {
 	Kernel *kernel.Kernel  `json:"kernel"`
 	Config vmm.Config      `json:"config"`
 	Guest  *agent.Spec     `json:"guest"`
+	// Template is what starting from a template needs, for a VM that can.
+	Template *templateInputs `json:"template,omitempty"`
 }
 
 func (rec *vmRecord) vm(r *Factory) *VM {
-	return &VM{ID: rec.ID, Name: rec.Spec.Name, Dir: rec.Config.Dir, Spec: rec.Spec, Accel: rec.Accel, Kernel: rec.Kernel, cfg: rec.Config, log: r.log, confine: r.confine, backend: r.backend}
+	return &VM{ID: rec.ID, Name: rec.Spec.Name, Dir: rec.Config.Dir, Spec: rec.Spec, Accel: rec.Accel, Kernel: rec.Kernel, cfg: rec.Config, log: r.log, confine: r.confine, backend: r.backend,
+		guest: rec.Guest, tmplIn: rec.Template, templates: r.templates}
 }
 
 // Load returns the VM whose directory is dir, as Create left it. Its

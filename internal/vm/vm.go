@@ -36,6 +36,12 @@ type VM struct {
 	// confine jails the VM's runs (confine.go) when cfg.Jail is set.
 	confine *confiner
 	link    agentLink // the guest agent connection (agentconn.go)
+	// guest is what kiln-init is told (vm.json's guest spec); tmplIn, set
+	// for a VM that can start from a template, what that needs; templates
+	// is the root's template cache, nil while templates are off.
+	guest     *agent.Spec
+	tmplIn    *templateInputs
+	templates *templates
 	// undoMounts removes the volumes Create made for this VM; set only on
 	// the VM Create returns, for Discard.
 	undoMounts func()
@@ -49,6 +55,10 @@ type VM struct {
 	started  chan struct{}
 	record   *agent.Record // the started record
 	bootFail bool          // the boot deadline passed first
+	// fromTemplate: the run was restored from a template; templateErr:
+	// why a restore tried for it failed (it booted instead).
+	fromTemplate bool
+	templateErr  string
 	// hostOOM: the run's QEMU was killed by its cgroup's memory limit.
 	hostOOM  bool
 	watching chan struct{} // closed when the status watcher has ended
@@ -86,11 +96,61 @@ func (vm *VM) current() vmm.VMM {
 // ctx bounds the start, and the watching of the run: once it is done the
 // VM's status and console are no longer taken (the VM runs on, for
 // another process to Attach to).
-func (vm *VM) Start(ctx context.Context) error { return vm.start(ctx, nil, nil) }
+//
+// With templates on, a VM that can (canTemplate) is restored from its
+// template instead (template.go); any failure there is logged, and the
+// VM boots as it would without.
+func (vm *VM) Start(ctx context.Context) error {
+	vm.mu.Lock()
+	vm.fromTemplate, vm.templateErr = false, ""
+	vm.mu.Unlock()
+	if vm.canTemplate() {
+		_, err := vm.startFromTemplate(ctx)
+		if err == nil {
+			vm.mu.Lock()
+			vm.fromTemplate = true
+			vm.mu.Unlock()
+			return nil
+		}
+		if ctx.Err() != nil {
+			return err
+		}
+		vm.log.Warn("starting a VM from its template failed: booting it instead", "vm", vm.ID, "err", err)
+		vm.mu.Lock()
+		vm.templateErr = err.Error()
+		vm.mu.Unlock()
+	}
+	return vm.start(ctx, runFrom{})
+}
 
-// start starts a run: a boot, or with incoming the resumption of a saved
-// guest whose run's status records were status.
-func (vm *VM) start(ctx context.Context, incoming *os.File, status []byte) error {
+// FromTemplate reports whether the current (or last) run was restored
+// from a template, and, when a restore was tried and failed (the run then
+// booted), why.
+func (vm *VM) FromTemplate() (bool, string) {
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	return vm.fromTemplate, vm.templateErr
+}
+
+// runFrom is where a run starts from besides a boot.
+type runFrom struct {
+	// incoming is a saved guest to resume, whose run's status records
+	// were status.
+	incoming *os.File
+	status   []byte
+	// initrd replaces the VM's initrd on the monitor's command line (a
+	// template's, which the saved guest was booted from).
+	initrd string
+	// drives are added to the VM's (a template's program disk).
+	drives []vmm.Drive
+	// handover runs once the monitor is up, before the run is watched;
+	// its error ends the monitor and fails the start.
+	handover func() error
+}
+
+// start starts a run: a boot, or the resumption of a saved guest.
+func (vm *VM) start(ctx context.Context, from runFrom) error {
+	incoming, status := from.incoming, from.status
 	if m := vm.current(); m != nil && m.Info().Running {
 		return fmt.Errorf("VM %s is already running: %w", vm.Name, errdefs.ErrConflict)
 	}
@@ -105,6 +165,15 @@ func (vm *VM) start(ctx context.Context, incoming *os.File, status []byte) error
 		return err
 	}
 	cfg.Incoming = incoming
+	if from.initrd != "" {
+		cfg.Initrd = from.initrd
+	}
+	if err := vm.recordRunTemplate(from.initrd); err != nil {
+		return err
+	}
+	if len(from.drives) > 0 {
+		cfg.Drives = append(append([]vmm.Drive(nil), cfg.Drives...), from.drives...)
+	}
 	var cl *cell
 	if cfg.Jail != nil {
 		if cfg, cl, err = vm.confine.enter(cfg, &vm.Spec); err != nil {
@@ -121,25 +190,34 @@ func (vm *VM) start(ctx context.Context, incoming *os.File, status []byte) error
 		cl.release()
 		return err
 	}
-	con, err := startConsole(vm.Dir, vm.confine.conf.ConsoleMaxSize, vm.log)
-	if err != nil {
+	// abandon undoes the run's setup when it does not get going.
+	abandon := func(con *consoleCopier) {
+		if con != nil {
+			con.stop()
+		}
 		cl.release()
 		fl.Stop()
 		fl.keep.close()
 		vm.mu.Lock()
 		close(vm.watching)
 		vm.mu.Unlock()
+	}
+	con, err := startConsole(vm.Dir, vm.confine.conf.ConsoleMaxSize, vm.log)
+	if err != nil {
+		abandon(nil)
 		return err
 	}
 	if err := m.Start(ctx); err != nil {
-		con.stop()
-		cl.release()
-		fl.Stop()
-		fl.keep.close()
-		vm.mu.Lock()
-		close(vm.watching)
-		vm.mu.Unlock()
+		abandon(con)
 		return fmt.Errorf("starting VM %s: %w", vm.Name, err)
+	}
+	if from.handover != nil {
+		if err := from.handover(); err != nil {
+			_ = m.Kill()
+			vm.closeAgent()
+			abandon(con)
+			return err
+		}
 	}
 	cl.started()
 	go vm.watch(ctx, m, fl, con)

@@ -128,7 +128,7 @@ func (m *Machine) waitIncoming(ctx context.Context, done <-chan struct{}) error 
 		case <-ctx.Done():
 			return fmt.Errorf("resuming the saved guest: %w", ctx.Err())
 		case <-done:
-		case <-time.After(50 * time.Millisecond):
+		case <-time.After(10 * time.Millisecond): // a load takes 50-300 ms
 		}
 	}
 }

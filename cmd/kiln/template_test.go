@@ -1,0 +1,281 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"kiln.dev/kiln/api"
+	"kiln.dev/kiln/internal/network"
+)
+
+// templateEnv is a test's kiln whose daemon starts VMs from templates.
+// It boots a copy of the test kernel: the kernel is part of a template's
+// key, and the shared one may be replaced (a kernel build) while the
+// test runs, which would make another template.
+func templateEnv(t *testing.T) *env {
+	t.Helper()
+	e := newEnv(t)
+	e.extraEnv = []string{"KILN_TEMPLATES=1"}
+	b, err := os.ReadFile(e.kernel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.kernel = filepath.Join(t.TempDir(), filepath.Base(e.kernel))
+	if err := os.WriteFile(e.kernel, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// startKinds counts how a VM's runs started: restored from a template,
+// booted, and restores that failed and booted instead.
+type startKinds struct{ template, cold, fallback int }
+
+// starts reads the VM's events so far.
+func (e *env) starts(name string) startKinds {
+	e.t.Helper()
+	r := e.kiln("events", "--since", "0", "--until", "0s", "--format", "json")
+	if r.code != 0 {
+		e.t.Fatalf("events:\n%s", r)
+	}
+	var k startKinds
+	dec := json.NewDecoder(strings.NewReader(r.stdout))
+	for dec.More() {
+		var ev api.Event
+		if err := dec.Decode(&ev); err != nil {
+			e.t.Fatalf("events: %v\n%s", err, r.stdout)
+		}
+		if ev.Name != name {
+			continue
+		}
+		switch ev.Action {
+		case "started":
+			if ev.Attrs["from"] == "template" {
+				k.template++
+			} else {
+				k.cold++
+			}
+		case "template_fallback":
+			k.fallback++
+			e.t.Logf("VM %s: template fallback: %s", name, ev.Attrs["error"])
+		}
+	}
+	return k
+}
+
+// templateDirs lists the root's templates.
+func (e *env) templateDirs() []string {
+	ds, _ := filepath.Glob(filepath.Join(e.root, "templates", "[0-9a-f]*"))
+	return ds
+}
+
+func (e *env) daemonLogHas(text string) bool {
+	b, _ := os.ReadFile(filepath.Join(e.root, "daemon.log"))
+	return bytes.Contains(b, []byte(text))
+}
+
+func TestTemplateRunRestoresProgramArgsEnvAndExit(t *testing.T) {
+	t.Parallel()
+	e := templateEnv(t)
+	r := e.run("--name", "one", "-e", "GREETING=hi there", e.hello(), "-env", "GREETING", "-exit", "7", "a b", "c")
+	if r.code != 7 || !strings.Contains(r.stdout, "hello from one ") || !strings.Contains(r.stdout, `args: ["a b" "c"]`) ||
+		!strings.Contains(r.stdout, "GREETING=hi there") || !strings.Contains(r.stderr, "this line went to stderr") {
+		t.Fatalf("first VM (makes the template): want exit 7, its args, env and both streams:\n%s", r)
+	}
+	if k := e.starts("one"); k != (startKinds{template: 1}) {
+		t.Fatalf("first VM: want one start from a template, got %+v", k)
+	}
+	dirs := e.templateDirs()
+	if len(dirs) != 1 {
+		t.Fatalf("want one template, got %v", dirs)
+	}
+	r = e.run("--name", "two", e.hello(), "-exit", "3", "x")
+	if r.code != 3 || !strings.Contains(r.stdout, "hello from two ") || !strings.Contains(r.stdout, `args: ["x"]`) {
+		t.Fatalf("second VM: want exit 3 and its own args:\n%s", r)
+	}
+	if k := e.starts("two"); k != (startKinds{template: 1}) {
+		t.Fatalf("second VM: want one start from a template, got %+v", k)
+	}
+	if d := e.templateDirs(); len(d) != 1 || d[0] != dirs[0] {
+		t.Fatalf("the second VM made another template: %v, was %v", d, dirs)
+	}
+	r = e.run("--name", "three", "--cold", e.hello(), "-exit", "2")
+	if r.code != 2 || !strings.Contains(r.stdout, "hello from three ") {
+		t.Fatalf("--cold VM: want exit 2:\n%s", r)
+	}
+	if k := e.starts("three"); k != (startKinds{cold: 1}) {
+		t.Fatalf("--cold VM: want one boot, got %+v", k)
+	}
+	if !e.daemonLogHas("VM started from a template") {
+		t.Error("the daemon log does not say a VM started from a template")
+	}
+}
+
+func TestTemplateRestoredVMsDifferInRandomMACAndHostname(t *testing.T) {
+	t.Parallel()
+	e := templateEnv(t)
+	type ident struct{ uuid, mac, host string }
+	idOf := func(name string) ident {
+		e.runD("--name", name, e.hello(), "-sleep", "120s")
+		e.awaitLog(name, "hello from", 1)
+		cat := func(path string) string {
+			r := e.kiln("exec", name, "/usr/local/bin/hello", "-cat", path)
+			m := regexp.MustCompile(`cat ` + regexp.QuoteMeta(path) + `: (\S+)`).FindStringSubmatch(r.stdout)
+			if r.code != 0 || m == nil {
+				t.Fatalf("exec hello -cat %s in %s:\n%s", path, name, r)
+			}
+			return m[1]
+		}
+		id := ident{cat("/proc/sys/kernel/random/uuid"), cat("/sys/class/net/eth0/address"), cat("/proc/sys/kernel/hostname")}
+		if k := e.starts(name); k != (startKinds{template: 1}) {
+			t.Fatalf("VM %s: want one start from a template, got %+v", name, k)
+		}
+		if want := network.MAC(e.inspect(name, "{{.ID}}")); id.mac != want {
+			t.Errorf("VM %s: eth0 has MAC %s, want its own %s", name, id.mac, want)
+		}
+		if id.host != name {
+			t.Errorf("VM %s: hostname %q", name, id.host)
+		}
+		return id
+	}
+	a, b := idOf("alpha"), idOf("beta")
+	if len(e.templateDirs()) != 1 {
+		t.Fatalf("want both VMs from one template, got %v", e.templateDirs())
+	}
+	if a.uuid == b.uuid || a.mac == b.mac || a.host == b.host {
+		t.Fatalf("two VMs restored from one template share an identity: %+v and %+v", a, b)
+	}
+	e.kiln("rm", "-f", "alpha", "beta")
+}
+
+func TestTemplateDamagedFallsBackToColdBoot(t *testing.T) {
+	t.Parallel()
+	e := templateEnv(t)
+	if r := e.run("--name", "maker", e.hello()); r.code != 0 {
+		t.Fatalf("first run:\n%s", r)
+	}
+	dirs := e.templateDirs()
+	if len(dirs) != 1 {
+		t.Fatalf("want one template, got %v", dirs)
+	}
+	// Corrupt: the state's header overwritten, its size kept, so only
+	// QEMU's load finds it out.
+	f, err := os.OpenFile(filepath.Join(dirs[0], "state"), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(bytes.Repeat([]byte{0xa5}, 4096), 0); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	r := e.run("--name", "corrupt", e.hello(), "-exit", "4", "still")
+	if r.code != 4 || !strings.Contains(r.stdout, `args: ["still"]`) {
+		t.Fatalf("VM after the template was corrupted: want it booted, exit 4:\n%s", r)
+	}
+	if k := e.starts("corrupt"); k != (startKinds{cold: 1, fallback: 1}) {
+		t.Fatalf("VM after the template was corrupted: want a fallback and a boot, got %+v", k)
+	}
+	if d := e.templateDirs(); len(d) != 0 {
+		t.Fatalf("the corrupt template was kept: %v", d)
+	}
+	if !e.daemonLogHas("booting it instead") {
+		t.Error("the daemon log has no warning about the failed restore")
+	}
+	// The next VM makes the template again; then a truncated state.
+	if r := e.run("--name", "remade", e.hello()); r.code != 0 || e.starts("remade") != (startKinds{template: 1}) {
+		t.Fatalf("VM after the discard: want a new template and a restore (%+v):\n%s", e.starts("remade"), r)
+	}
+	dirs = e.templateDirs()
+	if len(dirs) != 1 {
+		t.Fatalf("want one template again, got %v", dirs)
+	}
+	st, err := os.Stat(filepath.Join(dirs[0], "state"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(filepath.Join(dirs[0], "state"), st.Size()/2); err != nil {
+		t.Fatal(err)
+	}
+	r = e.run("--name", "truncated", e.hello(), "-exit", "5")
+	if r.code != 5 || e.starts("truncated") != (startKinds{cold: 1, fallback: 1}) {
+		t.Fatalf("VM after the template was truncated: want a fallback and a boot, exit 5 (%+v):\n%s", e.starts("truncated"), r)
+	}
+	if d := e.templateDirs(); len(d) != 0 {
+		t.Fatalf("the truncated template was kept: %v", d)
+	}
+}
+
+func TestTemplateKeyChangesWithMemory(t *testing.T) {
+	t.Parallel()
+	e := templateEnv(t)
+	if r := e.run("--name", "m256", e.hello()); r.code != 0 || e.starts("m256") != (startKinds{template: 1}) {
+		t.Fatalf("256m VM:\n%s", r)
+	}
+	first := e.templateDirs()
+	if len(first) != 1 {
+		t.Fatalf("want one template, got %v", first)
+	}
+	r := e.run("--name", "m192", "--memory", "192m", e.hello())
+	if r.code != 0 || e.starts("m192") != (startKinds{template: 1}) {
+		t.Fatalf("192m VM: want a start from a template (%+v):\n%s", e.starts("m192"), r)
+	}
+	if d := e.templateDirs(); len(d) != 2 {
+		t.Fatalf("another memory size: want a second template, got %v", d)
+	}
+	if r := e.kiln("template", "prune"); r.code != 0 || !strings.HasPrefix(r.stdout, "Removed 2 templates\n") {
+		t.Fatalf("template prune:\n%s", r)
+	}
+	if d := e.templateDirs(); len(d) != 0 {
+		t.Fatalf("templates left after prune: %v", d)
+	}
+	if r := e.run("--name", "again", e.hello()); r.code != 0 || e.starts("again") != (startKinds{template: 1}) || len(e.templateDirs()) != 1 {
+		t.Fatalf("VM after prune: want a new template and a restore:\n%s", r)
+	}
+}
+
+func TestTemplatePublishedPortAnswers(t *testing.T) {
+	t.Parallel()
+	e := newNetEnvWith(t, []string{"KILN_TEMPLATES=1"})
+	e.runD("--name", "web", "-p", "127.0.0.1:18090:80", httpd(t))
+	e.awaitLog("web", "serving HTTP", 1)
+	body, err := e.helper("get", "http://127.0.0.1:18090/")
+	if err != nil || body != "hello from kiln VM web\n" {
+		t.Fatalf("GET through the published port of a restored VM = %q, %v", body, err)
+	}
+	if k := e.starts("web"); k != (startKinds{template: 1}) {
+		t.Fatalf("want one start from a template, got %+v", k)
+	}
+	e.kiln("rm", "-f", "web")
+}
+
+func TestTemplateCheckpointOfARestoredVM(t *testing.T) {
+	t.Parallel()
+	e := templateEnv(t)
+	e.runD("--name", "web", "--memory", "128m", "--restart", "always", counter(t))
+	e.awaitLog("web", "count 5", 1)
+	if k := e.starts("web"); k != (startKinds{template: 1}) {
+		t.Fatalf("want one start from a template, got %+v", k)
+	}
+	if r := e.kiln("checkpoint", "create", "web", "cp1"); r.code != 0 {
+		t.Fatalf("checkpoint create of a VM restored from a template:\n%s", r)
+	}
+	before := e.counts("web")
+	last := before[len(before)-1]
+	if r := e.kiln("start", "--checkpoint", "cp1", "web"); r.code != 0 {
+		t.Fatalf("start --checkpoint:\n%s", r)
+	}
+	e.awaitLog("web", fmt.Sprintf("count %d", last+3), 1)
+	after := e.counts("web")
+	for i := 1; i < len(after); i++ {
+		if after[i] != after[i-1]+1 {
+			t.Fatalf("the count did not go on where it was: ... %v (saved at %d)", after[max(0, i-3):min(len(after), i+3)], last)
+		}
+	}
+	e.kiln("rm", "-f", "web")
+}
