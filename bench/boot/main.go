@@ -212,7 +212,7 @@ func rawArgs(dir, kernel, initrd, accel, cmdline string) []string {
 }
 
 // kilnCmdline is the guest command line kiln gives its kernel under TCG.
-func kilnCmdline() string { return qemu.Cmdline(vmm.AccelTCG, qemu.TSCKHz()) }
+func kilnCmdline() string { return qemu.Cmdline(vmm.AccelTCG, false, qemu.TSCKHz()) }
 
 // stopDaemon ends the daemon that `kiln run` started for root.
 func stopDaemon(root string) {

@@ -168,7 +168,7 @@ func rawFirstLine(root, kernel, kiln, prog string) (time.Duration, error) {
 	cmd := exec.Command("qemu-system-x86_64",
 		"-M", "microvm,acpi=off,rtc=on,pit=on,pic=on,isa-serial=on", "-accel", "tcg", "-cpu", "max", "-m", "128M",
 		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-kernel", kernel, "-initrd", initrds[0],
-		"-append", qemu.Cmdline(vmm.AccelTCG, qemu.TSCKHz()),
+		"-append", qemu.Cmdline(vmm.AccelTCG, false, qemu.TSCKHz()),
 		"-netdev", "user,id=net0", "-device", "virtio-net-device,netdev=net0",
 		"-device", "virtio-serial-device,max_ports=5",
 		"-chardev", "file,id=s,path="+filepath.Join(dir, "status"), "-device", "virtserialport,chardev=s,name=kiln.exit",

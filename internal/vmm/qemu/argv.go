@@ -162,7 +162,7 @@ func optValue(s string) string { return strings.ReplaceAll(s, ",", ",,") }
 // Cmdline returns the guest kernel command line. Under TCG the guest is told
 // the host's TSC frequency (khz > 0): on a busy host it otherwise often
 // fails to calibrate the TSC against the PIT, marks it unstable and hangs.
-func Cmdline(accel vmm.Accel, tscKHz int, extra ...string) string {
+func Cmdline(accel vmm.Accel, acpi bool, tscKHz int, extra ...string) string {
 	// no_timer_check: the kernel's check that the IO-APIC timer ticks
 	// fails now and then under TCG on a busy host, and it panics the
 	// boot ("IO-APIC + timer doesn't work").
@@ -170,7 +170,7 @@ func Cmdline(accel vmm.Accel, tscKHz int, extra ...string) string {
 	if accel == vmm.AccelTCG && tscKHz > 0 {
 		parts = append(parts, "tsc_early_khz="+strconv.Itoa(tscKHz), "tsc=reliable")
 	}
-	if accel == vmm.AccelTCG {
+	if accel == vmm.AccelTCG && !acpi {
 		// nolapic_timer: TCG has no TSC-deadline timer, so the kernel
 		// calibrates the local APIC timer against jiffies, a tenth of a
 		// second of ticks that took 0.24-0.49 s of guest time here (half
@@ -178,7 +178,10 @@ func Cmdline(accel vmm.Accel, tscKHz int, extra ...string) string {
 		// (pit=on), is the clock event device instead; a guest with more
 		// CPUs gets its ticks broadcast. Under KVM the guest has the
 		// TSC-deadline timer and never calibrates, and the PIT would cost
-		// exits, so KVM guests keep the APIC timer.
+		// exits, so KVM guests keep the APIC timer. Only for a kernel
+		// booted without ACPI (kiln's own): Debian's cloud kernel, which
+		// boots with ACPI, ran its program with it but never ended its
+		// run (the VM stayed up after the exit record).
 		parts = append(parts, "nolapic_timer")
 	}
 	parts = append(parts, extra...)

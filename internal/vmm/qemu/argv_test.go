@@ -200,22 +200,24 @@ func TestCmdline(t *testing.T) {
 	tests := []struct {
 		name  string
 		accel vmm.Accel
+		acpi  bool
 		khz   int
 		extra []string
 		want  string
 	}{
-		{"tcg with khz", vmm.AccelTCG, 2400000, nil, base + " tsc_early_khz=2400000 tsc=reliable nolapic_timer"},
-		{"tcg without khz", vmm.AccelTCG, 0, nil, base + " nolapic_timer"},
-		{"tcg negative khz", vmm.AccelTCG, -1, nil, base + " nolapic_timer"},
-		{"kvm ignores khz", vmm.AccelKVM, 2400000, nil, base},
-		{"tcg with extras after tsc", vmm.AccelTCG, 1000, []string{"virtio_mmio.device=512@0xfeb00000:12", "init=/init"},
+		{"tcg with khz", vmm.AccelTCG, false, 2400000, nil, base + " tsc_early_khz=2400000 tsc=reliable nolapic_timer"},
+		{"tcg without khz", vmm.AccelTCG, false, 0, nil, base + " nolapic_timer"},
+		{"tcg with ACPI keeps the APIC timer", vmm.AccelTCG, true, 1000, nil, base + " tsc_early_khz=1000 tsc=reliable"},
+		{"tcg negative khz", vmm.AccelTCG, false, -1, nil, base + " nolapic_timer"},
+		{"kvm ignores khz", vmm.AccelKVM, false, 2400000, nil, base},
+		{"tcg with extras after tsc", vmm.AccelTCG, false, 1000, []string{"virtio_mmio.device=512@0xfeb00000:12", "init=/init"},
 			base + " tsc_early_khz=1000 tsc=reliable nolapic_timer virtio_mmio.device=512@0xfeb00000:12 init=/init"},
-		{"kvm with extras", vmm.AccelKVM, 0, []string{"a=b"}, base + " a=b"},
+		{"kvm with extras", vmm.AccelKVM, false, 0, []string{"a=b"}, base + " a=b"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := Cmdline(tt.accel, tt.khz, tt.extra...); got != tt.want {
-				t.Errorf("Cmdline(%q, %d, %q)\n got %q\nwant %q", tt.accel, tt.khz, tt.extra, got, tt.want)
+			if got := Cmdline(tt.accel, tt.acpi, tt.khz, tt.extra...); got != tt.want {
+				t.Errorf("Cmdline(%q, %v, %d, %q)\n got %q\nwant %q", tt.accel, tt.acpi, tt.khz, tt.extra, got, tt.want)
 			}
 		})
 	}

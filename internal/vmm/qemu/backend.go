@@ -27,7 +27,7 @@ func (Backend) Prepare(cfg *vmm.Config) error {
 		return err
 	}
 	cfg.Binary = bin
-	cfg.Cmdline = Cmdline(cfg.Accel, TSCKHz())
+	cfg.Cmdline = Cmdline(cfg.Accel, cfg.ACPI, TSCKHz())
 	if err := CheckDevices(cfg); err != nil {
 		return fmt.Errorf("too many mounts: %w", err)
 	}
