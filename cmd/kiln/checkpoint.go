@@ -6,8 +6,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-
-	"kiln.dev/kiln/internal/vm"
+	"kiln.dev/kiln/internal/options"
 )
 
 // checkpointCommands are `kiln checkpoint create|ls|rm`, as docker's.
@@ -24,7 +23,7 @@ func newCheckpointCreateCmd(g *globals) *cobra.Command {
 		Short: "Save a running VM as a checkpoint; the VM then stops unless --leave-running",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := vm.ValidateCheckpointName(args[1]); err != nil {
+			if err := options.ValidateCheckpointName(args[1]); err != nil {
 				return err
 			}
 			ctx := cmd.Context()
@@ -87,7 +86,7 @@ func newCheckpointRmCmd(g *globals) *cobra.Command {
 		Short:   "Remove a VM's checkpoint",
 		Args:    cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := vm.ValidateCheckpointName(args[1]); err != nil {
+			if err := options.ValidateCheckpointName(args[1]); err != nil {
 				return err
 			}
 			ctx := cmd.Context()

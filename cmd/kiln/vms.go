@@ -20,7 +20,7 @@ import (
 	"kiln.dev/kiln/api"
 	"kiln.dev/kiln/client"
 	"kiln.dev/kiln/internal/errdefs"
-	"kiln.dev/kiln/internal/vm"
+	"kiln.dev/kiln/internal/options"
 )
 
 func vmCommands(g *globals) []*cobra.Command {
@@ -390,7 +390,7 @@ func newStartCmd(g *globals) *cobra.Command {
 			if len(args) > 1 {
 				return errdefs.Invalid("start --checkpoint takes one VM")
 			}
-			if err := vm.ValidateCheckpointName(checkpoint); err != nil {
+			if err := options.ValidateCheckpointName(checkpoint); err != nil {
 				return err
 			}
 		}

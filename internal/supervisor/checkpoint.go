@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"kiln.dev/kiln/internal/errdefs"
+	"kiln.dev/kiln/internal/options"
 	"kiln.dev/kiln/internal/state"
 	"kiln.dev/kiln/internal/vm"
 )
@@ -17,7 +18,7 @@ const EventCheckpointed = "checkpoint"
 // recorded exited (code 0) and its restart policy leaves it stopped. Stop,
 // rm, kill and start wait for the checkpoint to be made, as for a start.
 func (s *Supervisor) Checkpoint(ctx context.Context, ref, name string, leaveRunning bool) error {
-	if err := vm.ValidateCheckpointName(name); err != nil {
+	if err := options.ValidateCheckpointName(name); err != nil {
 		return err
 	}
 	m, err := s.settled(ctx, ref)
@@ -97,7 +98,7 @@ func (s *Supervisor) Checkpoints(ctx context.Context, ref string) ([]vm.Checkpoi
 // RemoveCheckpoint deletes checkpoint name of VM ref; it waits for a
 // start (perhaps from that checkpoint) or checkpoint under way.
 func (s *Supervisor) RemoveCheckpoint(ctx context.Context, ref, name string) error {
-	if err := vm.ValidateCheckpointName(name); err != nil {
+	if err := options.ValidateCheckpointName(name); err != nil {
 		return err
 	}
 	m, err := s.settled(ctx, ref)

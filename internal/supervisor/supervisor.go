@@ -353,7 +353,7 @@ func (s *Supervisor) Start(ctx context.Context, ref string) error {
 // boots it when checkpoint is "" (Start).
 func (s *Supervisor) StartFrom(ctx context.Context, ref, checkpoint string) error {
 	if checkpoint != "" {
-		if err := vm.ValidateCheckpointName(checkpoint); err != nil {
+		if err := options.ValidateCheckpointName(checkpoint); err != nil {
 			return err
 		}
 	}

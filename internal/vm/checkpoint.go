@@ -52,15 +52,6 @@ type Checkpoint struct {
 	Template bool `json:"template,omitempty"`
 }
 
-// ValidateCheckpointName reports whether name can name a checkpoint: the
-// same characters as a VM's name.
-func ValidateCheckpointName(name string) error {
-	if !nameRE.MatchString(name) {
-		return errdefs.Invalid(fmt.Sprintf("invalid checkpoint name %q: use 1-63 letters, digits, '_', '.' or '-', starting with a letter or digit", name))
-	}
-	return nil
-}
-
 // CheckpointDir returns where checkpoint name of the VM in dir lives.
 func CheckpointDir(vmDir, name string) string {
 	return filepath.Join(vmDir, checkpointsDir, name)
@@ -212,7 +203,7 @@ func diskUsage(dir string) int64 {
 
 // RemoveCheckpoint deletes checkpoint name.
 func (vm *VM) RemoveCheckpoint(name string) error {
-	if err := ValidateCheckpointName(name); err != nil {
+	if err := options.ValidateCheckpointName(name); err != nil {
 		return err
 	}
 	dir := CheckpointDir(vm.Dir, name)
@@ -235,7 +226,7 @@ func (vm *VM) RemoveCheckpoint(name string) error {
 // kept. Then the VM ends as if stopped, or with leaveRunning goes on. On
 // any error no checkpoint is left and the guest runs on.
 func (vm *VM) Checkpoint(ctx context.Context, name string, leaveRunning bool) (err error) {
-	if err := ValidateCheckpointName(name); err != nil {
+	if err := options.ValidateCheckpointName(name); err != nil {
 		return err
 	}
 	if err := vm.Checkpointable(); err != nil {
@@ -361,7 +352,7 @@ func (vm *VM) saveCheckpointFiles(dir, name string) error {
 // restore), the monitor loads the saved state and runs it, and the guest's
 // clock is set to the host's. The program goes on where it was.
 func (vm *VM) Restore(ctx context.Context, name string) error {
-	if err := ValidateCheckpointName(name); err != nil {
+	if err := options.ValidateCheckpointName(name); err != nil {
 		return err
 	}
 	if err := vm.CanRestore(name); err != nil {
@@ -466,7 +457,7 @@ func syncDir(dir string) {
 // CheckpointInfo returns checkpoint name of the VM; an ErrNotFound when
 // there is none.
 func (vm *VM) CheckpointInfo(name string) (*Checkpoint, error) {
-	if err := ValidateCheckpointName(name); err != nil {
+	if err := options.ValidateCheckpointName(name); err != nil {
 		return nil, err
 	}
 	return vm.readCheckpoint(name)

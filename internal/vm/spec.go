@@ -109,15 +109,8 @@ func hostMemoryMiB() int {
 	return math.MaxInt32
 }
 
-var nameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
-
 // ValidateName reports whether name can name a VM.
-func ValidateName(name string) error {
-	if !nameRE.MatchString(name) {
-		return errdefs.Invalid(fmt.Sprintf("invalid VM name %q: use 1-63 letters, digits, '_', '.' or '-', starting with a letter or digit", name))
-	}
-	return nil
-}
+func ValidateName(name string) error { return options.ValidateName("VM", name) }
 
 // Resolve fills in s's defaults and puts its values in their canonical
 // form: memory, CPUs, boot timeout, accelerator and network mode, an
