@@ -324,8 +324,9 @@ func (r *Factory) Create(ctx context.Context, spec Spec) (*VM, error) {
 		return nil, err
 	}
 	rec := vmRecord{ID: id, Spec: spec, Accel: accel, Kernel: k, Config: cfg, Guest: as}
-	if img == nil && len(drives) == 0 && len(mounts.shares) == 0 && (nic == nil || nic.Mode == vmm.NetUser) {
-		// A bare program VM: a template can stand in for its boot.
+	if img == nil {
+		// A bare program VM: a template can stand in for its boot, when
+		// its devices allow (canTemplate decides, at each start).
 		if st, err := os.Stat(spec.Program); err == nil {
 			rec.Template = &templateInputs{Base: base, Modules: as.Modules, Program: guestProg,
 				Source: spec.Program, Size: st.Size(), ModTime: st.ModTime()}
