@@ -3,7 +3,9 @@ package qemu
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"time"
 
@@ -21,28 +23,51 @@ const saveFD = "kiln-save"
 // the guest is paused and the target is a local file.
 const saveBandwidth = 8 << 30
 
-// Save pauses the guest and migrates its state into f, handed to QEMU as
-// a descriptor (QMP getfd, then migrate fd:): a jailed QEMU can open no
-// file of its own, and its sandbox denies the process an exec: URI
-// would spawn. When the migration completes QEMU has flushed and let go
-// of its disks and the guest stays paused (postmigrate).
+// Save pauses the guest and migrates its state into f. QEMU gets the
+// write end of a pipe as a descriptor (QMP getfd, then migrate fd:): a
+// jailed QEMU can open no file of its own, and its sandbox denies the
+// process an exec: URI would spawn. The daemon copies the pipe into f, at
+// most stateLimit bytes: a QEMU taken over by its guest cannot fill the
+// host's disk through a checkpoint, nor write into it after the save.
+// When the migration completes QEMU has flushed and let go of its disks
+// and the guest stays paused (postmigrate).
 func (m *Machine) Save(ctx context.Context, f *os.File) error {
 	if !m.Info().Running {
 		return vmm.ErrNotRunning
 	}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("saving the guest's state: %w", err)
+	}
+	defer pr.Close()
+	defer pw.Close()
+	limit := stateLimit(m.cfg.MemoryMiB)
+	copied := make(chan error, 1)
+	go func() {
+		n, err := io.Copy(f, io.LimitReader(pr, limit+1))
+		if err == nil && n > limit {
+			err = fmt.Errorf("QEMU's state of VM %s passed %d bytes, more than a guest of %d MiB can have: %w", m.cfg.ID, limit, m.cfg.MemoryMiB, ErrStateTooLarge)
+		}
+		pr.Close() // a QEMU writing on gets EPIPE
+		copied <- err
+	}()
 	paused := false
-	err := m.session(ctx, func(mon *qmp.SocketMonitor) error {
+	err = m.session(ctx, func(mon *qmp.SocketMonitor) error {
 		if _, err := mon.Run([]byte(`{"execute":"stop"}`)); err != nil {
+			pw.Close()
 			return fmt.Errorf("pausing the guest: %w", err)
 		}
 		paused = true
 		_, _ = mon.Run([]byte(fmt.Sprintf(`{"execute":"migrate-set-parameters","arguments":{"max-bandwidth":%d}}`, saveBandwidth)))
-		if _, err := mon.RunWithFile([]byte(`{"execute":"getfd","arguments":{"fdname":"`+saveFD+`"}}`), f); err != nil {
-			return fmt.Errorf("handing QEMU the state file: %w", err)
+		_, err := mon.RunWithFile([]byte(`{"execute":"getfd","arguments":{"fdname":"`+saveFD+`"}}`), pw)
+		pw.Close() // QEMU has its own copy; the stream ends when QEMU closes it
+		if err != nil {
+			return fmt.Errorf("handing QEMU the state stream: %w", err)
 		}
 		if _, err := mon.Run([]byte(`{"execute":"migrate","arguments":{"uri":"fd:` + saveFD + `"}}`)); err != nil {
 			return fmt.Errorf("saving the guest's state: %w", err)
 		}
+		streamDone := false
 		for {
 			raw, err := mon.Run([]byte(`{"execute":"query-migrate"}`))
 			if err != nil {
@@ -59,7 +84,20 @@ func (m *Machine) Save(ctx context.Context, f *os.File) error {
 			}
 			switch r.Return.Status {
 			case "completed":
-				return nil
+				// QEMU closes the stream as it completes; one that holds
+				// it open has not finished its save.
+				if streamDone {
+					return nil
+				}
+				select {
+				case err := <-copied:
+					if err != nil {
+						return fmt.Errorf("saving the guest's state: %w", err)
+					}
+					return nil
+				case <-time.After(streamCloseTimeout):
+					return fmt.Errorf("saving the guest's state: QEMU reported the save complete but did not close the stream within %s", streamCloseTimeout)
+				}
 			case "failed", "cancelled":
 				return fmt.Errorf("saving the guest's state: migration %s: %s", r.Return.Status, orNone(r.Return.ErrorDesc, "no reason given"))
 			}
@@ -67,6 +105,14 @@ func (m *Machine) Save(ctx context.Context, f *os.File) error {
 			case <-ctx.Done():
 				_, _ = mon.Run([]byte(`{"execute":"migrate_cancel"}`))
 				return ctx.Err()
+			case err := <-copied:
+				if err != nil { // past its limit, or unwritable
+					_, _ = mon.Run([]byte(`{"execute":"migrate_cancel"}`))
+					return fmt.Errorf("saving the guest's state: %w", err)
+				}
+				// Ended: QEMU is about to report the save complete (or
+				// failed).
+				streamDone, copied = true, nil
 			case <-time.After(20 * time.Millisecond):
 			}
 		}
@@ -78,6 +124,19 @@ func (m *Machine) Save(ctx context.Context, f *os.File) error {
 	}
 	return err
 }
+
+// ErrStateTooLarge: a save's state stream passed its bound (stateLimit).
+var ErrStateTooLarge = errors.New("saved state too large")
+
+// stateLimit bounds a saved guest's state: its memory, with room for the
+// stream's page headers (8 bytes a 4 KiB page) and the devices' state.
+func stateLimit(memoryMiB int) int64 {
+	return int64(memoryMiB)<<20 + 64<<20
+}
+
+// streamCloseTimeout bounds the wait for QEMU to close the state stream
+// once it has reported the save complete.
+const streamCloseTimeout = 10 * time.Second
 
 // Resume lets the guest run again (QMP cont), after Save.
 func (m *Machine) Resume(ctx context.Context) error {
