@@ -504,6 +504,9 @@ func (s *server) takeSpec(req *agent.OpenRequest) agent.Reply {
 			return r
 		}
 	}
+	if err := reprobeDisks(); err != nil {
+		return agent.Reply{Error: err.Error(), ExitCode: 125}
+	}
 	if p := req.Program; p != nil {
 		if err := copyProgram(p); err != nil {
 			return agent.Reply{Error: err.Error(), ExitCode: 125}
@@ -555,14 +558,37 @@ func addEntropy(b []byte) error {
 	return nil
 }
 
-// blkFlsBuf is BLKFLSBUF (_IO(0x12, 97)): drop a block device's cached
-// pages.
-const blkFlsBuf = 0x1261
+// virtioBlkDriver is where the virtio block driver's devices are bound.
+const virtioBlkDriver = "/sys/bus/virtio/drivers/virtio_blk"
+
+// reprobeDisks unbinds every virtio disk from its driver and binds it
+// again. A guest restored from a template probed the template's stand-in
+// disks at boot: their capacity, read-only flag and first sectors. The
+// restored QEMU serves the VM's own disks on the same devices, and a new
+// probe reads what they are (the device is reset and its features
+// negotiated again). Nothing has a disk open yet: the template's boot
+// mounts none.
+func reprobeDisks() error {
+	devs, err := filepath.Glob(filepath.Join(virtioBlkDriver, "virtio*"))
+	if err != nil {
+		return err
+	}
+	for _, d := range devs {
+		if err := os.WriteFile(filepath.Join(virtioBlkDriver, "unbind"), []byte(filepath.Base(d)), 0); err != nil {
+			return fmt.Errorf("releasing disk %s for a new probe: %w", filepath.Base(d), err)
+		}
+	}
+	for _, d := range devs {
+		if err := os.WriteFile(filepath.Join(virtioBlkDriver, "bind"), []byte(filepath.Base(d)), 0); err != nil {
+			return fmt.Errorf("probing disk %s again: %w", filepath.Base(d), err)
+		}
+	}
+	return nil
+}
 
 // copyProgram writes the first p.Size bytes of the disk with serial
-// p.Serial to p.Path. The disk's cached pages are dropped first: the
-// template boot probed the disk that stood in its place (its partition
-// table), and a restored guest would read those pages back.
+// p.Serial to p.Path (a disk reprobeDisks probed anew: no page of the
+// template's stand-in is cached).
 func copyProgram(p *agent.ProgramDisk) error {
 	if p.Size < 0 || !filepath.IsAbs(p.Path) {
 		return fmt.Errorf("program %q: bad size or path", p.Path)
@@ -576,7 +602,6 @@ func copyProgram(p *agent.ProgramDisk) error {
 		return fmt.Errorf("program disk: %w", err)
 	}
 	defer in.Close()
-	_, _, _ = unix.Syscall(unix.SYS_IOCTL, in.Fd(), blkFlsBuf, 0)
 	if err := os.MkdirAll(filepath.Dir(p.Path), 0o755); err != nil {
 		return fmt.Errorf("program: %w", err)
 	}

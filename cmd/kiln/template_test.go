@@ -10,6 +10,9 @@ import (
 	"strings"
 	"testing"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"kiln.dev/kiln/api"
 	"kiln.dev/kiln/internal/network"
 )
@@ -278,4 +281,73 @@ func TestTemplateCheckpointOfARestoredVM(t *testing.T) {
 		}
 	}
 	e.kiln("rm", "-f", "web")
+}
+
+// TestTemplateImageVMsOnUserAndBridgeNetworks restores image VMs (a
+// busybox userland) from one template: each runs its own command, env,
+// user and volume, sees its own disks at their real size (the template
+// booted with 1 MiB stand-ins), a published port answers, and a VM on a
+// bridge network (a TAP where the template had no backend) gets its
+// address on the bridge.
+func TestTemplateImageVMsOnUserAndBridgeNetworks(t *testing.T) {
+	t.Parallel()
+	e := newNetEnvWith(t, []string{"KILN_TEMPLATES=1"})
+	img := testImage(t, func(c *v1.Config) {
+		c.Entrypoint = []string{"/bin/busybox", "sh", "-c"}
+	}, userlandLayer(t))
+	dir := t.TempDir()
+	p, err := layout.Write(dir, empty.Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.AppendImage(img, layout.WithAnnotations(map[string]string{"io.containerd.image.name": "kiln-test/tmpl:1"})); err != nil {
+		t.Fatal(err)
+	}
+	ok(t, "load oci:", e.kiln("load", "oci:"+dir))
+
+	web := `echo "$GREETING" > /data/greeting; mkdir -p /www; echo "served by $(hostname)" > /www/index.html
+echo serving; exec busybox httpd -f -p 80 -h /www`
+	e.runD("--name", "web", "--pull", "never", "-e", "GREETING=hi from web", "-v", "data:/data",
+		"-p", "127.0.0.1:18092:80", "kiln-test/tmpl:1", web)
+	e.awaitLog("web", "serving", 1)
+	body, err := e.helper("get", "http://127.0.0.1:18092/")
+	if err != nil || body != "served by web\n" {
+		t.Fatalf("GET through the published port of a restored image VM = %q, %v", body, err)
+	}
+	if k := e.starts("web"); k != (startKinds{template: 1}) {
+		t.Fatalf("web: want one start from a template, got %+v", k)
+	}
+	okr(t, "stop web", e.kiln("stop", "web")) // a volume is one running VM's
+
+	// 8 MiB into the VM's own writable disk, which the template knew as a
+	// 1 MiB stand-in.
+	script := `cat /data/greeting; echo "uid=$(id -u) gid=$(id -g)"
+dd if=/dev/zero of=/home/app/big bs=1M count=8 2>/dev/null && echo wrote-8MiB
+exit 5`
+	r := e.run("--rm", "--pull", "never", "--name", "second", "-u", "app", "-v", "data:/data", "kiln-test/tmpl:1", script)
+	if r.code != 5 || !strings.Contains(r.stdout, "hi from web\n") || !strings.Contains(r.stdout, "uid=1000 gid=1001\n") ||
+		!strings.Contains(r.stdout, "wrote-8MiB") {
+		t.Fatalf("second image VM: want exit 5, web's volume, uid 1000 and an 8 MiB write:\n%s", r)
+	}
+
+	okr(t, "network create", e.kiln("network", "create", "tn", "--subnet", "10.94.0.0/24"))
+	r = e.run("--name", "bridged", "--pull", "never", "--network", "tn", "-v", "data:/data", "kiln-test/tmpl:1",
+		"busybox ip -4 addr show eth0; cat /sys/class/net/eth0/address")
+	if r.code != 0 || !strings.Contains(r.stdout, "inet 10.94.0.") {
+		t.Fatalf("VM on a bridge network: want an address in 10.94.0.0/24:\n%s", r)
+	}
+	if mac := e.inspect("bridged", "{{.NetworkSettings.MACAddress}}"); !strings.Contains(r.stdout, mac+"\n") {
+		t.Errorf("the bridged VM's eth0 does not have its MAC %s:\n%s", mac, r)
+	}
+	for _, name := range []string{"second", "bridged"} {
+		if k := e.starts(name); k != (startKinds{template: 1}) {
+			t.Errorf("%s: want one start from a template, got %+v", name, k)
+		}
+	}
+	// One key: the same drives (image, disk, volume) and a NIC, whatever
+	// its backend.
+	if d := e.templateDirs(); len(d) != 1 {
+		t.Errorf("want one template for the three VMs, got %v", d)
+	}
+	e.kiln("rm", "-f", "web", "bridged")
 }

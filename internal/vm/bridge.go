@@ -37,10 +37,13 @@ func (s *Spec) validateBridge() error {
 
 // bridgeNIC is the interface of a VM on a bridge network: a virtio-net
 // device on its TAP, and the guest's address, its gateway as default route
-// and as name server (the daemon answers DNS there).
+// and as name server (the daemon answers DNS there). The guest is told its
+// MAC too: one restored from a template has the template's until
+// kiln-init sets it.
 func bridgeNIC(id string, a *network.Attachment) (*vmm.NetConfig, *agent.Network) {
-	return &vmm.NetConfig{Mode: vmm.NetTAP, MAC: network.MAC(id), TAP: a.TAP},
-		&agent.Network{Interface: network.UserInterface, Address: a.GuestCIDR(), Gateway: a.Gateway, DNS: []string{a.Gateway}}
+	mac := network.MAC(id)
+	return &vmm.NetConfig{Mode: vmm.NetTAP, MAC: mac, TAP: a.TAP},
+		&agent.Network{Interface: network.UserInterface, Address: a.GuestCIDR(), Gateway: a.Gateway, DNS: []string{a.Gateway}, MAC: mac}
 }
 
 // attachBridge readies the host side of a bridge VM before each start: its

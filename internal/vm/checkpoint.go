@@ -96,12 +96,12 @@ func (vm *VM) ownDisks() []vmm.Drive {
 func (vm *VM) topology() string { return topologyOf(vm.cfg) }
 
 // templateTopology is the topology of a run restored from a template:
-// the program disk added, the initrd (the template's, kept in the
-// checkpoint) not named.
+// the program disk added (a bare program VM's), the initrd (the
+// template's, kept in the checkpoint) not named.
 func (vm *VM) templateTopology() string {
 	c := vm.cfg
 	c.Initrd = ""
-	c.Drives = append(append([]vmm.Drive(nil), c.Drives...), programDrive(filepath.Join(vm.Dir, programDiskFile)))
+	c.Drives = vm.runDrives()
 	return topologyOf(c)
 }
 
@@ -386,14 +386,15 @@ func (vm *VM) Restore(ctx context.Context, name string) error {
 	if cp, err := vm.readCheckpoint(name); err == nil && cp.Template {
 		// The guest took its program off the disk long ago: any disk of
 		// the size will do, an empty one if the VM's is gone.
-		pd := filepath.Join(vm.Dir, programDiskFile)
-		if _, err := os.Stat(pd); err != nil {
-			if err := writeProgramDisk(pd, nil, 0); err != nil {
-				return err
+		from.drives = vm.templateDrives()
+		for _, d := range from.drives {
+			if _, err := os.Stat(d.Path); err != nil {
+				if err := writeProgramDisk(d.Path, nil, 0); err != nil {
+					return err
+				}
 			}
 		}
 		from.initrd = filepath.Join(dir, initrdFile)
-		from.drives = []vmm.Drive{programDrive(pd)}
 	}
 	t0 := time.Now()
 	if err := vm.start(ctx, from); err != nil {

@@ -324,13 +324,18 @@ func (r *Factory) Create(ctx context.Context, spec Spec) (*VM, error) {
 		return nil, err
 	}
 	rec := vmRecord{ID: id, Spec: spec, Accel: accel, Kernel: k, Config: cfg, Guest: as}
+	// A template can stand in for the boot of a bare program VM (its
+	// program handed over on a disk) and of a full image VM (everything
+	// of the image on its disks), when its devices allow (canTemplate
+	// decides, at each start). A binary-mode image's files are in its
+	// initrd: it boots.
 	if img == nil {
-		// A bare program VM: a template can stand in for its boot, when
-		// its devices allow (canTemplate decides, at each start).
 		if st, err := os.Stat(spec.Program); err == nil {
 			rec.Template = &templateInputs{Base: base, Modules: as.Modules, Program: guestProg,
 				Source: spec.Program, Size: st.Size(), ModTime: st.ModTime()}
 		}
+	} else if img.mode == options.ModeFull {
+		rec.Template = &templateInputs{Base: base, Modules: as.Modules}
 	}
 	b, err := json.MarshalIndent(rec, "", "  ")
 	if err != nil {

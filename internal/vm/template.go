@@ -37,10 +37,13 @@ import (
 //	<root>/templates/<key>/console.log     the template boot's console
 //	<root>/templates/.new-<key>-*          one being made (renamed into place)
 //
-// Only bare program VMs without disks or host directories, on user-mode
-// networking or none, start from a template: their initrd holds nothing
-// but the spec and the program besides the base initramfs, and both are
-// handed to the restored guest over the control port.
+// A VM starts from one when its initrd holds nothing the restored guest
+// cannot be handed over the control port: a bare program VM (its program
+// goes on a disk of its own) and a full image VM; a VM with host
+// directories, or a binary-mode image (files in its initrd), boots.
+// Disks are stand-ins in the template, probed again by kiln-init once the
+// spec arrives; the NIC's backend is a hub port, replaced by the VM's own
+// (user-mode or TAP).
 
 // TemplatesEnv, set to 1, turns templates on for a daemon started
 // without --templates.
@@ -58,6 +61,9 @@ const (
 	programDiskFile = "program.disk"
 	programDiskSize = 1 << 30
 	programSerial   = "kiln-program"
+	// standInSize is the size of the empty disks a template boots with in
+	// the place of a VM's.
+	standInSize = 1 << 20
 	// handoverTimeout bounds handing a restored template its spec.
 	handoverTimeout = 15 * time.Second
 )
@@ -73,36 +79,43 @@ type templateInputs struct {
 	// modules), named by its content's hash.
 	Base    string   `json:"base"`
 	Modules []string `json:"modules,omitempty"`
-	// Program is the program's path in the guest; Source its file on the
-	// host, as it was when the VM was made (a changed file means a cold
-	// boot, whose initrd has the program as it was).
-	Program string    `json:"program"`
-	Source  string    `json:"source"`
-	Size    int64     `json:"size"`
-	ModTime time.Time `json:"modTime"`
+	// Program is a bare program VM's program's path in the guest; Source
+	// its file on the host, as it was when the VM was made (a changed file
+	// means a cold boot, whose initrd has the program as it was). An
+	// image VM has none.
+	Program string    `json:"program,omitempty"`
+	Source  string    `json:"source,omitempty"`
+	Size    int64     `json:"size,omitempty"`
+	ModTime time.Time `json:"modTime,omitzero"`
 }
+
+// hasProgram reports whether the VM's program goes to it on a program disk.
+func (in *templateInputs) hasProgram() bool { return in.Source != "" }
 
 // templateKeyOf is what a template's key hashes: everything the saved
 // guest depends on.
 type templateKeyOf struct {
-	Binary            string
-	BinarySize        int64
-	BinaryTime        time.Time
-	Kernel            string
-	KernelSize        int64
-	KernelTime        time.Time
-	Base              string
-	BaseSize          int64
-	Modules           []string
-	Cmdline           string
-	Accel             vmm.Accel
-	ACPI              bool
-	MemoryMiB, CPUs   int
-	Ports             []string
+	Binary          string
+	BinarySize      int64
+	BinaryTime      time.Time
+	Kernel          string
+	KernelSize      int64
+	KernelTime      time.Time
+	Base            string
+	BaseSize        int64
+	Modules         []string
+	Cmdline         string
+	Accel           vmm.Accel
+	ACPI            bool
+	MemoryMiB, CPUs int
+	Ports           []string
+	// Drives are the VM's disks (ID, serial, read-only: what QEMU offers
+	// the guest as features), program disk included.
+	Drives            []string
 	Net               bool
 	Sandbox           bool
+	Jailed            bool
 	TemplateMAC       string
-	ProgramDisk       int64
 	KilnInitProtocols [2]int
 }
 
@@ -142,8 +155,31 @@ func (t *templates) keyLock(key string) *sync.Mutex {
 // canTemplate reports whether the VM can start from a template.
 func (vm *VM) canTemplate() bool {
 	return vm.templates != nil && vm.tmplIn != nil && !vm.Spec.Cold &&
-		len(vm.cfg.Drives) == 0 && len(vm.cfg.Shares) == 0 &&
-		(vm.cfg.Net == nil || vm.cfg.Net.Mode == vmm.NetUser) && vm.guest != nil
+		len(vm.cfg.Shares) == 0 && vm.guest != nil && vm.guestKnowsItsMAC()
+}
+
+// guestKnowsItsMAC reports whether kiln-init is told the VM's MAC (a
+// restored guest's NIC has the template's until it sets it): a bridge VM
+// made by an older kiln is not, and boots.
+func (vm *VM) guestKnowsItsMAC() bool {
+	if vm.cfg.Net == nil {
+		return true
+	}
+	return vm.guest.Network != nil && vm.guest.Network.MAC == vm.cfg.Net.MAC
+}
+
+// templateDrives are the drives a run restored from a template has beside
+// the VM's own: the program disk of a bare program VM.
+func (vm *VM) templateDrives() []vmm.Drive {
+	if vm.tmplIn == nil || !vm.tmplIn.hasProgram() {
+		return nil
+	}
+	return []vmm.Drive{programDrive(filepath.Join(vm.Dir, programDiskFile))}
+}
+
+// runDrives are the drives of a run restored from a template.
+func (vm *VM) runDrives() []vmm.Drive {
+	return append(append([]vmm.Drive(nil), vm.cfg.Drives...), vm.templateDrives()...)
 }
 
 // templateKey returns the key of the VM's template and what it hashes.
@@ -151,8 +187,11 @@ func (vm *VM) templateKey() (string, templateKeyOf, error) {
 	c := vm.cfg
 	k := templateKeyOf{Binary: c.Binary, Kernel: c.Kernel, Base: vm.tmplIn.Base, Modules: vm.tmplIn.Modules,
 		Cmdline: c.Cmdline, Accel: c.Accel, ACPI: c.ACPI, MemoryMiB: c.MemoryMiB, CPUs: c.CPUs,
-		Net: c.Net != nil, Sandbox: c.Sandbox, TemplateMAC: templateMAC, ProgramDisk: programDiskSize,
+		Net: c.Net != nil, Sandbox: c.Sandbox, Jailed: c.Jail != nil, TemplateMAC: templateMAC,
 		KilnInitProtocols: [2]int{agent.Version, agent.ControlVersion}}
+	for _, d := range vm.runDrives() {
+		k.Drives = append(k.Drives, fmt.Sprintf("%s:%s:ro=%t", d.ID, d.Serial, d.ReadOnly))
+	}
 	for _, p := range c.Ports {
 		kind := "socket"
 		switch {
@@ -195,16 +234,18 @@ var errProgramChanged = errors.New("the program changed since the VM was made")
 // if there is none. It reports whether a template was made.
 func (vm *VM) startFromTemplate(ctx context.Context) (made bool, err error) {
 	in := vm.tmplIn
-	prog, err := os.Open(in.Source)
-	if err != nil {
-		return false, fmt.Errorf("opening the program: %w", err)
-	}
-	defer prog.Close()
-	if st, err := prog.Stat(); err != nil || st.Size() != in.Size || !st.ModTime().Equal(in.ModTime) {
-		return false, errProgramChanged
-	}
-	if err := writeProgramDisk(filepath.Join(vm.Dir, programDiskFile), prog, in.Size); err != nil {
-		return false, err
+	if in.hasProgram() {
+		prog, err := os.Open(in.Source)
+		if err != nil {
+			return false, fmt.Errorf("opening the program: %w", err)
+		}
+		defer prog.Close()
+		if st, err := prog.Stat(); err != nil || st.Size() != in.Size || !st.ModTime().Equal(in.ModTime) {
+			return false, errProgramChanged
+		}
+		if err := writeProgramDisk(filepath.Join(vm.Dir, programDiskFile), prog, in.Size); err != nil {
+			return false, err
+		}
 	}
 	key, inputs, err := vm.templateKey()
 	if err != nil {
@@ -238,7 +279,7 @@ func (vm *VM) startFromTemplate(ctx context.Context) (made bool, err error) {
 	t0 := time.Now()
 	vm.log.Debug("restoring a template", "vm", vm.ID, "template", key)
 	err = vm.start(ctx, runFrom{incoming: state, initrd: filepath.Join(dir, initrdFile),
-		drives:   []vmm.Drive{programDrive(filepath.Join(vm.Dir, programDiskFile))},
+		drives:   vm.templateDrives(),
 		handover: func() error { return vm.handover(in) }})
 	if err != nil {
 		// The template is suspect: made again next time.
@@ -277,9 +318,10 @@ func readTemplate(dir string) (*templateRecord, error) {
 }
 
 // make boots a template for key as vm would boot, up to where kiln-init
-// waits for its spec, and saves it. The template's QEMU runs unjailed
-// (with the VM's sandbox): it runs kiln's own kiln-init and nothing a
-// user gave, and never any VM's program.
+// waits for its spec, and saves it. Its QEMU is confined as the VM's
+// would be (jail, cgroup, uid of the closed half, sandbox), though it
+// runs only kiln's own kiln-init: the guest's state it saves is what
+// every VM of the key starts from.
 func (t *templates) make(ctx context.Context, vm *VM, key string, in templateKeyOf) (*templateRecord, error) {
 	t0 := time.Now()
 	if err := os.MkdirAll(t.dir, 0o700); err != nil {
@@ -326,13 +368,18 @@ func (t *templates) make(ctx context.Context, vm *VM, key string, in templateKey
 		cfg.Ports = append(cfg.Ports, q)
 	}
 	if c.Net != nil {
-		cfg.Net = &vmm.NetConfig{Mode: vmm.NetUser, MAC: templateMAC}
+		cfg.Net = &vmm.NetConfig{Mode: vmm.NetUnplugged, MAC: templateMAC}
 	}
-	placeholder := filepath.Join(tmp, programDiskFile)
-	if err := writeProgramDisk(placeholder, nil, 0); err != nil {
-		return nil, err
+	// Stand-ins for the VM's disks: empty, sparse, each with the drive's
+	// ID, serial and mode (what the guest's driver negotiated); the
+	// restored guest probes the VM's own again.
+	for _, d := range vm.runDrives() {
+		d.Path = filepath.Join(tmp, "drive-"+d.ID)
+		if err := makeStandIn(d.Path); err != nil {
+			return nil, err
+		}
+		cfg.Drives = append(cfg.Drives, d)
 	}
-	cfg.Drives = []vmm.Drive{programDrive(placeholder)}
 	if err := vmm.MakeConsole(tmp); err != nil {
 		return nil, err
 	}
@@ -341,17 +388,31 @@ func (t *templates) make(ctx context.Context, vm *VM, key string, in templateKey
 		return nil, err
 	}
 	defer con.stop()
+	var cl *cell
+	if c.Jail != nil {
+		cfg.Jail = &vmm.Jail{Helper: c.Jail.Helper, Root: filepath.Join(tmp, jailRootDir), Env: c.Jail.Env}
+		var s Spec
+		s.MemoryMiB, s.CPUs = c.MemoryMiB, c.CPUs
+		if cfg, cl, err = vm.confine.enter(cfg, &s); err != nil {
+			return nil, fmt.Errorf("confining the template boot: %w", err)
+		}
+	}
 	m, err := t.backend.New(cfg, t.log)
 	if err != nil {
+		cl.release()
 		return nil, err
 	}
 	if err := m.Start(ctx); err != nil {
+		cl.release()
 		return nil, err
 	}
+	cl.started()
 	defer func() {
 		if !ok {
 			_ = m.Kill()
+			_ = m.Wait(context.Background())
 		}
+		cl.release()
 	}()
 	saver, isSaver := m.(vmm.Saver)
 	if !isSaver {
@@ -473,7 +534,10 @@ func (vm *VM) handover(in *templateInputs) error {
 	if _, err := rand.Read(entropy); err != nil {
 		return err
 	}
-	prog := &agent.ProgramDisk{Serial: programSerial, Path: in.Program, Size: in.Size}
+	var prog *agent.ProgramDisk
+	if in.hasProgram() {
+		prog = &agent.ProgramDisk{Serial: programSerial, Path: in.Program, Size: in.Size}
+	}
 	if _, err := vm.agentDo(agent.OpenRequest{Op: agent.OpSpec, Spec: vm.guest, Entropy: entropy, TimeNanos: time.Now().UnixNano(), Program: prog}); err != nil {
 		return fmt.Errorf("handing the guest its spec: %w", err)
 	}
@@ -508,6 +572,20 @@ func (vm *VM) runTemplateInitrd() string {
 		return ""
 	}
 	return string(b)
+}
+
+// makeStandIn makes an empty sparse disk in a template's place of one of
+// the VM's.
+func makeStandIn(path string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return fmt.Errorf("making a template's stand-in disk: %w", err)
+	}
+	err = f.Truncate(standInSize)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // programDrive is the disk a restored template finds its program on.

@@ -242,7 +242,7 @@ func (c *Config) Validate() error {
 // NetConfig is a VM's one network interface, shown to the guest as a
 // virtio-net device (eth0).
 type NetConfig struct {
-	// Mode is NetUser or NetTAP.
+	// Mode is NetUser, NetTAP or NetUnplugged.
 	Mode string
 	// MAC is the interface's address, "52:54:00:xx:xx:xx".
 	MAC string
@@ -265,6 +265,12 @@ const NetUser = "user"
 // the host's firewall does the rest.
 const NetTAP = "tap"
 
+// NetUnplugged is a NIC whose backend goes nowhere (a hub port alone):
+// a template's, which each restore replaces with the VM's own backend,
+// user-mode or TAP. Unlike user-mode networking it puts nothing of its
+// own in a saved guest's state, so the state loads with either backend.
+const NetUnplugged = "unplugged"
+
 // Forward sends connections to HostIP:HostPort on the host to GuestPort on
 // the guest's interface.
 type Forward struct {
@@ -282,8 +288,10 @@ func (n *NetConfig) validate() error {
 		return fmt.Errorf("vm config: TAP name %q: want 1-15 characters without ',', '=', ' ' or '/'", n.TAP)
 	case n.Mode == NetTAP && len(n.Forwards) > 0:
 		return fmt.Errorf("vm config: a TAP network has no forwards: publish its ports with the host's firewall")
-	case n.Mode != NetUser && n.Mode != NetTAP:
-		return fmt.Errorf("vm config: network mode %q: want %q or %q", n.Mode, NetUser, NetTAP)
+	case n.Mode == NetUnplugged && len(n.Forwards) > 0:
+		return fmt.Errorf("vm config: an unplugged NIC has no forwards")
+	case n.Mode != NetUser && n.Mode != NetTAP && n.Mode != NetUnplugged:
+		return fmt.Errorf("vm config: network mode %q: want %q, %q or %q", n.Mode, NetUser, NetTAP, NetUnplugged)
 	}
 	if !macRE.MatchString(n.MAC) {
 		return fmt.Errorf("vm config: MAC %q: want six lower-case hex pairs separated by ':'", n.MAC)

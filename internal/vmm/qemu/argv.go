@@ -119,6 +119,12 @@ func netArgs(n *vmm.NetConfig) []string {
 	if n.Mode == vmm.NetTAP {
 		return tapArgs(n)
 	}
+	if n.Mode == vmm.NetUnplugged {
+		return []string{
+			"-netdev", "hubport,id=net0,hubid=0",
+			"-device", "virtio-net-device,netdev=net0,mac=" + optValue(n.MAC),
+		}
+	}
 	netdev := "user,id=net0"
 	for _, f := range n.Forwards {
 		netdev += ",hostfwd=" + optValue(fmt.Sprintf("%s:%s:%d-:%d", f.Protocol, f.HostIP, f.HostPort, f.GuestPort))

@@ -31,6 +31,11 @@ func TestNetArgs(t *testing.T) {
 			},
 		},
 		{
+			"unplugged (a template's)",
+			&vmm.NetConfig{Mode: vmm.NetUnplugged, MAC: "52:54:00:00:00:01"},
+			[]string{"-netdev", "hubport,id=net0,hubid=0", "-device", "virtio-net-device,netdev=net0,mac=52:54:00:00:00:01"},
+		},
+		{
 			// Validate refuses such values; the escaping is the last line
 			// of defence against an option smuggled into the list.
 			"commas escaped",
@@ -80,6 +85,7 @@ func TestNetConfigValidate(t *testing.T) {
 		{Mode: vmm.NetUser, MAC: "52:54:00:01:02:03", Forwards: []vmm.Forward{{Protocol: "sctp", HostIP: "0.0.0.0", HostPort: 1, GuestPort: 1}}},
 		{Mode: vmm.NetUser, MAC: "52:54:00:01:02:03", Forwards: []vmm.Forward{{Protocol: "tcp", HostIP: "1.2.3.4,smb=/", HostPort: 1, GuestPort: 1}}},
 		{Mode: vmm.NetUser, MAC: "52:54:00:01:02:03", Forwards: []vmm.Forward{{Protocol: "tcp", HostIP: "0.0.0.0", HostPort: 0, GuestPort: 1}}},
+		{Mode: vmm.NetUnplugged, MAC: "52:54:00:01:02:03", Forwards: []vmm.Forward{{Protocol: "tcp", HostIP: "0.0.0.0", HostPort: 1, GuestPort: 1}}},
 	}
 	for _, n := range bad {
 		c := base()
