@@ -72,9 +72,9 @@ type VMConfig struct {
 	// Unconfined runs the VM's QEMU without its jail and seccomp sandbox:
 	// as the daemon's user, in the host's namespaces.
 	Unconfined bool `json:"unconfined,omitempty"`
-	// Cold boots the VM's kernel at every start, even where a daemon
-	// with templates (kiln daemon --templates) would restore it from a
-	// booted template.
+	// Cold boots the VM's kernel at every start, where the daemon would
+	// restore it from a booted template (its default; kiln daemon
+	// --templates).
 	Cold bool `json:"cold,omitempty"`
 	// Network is "user" (QEMU user-mode networking, the default when
 	// empty), "none", or the name of a bridge network.

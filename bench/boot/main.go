@@ -12,11 +12,12 @@
 // time from `kiln run` to the program's first line on its stdout for a VM
 // restored from a template (a daemon with KILN_TEMPLATES=1; the template
 // made first, by a run not counted) against a cold boot of the same VM
-// (`kiln run --cold`).
+// (`kiln run --cold`); with -image, of a full image VM (busybox).
+// The other measures boot (`kiln run --cold`) unless they say otherwise.
 //
 //	go run ./bench/boot [-n 7] [-kiln bin/kiln] [-kernel PATH]
-//	go run ./bench/boot -template [-n 7]     # restored from a template against a cold boot
-//	go run ./bench/boot -parallel 8 [-n 5]   # 8 runs at once against one
+//	go run ./bench/boot -template [-image] [-n 7]   # restored from a template against a cold boot
+//	go run ./bench/boot -parallel 8 [-template] [-n 5]   # 8 runs at once against one
 //	go run ./bench/boot -memory [-n 5] [-tb 0,16,32,64,128] [-settle 3s]
 package main
 
@@ -47,7 +48,8 @@ func main() {
 	memory := flag.Bool("memory", false, "measure an idle VM's memory and the translation buffer's size instead")
 	tbList := flag.String("tb", "0,16,32,64,128", "with -memory: translation buffer sizes to compare, in MiB (0: QEMU's default)")
 	tmpl := flag.Bool("template", false, "measure start to first line, restored from a template against a cold boot")
-	parallel := flag.Int("parallel", 0, "time this many `kiln run --rm` at once against one instead")
+	parallel := flag.Int("parallel", 0, "time this many `kiln run --rm` at once against one instead (booted; restored from a template with -template)")
+	image := flag.Bool("image", false, "with -template: run a busybox image (a full image VM) instead of the program")
 	settle := flag.Duration("settle", 3*time.Second, "with -memory: how long an idle VM runs after its program started before its memory is read")
 	flag.Parse()
 	if *kernel == "" {
@@ -55,10 +57,10 @@ func main() {
 	}
 	var err error
 	switch {
-	case *tmpl:
-		err = runTemplate(*n, *kiln, *prog, *kernel)
 	case *parallel > 0:
-		err = runParallel(*n, *parallel, *kiln, *prog, *kernel)
+		err = runParallel(*n, *parallel, *kiln, *prog, *kernel, *tmpl)
+	case *tmpl:
+		err = runTemplate(*n, *kiln, *prog, *kernel, *image)
 	case *memory:
 		err = runMemory(*n, *tbList, *settle, *kiln, *prog, *kernel)
 	default:
@@ -146,7 +148,7 @@ func run(n int, kiln, prog, kernel string) error {
 // kilnRun times one `kiln run` and reads the guest's uptime from the VM's
 // status file; the VM directory is removed unless keep.
 func kilnRun(kiln, root, kernel, prog string, keep, unconfined bool) (sample, error) {
-	args := []string{"--root", root, "run", "--kernel", kernel}
+	args := []string{"--root", root, "run", "--cold", "--kernel", kernel}
 	if unconfined {
 		args = append(args, "--unconfined")
 	}
@@ -268,7 +270,7 @@ func tscKHz() int {
 }
 
 // runTemplate measures start to first line: restored against cold.
-func runTemplate(n int, kiln, prog, kernel string) error {
+func runTemplate(n int, kiln, prog, kernel string, image bool) error {
 	if n < 5 {
 		return fmt.Errorf("-n %d: use at least 5 runs", n)
 	}
@@ -281,38 +283,47 @@ func runTemplate(n int, kiln, prog, kernel string) error {
 	}
 	defer os.RemoveAll(root)
 	defer stopDaemon(root)
+	what := []string{prog}
+	if image {
+		ref, err := loadBusybox(kiln, root)
+		if err != nil {
+			return err
+		}
+		what = []string{"--pull", "never", ref, "/bin/busybox", "echo", "hello"}
+	}
 	// The daemon this starts has templates on; this run makes the template.
-	if _, err := firstLine(kiln, root, kernel, prog, false); err != nil {
+	if _, err := firstLineOf(kiln, root, kernel, what, false); err != nil {
 		return fmt.Errorf("preparing: %w", err)
 	}
 	var cold, restored []sample
 	for i := 0; i < n; i++ { // interleaved, so drift in host load hits both
-		s, err := firstLine(kiln, root, kernel, prog, true)
+		s, err := firstLineOf(kiln, root, kernel, what, true)
 		if err != nil {
 			return err
 		}
 		cold = append(cold, s)
-		if s, err = firstLine(kiln, root, kernel, prog, false); err != nil {
+		if s, err = firstLineOf(kiln, root, kernel, what, false); err != nil {
 			return err
 		}
 		restored = append(restored, s)
 	}
 	cm, rm := median(cold), median(restored)
-	fmt.Printf("start to the program's first line, median of %d:\n", n)
+	fmt.Printf("start to the program's first line (%s), median of %d:\n", strings.Join(what, " "), n)
 	fmt.Printf("  cold boot (kiln run --cold):   %7.0f ms\n", ms(cm.wall))
 	fmt.Printf("  restored from a template:      %7.0f ms\n", ms(rm.wall))
 	fmt.Printf("  ratio restored/cold:           %7.3f  (goal <= 0.30)\n", float64(rm.wall)/float64(cm.wall))
 	return nil
 }
 
-// firstLine times one `kiln run` from its start to the first line of the
-// program's stdout; the VM directory is removed after.
-func firstLine(kiln, root, kernel, prog string, cold bool) (sample, error) {
+// firstLineOf times one `kiln run` of what (a program or an image and
+// its command) from its start to the first line of the program's stdout;
+// the VM directory is removed after.
+func firstLineOf(kiln, root, kernel string, what []string, cold bool) (sample, error) {
 	args := []string{"--root", root, "run", "--kernel", kernel}
 	if cold {
 		args = append(args, "--cold")
 	}
-	cmd := exec.Command(kiln, append(args, prog)...)
+	cmd := exec.Command(kiln, append(args, what...)...)
 	cmd.Env = append(os.Environ(), "KILN_TEMPLATES=1")
 	var errb strings.Builder
 	cmd.Stderr = &errb

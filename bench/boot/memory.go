@@ -60,7 +60,7 @@ func runMemory(n int, tbList string, settle time.Duration, kiln, prog, kernel st
 		}
 		return out, nil
 	}
-	defer k("rm", "-f", "idle")
+	defer k("rm", "-f", "idle", "idle-restored")
 
 	// The initrds the raw runs boot: the same kiln-init, with a spec for
 	// each program, taken from VMs kiln made.
@@ -69,7 +69,7 @@ func runMemory(n int, tbList string, settle time.Duration, kiln, prog, kernel st
 		name string
 		args []string
 	}{{"boot", nil}, {"run", []string{"-alloc-mb", "64", "-lines", "20000"}}} {
-		if _, err := k(append([]string{"run", "--name", w.name, "--kernel", kernel, prog}, w.args...)...); err != nil {
+		if _, err := k(append([]string{"run", "--cold", "--name", w.name, "--kernel", kernel, prog}, w.args...)...); err != nil {
 			return err
 		}
 		if initrds[w.name], err = keepInitrd(root, k, w.name); err != nil {
@@ -80,32 +80,51 @@ func runMemory(n int, tbList string, settle time.Duration, kiln, prog, kernel st
 		}
 	}
 
-	// kiln's idle VM.
-	if _, err := k("run", "-d", "--name", "idle", "--kernel", kernel, prog, "-sleep", "1h"); err != nil {
-		return err
+	// kiln's idle VMs: one booted, one restored from a template (made
+	// by a first run of the same VM, not measured).
+	idle := func(name string, cold bool) (mem, int, error) {
+		args := []string{"run", "-d", "--name", name, "--kernel", kernel}
+		if cold {
+			args = append(args, "--cold")
+		}
+		if _, err := k(append(args, prog, "-sleep", "1h")...); err != nil {
+			return mem{}, 0, err
+		}
+		dir, err := vmDir(root, k, name)
+		if err != nil {
+			return mem{}, 0, err
+		}
+		if err := waitStarted(filepath.Join(dir, "status.jsonl"), time.Minute); err != nil {
+			return mem{}, 0, fmt.Errorf("kiln's idle VM %s: %w", name, err)
+		}
+		if cold {
+			if initrds["idle"], err = keepInitrd(root, k, name); err != nil {
+				return mem{}, 0, err
+			}
+		}
+		time.Sleep(settle)
+		pidb, err := os.ReadFile(filepath.Join(dir, "qemu.pid"))
+		if err != nil {
+			return mem{}, 0, err
+		}
+		pid, _ := strconv.Atoi(strings.TrimSpace(string(pidb)))
+		tb := tbSizeOf(pid)
+		m, err := memOf(pid)
+		if err != nil {
+			return mem{}, 0, fmt.Errorf("kiln's QEMU: %w", err)
+		}
+		_, err = k("rm", "-f", name)
+		return m, tb, err
 	}
-	dir, err := vmDir(root, k, "idle")
+	kilnMem, kilnTB, err := idle("idle", true)
 	if err != nil {
 		return err
 	}
-	if err := waitStarted(filepath.Join(dir, "status.jsonl"), time.Minute); err != nil {
-		return fmt.Errorf("kiln's idle VM: %w", err)
-	}
-	if initrds["idle"], err = keepInitrd(root, k, "idle"); err != nil {
+	if _, err := k("run", "--rm", "--kernel", kernel, prog); err != nil { // makes the template
 		return err
 	}
-	time.Sleep(settle)
-	pidb, err := os.ReadFile(filepath.Join(dir, "qemu.pid"))
+	restoredMem, _, err := idle("idle-restored", false)
 	if err != nil {
-		return err
-	}
-	kpid, _ := strconv.Atoi(strings.TrimSpace(string(pidb)))
-	kilnTB := tbSizeOf(kpid)
-	kilnMem, err := memOf(kpid)
-	if err != nil {
-		return fmt.Errorf("kiln's QEMU: %w", err)
-	}
-	if _, err := k("rm", "-f", "idle"); err != nil {
 		return err
 	}
 
@@ -136,7 +155,8 @@ func runMemory(n int, tbList string, settle time.Duration, kiln, prog, kernel st
 	fmt.Printf("idle VM (hello -sleep 1h): its QEMU's memory %s after the program started (PSS, RSS, the translation buffer's PSS);\n", settle)
 	fmt.Printf("boot = start to exit of hello, run = of hello -alloc-mb 64 -lines 20000: wall (QEMU's CPU) time, medians of %d\n", n)
 	fmt.Printf("  %-38s %8s %8s %8s %18s %18s\n", "", "PSS", "RSS", "buffer", "boot", "run")
-	fmt.Printf("  %-38s %7.1fM %7.1fM %7.1fM\n", "kiln run -d ("+tbName(kilnTB)+")", kilnMem.pss, kilnMem.rss, kilnMem.tb)
+	fmt.Printf("  %-38s %7.1fM %7.1fM %7.1fM\n", "kiln run -d --cold ("+tbName(kilnTB)+")", kilnMem.pss, kilnMem.rss, kilnMem.tb)
+	fmt.Printf("  %-38s %7.1fM %7.1fM %7.1fM\n", "kiln run -d, restored", restoredMem.pss, restoredMem.rss, restoredMem.tb)
 	for i, tb := range tbs {
 		b, r, m := median(res[i].boot), median(res[i].run), res[i].mem
 		fmt.Printf("  %-38s %7.1fM %7.1fM %7.1fM %7.0fms (%5.0fms) %7.0fms (%5.0fms)\n", "raw qemu ("+tbName(tb)+")", m.pss, m.rss, m.tb, ms(b.wall), ms(b.cpu), ms(r.wall), ms(r.cpu))
@@ -146,6 +166,7 @@ func runMemory(n int, tbList string, settle time.Duration, kiln, prog, kernel st
 			fmt.Printf("  kiln/raw at the same tb-size: PSS %.2f, RSS %.2f\n", kilnMem.pss/res[i].mem.pss, kilnMem.rss/res[i].mem.rss)
 		}
 	}
+	fmt.Printf("  restored/booted: PSS %.2f, RSS %.2f\n", restoredMem.pss/kilnMem.pss, restoredMem.rss/kilnMem.rss)
 	return nil
 }
 

@@ -11,8 +11,9 @@ import (
 // runParallel times `kiln run --rm` of a program that exits at once, alone
 // and then p at once, n rounds of each (interleaved), and prints the
 // median wall time of each and their ratio: on two cores p VMs at once can
-// at best take p/2 times one, and TCG's boots share the host's CPUs.
-func runParallel(n, p int, kiln, prog, kernel string) error {
+// at best take p/2 times one, and TCG's boots share the host's CPUs. The
+// VMs boot (--cold), or with template start restored from one template.
+func runParallel(n, p int, kiln, prog, kernel string, template bool) error {
 	if p < 2 {
 		return fmt.Errorf("-parallel %d: use at least 2", p)
 	}
@@ -22,14 +23,19 @@ func runParallel(n, p int, kiln, prog, kernel string) error {
 	}
 	defer os.RemoveAll(root)
 	defer stopDaemon(root)
+	args := []string{"--root", root, "run", "--rm", "--kernel", kernel}
+	how := "restored from a template"
+	if !template {
+		args, how = append(args, "--cold"), "booted"
+	}
 	one := func() error {
-		out, err := exec.Command(kiln, "--root", root, "run", "--rm", "--kernel", kernel, prog).CombinedOutput()
+		out, err := exec.Command(kiln, append(args, prog)...).CombinedOutput()
 		if err != nil {
 			return fmt.Errorf("kiln run: %w\n%s", err, out)
 		}
 		return nil
 	}
-	if err := one(); err != nil { // starts the daemon, warms the caches
+	if err := one(); err != nil { // starts the daemon, warms the caches, makes the template
 		return err
 	}
 	var single, many []sample
@@ -56,9 +62,13 @@ func runParallel(n, p int, kiln, prog, kernel string) error {
 		many = append(many, sample{wall: time.Since(start)})
 	}
 	s, m := median(single), median(many)
-	fmt.Printf("kiln run --rm, median of %d:\n", n)
+	fmt.Printf("kiln run --rm, %s, median of %d:\n", how, n)
 	fmt.Printf("  one VM:             %7.0f ms\n", ms(s.wall))
 	fmt.Printf("  %d VMs at once:      %7.0f ms\n", p, ms(m.wall))
-	fmt.Printf("  ratio %d at once/one: %6.2f  (goal <= %.1f on two cores)\n", p, float64(m.wall)/float64(s.wall), float64(p)/2)
+	goal := float64(p) / 2
+	if template && p == 8 {
+		goal = 3 // the goal for 8 restored at once
+	}
+	fmt.Printf("  ratio %d at once/one: %6.2f  (goal <= %.1f on two cores)\n", p, float64(m.wall)/float64(s.wall), goal)
 	return nil
 }

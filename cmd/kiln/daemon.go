@@ -57,7 +57,7 @@ func newDaemonCmd(g *globals) *cobra.Command {
 			return daemon.Run(ctx, daemon.Config{
 				Root: g.root, AllowUIDs: allow, Logger: log,
 				JailUIDs: uids, MemoryShare: memShare, ConsoleMaxSize: consoleMax, DiskReserve: diskReserve,
-				Templates: templates,
+				NoTemplates: !templatesOn(cmd, templates),
 			}, ready)
 		},
 	}
@@ -66,8 +66,17 @@ func newDaemonCmd(g *globals) *cobra.Command {
 	c.Flags().Float64Var(&memShare, "memory-share", daemon.DefaultMemoryShare, "share of host memory the cgroups of running VMs may hold together; a VM that would pass it is refused")
 	c.Flags().StringVar(&consoleMax, "console-max-size", "", fmt.Sprintf("serial console kept on disk per VM, console.log and console.log.1 together (default $%s or 16m)", daemon.ConsoleMaxSizeEnv))
 	c.Flags().StringVar(&diskReserve, "disk-reserve", "", fmt.Sprintf("free space kept on kiln's filesystem: no VM disk or volume is made when less is free (default $%s or 1g)", disk.FreeReserveEnv))
-	c.Flags().BoolVar(&templates, "templates", false, fmt.Sprintf("start bare program VMs from a booted template (made once per kernel, kiln-init, QEMU, memory, CPUs and devices, under <root>/templates) instead of booting their kernel; kiln run --cold opts out (default $%s=1)", daemon.TemplatesEnv))
+	c.Flags().BoolVar(&templates, "templates", true, fmt.Sprintf("start VMs (bare programs, full images) from a booted template, made once per kernel, kiln-init, QEMU, memory, CPUs and devices under <root>/templates, instead of booting their kernel; kiln run --cold opts one VM out; --templates=false or $%s=0 turns them off", daemon.TemplatesEnv))
 	return c
+}
+
+// templatesOn is whether the daemon starts VMs from templates: the flag
+// when given, else $KILN_TEMPLATES (0 turns them off), else on.
+func templatesOn(cmd *cobra.Command, flag bool) bool {
+	if cmd.Flags().Changed("templates") {
+		return flag
+	}
+	return os.Getenv(daemon.TemplatesEnv) != "0"
 }
 
 // connect returns a client of the root's daemon, starting one in the

@@ -6,12 +6,12 @@ import (
 	"github.com/spf13/cobra"
 )
 
-// newTemplateCmd is `kiln template`: the booted templates a daemon with
-// --templates starts VMs from.
+// newTemplateCmd is `kiln template`: the booted templates the daemon
+// starts VMs from (unless --templates=false).
 func newTemplateCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "template",
-		Short: "Manage the booted templates VMs start from (kiln daemon --templates)",
+		Short: "Manage the booted templates VMs start from",
 	}
 	c.AddCommand(&cobra.Command{
 		Use:   "prune",

@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
@@ -239,6 +240,24 @@ func TestTemplateKeyChangesWithMemory(t *testing.T) {
 	}
 	if r := e.run("--name", "again", e.hello()); r.code != 0 || e.starts("again") != (startKinds{template: 1}) || len(e.templateDirs()) != 1 {
 		t.Fatalf("VM after prune: want a new template and a restore:\n%s", r)
+	}
+	// The kernel changes (a rebuild): the template no longer matches, the
+	// next VM makes another, and a daemon start removes the stale one.
+	stale := e.templateDirs()
+	later := time.Now().Add(time.Minute)
+	if err := os.Chtimes(e.kernel, later, later); err != nil {
+		t.Fatal(err)
+	}
+	if r := e.run("--name", "newkernel", e.hello()); r.code != 0 || e.starts("newkernel") != (startKinds{template: 1}) {
+		t.Fatalf("VM after the kernel changed: want a start from a new template (%+v):\n%s", e.starts("newkernel"), r)
+	}
+	if d := e.templateDirs(); len(d) != 2 {
+		t.Fatalf("after the kernel changed: want the stale template and a new one, got %v", d)
+	}
+	e.stopDaemon()
+	ok(t, "ps (a new daemon)", e.kiln("ps", "-a"))
+	if d := e.templateDirs(); len(d) != 1 || d[0] == stale[0] {
+		t.Fatalf("a daemon start left the stale template %s: %v", stale[0], d)
 	}
 }
 

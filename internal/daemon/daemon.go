@@ -48,13 +48,13 @@ type Config struct {
 	// DiskReserve is the free space kept on the root's filesystem, a size
 	// like 1g (--disk-reserve); "" means $KILN_DISK_RESERVE, else 1g.
 	DiskReserve string
-	// Templates starts VMs that can be (bare program VMs without disks,
-	// on user-mode networking or none) from a booted template instead of
-	// a cold boot (--templates); false means $KILN_TEMPLATES=1.
-	Templates bool
+	// NoTemplates boots every VM: none starts from a booted template
+	// (--templates=false, $KILN_TEMPLATES=0).
+	NoTemplates bool
 }
 
-// TemplatesEnv turns templates on for a daemon started without --templates.
+// TemplatesEnv, 0, turns templates off for a daemon started without
+// --templates.
 const TemplatesEnv = vm.TemplatesEnv
 
 // Defaults of the daemon's flags, for their help.
@@ -158,8 +158,7 @@ func Run(ctx context.Context, cfg Config, ready func()) error {
 	}
 	defer db.Close()
 	d.db = db
-	templates := cfg.Templates || os.Getenv(TemplatesEnv) == "1"
-	rt, err := vm.New(cfg.Root, vm.WithLogger(d.log), vm.WithConfinement(conf), vm.WithTemplates(templates))
+	rt, err := vm.New(cfg.Root, vm.WithLogger(d.log), vm.WithConfinement(conf), vm.WithTemplates(!cfg.NoTemplates))
 	if err != nil {
 		return err
 	}

@@ -45,7 +45,7 @@ import (
 // spec arrives; the NIC's backend is a hub port, replaced by the VM's own
 // (user-mode or TAP).
 
-// TemplatesEnv, set to 1, turns templates on for a daemon started
+// TemplatesEnv, set to 0, turns templates off for a daemon started
 // without --templates.
 const TemplatesEnv = "KILN_TEMPLATES"
 
