@@ -27,9 +27,18 @@ func requireRoot(t *testing.T) {
 // procStatus reads the fields of /proc/<pid>/status a jail sets.
 func procStatus(t *testing.T, pid int) map[string]string {
 	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	m, err := readProcStatus(pid)
 	if err != nil {
 		t.Fatalf("reading QEMU's status: %v", err)
+	}
+	return m
+}
+
+// readProcStatus reads /proc/PID/status as its keys and values.
+func readProcStatus(pid int) (map[string]string, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return nil, err
 	}
 	m := map[string]string{}
 	for _, l := range strings.Split(string(b), "\n") {
@@ -37,7 +46,7 @@ func procStatus(t *testing.T, pid int) map[string]string {
 			m[k] = strings.TrimSpace(v)
 		}
 	}
-	return m
+	return m, nil
 }
 
 // cgroupLimits reads, from the host's cgroup files, the memory, CPU and

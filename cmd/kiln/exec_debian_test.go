@@ -15,8 +15,6 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"golang.org/x/sys/unix"
 
 	"kiln.dev/kiln/api"
@@ -37,15 +35,7 @@ func loadDebian(t *testing.T, e *env, edit func(*v1.Config)) {
 			edit(c)
 		}
 	}, layers[0], layers[1])
-	dir := t.TempDir()
-	p, err := layout.Write(dir, empty.Index)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.AppendImage(img, layout.WithAnnotations(map[string]string{"io.containerd.image.name": "kiln-test/debian:bookworm"})); err != nil {
-		t.Fatal(err)
-	}
-	ok(t, "load oci:", e.kiln("load", "oci:"+dir))
+	e.loadImage("kiln-test/debian:bookworm", img)
 }
 
 // openPTY opens a pseudo-terminal pair on this host.

@@ -165,6 +165,21 @@ func testImage(t testing.TB, edit func(*v1.Config), layers ...[]byte) v1.Image {
 	return img
 }
 
+// loadImage loads img into the test's root as ref, from an OCI layout,
+// and returns what `kiln load` printed.
+func (e *env) loadImage(ref string, img v1.Image) result {
+	e.t.Helper()
+	dir := e.t.TempDir()
+	p, err := layout.Write(dir, empty.Index)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if err := p.AppendImage(img, layout.WithAnnotations(map[string]string{"io.containerd.image.name": ref})); err != nil {
+		e.t.Fatal(err)
+	}
+	return ok(e.t, "load oci:", e.kiln("load", "oci:"+dir))
+}
+
 // testRegistry is an in-process registry on loopback that wants basic
 // auth.
 type testRegistry struct{ host string }
@@ -693,15 +708,7 @@ func TestImageDebianBootsAndWritesItsOwnLayer(t *testing.T) {
 		c.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 		c.Cmd = []string{"/bin/bash"}
 	}, layers[0], layers[1])
-	dir := t.TempDir()
-	p, err := layout.Write(dir, empty.Index)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.AppendImage(img, layout.WithAnnotations(map[string]string{"io.containerd.image.name": "kiln-test/debian:bookworm"})); err != nil {
-		t.Fatal(err)
-	}
-	r := ok(t, "load oci:", e.kiln("load", "oci:"+dir))
+	r := e.loadImage("kiln-test/debian:bookworm", img)
 	if !strings.Contains(r.stdout, "kiln-test/debian:bookworm") {
 		t.Errorf("load: %q", r.stdout)
 	}

@@ -21,8 +21,6 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/layout"
 
 	"kiln.dev/kiln/internal/testenv"
 )
@@ -439,15 +437,7 @@ func TestNetImageVMGetsItsNetworkFiles(t *testing.T) {
 		c.Entrypoint = []string{"/bin/busybox", "sh", "-c"}
 		c.Cmd = []string{"cat /etc/resolv.conf /etc/hosts /etc/hostname; busybox ip route"}
 	}, userlandLayer(t), extra)
-	dir := t.TempDir()
-	p, err := layout.Write(dir, empty.Index)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.AppendImage(img, layout.WithAnnotations(map[string]string{"io.containerd.image.name": "kiln-test/netfiles:1"})); err != nil {
-		t.Fatal(err)
-	}
-	ok(t, "load oci:", e.kiln("load", "oci:"+dir))
+	e.loadImage("kiln-test/netfiles:1", img)
 	r := ok(t, "run the image", e.run("--rm", "--pull", "never", "--name", "imgnet", "kiln-test/netfiles:1"))
 	for _, want := range []string{
 		"nameserver 10.0.2.3\n",

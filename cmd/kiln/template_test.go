@@ -2,19 +2,20 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"kiln.dev/kiln/api"
+	"kiln.dev/kiln/internal/jail"
 	"kiln.dev/kiln/internal/network"
 )
 
@@ -314,15 +315,7 @@ func TestTemplateImageVMsOnUserAndBridgeNetworks(t *testing.T) {
 	img := testImage(t, func(c *v1.Config) {
 		c.Entrypoint = []string{"/bin/busybox", "sh", "-c"}
 	}, userlandLayer(t))
-	dir := t.TempDir()
-	p, err := layout.Write(dir, empty.Index)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.AppendImage(img, layout.WithAnnotations(map[string]string{"io.containerd.image.name": "kiln-test/tmpl:1"})); err != nil {
-		t.Fatal(err)
-	}
-	ok(t, "load oci:", e.kiln("load", "oci:"+dir))
+	e.loadImage("kiln-test/tmpl:1", img)
 
 	web := `echo "$GREETING" > /data/greeting; mkdir -p /www; echo "served by $(hostname)" > /www/index.html
 echo serving; exec busybox httpd -f -p 80 -h /www`
@@ -369,4 +362,85 @@ exit 5`
 		t.Errorf("want one template for the three VMs, got %v", d)
 	}
 	e.kiln("rm", "-f", "web", "bridged")
+}
+
+// TestTemplateBootIsJailed watches the QEMU that boots a template (the
+// first start of its key) from the host: like every VM's, it runs as a
+// uid of kiln's range, without capabilities, with no_new_privs and a
+// seccomp filter, in its own mount namespace, with a root that holds only
+// what QEMU needs.
+func TestTemplateBootIsJailed(t *testing.T) {
+	requireRoot(t)
+	t.Parallel()
+	e := templateEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := e.command(ctx, "run", "--kernel", e.kernel, "--name", "first", e.hello())
+	done := make(chan error, 1)
+	go func() { done <- cmd.Run() }()
+	checked := false
+	for !checked {
+		select {
+		case err := <-done:
+			t.Fatalf("the run ended (%v) before the template's QEMU was seen", err)
+		case <-time.After(10 * time.Millisecond):
+		}
+		pid := templateQEMU()
+		if pid == 0 {
+			continue
+		}
+		// QEMU installs its seccomp filter once it has read its options:
+		// wait for it (a few ms), or for the process to end.
+		st, err := readProcStatus(pid)
+		for end := time.Now().Add(5 * time.Second); err == nil && st["Seccomp"] != "2" && time.Now().Before(end); {
+			time.Sleep(2 * time.Millisecond)
+			st, err = readProcStatus(pid)
+		}
+		root, rerr := os.ReadDir(fmt.Sprintf("/proc/%d/root", pid))
+		ourNS, _ := os.Readlink("/proc/self/ns/mnt")
+		theirNS, nerr := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", pid))
+		if err != nil || rerr != nil || nerr != nil {
+			continue // it ended meanwhile, or is still becoming QEMU
+		}
+		checked = true
+		uid, _ := strconv.Atoi(strings.Fields(st["Uid"])[0])
+		if uid < jail.DefaultUIDMin || uid > jail.DefaultUIDMax {
+			t.Errorf("the template's QEMU runs as uid %d, want one of kiln's range %d-%d", uid, jail.DefaultUIDMin, jail.DefaultUIDMax)
+		}
+		for k, want := range map[string]string{"CapEff": "0000000000000000", "NoNewPrivs": "1", "Seccomp": "2"} {
+			if st[k] != want {
+				t.Errorf("the template's QEMU: %s is %q, want %q", k, st[k], want)
+			}
+		}
+		if ourNS == theirNS {
+			t.Errorf("the template's QEMU shares the host's mount namespace (%s)", ourNS)
+		}
+		var top []string
+		for _, d := range root {
+			top = append(top, d.Name())
+		}
+		if got := strings.Join(top, " "); got != "dev lib lib64 proc usr vm" {
+			t.Errorf("the template's QEMU's root holds %q, want only dev lib lib64 proc usr vm", got)
+		}
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("kiln run: %v", err)
+	}
+	if k := e.starts("first"); k != (startKinds{template: 1}) {
+		t.Errorf("want one start from a template, got %+v", k)
+	}
+}
+
+// templateQEMU returns the pid of a QEMU booting a template, or 0.
+func templateQEMU() int {
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err != nil || !bytes.Contains(b, []byte("\x00-name\x00kiln-template-")) {
+			continue
+		}
+		pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+		return pid
+	}
+	return 0
 }
