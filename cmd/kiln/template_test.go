@@ -31,7 +31,14 @@ func templateEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.kernel = filepath.Join(t.TempDir(), filepath.Base(e.kernel))
+	dir := t.TempDir()
+	// Its config goes along: it says the kernel can boot with ACPI.
+	if c, err := os.ReadFile(filepath.Join(filepath.Dir(e.kernel), "config")); err == nil {
+		if err := os.WriteFile(filepath.Join(dir, "config"), c, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.kernel = filepath.Join(dir, filepath.Base(e.kernel))
 	if err := os.WriteFile(e.kernel, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -443,4 +450,33 @@ func templateQEMU() int {
 		return pid
 	}
 	return 0
+}
+
+// TestTemplateWithACPI: a bare VM with six volumes has more devices than
+// microvm wires without ACPI, so it and its template boot with ACPI; two
+// such VMs start from one template and find all their volumes.
+func TestTemplateWithACPI(t *testing.T) {
+	t.Parallel()
+	e := templateEnv(t)
+	needACPIKernel(t, e.kernel)
+	var vols []string
+	for i := range 6 {
+		vols = append(vols, "-v", fmt.Sprintf("w%d:/w%d", i, i))
+	}
+	for _, name := range []string{"a1", "a2"} {
+		r := e.run(append(append([]string{"--rm", "--name", name}, vols...), e.hello(), "-cat", "/proc/mounts")...)
+		if r.code != 0 || strings.Count(r.stdout, " /w") != 6 {
+			t.Fatalf("VM %s: want its six volumes mounted:\n%s", name, r)
+		}
+		if k := e.starts(name); k != (startKinds{template: 1}) {
+			t.Fatalf("VM %s: want one start from a template, got %+v", name, k)
+		}
+	}
+	dirs := e.templateDirs()
+	if len(dirs) != 1 {
+		t.Fatalf("want one template, got %v", dirs)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dirs[0], "template.json")); !bytes.Contains(b, []byte(`"ACPI": true`)) {
+		t.Errorf("the template was not booted with ACPI:\n%s", b)
+	}
 }

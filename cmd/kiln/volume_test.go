@@ -2,15 +2,15 @@ package main
 
 import (
 	"archive/tar"
+	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/layout"
 )
 
 // volumeList lists the root's volumes by name.
@@ -128,9 +128,10 @@ func TestVolumeBadInput(t *testing.T) {
 		t.Fatal(err)
 	}
 	missing := filepath.Join(t.TempDir(), "missing")
+	// More than microvm's 24 transports with ACPI hold.
 	var many []string
-	for _, n := range []string{"a", "b", "c", "d", "e", "f", "g", "h"} {
-		many = append(many, "-v", "v"+n+":/"+n)
+	for i := range 24 {
+		many = append(many, "-v", fmt.Sprintf("v%d:/m%d", i, i))
 	}
 	cases := []struct {
 		name string
@@ -190,16 +191,8 @@ func (e *env) loadDebianWithApp() string {
 		c.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 		c.Cmd = []string{"/bin/sh"}
 	}, layers[0], layers[1], app)
-	dir := t.TempDir()
-	p, err := layout.Write(dir, empty.Index)
-	if err != nil {
-		t.Fatal(err)
-	}
 	const ref = "kiln-test/debian-app:bookworm"
-	if err := p.AppendImage(img, layout.WithAnnotations(map[string]string{"io.containerd.image.name": ref})); err != nil {
-		t.Fatal(err)
-	}
-	ok(t, "load oci:", e.kiln("load", "oci:"+dir))
+	e.loadImage(ref, img)
 	return ref
 }
 
@@ -315,5 +308,83 @@ func TestAnonymousVolumes(t *testing.T) {
 	}
 	if vols := e.volumeList(); len(vols) != 1 || vols[0] != anon {
 		t.Errorf("after run --rm the volumes are %q, want only a's %s", vols, anon)
+	}
+}
+
+// TestVolumeSixteenMountsOnANetworkedImageVM: 8 volumes, 4 host
+// directories and 4 baked directories on an image VM with a NIC: more
+// virtio devices than microvm wires without ACPI, so the VM boots with
+// ACPI and finds them all, each at its target.
+func TestVolumeSixteenMountsOnANetworkedImageVM(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	needACPIKernel(t, e.kernel)
+	e.loadImage("kiln-test/mounts:1", testImage(t, func(c *v1.Config) {
+		c.Entrypoint = []string{"/bin/busybox", "sh", "-c"}
+	}, userlandLayer(t)))
+	args := []string{"--name", "many", "--pull", "never"}
+	var script strings.Builder
+	script.WriteString("exec 2>&1\n")
+	var hostDirs []string
+	for i := range 8 {
+		args = append(args, "-v", fmt.Sprintf("vol%d:/vol/%d", i, i))
+		fmt.Fprintf(&script, "echo %d > /vol/%d/f && echo vol-%d-ok\n", i, i, i)
+	}
+	for i := range 4 {
+		for _, kind := range []string{"host", "baked"} {
+			d := t.TempDir()
+			if err := os.WriteFile(filepath.Join(d, "in.txt"), []byte(fmt.Sprintf("%s-%d-content\n", kind, i)), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if kind == "host" {
+				hostDirs = append(hostDirs, d)
+				args = append(args, "-v", fmt.Sprintf("%s:/host/%d", d, i))
+				fmt.Fprintf(&script, "cat /host/%d/in.txt; echo from-guest-%d > /host/%d/out.txt\n", i, i, i)
+			} else {
+				args = append(args, "--mount", fmt.Sprintf("type=bake,src=%s,dst=/baked/%d", d, i))
+				fmt.Fprintf(&script, "cat /baked/%d/in.txt\n", i)
+			}
+		}
+	}
+	script.WriteString("cat /sys/class/net/eth0/operstate; grep -cE ' /(vol|host|baked)/' /proc/mounts\n")
+	r := e.run(append(append(args, "kiln-test/mounts:1"), script.String())...)
+	if r.code != 0 {
+		t.Fatalf("a VM with 16 mounts and a NIC:\n%s", r)
+	}
+	for i := range 8 {
+		if !strings.Contains(r.stdout, fmt.Sprintf("vol-%d-ok\n", i)) {
+			t.Errorf("volume %d was not writable:\n%s", i, r.stdout)
+		}
+	}
+	for i := range 4 {
+		for _, kind := range []string{"host", "baked"} {
+			if !strings.Contains(r.stdout, fmt.Sprintf("%s-%d-content\n", kind, i)) {
+				t.Errorf("the %s directory %d is not at its target:\n%s", kind, i, r.stdout)
+			}
+		}
+		if b, err := os.ReadFile(filepath.Join(hostDirs[i], "out.txt")); err != nil || string(b) != fmt.Sprintf("from-guest-%d\n", i) {
+			t.Errorf("host directory %d: the guest's write = %q, %v", i, b, err)
+		}
+	}
+	if !strings.Contains(r.stdout, "up\n16\n") {
+		t.Errorf("want eth0 up and 16 mounts in /proc/mounts:\n%s", r.stdout)
+	}
+	dirs := e.vmDirs()
+	if len(dirs) != 1 {
+		t.Fatalf("want one VM directory, got %v", dirs)
+	}
+	if b, _ := os.ReadFile(filepath.Join(e.root, "vms", dirs[0], "vm.json")); !bytes.Contains(b, []byte(`"ACPI": true`)) {
+		t.Errorf("the VM was not made to boot with ACPI:\n%s", b)
+	}
+}
+
+// needACPIKernel skips a test whose VM needs more devices than fit
+// without ACPI when the test kernel cannot boot with it (its config,
+// beside it, says so).
+func needACPIKernel(t *testing.T, kernel string) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(filepath.Dir(kernel), "config"))
+	if err != nil || !bytes.Contains(b, []byte("\nCONFIG_ACPI=y\n")) {
+		t.Skipf("the test kernel %s has no config with CONFIG_ACPI=y beside it (%v): run scripts/setup, whose kernel has ACPI", kernel, err)
 	}
 }

@@ -176,14 +176,19 @@ func (s *Store) Build(ctx context.Context, o BuildOptions) (k *Kernel, built boo
 	if err != nil {
 		return nil, false, fmt.Errorf("checking built kernel: %w", err)
 	}
+	_, capable, err := kernelACPI(filepath.Join(tmp, "config"), "")
+	if err != nil {
+		return nil, false, err
+	}
 	k = &Kernel{
-		Name:    o.Name,
-		Path:    filepath.Join(s.dir, o.Name, "vmlinux"),
-		Origin:  fmt.Sprintf("built from %s %s", sourcePackage, version),
-		Key:     key,
-		Created: time.Now().UTC(),
-		Size:    vst.Size(),
-		Objects: objects,
+		Name:        o.Name,
+		ACPICapable: capable,
+		Path:        filepath.Join(s.dir, o.Name, "vmlinux"),
+		Origin:      fmt.Sprintf("built from %s %s", sourcePackage, version),
+		Key:         key,
+		Created:     time.Now().UTC(),
+		Size:        vst.Size(),
+		Objects:     objects,
 	}
 	if err := s.install(tmp, k); err != nil {
 		return nil, false, err

@@ -53,7 +53,7 @@ func (s *Store) Import(o ImportOptions) (k *Kernel, err error) {
 	if err := checkKernelImage(o.Path); err != nil {
 		return nil, err
 	}
-	acpi, err := needsACPI(o.Config, o.Path)
+	acpi, capable, err := kernelACPI(o.Config, o.Path)
 	if err != nil {
 		return nil, err
 	}
@@ -91,6 +91,9 @@ func (s *Store) Import(o ImportOptions) (k *Kernel, err error) {
 		Created: time.Now().UTC(),
 		Size:    size,
 		ACPI:    acpi,
+		// A kernel that needs ACPI has it; one that can do without
+		// may have it too.
+		ACPICapable: acpi || capable,
 	}
 	if len(mods) > 0 {
 		if err := os.Mkdir(filepath.Join(tmp, "modules"), 0o755); err != nil {
@@ -110,12 +113,13 @@ func (s *Store) Import(o ImportOptions) (k *Kernel, err error) {
 	return k, nil
 }
 
-// needsACPI reads the kernel's config (config, or config-<version> beside a
-// vmlinuz-<version> image) and reports whether the kernel lacks
+// kernelACPI reads the kernel's config (config, or config-<version> beside
+// a vmlinuz-<version> image) and reports whether the kernel lacks
 // VIRTIO_MMIO_CMDLINE_DEVICES and so must find virtio-mmio devices through
-// ACPI. With no config to read it answers true: distribution kernels have
-// ACPI, and a kernel that lists devices on its cmdline wants a config given.
-func needsACPI(config, image string) (bool, error) {
+// ACPI, and whether it has ACPI (CONFIG_ACPI) at all. With no config to
+// read it answers that it needs ACPI: distribution kernels have ACPI, and
+// a kernel that lists devices on its cmdline wants a config given.
+func kernelACPI(config, image string) (needs, capable bool, err error) {
 	if config == "" {
 		base := filepath.Base(image)
 		for _, prefix := range []string{"vmlinuz-", "vmlinux-", "bzImage-"} {
@@ -124,19 +128,23 @@ func needsACPI(config, image string) (bool, error) {
 			}
 		}
 		if _, err := os.Stat(config); config == "" || err != nil {
-			return true, nil
+			return true, true, nil
 		}
 	}
 	b, err := os.ReadFile(config)
 	if err != nil {
-		return false, fmt.Errorf("reading kernel config: %w", err)
+		return false, false, fmt.Errorf("reading kernel config: %w", err)
 	}
+	needs = true
 	for _, line := range strings.Split(string(b), "\n") {
-		if strings.TrimSpace(line) == "CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES=y" {
-			return false, nil
+		switch strings.TrimSpace(line) {
+		case "CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES=y":
+			needs = false
+		case "CONFIG_ACPI=y":
+			capable = true
 		}
 	}
-	return true, nil
+	return needs, capable, nil
 }
 
 // checkKernelImage accepts an ELF vmlinux or an x86 bzImage ("HdrS" at

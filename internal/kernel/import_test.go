@@ -175,24 +175,26 @@ func TestResolveModulesErrors(t *testing.T) {
 	}
 }
 
-func TestNeedsACPI(t *testing.T) {
+func TestKernelACPI(t *testing.T) {
 	const cmdlineDevices = "#\n# Linux/x86 6.1 Kernel Configuration\n#\nCONFIG_VIRTIO_MMIO=y\nCONFIG_VIRTIO_MMIO_CMDLINE_DEVICES=y\nCONFIG_EXT4_FS=y\n"
 	const withoutIt = "#\n# Linux/x86 6.1 Kernel Configuration\n#\nCONFIG_VIRTIO_MMIO=m\n# CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES is not set\nCONFIG_ACPI=y\n"
+	const both = "CONFIG_ACPI=y\nCONFIG_VIRTIO_MMIO=y\nCONFIG_VIRTIO_MMIO_CMDLINE_DEVICES=y\n"
 	tests := []struct {
-		name   string
-		image  string            // file name of the image
-		files  map[string]string // other files beside it
-		config string            // explicit config file name, "" for none
-		want   bool
+		name          string
+		image         string            // file name of the image
+		files         map[string]string // other files beside it
+		config        string            // explicit config file name, "" for none
+		want, capable bool
 	}{
 		{name: "explicit config with cmdline devices", image: "vmlinux", files: map[string]string{"my.config": cmdlineDevices}, config: "my.config", want: false},
-		{name: "explicit config without", image: "vmlinux", files: map[string]string{"my.config": withoutIt}, config: "my.config", want: true},
+		{name: "explicit config without", image: "vmlinux", files: map[string]string{"my.config": withoutIt}, config: "my.config", want: true, capable: true},
+		{name: "cmdline devices and ACPI", image: "vmlinux", files: map[string]string{"c": both}, config: "c", want: false, capable: true},
 		{name: "config-X beside vmlinuz-X", image: "vmlinuz-6.1.0-9-amd64", files: map[string]string{"config-6.1.0-9-amd64": cmdlineDevices}, want: false},
-		{name: "config-X beside vmlinuz-X without it", image: "vmlinuz-6.1.0-9-amd64", files: map[string]string{"config-6.1.0-9-amd64": withoutIt}, want: true},
+		{name: "config-X beside vmlinuz-X without it", image: "vmlinuz-6.1.0-9-amd64", files: map[string]string{"config-6.1.0-9-amd64": withoutIt}, want: true, capable: true},
 		{name: "config-X beside vmlinux-X", image: "vmlinux-6.6", files: map[string]string{"config-6.6": cmdlineDevices}, want: false},
-		{name: "no config beside vmlinuz-X", image: "vmlinuz-6.1.0", want: true},
-		{name: "config of another version is not used", image: "vmlinuz-6.1.0", files: map[string]string{"config-6.2.0": cmdlineDevices}, want: true},
-		{name: "no version in image name", image: "bzImage", files: map[string]string{"config-": cmdlineDevices}, want: true},
+		{name: "no config beside vmlinuz-X", image: "vmlinuz-6.1.0", want: true, capable: true},
+		{name: "config of another version is not used", image: "vmlinuz-6.1.0", files: map[string]string{"config-6.2.0": cmdlineDevices}, want: true, capable: true},
+		{name: "no version in image name", image: "bzImage", files: map[string]string{"config-": cmdlineDevices}, want: true, capable: true},
 		{name: "option on the first line", image: "vmlinux", files: map[string]string{"c": "CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES=y\nCONFIG_X=y\n"}, config: "c", want: false},
 		{name: "option on an unterminated last line", image: "vmlinux", files: map[string]string{"c": "CONFIG_X=y\nCONFIG_VIRTIO_MMIO_CMDLINE_DEVICES=y"}, config: "c", want: false},
 	}
@@ -207,19 +209,19 @@ func TestNeedsACPI(t *testing.T) {
 			if tt.config != "" {
 				config = filepath.Join(dir, tt.config)
 			}
-			got, err := needsACPI(config, img)
+			got, capable, err := kernelACPI(config, img)
 			if err != nil {
-				t.Fatalf("needsACPI: %v", err)
+				t.Fatalf("kernelACPI: %v", err)
 			}
-			if got != tt.want {
-				t.Errorf("needsACPI = %v, want %v", got, tt.want)
+			if got != tt.want || capable != tt.capable {
+				t.Errorf("kernelACPI = needs %v, capable %v; want %v, %v", got, capable, tt.want, tt.capable)
 			}
 		})
 	}
 	t.Run("explicit config missing", func(t *testing.T) {
 		dir := t.TempDir()
-		if _, err := needsACPI(filepath.Join(dir, "missing"), filepath.Join(dir, "vmlinux")); err == nil {
-			t.Error("needsACPI with a missing explicit config = nil error")
+		if _, _, err := kernelACPI(filepath.Join(dir, "missing"), filepath.Join(dir, "vmlinux")); err == nil {
+			t.Error("kernelACPI with a missing explicit config = nil error")
 		}
 	})
 }
@@ -446,8 +448,16 @@ func TestStoreResolve(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Resolve(path): %v", err)
 	}
-	if k.Path != img || k.Size != 8 || len(k.Modules) != 0 {
+	if k.Path != img || k.Size != 8 || len(k.Modules) != 0 || k.ACPI || k.ACPICapable {
 		t.Errorf("Resolve(path) = %+v", k)
+	}
+	// A store's kernel by path: its config beside it tells it can boot
+	// with ACPI as well.
+	dir := t.TempDir()
+	built := writeFile(t, filepath.Join(dir, "vmlinux"), []byte("\x7fELF abc"))
+	writeFile(t, filepath.Join(dir, "config"), []byte("CONFIG_ACPI=y\nCONFIG_VIRTIO_MMIO_CMDLINE_DEVICES=y\n"))
+	if k, err := s.Resolve(built); err != nil || k.ACPI || !k.ACPICapable {
+		t.Errorf("Resolve(path with a config) = %+v, %v; want ACPI-capable", k, err)
 	}
 	if _, err := s.Resolve(""); !errors.Is(err, ErrNotFound) {
 		t.Errorf("Resolve(\"\") in an empty store = %v, want ErrNotFound for the default", err)

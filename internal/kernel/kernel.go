@@ -46,9 +46,13 @@ type Kernel struct {
 	// ACPI says the kernel finds its virtio-mmio devices through ACPI
 	// tables rather than the command line (virtio_mmio.device=), as
 	// distribution kernels built without VIRTIO_MMIO_CMDLINE_DEVICES do.
-	ACPI    bool      `json:"acpi,omitempty"`
-	Created time.Time `json:"created"`
-	Size    int64     `json:"size"`
+	ACPI bool `json:"acpi,omitempty"`
+	// ACPICapable says a kernel that takes its devices from the command
+	// line can also find them through ACPI (CONFIG_ACPI): a VM with more
+	// devices than microvm wires without ACPI boots it with ACPI.
+	ACPICapable bool      `json:"acpiCapable,omitempty"`
+	Created     time.Time `json:"created"`
+	Size        int64     `json:"size"`
 	// Objects is how many objects a build compiled (0 for an imported
 	// kernel): the next build's progress counts against it.
 	Objects int `json:"objects,omitempty"`
@@ -134,7 +138,15 @@ func (s *Store) Resolve(ref string) (*Kernel, error) {
 		if err != nil {
 			return nil, fmt.Errorf("kernel image: %w", err)
 		}
-		return &Kernel{Name: abs, Path: abs, Origin: "file " + abs, Size: st.Size()}, nil
+		k := &Kernel{Name: abs, Path: abs, Origin: "file " + abs, Size: st.Size()}
+		// A kernel of a store (or a copy with its config) given by path:
+		// its config says whether it can boot with ACPI too.
+		if config := filepath.Join(filepath.Dir(abs), "config"); fileExists(config) {
+			if needs, capable, err := kernelACPI(config, abs); err == nil && !needs {
+				k.ACPICapable = capable
+			}
+		}
+		return k, nil
 	}
 	return s.Get(ref)
 }
@@ -194,3 +206,5 @@ func hashStrings(parts ...string) string {
 	}
 	return hex.EncodeToString(h.Sum(nil))[:16]
 }
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }

@@ -286,7 +286,10 @@ func (r *Factory) Create(ctx context.Context, spec Spec) (*VM, error) {
 		CPUs:      spec.CPUs,
 		Accel:     accel.Accel,
 		ACPI:      k.ACPI,
-		Binary:    probe.Binary,
+		// ACPICapable: the backend turns ACPI on for a VM whose devices
+		// need it (its Prepare, below).
+		ACPICapable: k.ACPICapable,
+		Binary:      probe.Binary,
 		Ports: []vmm.Port{
 			// The status records come over a socket, and the program's
 			// output through FIFOs: while no daemon takes them, the

@@ -139,8 +139,12 @@ type Config struct {
 	Accel Accel
 	// ACPI gives the guest ACPI tables, where it finds its devices; without
 	// them the devices are listed on the kernel command line.
-	ACPI  bool
-	Ports []Port
+	ACPI bool
+	// ACPICapable says the kernel finds its devices either way: a backend
+	// turns ACPI on (Prepare) when the VM has more devices than it can
+	// give the guest without.
+	ACPICapable bool `json:",omitempty"`
+	Ports       []Port
 	// Drives are the VM's disks, in the order the backend attaches them.
 	Drives []Drive
 	// Shares are host directories shown to the guest (share.go).

@@ -184,10 +184,12 @@ func Cmdline(accel vmm.Accel, acpi bool, tscKHz int, extra ...string) string {
 		// (pit=on), is the clock event device instead; a guest with more
 		// CPUs gets its ticks broadcast. Under KVM the guest has the
 		// TSC-deadline timer and never calibrates, and the PIT would cost
-		// exits, so KVM guests keep the APIC timer. Only for a kernel
-		// booted without ACPI (kiln's own): Debian's cloud kernel, which
-		// boots with ACPI, ran its program with it but never ended its
-		// run (the VM stayed up after the exit record).
+		// exits, so KVM guests keep the APIC timer. Only for a guest
+		// booted without ACPI: with microvm's ACPI tables and
+		// nolapic_timer, kiln's own kernel stops getting timer ticks
+		// right after starting /init, and Debian's cloud kernel ran its
+		// program but never ended its run (the VM stayed up after the
+		// exit record).
 		parts = append(parts, "nolapic_timer")
 	}
 	parts = append(parts, extra...)

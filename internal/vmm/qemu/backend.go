@@ -19,14 +19,19 @@ var _ vmm.Backend = Backend{}
 // Name is "qemu".
 func (Backend) Name() string { return "qemu" }
 
-// Prepare resolves QEMU's binary, sets the microvm guest's kernel command
-// line, and checks the devices fit microvm's virtio-mmio transports.
+// Prepare resolves QEMU's binary, turns ACPI on for a kernel capable of it
+// when the devices need microvm's second IOAPIC, sets the microvm guest's
+// kernel command line, and checks the devices fit microvm's virtio-mmio
+// transports.
 func (Backend) Prepare(cfg *vmm.Config) error {
 	bin, err := FindBinary(cfg.Binary)
 	if err != nil {
 		return err
 	}
 	cfg.Binary = bin
+	if !cfg.ACPI && cfg.ACPICapable && CheckDevices(cfg) != nil {
+		cfg.ACPI = true
+	}
 	cfg.Cmdline = Cmdline(cfg.Accel, cfg.ACPI, TSCKHz())
 	if err := CheckDevices(cfg); err != nil {
 		return fmt.Errorf("too many mounts: %w", err)

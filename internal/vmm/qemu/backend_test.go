@@ -29,6 +29,36 @@ func TestBackendPrepare(t *testing.T) {
 	}
 }
 
+// A kernel capable of ACPI boots with it when, and only when, its devices
+// do not fit microvm's transports without it.
+func TestBackendPrepareTurnsACPIOnForManyDevices(t *testing.T) {
+	drives := func(n int) []vmm.Drive {
+		var ds []vmm.Drive
+		for i := range n {
+			ds = append(ds, vmm.Drive{ID: "d" + string(rune('a'+i)), Path: "/dev/null"})
+		}
+		return ds
+	}
+	for _, tt := range []struct {
+		drives        int
+		capable, want bool
+		wantErr       bool
+	}{
+		{drives: 4, capable: true, want: false},
+		{drives: 7, capable: false, wantErr: true},
+		{drives: 7, capable: true, want: true},
+		{drives: 20, capable: true, want: true},
+		{drives: 30, capable: true, want: true, wantErr: true},
+	} {
+		cfg := vmm.Config{Accel: vmm.AccelTCG, Binary: "/bin/true", ACPICapable: tt.capable, Drives: drives(tt.drives),
+			Net: &vmm.NetConfig{Mode: vmm.NetUser, MAC: "52:54:00:00:00:01"}, Ports: []vmm.Port{{Name: "status", Socket: "/s"}}}
+		err := (Backend{}).Prepare(&cfg)
+		if (err != nil) != tt.wantErr || (err == nil && cfg.ACPI != tt.want) {
+			t.Errorf("%d drives, ACPI-capable %v: ACPI %v, %v; want ACPI %v, error %v", tt.drives, tt.capable, cfg.ACPI, err, tt.want, tt.wantErr)
+		}
+	}
+}
+
 func TestBackendAttachGone(t *testing.T) {
 	cfg := vmm.Config{ID: "gone", Dir: t.TempDir(), Kernel: "/vmlinux", MemoryMiB: 64, CPUs: 1, Accel: vmm.AccelTCG}
 	if _, err := (Backend{}).Attach(cfg, nil); !errors.Is(err, vmm.ErrNotRunning) {
