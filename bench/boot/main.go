@@ -12,12 +12,15 @@
 // time from `kiln run` to the program's first line on its stdout for a VM
 // restored from a template (a daemon with KILN_TEMPLATES=1; the template
 // made first, by a run not counted) against a cold boot of the same VM
-// (`kiln run --cold`); with -image, of a full image VM (busybox).
+// (`kiln run --cold`); with -image, of a full image VM (busybox). With
+// -acpi it times a VM whose devices need ACPI against one whose do not
+// (acpi.go).
 // The other measures boot (`kiln run --cold`) unless they say otherwise.
 //
 //	go run ./bench/boot [-n 7] [-kiln bin/kiln] [-kernel PATH]
 //	go run ./bench/boot -template [-image] [-n 7]   # restored from a template against a cold boot
 //	go run ./bench/boot -parallel 8 [-template] [-n 5]   # 8 runs at once against one
+//	go run ./bench/boot -acpi [-n 7]         # few volumes (no ACPI) against many (ACPI)
 //	go run ./bench/boot -memory [-n 5] [-tb 0,16,32,64,128] [-settle 3s]
 package main
 
@@ -50,6 +53,7 @@ func main() {
 	tmpl := flag.Bool("template", false, "measure start to first line, restored from a template against a cold boot")
 	parallel := flag.Int("parallel", 0, "time this many `kiln run --rm` at once against one instead (booted; restored from a template with -template)")
 	image := flag.Bool("image", false, "with -template: run a busybox image (a full image VM) instead of the program")
+	acpi := flag.Bool("acpi", false, "time a VM with few volumes (booted without ACPI) against one with many (booted with ACPI) instead")
 	settle := flag.Duration("settle", 3*time.Second, "with -memory: how long an idle VM runs after its program started before its memory is read")
 	flag.Parse()
 	if *kernel == "" {
@@ -59,6 +63,8 @@ func main() {
 	switch {
 	case *parallel > 0:
 		err = runParallel(*n, *parallel, *kiln, *prog, *kernel, *tmpl)
+	case *acpi:
+		err = runACPI(*n, *kiln, *prog, *kernel)
 	case *tmpl:
 		err = runTemplate(*n, *kiln, *prog, *kernel, *image)
 	case *memory:
