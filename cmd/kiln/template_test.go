@@ -480,3 +480,30 @@ func TestTemplateWithACPI(t *testing.T) {
 		t.Errorf("the template was not booted with ACPI:\n%s", b)
 	}
 }
+
+// TestTemplateClockIsTheHosts: a template's guest clock stopped when it
+// was saved; a VM restored from it 8 s later reads the host's time, not
+// the template's.
+func TestTemplateClockIsTheHosts(t *testing.T) {
+	t.Parallel()
+	e := templateEnv(t)
+	prog := counter(t)
+	if r := e.run("--rm", prog, "-now"); r.code != 0 || e.templateDirs() == nil {
+		t.Fatalf("first VM (makes the template):\n%s", r)
+	}
+	time.Sleep(8 * time.Second) // a clock left as saved would lag this much
+	r := e.run("--rm", "--name", "later", prog, "-now")
+	host := time.Now().Unix()
+	guest, err := strconv.ParseInt(strings.TrimSpace(r.stdout), 10, 64)
+	if r.code != 0 || err != nil {
+		t.Fatalf("VM restored from the 8 s old template:\n%s", r)
+	}
+	if k := e.starts("later"); k != (startKinds{template: 1}) {
+		t.Fatalf("want a start from the template, got %+v", k)
+	}
+	// The program runs within a second or two of the restore; kiln run
+	// returns after it.
+	if d := host - guest; d < 0 || d > 3 {
+		t.Fatalf("the restored guest's clock is %d s behind the host's, want 0-3", d)
+	}
+}
