@@ -333,7 +333,12 @@ func (r *Factory) Create(ctx context.Context, spec Spec) (*VM, error) {
 	// decides, at each start). A binary-mode image's files are in its
 	// initrd: it boots.
 	if img == nil {
-		if st, err := os.Stat(spec.Program); err == nil {
+		// Its restored runs have a program disk more: only if that fits
+		// the machine the VM is made for.
+		withDisk := cfg
+		withDisk.Drives = append(append([]vmm.Drive(nil), cfg.Drives...), programDrive(filepath.Join(dir, programDiskFile)))
+		fits := r.backend.Prepare(&withDisk) == nil && withDisk.ACPI == cfg.ACPI
+		if st, err := os.Stat(spec.Program); err == nil && fits {
 			rec.Template = &templateInputs{Base: base, Modules: as.Modules, Program: guestProg,
 				Source: spec.Program, Size: st.Size(), ModTime: st.ModTime()}
 		}

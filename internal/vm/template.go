@@ -155,18 +155,7 @@ func (t *templates) keyLock(key string) *sync.Mutex {
 // canTemplate reports whether the VM can start from a template.
 func (vm *VM) canTemplate() bool {
 	return vm.templates != nil && vm.tmplIn != nil && !vm.Spec.Cold &&
-		len(vm.cfg.Shares) == 0 && vm.guest != nil && vm.guestKnowsItsMAC() && vm.runFits()
-}
-
-// runFits reports whether the devices of a run restored from a template
-// (the program disk added) fit the machine the VM was made for.
-func (vm *VM) runFits() bool {
-	if len(vm.templateDrives()) == 0 {
-		return true
-	}
-	c := vm.cfg
-	c.Drives = vm.runDrives()
-	return vm.backend.Prepare(&c) == nil && c.ACPI == vm.cfg.ACPI
+		len(vm.cfg.Shares) == 0 && vm.guest != nil && vm.guestKnowsItsMAC()
 }
 
 // guestKnowsItsMAC reports whether kiln-init is told the VM's MAC (a
