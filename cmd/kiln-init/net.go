@@ -7,9 +7,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -77,6 +79,9 @@ func (nl *netlink) configure(n *agent.Network) error {
 	if err := nl.linkUp(ifi.Index); err != nil {
 		return fmt.Errorf("bringing up %s: %w", n.Interface, err)
 	}
+	if state, ok := waitLinkReady("/sys/class/net", n.Interface, nicWait); !ok {
+		logf("%s is still %s %s after it was brought up; the program starts anyway", n.Interface, state, nicWait)
+	}
 	if n.Gateway != "" {
 		gw, err := netip.ParseAddr(n.Gateway)
 		if err != nil {
@@ -100,6 +105,37 @@ func waitInterface(name string) (*net.Interface, error) {
 			return nil, fmt.Errorf("network interface %s did not appear within %s (is virtio_net in the kernel or its modules?): %w", name, nicWait, err)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// waitLinkReady waits until the interface's carrier is on and the kernel
+// has acted on it. IFF_UP alone is not enough: virtio-net learns the link
+// state from the device in a work item, and until that has run and the
+// kernel's link watcher has attached the interface's queueing discipline,
+// what the program sends is dropped. Under load that takes tens of
+// milliseconds after the link is set up, long enough for a program's first
+// connection to fail. It reads sysfs under dir and returns the last
+// operstate seen, and whether the link became ready before timeout.
+func waitLinkReady(dir, name string, timeout time.Duration) (string, bool) {
+	read := func(f string) (string, error) {
+		b, err := os.ReadFile(filepath.Join(dir, name, f))
+		return strings.TrimSpace(string(b)), err
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		state, err := read("operstate")
+		if err != nil {
+			return err.Error(), errors.Is(err, fs.ErrNotExist) // no sysfs: nothing to wait on
+		}
+		// "unknown" is what a driver that reports no link state leaves;
+		// then the carrier file is the only word on it.
+		if state == "up" || state == "unknown" && func() bool { c, _ := read("carrier"); return c == "1" }() {
+			return state, true
+		}
+		if time.Now().After(deadline) {
+			return state, false
+		}
+		time.Sleep(2 * time.Millisecond)
 	}
 }
 

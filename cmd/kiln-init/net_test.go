@@ -5,7 +5,10 @@ package main
 import (
 	"bytes"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"testing"
+	"time"
 )
 
 func TestBroadcast(t *testing.T) {
@@ -25,5 +28,57 @@ func TestAttrPads(t *testing.T) {
 	ne.PutUint16(want[6:], 7)
 	if !bytes.Equal(got, want) {
 		t.Errorf("attr = %v, want %v", got, want)
+	}
+}
+
+func TestWaitLinkReady(t *testing.T) {
+	dir := t.TempDir()
+	eth := filepath.Join(dir, "eth0")
+	if err := os.MkdirAll(eth, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	write := func(f, v string) { // whole, as sysfs shows it: never half-written
+		tmp := filepath.Join(dir, f+".tmp")
+		if err := os.WriteFile(tmp, []byte(v+"\n"), 0o644); err != nil {
+			t.Error(err)
+		}
+		if err := os.Rename(tmp, filepath.Join(eth, f)); err != nil {
+			t.Error(err)
+		}
+	}
+	// The link comes up 100 ms after the wait starts: the wait lasts
+	// until then and reports it.
+	write("operstate", "down")
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		time.Sleep(100 * time.Millisecond)
+		write("operstate", "up")
+	}()
+	start := time.Now()
+	state, ok := waitLinkReady(dir, "eth0", 5*time.Second)
+	<-done
+	if !ok || state != "up" || time.Since(start) < 100*time.Millisecond {
+		t.Errorf("waitLinkReady = %q, %v after %s; want up, true after at least 100ms", state, ok, time.Since(start))
+	}
+
+	// A link that stays down is given up on at the timeout.
+	write("operstate", "down")
+	if state, ok := waitLinkReady(dir, "eth0", 50*time.Millisecond); ok || state != "down" {
+		t.Errorf("a link that stays down: waitLinkReady = %q, %v; want down, false", state, ok)
+	}
+	// "unknown" counts only with the carrier on.
+	write("operstate", "unknown")
+	write("carrier", "0")
+	if _, ok := waitLinkReady(dir, "eth0", 50*time.Millisecond); ok {
+		t.Error("operstate unknown with carrier 0 was taken as ready")
+	}
+	write("carrier", "1")
+	if _, ok := waitLinkReady(dir, "eth0", 50*time.Millisecond); !ok {
+		t.Error("operstate unknown with carrier 1 was not taken as ready")
+	}
+	// Without sysfs there is nothing to wait for.
+	if _, ok := waitLinkReady(dir, "eth1", 5*time.Second); !ok {
+		t.Error("an interface with no sysfs entry was waited on")
 	}
 }
