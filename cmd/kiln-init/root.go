@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -145,6 +146,7 @@ func findDisk(serial string) (string, error) {
 		dev, seen := lookupDisk(serial)
 		if dev != "" {
 			if _, err := os.Stat(dev); err == nil {
+				setReadAhead("/sys/block", filepath.Base(dev), diskReadAheadKB)
 				return dev, nil
 			}
 		}
@@ -158,6 +160,23 @@ func findDisk(serial string) (string, error) {
 			return "", fmt.Errorf("no disk with serial %q (disks: %s)", serial, strings.Join(seen, ", "))
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// diskReadAheadKB is the read-ahead of every disk kiln-init mounts, in KiB
+// (the kernel's default is 128). Under TCG each request costs the guest an
+// emulated MMIO exit and an interrupt, far more than the bytes it moves, so
+// a sequential read in fewer, larger requests is much faster: a cold read
+// of a file on a named volume runs at about twice the speed (bench/volume
+// prints both). The kernel grows a file's read-ahead window only while its
+// reads are sequential, so random reads do not read 4 MiB each.
+const diskReadAheadKB = 4096
+
+// setReadAhead sets the read-ahead of the block device name (under dir,
+// /sys/block in the guest). A failure costs speed only, so it is logged.
+func setReadAhead(dir, name string, kb int) {
+	if err := os.WriteFile(filepath.Join(dir, name, "queue", "read_ahead_kb"), []byte(strconv.Itoa(kb)), 0); err != nil {
+		logf("setting the read-ahead of %s: %v", name, err)
 	}
 }
 
