@@ -39,10 +39,16 @@ type Ulimit struct {
 type VMConfig struct {
 	Name string `json:"name,omitempty"`
 	// Program is the host path of a static executable, read by the daemon
-	// when the VM is created. Exactly one of Program and Image is set.
+	// when the VM is created. Exactly one of Program, Image and RootDir is set.
 	Program string `json:"program,omitempty"`
 	// Image is an OCI image reference (or ID) to run.
 	Image string `json:"image,omitempty"`
+	// RootDir is the host path of a directory that becomes the VM's root
+	// filesystem (a container runtime's prepared rootfs, or podman's
+	// --rootfs): packed read-only when the VM is created, with the VM's
+	// writes on its own disk, as an image's root. Entrypoint and Cmd give
+	// the program. Exactly one of Program, Image and RootDir is set.
+	RootDir string `json:"rootDir,omitempty"`
 	// Mode is "full" (the image's root filesystem), "binary" (only its
 	// static ELF) or "" (the image's dev.kiln.mode label decides).
 	Mode string `json:"mode,omitempty"`
