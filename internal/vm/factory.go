@@ -264,6 +264,15 @@ func (r *Factory) Create(ctx context.Context, spec Spec) (*VM, error) {
 		}
 	} else if spec.Attach != nil {
 		nic, as.Network = bridgeNIC(id, spec.Attach)
+	} else if network.IsNS(spec.Network) {
+		// The guest becomes the namespace's interface: its MAC, address
+		// and default route. Name servers are not known there.
+		if spec.Pod, err = network.InspectNS(network.NSPath(spec.Network)); err != nil {
+			return nil, err
+		}
+		p := spec.Pod
+		nic = &vmm.NetConfig{Mode: vmm.NetTAP, MAC: p.MAC, TAP: network.PodTAP, NetNS: p.NS}
+		as.Network = &agent.Network{Interface: network.UserInterface, Address: p.Address, Gateway: p.Gateway, MAC: p.MAC}
 	}
 	if as.Network != nil {
 		as.Hosts = spec.guestHosts(as.Network.Gateway)
