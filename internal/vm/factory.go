@@ -390,6 +390,21 @@ func (rec *vmRecord) vm(r *Factory) *VM {
 		guest: rec.Guest, tmplIn: rec.Template, templates: r.templates}
 }
 
+// MonitorVersion is the first line of the VM monitor's --version ("QEMU
+// emulator version 7.2.…"), or why it cannot be had.
+func (r *Factory) MonitorVersion() string {
+	probe := vmm.Config{Accel: vmm.AccelTCG, Binary: r.qemuBin}
+	if err := r.backend.Prepare(&probe); err != nil {
+		return "unavailable: " + err.Error()
+	}
+	out, err := exec.Command(probe.Binary, "--version").Output()
+	if err != nil {
+		return fmt.Sprintf("unavailable: %s --version: %v", probe.Binary, err)
+	}
+	first, _, _ := strings.Cut(string(out), "\n")
+	return strings.TrimSpace(first)
+}
+
 // Load returns the VM whose directory is dir, as Create left it. Its
 // monitor is not attached: call Attach to take over a running VM, or Start.
 func (r *Factory) Load(dir string) (*VM, error) {
