@@ -259,6 +259,20 @@ type Info struct {
 	// --version), Kernel the default guest kernel and where it came from.
 	Monitor string `json:"monitor,omitempty"`
 	Kernel  string `json:"kernel,omitempty"`
+	// Images is the number of images in the store.
+	Images int `json:"images"`
+	// Templates: VMs start from booted templates (kiln daemon --templates).
+	Templates bool `json:"templates"`
+	// Confinement is how VMs' QEMUs are confined, in a phrase.
+	Confinement string `json:"confinement,omitempty"`
+	// Cgroup is the cgroup version VMs are limited with ("v1", "v2"), or
+	// why there is none.
+	Cgroup string `json:"cgroup,omitempty"`
+	// FreeBytes is the free space of the root's filesystem.
+	FreeBytes int64 `json:"freeBytes"`
+	// HostCPUs and HostMemory (bytes) are the host's.
+	HostCPUs   int   `json:"hostCPUs"`
+	HostMemory int64 `json:"hostMemory"`
 }
 
 // Image is an image in the daemon's store. Its JSON is what `kiln images

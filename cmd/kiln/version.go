@@ -14,6 +14,7 @@ import (
 	"kiln.dev/kiln/client"
 	"kiln.dev/kiln/internal/buildinfo"
 	"kiln.dev/kiln/internal/daemon"
+	"kiln.dev/kiln/internal/disk"
 	"kiln.dev/kiln/internal/errdefs"
 )
 
@@ -126,4 +127,51 @@ func buildMismatch(mine string, info api.Info, root string) string {
 		return fmt.Sprintf("the daemon for %s (pid %d) is build %s, this kiln is build %s: %s", root, info.PID, info.BuildID, mine, restart)
 	}
 	return ""
+}
+
+func newInfoCmd(g *globals) *cobra.Command {
+	var format string
+	c := &cobra.Command{
+		Use:   "info [--format json]",
+		Short: "Show the daemon's view of the host: VMs by state, images, accelerator, confinement, cgroups, free space",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if format != "" && format != "json" {
+				return errdefs.Invalid(fmt.Sprintf("invalid --format %q: use json", format))
+			}
+			ctx := context.Background()
+			c, err := connect(ctx, g, cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			info, err := c.Info(ctx)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if format == "json" {
+				enc := json.NewEncoder(out)
+				enc.SetIndent("", "  ")
+				return enc.Encode(info)
+			}
+			templates := "off (every VM boots its kernel)"
+			if info.Templates {
+				templates = "on (VMs start from booted templates)"
+			}
+			tw := tabwriter.NewWriter(out, 0, 4, 1, ' ', 0)
+			fmt.Fprintf(tw, "VMs:\t%d\n Running:\t%d\n Stopped:\t%d\nImages:\t%d\n", info.VMs, info.Running, info.VMs-info.Running, info.Images)
+			ver := info.Commit
+			if ver == "" {
+				ver = "devel"
+			}
+			fmt.Fprintf(tw, "Server version:\t%s (API %s, build %s)\n", ver, info.Version, orNone(info.BuildID))
+			fmt.Fprintf(tw, "Root:\t%s (%s free)\n", info.Root, disk.HumanBytes(info.FreeBytes))
+			fmt.Fprintf(tw, "Accelerator:\t%s\nVM monitor:\t%s\nDefault kernel:\t%s\nTemplates:\t%s\n", orNone(info.Accel), orNone(info.Monitor), orNone(info.Kernel), templates)
+			fmt.Fprintf(tw, "Confinement:\t%s\nCgroups:\t%s\n", orNone(info.Confinement), orNone(info.Cgroup))
+			fmt.Fprintf(tw, "CPUs:\t%d\nTotal memory:\t%s\n", info.HostCPUs, disk.HumanBytes(info.HostMemory))
+			return tw.Flush()
+		},
+	}
+	c.Flags().StringVarP(&format, "format", "f", "", "print as json")
+	return c
 }

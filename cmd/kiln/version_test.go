@@ -6,10 +6,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"kiln.dev/kiln/api"
 )
 
 // TestVersionShowsBothBuildsAndWarnsWhenTheyDiffer: kiln version starts
@@ -83,5 +86,36 @@ func TestVersionShowsBothBuildsAndWarnsWhenTheyDiffer(t *testing.T) {
 		if r.code != 0 || !strings.Contains(r.stderr, "kiln: warning: the daemon for "+e.root) || !strings.Contains(r.stderr, "this kiln is build "+v.Client.BuildID) {
 			t.Errorf("kiln %v against another build's daemon: want a warning naming both builds:\n%s", args, r)
 		}
+	}
+}
+
+// TestInfo: kiln info counts the root's VMs by state and says what the
+// daemon runs them with.
+func TestInfo(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	if r := e.run("--name", "done", e.hello()); r.code != 0 {
+		t.Fatalf("run:\n%s", r)
+	}
+	r := e.kiln("info", "--format", "json")
+	var info api.Info
+	if err := json.Unmarshal([]byte(r.stdout), &info); r.code != 0 || err != nil {
+		t.Fatalf("info --format json: %v\n%s", err, r)
+	}
+	if info.VMs != 1 || info.Running != 0 || info.Root != e.root || info.FreeBytes <= 0 || info.HostCPUs != runtime.NumCPU() ||
+		info.HostMemory <= 0 || (info.Cgroup != "v1" && info.Cgroup != "v2") || info.Accel == "" || info.BuildID == "" {
+		t.Errorf("info: want 1 VM, none running, the root, free space, the host's CPUs and memory, a cgroup version:\n%s", r.stdout)
+	}
+	if os.Geteuid() == 0 && !strings.HasPrefix(info.Confinement, "jailed") {
+		t.Errorf("info as root: confinement %q, want jailed", info.Confinement)
+	}
+	r = e.kiln("info")
+	for _, want := range []string{"VMs:", " Running:", " Stopped:", "Images:", "Accelerator:", "Confinement:", "Cgroups:", "Templates:"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("info: no %q:\n%s", want, r)
+		}
+	}
+	if r := e.kiln("info", "--format", "yaml"); r.code != 125 || !strings.Contains(r.stderr, `invalid --format "yaml"`) {
+		t.Errorf("info --format yaml:\n%s", r)
 	}
 }

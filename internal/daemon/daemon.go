@@ -121,6 +121,8 @@ type Daemon struct {
 	cfg Config
 	db  *state.Store
 	rt  *vm.Factory
+	// conf is how VMs are confined, as the daemon resolved it.
+	conf vm.Confinement
 	// monitor is the VM monitor's version, asked once.
 	monitorOnce sync.Once
 	monitor     string
@@ -143,7 +145,7 @@ func Run(ctx context.Context, cfg Config, ready func()) error {
 	if err != nil {
 		return err
 	}
-	d := &Daemon{cfg: cfg, log: cfg.Logger, uid: os.Geteuid()}
+	d := &Daemon{cfg: cfg, log: cfg.Logger, uid: os.Geteuid(), conf: conf}
 	if err := os.MkdirAll(cfg.Root, 0o711); err != nil {
 		return fmt.Errorf("creating kiln root: %w", err)
 	}

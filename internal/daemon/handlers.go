@@ -9,12 +9,15 @@ import (
 	"math"
 	"net/http"
 	"os"
+	"runtime"
 	"strconv"
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"kiln.dev/kiln/api"
 	"kiln.dev/kiln/internal/buildinfo"
+	"kiln.dev/kiln/internal/cgroup"
 	"kiln.dev/kiln/internal/errdefs"
 	"kiln.dev/kiln/internal/options"
 	"kiln.dev/kiln/internal/state"
@@ -140,6 +143,31 @@ func (d *Daemon) info(w http.ResponseWriter, r *http.Request) error {
 		info.Kernel = fmt.Sprintf("%s: %s", k.Name, k.Origin)
 	} else {
 		info.Kernel = "none: " + err.Error()
+	}
+	if store, err := d.rt.Images(); err == nil {
+		if imgs, err := store.List(); err == nil {
+			info.Images = len(imgs)
+		}
+	}
+	info.Templates = !d.cfg.NoTemplates
+	if d.uid == 0 {
+		info.Confinement = fmt.Sprintf("jailed: each QEMU its own uid (%d-%d), namespaces, root and cgroup, with the seccomp sandbox", d.conf.UIDs.Min, d.conf.UIDs.Max)
+	} else {
+		info.Confinement = fmt.Sprintf("unconfined: the daemon runs as uid %d, not root, so QEMU runs as that uid without a jail", d.uid)
+	}
+	if h, err := cgroup.Detect(); err == nil {
+		info.Cgroup = fmt.Sprintf("v%d", h.Version)
+	} else {
+		info.Cgroup = "none: " + err.Error()
+	}
+	var fs unix.Statfs_t
+	if unix.Statfs(d.cfg.Root, &fs) == nil {
+		info.FreeBytes = int64(fs.Bavail) * fs.Bsize
+	}
+	info.HostCPUs = runtime.NumCPU()
+	var si unix.Sysinfo_t
+	if unix.Sysinfo(&si) == nil {
+		info.HostMemory = int64(si.Totalram) * int64(si.Unit)
 	}
 	for _, v := range views {
 		if v.Record.Status == state.StatusRunning {
