@@ -5,10 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"kiln.dev/kiln/internal/jail"
 	"log/slog"
 	"os"
 	"path/filepath"
+
+	"kiln.dev/kiln/internal/jail"
 
 	"github.com/spf13/cobra"
 )

@@ -53,6 +53,7 @@ type runFlags struct {
 	volumes     []string
 	mounts      []string
 	health      healthFlags
+	rootfs      bool
 }
 
 func newRunCmd(g *globals) *cobra.Command {
@@ -74,6 +75,7 @@ after --time seconds. With -d the VM runs in the background.`,
 	c.Flags().SetInterspersed(false)
 	fl := c.Flags()
 	fl.StringVar(&f.name, "name", "", "name of the VM")
+	fl.BoolVar(&f.rootfs, "rootfs", false, "the first argument is a root filesystem directory on this host, packed into the VM when it is created, and the rest the command to run in it")
 	fl.BoolVar(&f.rm, "rm", false, "remove the VM's state when it ends")
 	fl.StringVarP(&f.memory, "memory", "m", "", "guest memory, e.g. 256m or 1g (default 256m)")
 	fl.IntVar(&f.cpus, "cpus", 1, "number of virtual CPUs")
@@ -106,6 +108,21 @@ after --time seconds. With -d the VM runs in the background.`,
 	return c
 }
 
+// diskSize reads --disk-size: 0 when not given.
+func diskSize(s string) (int, error) {
+	if s == "" {
+		return 0, nil
+	}
+	mib, err := options.ParseMemory(s)
+	if err != nil {
+		return 0, errdefs.Invalid(fmt.Sprintf("invalid disk size %q: want a size like 2g or 512m", s))
+	}
+	if mib == 0 {
+		return 0, errdefs.Invalid(fmt.Sprintf("invalid disk size %q: must be at least %dm", s, options.MinDiskMiB))
+	}
+	return mib, nil
+}
+
 // vmConfig turns the command line into the daemon's create request. The
 // first argument is a program when it is a file on this host (or reads as
 // a path: "/…", "./…", "../…"), and an image otherwise. Host paths become
@@ -128,17 +145,23 @@ func vmConfig(f *runFlags, args []string) (api.VMConfig, error) {
 		StopTimeout: f.stopTimeout,
 		IP:          f.ip,
 	}
-	if isImageArg(args[0]) {
+	if f.rootfs {
+		if f.mode != "" {
+			return c, errdefs.Invalid(fmt.Sprintf("--mode applies to images, and %s is a root directory", args[0]))
+		}
+		abs, err := filepath.Abs(args[0])
+		if err != nil {
+			return c, fmt.Errorf("resolving root directory: %w", err)
+		}
+		c.RootDir = abs
+		if c.DiskMiB, err = diskSize(f.diskSize); err != nil {
+			return c, err
+		}
+	} else if isImageArg(args[0]) {
 		c.Image, c.Pull, c.Mode, c.Insecure = args[0], f.pull, f.mode, f.insecure
-		if f.diskSize != "" {
-			mib, err := options.ParseMemory(f.diskSize)
-			if err != nil {
-				return c, errdefs.Invalid(fmt.Sprintf("invalid disk size %q: want a size like 2g or 512m", f.diskSize))
-			}
-			if mib == 0 {
-				return c, errdefs.Invalid(fmt.Sprintf("invalid disk size %q: must be at least %dm", f.diskSize, options.MinDiskMiB))
-			}
-			c.DiskMiB = mib
+		var err error
+		if c.DiskMiB, err = diskSize(f.diskSize); err != nil {
+			return c, err
 		}
 	} else if f.mode != "" || f.diskSize != "" {
 		return c, errdefs.Invalid(fmt.Sprintf("--mode and --disk-size apply to images, and %s is a file on this host", args[0]))

@@ -331,3 +331,63 @@ func TestDoctorExplainsAccelerator(t *testing.T) {
 		t.Errorf("doctor on a root without a kernel: want exit 1 and the fix:\n%s", r)
 	}
 }
+
+// TestRunRootDir: `kiln run --rootfs DIR` boots DIR as the VM's root (what
+// a container runtime prepares), runs the command in it with the flags'
+// environment, directory and exit status, and keeps the guest's writes on
+// the VM's disk: the host's directory is never written.
+func TestRunRootDir(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	dir := t.TempDir()
+	for _, d := range []string{"bin", "etc", "work"} {
+		if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	prog, err := os.ReadFile(e.hello())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "bin", "hello"), prog, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "etc", "motd"), []byte("from the root directory\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := e.run("--rm", "-e", "GREETING=hi", "-w", "/work", "--rootfs", dir,
+		"/bin/hello", "-cat", "/etc/motd", "-write", "/etc/new", "-env", "GREETING", "-exit", "3")
+	if r.code != 3 {
+		t.Fatalf("want exit 3 from the program in the root directory:\n%s", r)
+	}
+	for _, want := range []string{"from the root directory\n", "write /etc/new: ok\n", "cwd=/work ", "GREETING=hi\n"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("want %q in the output:\n%s", want, r.stdout)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "etc", "new")); !os.IsNotExist(err) {
+		t.Errorf("the guest's write reached the host's root directory: %v", err)
+	}
+	if d := e.vmDirs(); len(d) != 0 {
+		t.Errorf("--rm left VM directories: %v", d)
+	}
+
+	// Bad input: nothing is made, and the error names the directory.
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--rootfs", filepath.Join(dir, "missing"), "/bin/hello"}, "missing: no such file or directory"},
+		{[]string{"--rootfs", filepath.Join(dir, "etc", "motd"), "/bin/hello"}, "motd is not a directory"},
+		{[]string{"--rootfs", dir}, "no command to run in it"},
+		{[]string{"--rootfs", "--mode", "binary", dir, "/bin/hello"}, "--mode applies to images"},
+	} {
+		r := e.run(append([]string{"--rm"}, c.args...)...)
+		if r.code != 125 || !strings.Contains(r.stderr, c.want) {
+			t.Errorf("kiln run %v: want exit 125 and %q:\n%s", c.args, c.want, r)
+		}
+	}
+	if d := e.vmDirs(); len(d) != 0 {
+		t.Errorf("refused runs left VM directories: %v", d)
+	}
+}

@@ -132,10 +132,14 @@ func rowOf(v api.VM) psRow {
 	}
 }
 
-// imageOf is what a VM runs: its image, or its program's host path.
+// imageOf is what a VM runs: its image, its program's host path, or its
+// root directory.
 func imageOf(v api.VM) string {
 	if v.Config.Image != "" {
 		return v.Config.Image
+	}
+	if v.Config.RootDir != "" {
+		return v.Config.RootDir
 	}
 	return v.Config.Program
 }

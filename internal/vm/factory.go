@@ -179,8 +179,13 @@ func (r *Factory) Create(ctx context.Context, spec Spec) (*VM, error) {
 	if err := spec.Validate(r.limits); err != nil {
 		return nil, err
 	}
-	if spec.Image == "" {
+	if spec.Program != "" {
 		if err := CheckProgram(spec.Program); err != nil {
+			return nil, err
+		}
+	}
+	if spec.RootDir != "" {
+		if err := checkRootDir(spec.RootDir); err != nil {
 			return nil, err
 		}
 	}
@@ -214,7 +219,7 @@ func (r *Factory) Create(ctx context.Context, spec Spec) (*VM, error) {
 	if err != nil {
 		return nil, fmt.Errorf("preparing initramfs: %w", err)
 	}
-	img, err := r.resolveImage(ctx, &spec) // nil for a program
+	img, err := r.resolveImage(ctx, &spec) // nil for a program; a root directory's plan for one
 	if err != nil {
 		return nil, err
 	}

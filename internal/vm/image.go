@@ -96,6 +96,26 @@ type imagePlan struct {
 	binary []imageFile
 	// rdsquashfs is the tool that reads them out of the image.
 	rdsquashfs string
+	// rootDir is the host directory a root directory VM runs; attach
+	// packs it into the VM's directory as its rootfs.
+	rootDir string
+}
+
+// rootDirFile is a root directory VM's root filesystem, packed from the
+// directory when the VM is created.
+const rootDirFile = "root.sqfs"
+
+// checkRootDir checks that a root directory is a directory the daemon can
+// read, naming it when it is not.
+func checkRootDir(dir string) error {
+	st, err := os.Stat(dir)
+	if err != nil {
+		return errdefs.Invalid(fmt.Sprintf("root directory %s: %v", dir, errors.Unwrap(err)))
+	}
+	if !st.IsDir() {
+		return errdefs.Invalid(fmt.Sprintf("root directory %s is not a directory", dir))
+	}
+	return nil
 }
 
 // imageFile is one file binary mode takes out of the image.
@@ -113,6 +133,13 @@ type imageFile struct {
 // StopSignal. It returns nil for a program spec. It creates nothing but
 // shared cache entries, so a failure leaves no VM state behind.
 func (r *Factory) resolveImage(ctx context.Context, s *Spec) (*imagePlan, error) {
+	if s.RootDir != "" {
+		// A root directory is an image with an empty config: the
+		// request's command, environment, directory and user are all
+		// there is. attach packs it.
+		return &imagePlan{img: &image.Image{}, mode: options.ModeFull, args: imageArgs(image.Config{}, s),
+			workingDir: s.WorkingDir, user: s.User, rootDir: s.RootDir}, nil
+	}
 	if s.Image == "" {
 		return nil, nil
 	}
@@ -212,6 +239,14 @@ func (p *imagePlan) attach(ctx context.Context, dir string, s *Spec) ([]kernel.F
 	if p.mode == options.ModeBinary {
 		files, err := p.extractBinary(ctx, dir, s)
 		return files, nil, err
+	}
+	if p.rootDir != "" {
+		// Packed as a baked directory is: owners, modes, times, special
+		// files kept; the guest's writes go to the VM's disk above it.
+		p.rootfs = image.RootFS{Path: filepath.Join(dir, rootDirFile), FSType: image.FSTypeSquashfs}
+		if err := bake(ctx, p.rootDir, p.rootfs.Path); err != nil {
+			return nil, nil, err
+		}
 	}
 	diskPath := filepath.Join(dir, diskFile)
 	if err := disk.MakeExt4(ctx, diskPath, s.DiskMiB, "kiln-disk"); err != nil {

@@ -72,8 +72,12 @@ func TestValidateImageSpec(t *testing.T) {
 		edit func(*Spec)
 		want string
 	}{
-		{"program and image", func(s *Spec) { s.Program = "/bin/x" }, "not both"},
-		{"neither", func(s *Spec) { s.Image = "" }, "no program or image"},
+		{"program and image", func(s *Spec) { s.Program = "/bin/x" }, "not several"},
+		{"image and root directory", func(s *Spec) { s.RootDir = "/srv/root" }, "not several"},
+		{"none", func(s *Spec) { s.Image = "" }, "no program, image or root directory"},
+		{"relative root directory", func(s *Spec) { s.Image, s.RootDir = "", "srv/root" }, `invalid root directory "srv/root"`},
+		{"root directory without a command", func(s *Spec) { s.Image, s.RootDir, s.Cmd, s.Entrypoint = "", "/srv/root", nil, nil }, "no command to run in it"},
+		{"mode for a root directory", func(s *Spec) { s.Image, s.RootDir, s.Cmd, s.Mode = "", "/srv/root", []string{"/x"}, options.ModeBinary }, "images only"},
 		{"bad reference", func(s *Spec) { s.Image = "UP:per:case" }, `invalid image reference "UP:per:case"`},
 		{"bad mode", func(s *Spec) { s.Mode = "half" }, `invalid mode "half"`},
 		{"bad pull", func(s *Spec) { s.Pull = "sometimes" }, `invalid pull policy "sometimes"`},

@@ -37,7 +37,9 @@ import (
 //
 //   - Program (bare mode) is placed at /usr/local/bin/<base name> in the
 //     guest; Image is run instead, its config honoured as docker does and
-//     overridden by the request. Exactly one of them is set. Mode, Pull,
+//     overridden by the request; RootDir (a host directory) is run as an
+//     image with no config of its own would be, the request's Entrypoint
+//     and Cmd its command. Exactly one of the three is set. Mode, Pull,
 //     Insecure and DiskMiB apply to an image only (options.ModeFull or
 //     ModeBinary, "" for the image's options.ModeLabel; options.PullMissing
 //     by default; a sparse disk of options.DefaultDiskMiB by default).
@@ -136,9 +138,9 @@ func (s *Spec) Resolve() {
 		if s.Pull == "" {
 			s.Pull = options.PullMissing
 		}
-		if s.DiskMiB == 0 {
-			s.DiskMiB = options.DefaultDiskMiB
-		}
+	}
+	if (s.Image != "" || s.RootDir != "") && s.DiskMiB == 0 {
+		s.DiskMiB = options.DefaultDiskMiB
 	}
 	options.CleanMounts(s.Mounts)
 }
@@ -154,11 +156,19 @@ func (s *Spec) Validate(h HostLimits) error {
 			return err
 		}
 	}
-	switch {
-	case s.Program == "" && s.Image == "":
-		return errdefs.Invalid("no program or image to run")
-	case s.Program != "" && s.Image != "":
-		return errdefs.Invalid("give a program or an image to run, not both")
+	switch n := btoi(s.Program != "") + btoi(s.Image != "") + btoi(s.RootDir != ""); {
+	case n == 0:
+		return errdefs.Invalid("no program, image or root directory to run")
+	case n > 1:
+		return errdefs.Invalid("give one of a program, an image and a root directory to run, not several")
+	}
+	if s.RootDir != "" {
+		if !path.IsAbs(s.RootDir) {
+			return errdefs.Invalid(fmt.Sprintf("invalid root directory %q: must be an absolute path on the daemon's host", s.RootDir))
+		}
+		if len(s.Entrypoint)+len(s.Cmd) == 0 {
+			return errdefs.Invalid(fmt.Sprintf("root directory %s: no command to run in it (give the program's path in it and its arguments)", s.RootDir))
+		}
 	}
 	if err := s.validateImage(); err != nil {
 		return err
@@ -178,7 +188,7 @@ func (s *Spec) Validate(h HostLimits) error {
 	if s.WorkingDir != "" && !path.IsAbs(s.WorkingDir) {
 		return errdefs.Invalid(fmt.Sprintf("invalid working directory %q: must be an absolute path", s.WorkingDir))
 	}
-	if s.Image != "" {
+	if s.Image != "" || s.RootDir != "" {
 		if err := ValidateImageUser(s.User); err != nil {
 			return err
 		}
@@ -218,10 +228,10 @@ func (s *Spec) Validate(h HostLimits) error {
 // validateImage checks the image fields.
 func (s *Spec) validateImage() error {
 	if s.Image == "" {
-		if s.Mode != "" || s.Pull != "" || s.DiskMiB != 0 {
-			return errdefs.Invalid("--mode, --pull and --disk-size apply to images only")
+		if s.Mode != "" || s.Pull != "" || s.DiskMiB != 0 && s.RootDir == "" {
+			return errdefs.Invalid("--mode, --pull and --disk-size apply to images only (and --disk-size to a root directory)")
 		}
-		return nil
+		return s.validateDisk()
 	}
 	if err := ValidateImageRef(s.Image); err != nil {
 		return err
@@ -236,10 +246,23 @@ func (s *Spec) validateImage() error {
 	default:
 		return errdefs.Invalid(fmt.Sprintf("invalid pull policy %q: use missing, always or never", s.Pull))
 	}
+	return s.validateDisk()
+}
+
+// validateDisk checks the size of the writable disk of an image or root
+// directory VM.
+func (s *Spec) validateDisk() error {
 	if disk := cmp.Or(s.DiskMiB, options.DefaultDiskMiB); disk < options.MinDiskMiB || disk > options.MaxDiskMiB {
 		return errdefs.Invalid(fmt.Sprintf("invalid disk size %s: allowed %dm to %s", options.FormatMiB(disk), options.MinDiskMiB, options.FormatMiB(options.MaxDiskMiB)))
 	}
 	return nil
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 var (

@@ -147,12 +147,18 @@ func (p *mountPlan) undo() {
 
 // bake packs the host directory src into a squashfs image at img,
 // keeping owners, modes and times: the guest mounts it read-only.
+//
+// The image is lz4-compressed. It is made at every create and read by one
+// VM, under TCG, so speed counts on both sides and size little: packing a
+// 27 MB file took 0.02 s with lz4 against 1.0 s with zstd and 2.3 s with
+// gensquashfs's default, xz (18, 14 and 13 MB), and a guest read it cold
+// at 67-99 MB/s against 38 and 13.5 MB/s.
 func bake(ctx context.Context, src, img string) error {
 	bin, err := disk.FindTool("gensquashfs", "squashfs-tools-ng")
 	if err != nil {
 		return err
 	}
-	cmd := exec.CommandContext(ctx, bin, "-q", "-k", "-D", src, img)
+	cmd := exec.CommandContext(ctx, bin, "-q", "-c", "lz4", "-k", "-D", src, img)
 	cmd.WaitDelay = 5 * time.Second
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("baking %s into the VM: %w: %s", src, err, out)
