@@ -85,18 +85,41 @@ func (s *service) client(ctx context.Context) (*client.Client, error) {
 	return c, nil
 }
 
-// forward publishes events in order.
+// forward publishes events in order. When the shim shuts down (its
+// context is done) it publishes what was sent before and closes the
+// publisher, which the shim's exit waits for.
 func (s *service) forward() {
 	ns, _ := namespaces.Namespace(s.ctx)
 	ctx := namespaces.WithNamespace(context.Background(), ns)
-	for e := range s.events {
+	publish := func(e any) {
 		if err := s.publisher.Publish(ctx, topic(e), e); err != nil {
 			log.G(ctx).WithError(err).Error("publishing event")
 		}
 	}
+	for {
+		select {
+		case e := <-s.events:
+			publish(e)
+		case <-s.ctx.Done():
+			for {
+				select {
+				case e := <-s.events:
+					publish(e)
+				default:
+					s.publisher.Close()
+					return
+				}
+			}
+		}
+	}
 }
 
-func (s *service) send(e any) { s.events <- e }
+func (s *service) send(e any) {
+	select {
+	case s.events <- e:
+	case <-s.ctx.Done():
+	}
+}
 
 func topic(e any) string {
 	switch e.(type) {
@@ -396,10 +419,13 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 		closeOut()
 		return nil, toGRPC(fmt.Errorf("starting VM %s: %w", t.vm, err))
 	}
-	v, err := c.Inspect(ctx, t.vm)
-	if err == nil {
-		t.pid = v.State.PID
+	// A task reported started runs its program: kiln's start returns
+	// while the VM boots, and an exec is refused until the program runs.
+	v, err := waitStarted(ctx, c, t.vm)
+	if err != nil {
+		log.G(ctx).WithError(err).Warnf("waiting for VM %s's program to start", t.vm)
 	}
+	t.pid = v.State.PID
 	t.init.mu.Lock()
 	if t.init.status == task.Status_CREATED {
 		t.init.status = task.Status_RUNNING
@@ -439,6 +465,35 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 		s.send(&eventstypes.TaskExit{ContainerID: t.id, ID: t.id, Pid: uint32(t.pid), ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at)})
 	}()
 	return &taskAPI.StartResponse{Pid: uint32(t.pid)}, nil
+}
+
+// startWait bounds how long Start waits for the VM's program to start,
+// past kiln's own boot timeout.
+const startWait = 2 * time.Minute
+
+// waitStarted waits until the VM's program has started (the daemon then
+// records the guest's uptime at that moment, BootUptime) or the VM's run
+// ended, and returns the VM as it then is.
+func waitStarted(ctx context.Context, c *client.Client, vm string) (api.VM, error) {
+	deadline := time.Now().Add(startWait)
+	for {
+		v, err := c.Inspect(ctx, vm)
+		if err != nil {
+			return v, err
+		}
+		st := v.State.Status
+		if v.State.BootUptime > 0 || st != "starting" && st != "running" {
+			return v, nil
+		}
+		if time.Now().After(deadline) {
+			return v, fmt.Errorf("VM %s's program did not start within %s", vm, startWait)
+		}
+		select {
+		case <-ctx.Done():
+			return v, ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 func (s *service) startExec(ctx context.Context, t *kTask, execID string) (*taskAPI.StartResponse, error) {
