@@ -9,10 +9,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
 
+	cgstats "github.com/containerd/cgroups/v2/stats"
 	eventstypes "github.com/containerd/containerd/api/events"
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v2"
 	"github.com/containerd/containerd/api/types/task"
@@ -25,6 +27,7 @@ import (
 	"github.com/containerd/containerd/runtime/v2/shim"
 	"github.com/containerd/fifo"
 	"github.com/containerd/log"
+	"github.com/containerd/typeurl/v2"
 
 	"kiln.dev/kiln/api"
 	"kiln.dev/kiln/client"
@@ -171,6 +174,8 @@ type proc struct {
 	exitedAt              time.Time
 	exited                chan struct{}
 	closeStdin            func()
+	// stdinClosed: CloseIO came, maybe before the process started.
+	stdinClosed bool
 }
 
 func newProc(id, stdin, stdout, stderr string, terminal bool) *proc {
@@ -539,7 +544,14 @@ func (s *service) startExec(ctx context.Context, t *kTask, execID string) (*task
 		return nil, toGRPC(fmt.Errorf("exec %q in VM %s: %w", execID, t.vm, err))
 	}
 	var stdin io.Reader
-	if p.stdin != "" {
+	p.mu.Lock()
+	stdinClosed := p.stdinClosed
+	p.mu.Unlock()
+	if p.stdin != "" && stdinClosed {
+		// ctr closes stdin as soon as its own ends, which can be before
+		// the start: the command gets an empty one.
+		stdin = strings.NewReader("")
+	} else if p.stdin != "" {
 		// Opened in the background: the fifo's writer (ctr) may open it
 		// later; CloseIO or the end of the exec closes it.
 		f, err := fifo.OpenFifo(s.ctx, p.stdin, syscall.O_RDONLY|syscall.O_NONBLOCK, 0)
@@ -769,10 +781,14 @@ func (s *service) CloseIO(ctx context.Context, r *taskAPI.CloseIORequest) (*ptyp
 	if err != nil {
 		return nil, err
 	}
+	if !r.Stdin {
+		return empty, nil
+	}
 	p.mu.Lock()
+	p.stdinClosed = true
 	cs := p.closeStdin
 	p.mu.Unlock()
-	if cs != nil && r.Stdin {
+	if cs != nil {
 		cs()
 	}
 	return empty, nil
@@ -824,10 +840,57 @@ func (s *service) Shutdown(ctx context.Context, r *taskAPI.ShutdownRequest) (*pt
 	return empty, nil
 }
 
-// Stats is not implemented yet.
+// Stats reports the task's VM as containerd's cgroup v2 metrics: the
+// memory and pids of the VM's cgroup on the host (QEMU and the guest's
+// memory) when the daemon confines it in one, else the guest's own view
+// of its memory.
 func (s *service) Stats(ctx context.Context, r *taskAPI.StatsRequest) (*taskAPI.StatsResponse, error) {
-	return nil, errdefs.ToGRPCf(errdefs.ErrNotImplemented, "stats")
+	t, err := s.getTask(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	c, err := s.client(ctx)
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	v, err := c.Inspect(ctx, t.vm)
+	if err != nil {
+		return nil, toGRPC(fmt.Errorf("inspecting VM %s: %w", t.vm, err))
+	}
+	m, err := metrics(ctx, c, v)
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	data, err := typeurl.MarshalAny(m)
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	return &taskAPI.StatsResponse{Stats: protobuf.FromAny(data)}, nil
 }
+
+func metrics(ctx context.Context, c *client.Client, v api.VM) (*cgstats.Metrics, error) {
+	if !v.State.Running {
+		return nil, fmt.Errorf("VM %s is %s: %w", v.Name, v.State.Status, errdefs.ErrFailedPrecondition)
+	}
+	if conf := v.Confinement; conf != nil && conf.Cgroup != nil {
+		cg := conf.Cgroup
+		return &cgstats.Metrics{
+			Memory:       &cgstats.MemoryStat{Usage: nonNeg(cg.MemoryUsage), UsageLimit: nonNeg(cg.MemoryLimit)},
+			Pids:         &cgstats.PidsStat{Current: nonNeg(cg.Pids), Limit: nonNeg(cg.PidsLimit)},
+			MemoryEvents: &cgstats.MemoryEvents{OomKill: nonNeg(cg.OOMKills)},
+		}, nil
+	}
+	st, err := c.Stats(ctx, v.Name)
+	if err != nil {
+		return nil, fmt.Errorf("stats of VM %s: %w", v.Name, err)
+	}
+	return &cgstats.Metrics{
+		Memory: &cgstats.MemoryStat{Usage: st.MemTotal - min(st.MemAvailable, st.MemTotal), UsageLimit: st.MemTotal},
+		Pids:   &cgstats.PidsStat{Current: uint64(max(st.Processes, 0))},
+	}, nil
+}
+
+func nonNeg(n int64) uint64 { return uint64(max(n, 0)) }
 
 // Pause is not implemented: kiln does not pause VMs.
 func (s *service) Pause(ctx context.Context, r *taskAPI.PauseRequest) (*ptypes.Empty, error) {

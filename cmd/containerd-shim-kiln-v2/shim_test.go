@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"syscall"
@@ -38,6 +39,7 @@ type shimEnv struct {
 	log      string
 	kernel   string
 	rootfs   string // a root filesystem holding /bin/hello
+	stdin    string // the stdin of the commands run
 	cmd      *exec.Cmd
 }
 
@@ -289,6 +291,9 @@ func (e *shimEnv) run(name string, args ...string) result {
 	cmd.Env = e.env()
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
+	if e.stdin != "" {
+		cmd.Stdin = strings.NewReader(e.stdin)
+	}
 	err := cmd.Run()
 	code := 0
 	if ee, ok := err.(*exec.ExitError); ok {
@@ -364,6 +369,16 @@ func TestContainerd(t *testing.T) {
 		t.Errorf("ctr task exec printed not the exec's args:\n%s", r)
 	}
 	e.ctr(5, "task", "exec", "--exec-id", "e2", "id2", "/bin/hello", "-exit", "5")
+	e.stdin = "from stdin\n"
+	r = e.ctr(0, "task", "exec", "--exec-id", "e3", "id2", "/bin/hello", "-cat", "/proc/self/fd/0")
+	e.stdin = ""
+	if !strings.Contains(r.stdout, "cat /proc/self/fd/0: from stdin") {
+		t.Errorf("ctr task exec: the command did not read its stdin:\n%s", r)
+	}
+	r = e.ctr(0, "task", "metrics", "id2")
+	if !regexp.MustCompile(`(?m)^memory\.usage +[1-9][0-9]* *$`).MatchString(r.stdout) {
+		t.Errorf("ctr task metrics shows no memory usage:\n%s", r)
+	}
 
 	e.killContainerd()
 	e.startContainerd()
