@@ -84,9 +84,9 @@ func build(t *testing.T, dir string) {
 
 func newShimEnv(t *testing.T) *shimEnv {
 	testenv.NeedVM(t)
-	for _, p := range []string{"containerd", "ctr"} {
+	for _, p := range []string{"containerd", "ctr", "script"} {
 		if _, err := exec.LookPath(p); err != nil {
-			t.Skipf("%s not found: run scripts/setup (it installs containerd)", p)
+			t.Skipf("%s not found: run scripts/setup (it installs containerd, and util-linux's script)", p)
 		}
 	}
 	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
@@ -374,6 +374,11 @@ func TestContainerd(t *testing.T) {
 	e.stdin = ""
 	if !strings.Contains(r.stdout, "cat /proc/self/fd/0: from stdin") {
 		t.Errorf("ctr task exec: the command did not read its stdin:\n%s", r)
+	}
+	// A tty: ctr needs one of its own, which script(1) gives it.
+	r = e.run("script", "-qec", fmt.Sprintf("ctr --address %s task exec -t --exec-id e4 id2 /bin/hello -exit 4", e.sock), "/dev/null")
+	if r.code != 4 || !strings.Contains(r.stdout, "hello from default-id2") || !strings.Contains(r.stdout, "this line went to stderr") {
+		t.Errorf("ctr task exec -t: want exit 4 and the command's stdout and stderr on its tty, got %s", r)
 	}
 	r = e.ctr(0, "task", "metrics", "id2")
 	if !regexp.MustCompile(`(?m)^memory\.usage +[1-9][0-9]* *$`).MatchString(r.stdout) {
