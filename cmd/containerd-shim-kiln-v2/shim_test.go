@@ -71,7 +71,11 @@ func build(t *testing.T, dir string) {
 		{"containerd-shim-kiln-v2", "kiln.dev/kiln/cmd/containerd-shim-kiln-v2", false},
 		{"hello", "kiln.dev/kiln/examples/hello", true},
 	} {
-		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, b.out), b.pkg)
+		args := []string{"build", "-o", filepath.Join(dir, b.out)}
+		if raceEnabled && !b.static {
+			args = append(args, "-race")
+		}
+		cmd := exec.Command("go", append(args, b.pkg)...)
 		cmd.Env = os.Environ()
 		if b.static {
 			cmd.Env = append(cmd.Env, "CGO_ENABLED=0")
@@ -131,7 +135,20 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 }
 
 func (e *shimEnv) env() []string {
-	return append(os.Environ(), "PATH="+e.dir+":"+os.Getenv("PATH"), rootEnv+"="+e.kilnRoot, kernelEnv+"="+e.kernel)
+	return append(os.Environ(), "PATH="+e.dir+":"+os.Getenv("PATH"), rootEnv+"="+e.kilnRoot, kernelEnv+"="+e.kernel,
+		"GORACE=log_path="+filepath.Join(e.dir, "race"))
+}
+
+// checkRaces fails the test with the race reports of the race-built
+// binaries it ran (the shims, whose stderr goes nowhere, and the kiln
+// daemon), written under GORACE's log_path.
+func (e *shimEnv) checkRaces() {
+	files, _ := filepath.Glob(filepath.Join(e.dir, "race.*"))
+	for _, f := range files {
+		if b, err := os.ReadFile(f); err == nil && len(b) > 0 {
+			e.t.Errorf("a race-built binary reported a data race (%s):\n%s", f, b)
+		}
+	}
 }
 
 // startContainerd starts containerd and waits until it answers.
@@ -226,6 +243,7 @@ func (e *shimEnv) cleanup() {
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
 	unmountUnder(filepath.Dir(e.kilnRoot))
+	e.checkRaces()
 }
 
 // qemuOf returns the QEMU processes of a kiln root: a jailed one carries
