@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -211,7 +212,7 @@ type kTask struct {
 	// "" when the spec's root was used as it is.
 	rootfs string
 	init   *proc
-	pid    int // the VM's QEMU
+	pid    atomic.Int64 // the VM's QEMU, once started
 
 	mu    sync.Mutex
 	execs map[string]*kExec
@@ -430,13 +431,13 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	if err != nil {
 		log.G(ctx).WithError(err).Warnf("waiting for VM %s's program to start", t.vm)
 	}
-	t.pid = v.State.PID
+	t.pid.Store(int64(v.State.PID))
 	t.init.mu.Lock()
 	if t.init.status == task.Status_CREATED {
 		t.init.status = task.Status_RUNNING
 	}
 	t.init.mu.Unlock()
-	s.send(&eventstypes.TaskStart{ContainerID: t.id, Pid: uint32(t.pid)})
+	s.send(&eventstypes.TaskStart{ContainerID: t.id, Pid: uint32(t.pid.Load())})
 	go func() {
 		defer cancel()
 		w := <-waitc
@@ -467,9 +468,9 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 			s.send(&eventstypes.TaskOOM{ContainerID: t.id})
 		}
 		_, status, at := t.init.state()
-		s.send(&eventstypes.TaskExit{ContainerID: t.id, ID: t.id, Pid: uint32(t.pid), ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at)})
+		s.send(&eventstypes.TaskExit{ContainerID: t.id, ID: t.id, Pid: uint32(t.pid.Load()), ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at)})
 	}()
-	return &taskAPI.StartResponse{Pid: uint32(t.pid)}, nil
+	return &taskAPI.StartResponse{Pid: uint32(t.pid.Load())}, nil
 }
 
 // startWait bounds how long Start waits for the VM's program to start,
@@ -572,7 +573,7 @@ func (s *service) startExec(ctx context.Context, t *kTask, execID string) (*task
 	p.mu.Lock()
 	p.status = task.Status_RUNNING
 	p.mu.Unlock()
-	s.send(&eventstypes.TaskExecStarted{ContainerID: t.id, ExecID: execID, Pid: uint32(t.pid)})
+	s.send(&eventstypes.TaskExecStarted{ContainerID: t.id, ExecID: execID, Pid: uint32(t.pid.Load())})
 	go func() {
 		ex, err := stream.Stream(stdin, writerOr(stdout), writerOr(stderr))
 		code := ex.ExitCode
@@ -594,9 +595,9 @@ func (s *service) startExec(ctx context.Context, t *kTask, execID string) (*task
 			return
 		}
 		_, status, at := p.state()
-		s.send(&eventstypes.TaskExit{ContainerID: t.id, ID: execID, Pid: uint32(t.pid), ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at)})
+		s.send(&eventstypes.TaskExit{ContainerID: t.id, ID: execID, Pid: uint32(t.pid.Load()), ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at)})
 	}()
-	return &taskAPI.StartResponse{Pid: uint32(t.pid)}, nil
+	return &taskAPI.StartResponse{Pid: uint32(t.pid.Load())}, nil
 }
 
 // Exec records an exec, to be started by Start.
@@ -693,7 +694,7 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 		t.mu.Lock()
 		delete(t.execs, r.ExecID)
 		t.mu.Unlock()
-		return &taskAPI.DeleteResponse{Pid: uint32(t.pid), ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at)}, nil
+		return &taskAPI.DeleteResponse{Pid: uint32(t.pid.Load()), ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at)}, nil
 	}
 	st, _, _ := t.init.state()
 	if st == task.Status_RUNNING {
@@ -718,8 +719,8 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	delete(s.tasks, r.ID)
 	s.mu.Unlock()
 	_, status, at := t.init.state()
-	s.send(&eventstypes.TaskDelete{ContainerID: t.id, ID: t.id, Pid: uint32(t.pid), ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at)})
-	return &taskAPI.DeleteResponse{Pid: uint32(t.pid), ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at)}, nil
+	s.send(&eventstypes.TaskDelete{ContainerID: t.id, ID: t.id, Pid: uint32(t.pid.Load()), ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at)})
+	return &taskAPI.DeleteResponse{Pid: uint32(t.pid.Load()), ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at)}, nil
 }
 
 // State reports a process's status.
@@ -734,7 +735,7 @@ func (s *service) State(ctx context.Context, r *taskAPI.StateRequest) (*taskAPI.
 	}
 	st, status, at := p.state()
 	return &taskAPI.StateResponse{
-		ID: orID(r.ExecID, t.id), Bundle: t.bundle, Pid: uint32(t.pid), Status: st,
+		ID: orID(r.ExecID, t.id), Bundle: t.bundle, Pid: uint32(t.pid.Load()), Status: st,
 		Stdin: p.stdin, Stdout: p.stdout, Stderr: p.stderr, Terminal: p.terminal,
 		ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at), ExecID: r.ExecID,
 	}, nil
@@ -765,10 +766,10 @@ func (s *service) Pids(ctx context.Context, r *taskAPI.PidsRequest) (*taskAPI.Pi
 	if err != nil {
 		return nil, err
 	}
-	if t.pid == 0 {
+	if t.pid.Load() == 0 {
 		return &taskAPI.PidsResponse{}, nil
 	}
-	return &taskAPI.PidsResponse{Processes: []*task.ProcessInfo{{Pid: uint32(t.pid)}}}, nil
+	return &taskAPI.PidsResponse{Processes: []*task.ProcessInfo{{Pid: uint32(t.pid.Load())}}}, nil
 }
 
 // CloseIO closes an exec's stdin.
@@ -823,7 +824,7 @@ func (s *service) ResizePty(ctx context.Context, r *taskAPI.ResizePtyRequest) (*
 func (s *service) Connect(ctx context.Context, r *taskAPI.ConnectRequest) (*taskAPI.ConnectResponse, error) {
 	var pid int
 	if t, err := s.getTask(r.ID); err == nil {
-		pid = t.pid
+		pid = int(t.pid.Load())
 	}
 	return &taskAPI.ConnectResponse{ShimPid: uint32(os.Getpid()), TaskPid: uint32(pid)}, nil
 }
