@@ -247,6 +247,18 @@ type Info struct {
 	// Executable is the daemon's own binary; kiln-init is looked up
 	// beside it.
 	Executable string `json:"executable,omitempty"`
+	// BuildID identifies the daemon's build (a hash of its executable's Go
+	// build ID): a CLI of another build warns. A daemon older than the
+	// field sends none.
+	BuildID string `json:"buildID,omitempty"`
+	// Commit is the source revision it was built from ("-modified" when
+	// the tree had changes), GoVersion the toolchain's.
+	Commit    string `json:"commit,omitempty"`
+	GoVersion string `json:"goVersion,omitempty"`
+	// Monitor is the VM monitor's version (the first line of QEMU's
+	// --version), Kernel the default guest kernel and where it came from.
+	Monitor string `json:"monitor,omitempty"`
+	Kernel  string `json:"kernel,omitempty"`
 }
 
 // Image is an image in the daemon's store. Its JSON is what `kiln images

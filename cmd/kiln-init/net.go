@@ -80,7 +80,7 @@ func (nl *netlink) configure(n *agent.Network) error {
 		return fmt.Errorf("bringing up %s: %w", n.Interface, err)
 	}
 	if state, ok := waitLinkReady("/sys/class/net", n.Interface, nicWait); !ok {
-		logf("%s is still %s %s after it was brought up; the program starts anyway", n.Interface, state, nicWait)
+		logf("%s has no carrier %s after it was brought up (%s); the program starts anyway", n.Interface, nicWait, state)
 	}
 	if n.Gateway != "" {
 		gw, err := netip.ParseAddr(n.Gateway)
@@ -108,32 +108,30 @@ func waitInterface(name string) (*net.Interface, error) {
 	}
 }
 
-// waitLinkReady waits until the interface's carrier is on and the kernel
-// has acted on it. IFF_UP alone is not enough: virtio-net learns the link
-// state from the device in a work item, and until that has run and the
-// kernel's link watcher has attached the interface's queueing discipline,
-// what the program sends is dropped. Under load that takes tens of
-// milliseconds after the link is set up, long enough for a program's first
-// connection to fail. It reads sysfs under dir and returns the last
-// operstate seen, and whether the link became ready before timeout.
+// waitLinkReady waits until the interface has its carrier. virtio-net
+// learns the link state from the device in a work item, which under load
+// can run after the interface is set up; until then the kernel holds the
+// interface's queues shut and what the program sends is dropped. (Its
+// operstate lags the carrier by up to a second more, the kernel's link
+// watcher batching events that are not urgent: it is not waited for,
+// since packets flow before it.) It reads sysfs under dir and returns the
+// carrier last read, and whether it came on before timeout.
 func waitLinkReady(dir, name string, timeout time.Duration) (string, bool) {
-	read := func(f string) (string, error) {
-		b, err := os.ReadFile(filepath.Join(dir, name, f))
-		return strings.TrimSpace(string(b)), err
-	}
 	deadline := time.Now().Add(timeout)
 	for {
-		state, err := read("operstate")
-		if err != nil {
-			return err.Error(), errors.Is(err, fs.ErrNotExist) // no sysfs: nothing to wait on
+		b, err := os.ReadFile(filepath.Join(dir, name, "carrier"))
+		if errors.Is(err, fs.ErrNotExist) {
+			return err.Error(), true // no sysfs: nothing to wait on
 		}
-		// "unknown" is what a driver that reports no link state leaves;
-		// then the carrier file is the only word on it.
-		if state == "up" || state == "unknown" && func() bool { c, _ := read("carrier"); return c == "1" }() {
-			return state, true
+		carrier := strings.TrimSpace(string(b))
+		if carrier == "1" {
+			return carrier, true
 		}
 		if time.Now().After(deadline) {
-			return state, false
+			if err != nil {
+				return err.Error(), false
+			}
+			return "carrier " + carrier, false
 		}
 		time.Sleep(2 * time.Millisecond)
 	}

@@ -37,45 +37,35 @@ func TestWaitLinkReady(t *testing.T) {
 	if err := os.MkdirAll(eth, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	write := func(f, v string) { // whole, as sysfs shows it: never half-written
-		tmp := filepath.Join(dir, f+".tmp")
+	write := func(v string) { // whole, as sysfs shows it: never half-written
+		tmp := filepath.Join(dir, "carrier.tmp")
 		if err := os.WriteFile(tmp, []byte(v+"\n"), 0o644); err != nil {
 			t.Error(err)
 		}
-		if err := os.Rename(tmp, filepath.Join(eth, f)); err != nil {
+		if err := os.Rename(tmp, filepath.Join(eth, "carrier")); err != nil {
 			t.Error(err)
 		}
 	}
-	// The link comes up 100 ms after the wait starts: the wait lasts
+	// The carrier comes on 100 ms after the wait starts: the wait lasts
 	// until then and reports it.
-	write("operstate", "down")
+	write("0")
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		time.Sleep(100 * time.Millisecond)
-		write("operstate", "up")
+		write("1")
 	}()
 	start := time.Now()
 	state, ok := waitLinkReady(dir, "eth0", 5*time.Second)
 	<-done
-	if !ok || state != "up" || time.Since(start) < 100*time.Millisecond {
-		t.Errorf("waitLinkReady = %q, %v after %s; want up, true after at least 100ms", state, ok, time.Since(start))
+	if !ok || state != "1" || time.Since(start) < 100*time.Millisecond {
+		t.Errorf("waitLinkReady = %q, %v after %s; want 1, true after at least 100ms", state, ok, time.Since(start))
 	}
 
-	// A link that stays down is given up on at the timeout.
-	write("operstate", "down")
-	if state, ok := waitLinkReady(dir, "eth0", 50*time.Millisecond); ok || state != "down" {
-		t.Errorf("a link that stays down: waitLinkReady = %q, %v; want down, false", state, ok)
-	}
-	// "unknown" counts only with the carrier on.
-	write("operstate", "unknown")
-	write("carrier", "0")
-	if _, ok := waitLinkReady(dir, "eth0", 50*time.Millisecond); ok {
-		t.Error("operstate unknown with carrier 0 was taken as ready")
-	}
-	write("carrier", "1")
-	if _, ok := waitLinkReady(dir, "eth0", 50*time.Millisecond); !ok {
-		t.Error("operstate unknown with carrier 1 was not taken as ready")
+	// A carrier that stays off is given up on at the timeout.
+	write("0")
+	if state, ok := waitLinkReady(dir, "eth0", 50*time.Millisecond); ok || state != "carrier 0" {
+		t.Errorf("a carrier that stays off: waitLinkReady = %q, %v; want carrier 0, false", state, ok)
 	}
 	// Without sysfs there is nothing to wait for.
 	if _, ok := waitLinkReady(dir, "eth1", 5*time.Second); !ok {

@@ -19,6 +19,7 @@ import (
 
 	"kiln.dev/kiln/client"
 	"kiln.dev/kiln/internal/atomicfile"
+	"kiln.dev/kiln/internal/buildinfo"
 	"kiln.dev/kiln/internal/daemon"
 	"kiln.dev/kiln/internal/disk"
 	"kiln.dev/kiln/internal/jail"
@@ -118,16 +119,22 @@ func connect(ctx context.Context, g *globals, stderr interface{ Write([]byte) (i
 }
 
 // warnStaleDaemon says so when the root's daemon runs a binary that no
-// longer exists (a rebuilt or deleted checkout): it would look for
-// kiln-init beside that binary.
+// longer exists (a rebuilt or deleted checkout: it would look for
+// kiln-init beside that binary), or another build than this CLI's.
 func warnStaleDaemon(ctx context.Context, c *client.Client, root string, stderr interface{ Write([]byte) (int, error) }) {
 	info, err := c.Info(ctx)
-	if err != nil || info.Executable == "" {
+	if err != nil {
 		return
 	}
-	if _, err := os.Stat(strings.TrimSuffix(info.Executable, " (deleted)")); err != nil || strings.HasSuffix(info.Executable, " (deleted)") {
-		fmt.Fprintf(stderr, "kiln: warning: the daemon for %s (pid %d) runs %s, which no longer exists: stop it (kill %d; VMs keep running) and the next command starts a new one\n",
-			root, info.PID, info.Executable, info.PID)
+	if info.Executable != "" {
+		if _, err := os.Stat(strings.TrimSuffix(info.Executable, " (deleted)")); err != nil || strings.HasSuffix(info.Executable, " (deleted)") {
+			fmt.Fprintf(stderr, "kiln: warning: the daemon for %s (pid %d) runs %s, which no longer exists: stop it (kill %d; VMs keep running) and the next command starts a new one\n",
+				root, info.PID, info.Executable, info.PID)
+			return
+		}
+	}
+	if w := buildMismatch(buildinfo.Self().BuildID, info, root); w != "" {
+		fmt.Fprintln(stderr, "kiln: warning: "+w)
 	}
 }
 

@@ -22,6 +22,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
+	"kiln.dev/kiln/internal/network"
 	"kiln.dev/kiln/internal/testenv"
 )
 
@@ -461,5 +462,87 @@ func TestNetDistributionKernelLoadsVirtioNet(t *testing.T) {
 	r := e.kiln("run", "--rm", "--kernel", "cloud", e.hello(), "-ifaces")
 	if r.code != 0 || !strings.Contains(r.stdout, "iface eth0 up 10.0.2.15/24") {
 		t.Errorf("eth0 on the imported kernel (virtio_net as a module):\n%s", r)
+	}
+}
+
+// TestNetworkNamespaceVMTakesOverThePodsInterface: a VM given a network
+// namespace (--network ns:PATH, what a container runtime's pod has, its
+// interface set up by CNI) becomes that interface: a peer on the
+// interface's link reaches the VM's server at the pod's address, and
+// removing the VM gives the namespace back as it was.
+func TestNetworkNamespaceVMTakesOverThePodsInterface(t *testing.T) {
+	t.Parallel()
+	e := newNetEnv(t)
+	pod := testNetns("out")
+	ipc := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v: %s", args, err, out)
+		}
+	}
+	ipc("netns", "add", pod)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", pod).Run() })
+	// The pod's side of a veth is its eth0; the other side, in the test's
+	// namespace, is the pod's gateway.
+	ipc("-n", e.ns, "link", "add", "kpod0", "type", "veth", "peer", "name", "eth0", "netns", pod)
+	ipc("-n", e.ns, "addr", "add", "10.213.0.1/24", "dev", "kpod0")
+	ipc("-n", e.ns, "link", "set", "kpod0", "up")
+	ipc("-n", pod, "addr", "add", "10.213.0.2/24", "dev", "eth0")
+	ipc("-n", pod, "link", "set", "eth0", "up")
+	ipc("-n", pod, "link", "set", "lo", "up")
+	ipc("-n", pod, "route", "add", "default", "via", "10.213.0.1")
+	out, err := exec.Command("ip", "-n", pod, "link", "show", "eth0").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	podMAC := regexp.MustCompile(`link/ether ([0-9a-f:]{17})`).FindStringSubmatch(string(out))
+	if podMAC == nil {
+		t.Fatalf("no MAC for the pod's eth0:\n%s", out)
+	}
+
+	nsPath := "/run/netns/" + pod
+	e.runD("--name", "podvm", "--network", "ns:"+nsPath, httpd(t))
+	e.awaitLog("podvm", "serving HTTP", 1)
+	body, err := e.helper("get", "http://10.213.0.2/")
+	if err != nil || body != "hello from kiln VM podvm\n" {
+		t.Fatalf("GET of the pod's address from its gateway's side = %q, %v", body, err)
+	}
+	if got := e.inspect("podvm", "{{.Config.Network}}"); got != "ns:"+nsPath {
+		t.Errorf("inspect network = %q", got)
+	}
+	// The guest took the interface's MAC: the peer's neighbour entry for
+	// the pod's address is it.
+	if out, _ := exec.Command("ip", "-n", e.ns, "neigh", "show", "10.213.0.2").Output(); !strings.Contains(string(out), podMAC[1]) {
+		t.Errorf("the pod's address answers from %q, want the pod's MAC %s", out, podMAC[1])
+	}
+	if r := e.kiln("rm", "-f", "podvm"); r.code != 0 {
+		t.Fatalf("rm -f podvm:\n%s", r)
+	}
+	if out, err := exec.Command("ip", "-n", pod, "link", "show", network.PodTAP).CombinedOutput(); err == nil {
+		t.Errorf("the VM's TAP is left in the namespace after rm:\n%s", out)
+	}
+	if out, _ := exec.Command("tc", "-n", pod, "qdisc", "show", "dev", "eth0").Output(); strings.Contains(string(out), "ingress") {
+		t.Errorf("the redirect of eth0 is left after rm:\n%s", out)
+	}
+	if out, _ := exec.Command("ip", "-n", pod, "-4", "addr", "show", "eth0").Output(); !strings.Contains(string(out), "10.213.0.2/24") {
+		t.Errorf("the pod's eth0 lost its address:\n%s", out)
+	}
+
+	// Bad namespaces are refused before anything is made.
+	empty := testNetns("out")
+	ipc("netns", "add", empty)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", empty).Run() })
+	for _, c := range []struct{ network, want string }{
+		{"ns:/run/netns/kiln-no-such-ns", "kiln-no-such-ns"},
+		{"ns:run/netns/x", "absolute, clean path"},
+		{"ns:/run/netns/" + empty, "no interface with an IPv4 address"},
+	} {
+		r := e.kiln("run", "--rm", "--kernel", e.kernel, "--network", c.network, e.hello())
+		if r.code != 125 || !strings.Contains(r.stderr, c.want) {
+			t.Errorf("--network %s: want exit 125 and %q:\n%s", c.network, c.want, r)
+		}
+	}
+	if d := e.vmDirs(); len(d) != 0 {
+		t.Errorf("VM directories left: %v", d)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -117,13 +118,16 @@ func SocketPath(root string) string { return filepath.Join(root, "run", "kiln.so
 
 // Daemon serves one kiln root.
 type Daemon struct {
-	cfg  Config
-	db   *state.Store
-	rt   *vm.Factory
-	sup  *supervisor.Supervisor
-	log  *slog.Logger
-	uid  int
-	lock *os.File
+	cfg Config
+	db  *state.Store
+	rt  *vm.Factory
+	// monitor is the VM monitor's version, asked once.
+	monitorOnce sync.Once
+	monitor     string
+	sup         *supervisor.Supervisor
+	log         *slog.Logger
+	uid         int
+	lock        *os.File
 }
 
 // ErrRunning is returned when another daemon already serves the root.

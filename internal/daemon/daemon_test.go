@@ -332,7 +332,7 @@ func TestRoutesRejectBadInput(t *testing.T) {
 func fullConfig(t *testing.T) api.VMConfig {
 	t.Helper()
 	c := api.VMConfig{
-		Name: "web", Program: "/srv/hello", Image: "docker.io/library/alpine:3", Mode: options.ModeFull,
+		Name: "web", Program: "/srv/hello", Image: "alpine:3", RootDir: "/srv/rootfs", Mode: options.ModeFull,
 		Pull: "always", Insecure: true, DiskMiB: 2048,
 		Entrypoint: []string{"/bin/sh", "-c"}, Cmd: []string{"echo hi"}, Env: []string{"A=1", "B=2"},
 		WorkingDir: "/srv", User: "1000:1000", MemoryMiB: 512, CPUs: 2, Kernel: "/boot/vmlinuz",

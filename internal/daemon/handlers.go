@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"kiln.dev/kiln/api"
+	"kiln.dev/kiln/internal/buildinfo"
 	"kiln.dev/kiln/internal/errdefs"
 	"kiln.dev/kiln/internal/options"
 	"kiln.dev/kiln/internal/state"
@@ -127,9 +128,18 @@ func (d *Daemon) info(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	info := api.Info{Version: api.Version, Root: d.cfg.Root, PID: os.Getpid(), VMs: len(views)}
+	b := buildinfo.Self()
+	info := api.Info{Version: api.Version, Root: d.cfg.Root, PID: os.Getpid(), VMs: len(views),
+		BuildID: b.BuildID, Commit: b.Commit, GoVersion: b.GoVersion}
 	if exe, err := os.Executable(); err == nil {
 		info.Executable = exe
+	}
+	d.monitorOnce.Do(func() { d.monitor = d.rt.MonitorVersion() })
+	info.Monitor = d.monitor
+	if k, err := d.rt.Kernels().Resolve(""); err == nil {
+		info.Kernel = fmt.Sprintf("%s: %s", k.Name, k.Origin)
+	} else {
+		info.Kernel = "none: " + err.Error()
 	}
 	for _, v := range views {
 		if v.Record.Status == state.StatusRunning {

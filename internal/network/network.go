@@ -8,6 +8,8 @@ package network
 import (
 	"crypto/sha256"
 	"fmt"
+	"path/filepath"
+	"strings"
 )
 
 // Network modes (a VM's Network).
@@ -20,9 +22,10 @@ const (
 	ModeNone = "none"
 )
 
-// ParseMode checks a --network value: user ("" too), none, or the name of
-// a bridge network (made with kiln network create; whether it exists is
-// for the daemon to say).
+// ParseMode checks a --network value: user ("" too), none, ns:PATH (a
+// network namespace, podns_linux.go), or the name of a bridge network
+// (made with kiln network create; whether it exists is for the daemon to
+// say).
 func ParseMode(s string) (string, error) {
 	switch s {
 	case "", ModeUser:
@@ -30,14 +33,22 @@ func ParseMode(s string) (string, error) {
 	case ModeNone:
 		return ModeNone, nil
 	}
+	if strings.HasPrefix(s, NSPrefix) {
+		if p := strings.TrimPrefix(s, NSPrefix); !filepath.IsAbs(p) || filepath.Clean(p) != p {
+			return "", invalid(fmt.Sprintf("invalid network %q: ns: takes a network namespace's absolute, clean path (ns:/run/netns/NAME)", s))
+		}
+		return s, nil
+	}
 	if ValidateNetworkName(s) != nil {
-		return "", invalid(fmt.Sprintf("invalid network %q: use user, none or the name of a network (kiln network ls)", s))
+		return "", invalid(fmt.Sprintf("invalid network %q: use user, none, ns:PATH (a network namespace) or the name of a network (kiln network ls)", s))
 	}
 	return s, nil
 }
 
 // IsBridge reports whether a parsed mode names a bridge network.
-func IsBridge(mode string) bool { return mode != ModeUser && mode != ModeNone && mode != "" }
+func IsBridge(mode string) bool {
+	return mode != ModeUser && mode != ModeNone && mode != "" && !strings.HasPrefix(mode, NSPrefix)
+}
 
 // The guest side of user-mode networking: QEMU's slirp defaults, which
 // hostfwd forwards to (a forward with no guest address goes to UserGuestIP).

@@ -127,15 +127,18 @@ func TestMAC(t *testing.T) {
 }
 
 func TestParseMode(t *testing.T) {
-	for in, want := range map[string]string{"": ModeUser, "user": ModeUser, "none": ModeNone, "backend": "backend"} {
+	for in, want := range map[string]string{"": ModeUser, "user": ModeUser, "none": ModeNone, "backend": "backend", "ns:/run/netns/pod1": "ns:/run/netns/pod1"} {
 		if got, err := ParseMode(in); err != nil || got != want {
 			t.Errorf("ParseMode(%q) = %q, %v", in, got, err)
 		}
 	}
-	if IsBridge(ModeUser) || IsBridge(ModeNone) || !IsBridge("backend") {
+	if IsBridge(ModeUser) || IsBridge(ModeNone) || !IsBridge("backend") || IsBridge("ns:/run/netns/pod1") {
 		t.Error("IsBridge is wrong")
 	}
-	for _, bad := range []string{"bad/name", "-x", "bridge"} {
+	if !IsNS("ns:/run/netns/pod1") || IsNS("backend") || NSPath("ns:/run/netns/pod1") != "/run/netns/pod1" {
+		t.Error("IsNS or NSPath is wrong")
+	}
+	for _, bad := range []string{"bad/name", "-x", "bridge", "ns:", "ns:pod1", "ns:/run/netns/../x", "ns:/run/netns/"} {
 		if _, err := ParseMode(bad); err == nil || !strings.Contains(err.Error(), `"`+bad+`"`) {
 			t.Errorf("ParseMode(%s) = %v", bad, err)
 		}

@@ -199,8 +199,11 @@ func (s *Supervisor) leaseNetwork(ctx context.Context, spec *vm.Spec) (release f
 }
 
 // releaseNetwork frees what a removed VM held on its network: its TAP, its
-// lease and its rules.
+// lease and its rules; in a network namespace, its TAP and redirects there.
 func (s *Supervisor) releaseNetwork(id string, spec vm.Spec) error {
+	if spec.Pod != nil {
+		return network.DisconnectNS(spec.Pod)
+	}
 	if spec.Attach == nil {
 		return nil
 	}

@@ -264,6 +264,15 @@ func (r *Factory) Create(ctx context.Context, spec Spec) (*VM, error) {
 		}
 	} else if spec.Attach != nil {
 		nic, as.Network = bridgeNIC(id, spec.Attach)
+	} else if network.IsNS(spec.Network) {
+		// The guest becomes the namespace's interface: its MAC, address
+		// and default route. Name servers are not known there.
+		if spec.Pod, err = network.InspectNS(network.NSPath(spec.Network)); err != nil {
+			return nil, err
+		}
+		p := spec.Pod
+		nic = &vmm.NetConfig{Mode: vmm.NetTAP, MAC: p.MAC, TAP: network.PodTAP, NetNS: p.NS}
+		as.Network = &agent.Network{Interface: network.UserInterface, Address: p.Address, Gateway: p.Gateway, MAC: p.MAC}
 	}
 	if as.Network != nil {
 		as.Hosts = spec.guestHosts(as.Network.Gateway)
@@ -379,6 +388,21 @@ type vmRecord struct {
 func (rec *vmRecord) vm(r *Factory) *VM {
 	return &VM{ID: rec.ID, Name: rec.Spec.Name, Dir: rec.Config.Dir, Spec: rec.Spec, Accel: rec.Accel, Kernel: rec.Kernel, cfg: rec.Config, log: r.log, confine: r.confine, backend: r.backend,
 		guest: rec.Guest, tmplIn: rec.Template, templates: r.templates}
+}
+
+// MonitorVersion is the first line of the VM monitor's --version ("QEMU
+// emulator version 7.2.…"), or why it cannot be had.
+func (r *Factory) MonitorVersion() string {
+	probe := vmm.Config{Accel: vmm.AccelTCG, Binary: r.qemuBin}
+	if err := r.backend.Prepare(&probe); err != nil {
+		return "unavailable: " + err.Error()
+	}
+	out, err := exec.Command(probe.Binary, "--version").Output()
+	if err != nil {
+		return fmt.Sprintf("unavailable: %s --version: %v", probe.Binary, err)
+	}
+	first, _, _ := strings.Cut(string(out), "\n")
+	return strings.TrimSpace(first)
 }
 
 // Load returns the VM whose directory is dir, as Create left it. Its

@@ -47,8 +47,10 @@ import (
 //     /etc/passwd); names are resolved in the guest for an image.
 //   - BootTimeout bounds the time from QEMU's start to kiln-init starting
 //     the program; a VM that misses it is a failed boot.
-//   - Network is network.ModeUser ("" too), network.ModeNone or a bridge
-//     network's name; Ports need a network.
+//   - Network is network.ModeUser ("" too), network.ModeNone, a bridge
+//     network's name, or ns:PATH, a network namespace whose interface the
+//     VM takes over (network.NSPrefix); Ports need user-mode networking
+//     or a bridge.
 //   - ExtraHosts' ADDRESS may be HostGateway, which also opens the host's
 //     loopback services to the VM (closed to every other VM: see
 //     Confinement).
@@ -80,6 +82,9 @@ type Spec struct {
 	// Attach is the VM's place on its bridge network, filled in by the
 	// supervisor when it leases the address (see bridge.go).
 	Attach *network.Attachment `json:"attach,omitempty"`
+	// Pod is the interface the VM takes over in its network namespace
+	// (Network ns:PATH), as Create found it.
+	Pod *network.PodInterface `json:"pod,omitempty"`
 }
 
 // HostLimits are the bounds a Spec is checked against.
@@ -210,6 +215,9 @@ func (s *Spec) Validate(h HostLimits) error {
 	}
 	if mode == network.ModeNone && len(s.Ports) > 0 {
 		return errdefs.Invalid(fmt.Sprintf("cannot publish port %s: --network none gives the VM no network", network.PortKey(s.Ports[0])))
+	}
+	if network.IsNS(mode) && len(s.Ports) > 0 {
+		return errdefs.Invalid(fmt.Sprintf("cannot publish port %s: a VM in a network namespace (%s) is reached at its address there, as a pod is", network.PortKey(s.Ports[0]), mode))
 	}
 	if err := s.validateBridge(); err != nil {
 		return err

@@ -160,6 +160,13 @@ func (vm *VM) start(ctx context.Context, from runFrom) error {
 	if err := vm.attachBridge(); err != nil {
 		return err
 	}
+	if p := vm.Spec.Pod; p != nil {
+		// Before each start: the namespace's TAP and redirects, made
+		// again if its owner removed them.
+		if err := network.ConnectNS(p); err != nil {
+			return err
+		}
+	}
 	cfg, err := vm.resolvePorts()
 	if err != nil {
 		return err

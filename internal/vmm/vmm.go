@@ -255,6 +255,9 @@ type NetConfig struct {
 	Forwards []Forward `json:",omitempty"`
 	// TAP is the host TAP device of NetTAP, made beforehand.
 	TAP string `json:",omitempty"`
+	// NetNS, when set, is the path of the network namespace the TAP is
+	// in (a pod's), where the monitor's descriptor for it is opened.
+	NetNS string `json:",omitempty"`
 	// TAPFD, when not 0, is the descriptor the monitor inherits the TAP
 	// open on, instead of opening it by name (which needs CAP_NET_ADMIN):
 	// a jailed monitor is handed it.

@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"kiln.dev/kiln/internal/jail"
+	"kiln.dev/kiln/internal/network"
 	"kiln.dev/kiln/internal/vmm"
 )
 
@@ -83,7 +84,7 @@ func jailCommand(bin string, c *vmm.Config, files []*os.File, stderr *os.File) (
 	j, binds := jailed(c)
 	closeTAP := func() {}
 	if c.Net != nil && c.Net.Mode == vmm.NetTAP {
-		tap, err := openTAP(c.Net.TAP)
+		tap, err := openTAP(c.Net)
 		if err != nil {
 			return nil, nil, nil, err
 		}
@@ -177,10 +178,15 @@ func grant(path string, c *vmm.Config, writable bool) error {
 	return nil
 }
 
-// openTAP opens the persistent TAP device name for QEMU to inherit, as
+// openTAP opens the persistent TAP device of n for QEMU to inherit (in its
+// network namespace, when it has one), as
 // QEMU would open it itself: no packet information, with virtio-net
 // headers.
-func openTAP(name string) (*os.File, error) {
+func openTAP(n *vmm.NetConfig) (*os.File, error) {
+	if n.NetNS != "" {
+		return network.OpenNSTAP(n.NetNS)
+	}
+	name := n.TAP
 	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("opening /dev/net/tun for TAP %s: %w", name, err)

@@ -141,6 +141,19 @@ func (m *Machine) Start(ctx context.Context) (err error) {
 		}
 		defer closeTAP()
 	} else {
+		if cfg.Net != nil && cfg.Net.Mode == vmm.NetTAP && cfg.Net.NetNS != "" {
+			// A TAP in another network namespace: opened there and
+			// handed over, since QEMU cannot name it from here.
+			tap, err := openTAP(cfg.Net)
+			if err != nil {
+				return err
+			}
+			defer tap.Close()
+			inherit = append(append([]*os.File(nil), inherit...), tap)
+			n := *cfg.Net
+			n.TAPFD = 3 + len(inherit) - 1
+			cfg.Net = &n
+		}
 		argv = Argv(bin, &cfg)
 		// Not CommandContext: the VM must outlive ctx.
 		cmd = exec.Command(argv[0], argv[1:]...)
