@@ -78,3 +78,10 @@ func connect(ctx context.Context, root string) (*client.Client, error) {
 	}
 	return c, nil
 }
+
+// hasVMs reports whether the root holds any VM (one directory each under
+// vms/), whether or not a daemon runs.
+func hasVMs(root string) bool {
+	ents, err := os.ReadDir(filepath.Join(root, "vms"))
+	return err != nil && !os.IsNotExist(err) || len(ents) > 0
+}

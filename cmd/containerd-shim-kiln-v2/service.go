@@ -999,7 +999,10 @@ func (s *service) Cleanup(ctx context.Context) (*taskAPI.DeleteResponse, error) 
 		return nil, err
 	}
 	name := vmName(ns, s.id)
-	if c, err := connect(ctx, s.root); err != nil {
+	if !hasVMs(s.root) {
+		// No VM to remove (a task refused before its VM was made): no
+		// daemon is started for nothing.
+	} else if c, err := connect(ctx, s.root); err != nil {
 		log.G(ctx).WithError(err).Warnf("removing VM %s", name)
 	} else if err := c.Remove(ctx, name, client.RemoveOptions{Force: true, Volumes: true}); err != nil && !errors.Is(err, client.ErrNotFound) {
 		log.G(ctx).WithError(err).Warnf("removing VM %s", name)
