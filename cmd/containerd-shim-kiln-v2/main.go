@@ -8,9 +8,10 @@
 // task's rootfs mounts, mounted at <bundle>/rootfs, or the spec's
 // root.path) becomes the VM's root (api.VMConfig.RootDir); process.args,
 // env, cwd, user and rlimits are the VM's program; the spec's memory limit
-// and CPU quota size the VM. The VM has no network ("none"). The kernel is
-// the annotation dev.kiln.kernel, else $KILN_KERNEL, else the daemon's
-// default.
+// and CPU quota size the VM. The VM has no network ("none"), unless the
+// spec names a network namespace (a pod's): the VM then takes over its
+// interface (network "ns:PATH"). The kernel is the annotation
+// dev.kiln.kernel, else $KILN_KERNEL, else the daemon's default.
 //
 // Limits, as kiln's API has them: the task's main program gets no stdin
 // and no tty (process.terminal is refused); its stdout and stderr reach

@@ -526,3 +526,43 @@ func median(ds []time.Duration) time.Duration {
 	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
 	return s[len(s)/2]
 }
+
+// TestContainerdPodNetwork: a task whose spec names a network namespace
+// (a pod's, its interface set up by CNI; here a veth to a gateway
+// namespace) runs in a VM that takes over the interface: the program sees
+// the pod's address and reaches the gateway.
+func TestContainerdPodNetwork(t *testing.T) {
+	e := newShimEnv(t)
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Skip("ip not found: run scripts/setup (iproute2)")
+	}
+	gw, pod := fmt.Sprintf("kshim-gw-%d", os.Getpid()), fmt.Sprintf("kshim-pod-%d", os.Getpid())
+	ip := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v: %s", args, err, out)
+		}
+	}
+	for _, ns := range []string{gw, pod} {
+		ip("netns", "add", ns)
+		t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+	}
+	ip("-n", gw, "link", "add", "kgw0", "type", "veth", "peer", "name", "eth0", "netns", pod)
+	ip("-n", gw, "addr", "add", "10.219.0.1/24", "dev", "kgw0")
+	ip("-n", gw, "link", "set", "kgw0", "up")
+	ip("-n", pod, "addr", "add", "10.219.0.2/24", "dev", "eth0")
+	ip("-n", pod, "link", "set", "eth0", "up")
+	ip("-n", pod, "link", "set", "lo", "up")
+	ip("-n", pod, "route", "add", "default", "via", "10.219.0.1")
+
+	// Nothing listens on the gateway's port 1: a refusal is its answer.
+	r := e.ctr(0, "run", "--rm", runtimeFlag, "--with-ns", "network:/run/netns/"+pod, "--rootfs", e.rootfs, "pod1",
+		"/bin/hello", "-ifaces", "-get", "http://10.219.0.1:1/")
+	if !regexp.MustCompile(`iface eth0 up 10\.219\.0\.2/24`).MatchString(r.stdout) {
+		t.Errorf("the VM does not have the pod's interface and address:\n%s", r)
+	}
+	if !strings.Contains(r.stdout, "connection refused") {
+		t.Errorf("the VM did not reach the pod's gateway (a refusal from 10.219.0.1:1):\n%s", r)
+	}
+	e.waitNoShims()
+}

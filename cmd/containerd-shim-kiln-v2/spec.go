@@ -70,6 +70,15 @@ func vmConfig(s *specs.Spec, name, rootDir string) (api.VMConfig, error) {
 		}
 		cfg.Ulimits = append(cfg.Ulimits, u)
 	}
+	if l := s.Linux; l != nil {
+		for _, ns := range l.Namespaces {
+			if ns.Type == specs.NetworkNamespace && ns.Path != "" {
+				// A namespace someone made (a pod's, set up by CNI): the
+				// VM takes over its interface.
+				cfg.Network = "ns:" + ns.Path
+			}
+		}
+	}
 	if l := s.Linux; l != nil && l.Resources != nil {
 		if m := l.Resources.Memory; m != nil && m.Limit != nil && *m.Limit > 0 {
 			mib := int((*m.Limit + 1<<20 - 1) >> 20)

@@ -60,6 +60,25 @@ func TestVMConfigDefaults(t *testing.T) {
 	}
 }
 
+func TestVMConfigNetwork(t *testing.T) {
+	for _, tc := range []struct {
+		ns   []specs.LinuxNamespace
+		want string
+	}{
+		{nil, "none"},
+		{[]specs.LinuxNamespace{{Type: specs.NetworkNamespace}}, "none"},
+		{[]specs.LinuxNamespace{{Type: specs.PIDNamespace, Path: "/proc/1/ns/pid"}, {Type: specs.NetworkNamespace, Path: "/run/netns/pod1"}}, "ns:/run/netns/pod1"},
+	} {
+		got, err := vmConfig(&specs.Spec{Process: &specs.Process{Args: []string{"/p"}}, Linux: &specs.Linux{Namespaces: tc.ns}}, "n", "/r")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Network != tc.want {
+			t.Errorf("namespaces %+v: network %q, want %q", tc.ns, got.Network, tc.want)
+		}
+	}
+}
+
 func TestVMConfigRefuses(t *testing.T) {
 	for _, tc := range []struct {
 		name string
