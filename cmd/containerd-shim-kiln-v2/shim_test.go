@@ -1,12 +1,14 @@
 package main
 
 import (
+	"archive/tar"
 	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +19,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
+	emptyimage "github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"kiln.dev/kiln/internal/kernel"
@@ -565,4 +571,81 @@ func TestContainerdPodNetwork(t *testing.T) {
 		t.Errorf("the VM did not reach the pod's gateway (a refusal from 10.219.0.1:1):\n%s", r)
 	}
 	e.waitNoShims()
+}
+
+// TestContainerdImage: a task of an image containerd unpacked has its
+// rootfs as snapshot mounts, which the shim mounts for the VM's root and
+// unmounts at delete.
+func TestContainerdImage(t *testing.T) {
+	e := newShimEnv(t)
+	archive := filepath.Join(t.TempDir(), "hello.tar")
+	writeImage(t, archive, "kiln.test/hello:1", filepath.Join(e.dir, "hello"))
+	e.ctr(0, "image", "import", archive)
+
+	r := e.ctr(6, "run", "--rm", runtimeFlag, "kiln.test/hello:1", "img1")
+	if !strings.Contains(r.stdout, `args: ["from" "image"]`) {
+		t.Errorf("ctr run of the image did not run its command:\n%s", r)
+	}
+	e.waitNoShims()
+	f, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if state := filepath.Join(filepath.Dir(e.config), "cstate"); strings.Contains(string(f), state+"/") {
+		t.Errorf("mounts are left under containerd's state %s after the task's deletion", state)
+	}
+}
+
+// writeImage writes a docker archive of a one-layer image, tagged tag,
+// holding the program at /bin/hello as its command.
+func writeImage(t *testing.T, archive, tag, program string) {
+	t.Helper()
+	prog, err := os.ReadFile(program)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, h := range []*tar.Header{
+		{Name: "bin/", Typeflag: tar.TypeDir, Mode: 0o755},
+		{Name: "bin/hello", Typeflag: tar.TypeReg, Mode: 0o755, Size: int64(len(prog))},
+	} {
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := tw.Write(prog); err != nil {
+		t.Fatal(err)
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
+		return io.NopCloser(bytes.NewReader(buf.Bytes())), nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := mutate.AppendLayers(emptyimage.Image, layer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = "linux", "amd64"
+	cf.Config.Cmd = []string{"/bin/hello", "-exit", "6", "from", "image"}
+	cf.Config.Env = []string{"PATH=/bin"}
+	if img, err = mutate.ConfigFile(img, cf); err != nil {
+		t.Fatal(err)
+	}
+	ref, err := name.NewTag(tag)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tarball.WriteToFile(archive, ref, img); err != nil {
+		t.Fatal(err)
+	}
 }
