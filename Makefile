@@ -7,6 +7,7 @@ export PATH := $(PATH):/usr/local/go/bin
 
 build:
 	$(GO) build -o bin/kiln ./cmd/kiln
+	$(GO) build -o bin/containerd-shim-kiln-v2 ./cmd/containerd-shim-kiln-v2
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o bin/kiln-init ./cmd/kiln-init
 	CGO_ENABLED=0 $(GO) build -trimpath -o bin/hello ./examples/hello
 	CGO_ENABLED=0 $(GO) build -trimpath -o bin/httpd ./examples/httpd
