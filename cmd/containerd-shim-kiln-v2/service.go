@@ -410,15 +410,7 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	}
 	logsDone := make(chan error, 1)
 	go func() {
-		ow, ew := writerOr(stdout), writerOr(stderr)
-		logsDone <- c.Logs(runCtx, t.vm, client.LogOptions{Follow: true, Tail: -1}, func(e api.LogEntry) error {
-			w := ow
-			if e.Stream == "stderr" {
-				w = ew
-			}
-			_, err := io.WriteString(w, e.Line)
-			return err
-		})
+		logsDone <- s.copyOutput(runCtx, c, t.vm, writerOr(stdout), writerOr(stderr))
 	}()
 	if err := c.Start(ctx, t.vm); err != nil {
 		cancel()
@@ -441,6 +433,11 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	go func() {
 		defer cancel()
 		w := <-waitc
+		if w.err != nil && runCtx.Err() == nil && !errors.Is(w.err, client.ErrNotFound) {
+			// The daemon went away (a restart, a crash): the VM runs on.
+			// Wait for its run's end through the daemon that comes back.
+			w.r, w.err = s.waitAgain(runCtx, t.vm, w.err)
+		}
 		code := w.r.ExitCode
 		if w.err != nil {
 			log.G(s.ctx).WithError(w.err).Errorf("waiting for VM %s", t.vm)
@@ -471,6 +468,110 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 		s.send(&eventstypes.TaskExit{ContainerID: t.id, ID: t.id, Pid: uint32(t.pid.Load()), ExitStatus: status, ExitedAt: protobuf.ToTimestamp(at)})
 	}()
 	return &taskAPI.StartResponse{Pid: uint32(t.pid.Load())}, nil
+}
+
+// daemonRetry is how often the shim tries again to reach a kiln daemon
+// that went away while a task runs; daemonGiveUp is how long it tries.
+const (
+	daemonRetry  = 250 * time.Millisecond
+	daemonGiveUp = 5 * time.Minute
+)
+
+// waitAgain waits for the end of the VM's current run after a wait broke
+// (err) because the daemon went away: a daemon restarted takes its VMs
+// over, and one that does not come back is started (connect). Until the
+// daemon answers it retries, for at most daemonGiveUp.
+func (s *service) waitAgain(ctx context.Context, vm string, err error) (api.WaitResponse, error) {
+	deadline := time.Now().Add(daemonGiveUp)
+	for {
+		log.G(ctx).WithError(err).Warnf("waiting for VM %s: the kiln daemon went away; waiting again", vm)
+		select {
+		case <-ctx.Done():
+			return api.WaitResponse{}, ctx.Err()
+		case <-time.After(daemonRetry):
+		}
+		c, cerr := connect(ctx, s.root)
+		if cerr == nil {
+			var w api.WaitResponse
+			if w, err = c.Wait(ctx, vm, false, nil); err == nil || errors.Is(err, client.ErrNotFound) || ctx.Err() != nil {
+				return w, err
+			}
+		} else {
+			err = cerr
+		}
+		if time.Now().After(deadline) {
+			return api.WaitResponse{}, fmt.Errorf("no kiln daemon to wait through for %s: %w", daemonGiveUp, err)
+		}
+	}
+}
+
+// copyOutput copies the VM's output to the task's stdout and stderr until
+// the VM's run is over. When the daemon goes away mid-stream (its stream
+// breaks, or ends while the VM still runs), it follows again through the
+// daemon that comes back, from the last line copied: lines of that same
+// instant already copied are skipped, so none is written twice.
+func (s *service) copyOutput(ctx context.Context, c *client.Client, vm string, stdout, stderr io.Writer) error {
+	var last time.Time
+	atLast := 0 // lines copied whose time is last
+	deadline := time.Time{}
+	for {
+		o := client.LogOptions{Follow: true, Tail: -1}
+		skip := 0
+		if !last.IsZero() {
+			o.Since, skip = last.Format(time.RFC3339Nano), atLast
+		}
+		reached := false
+		err := c.Logs(ctx, vm, o, func(e api.LogEntry) error {
+			reached = true
+			if skip > 0 && e.Time.Equal(last) {
+				skip--
+				return nil
+			}
+			skip = 0
+			if e.Time.Equal(last) {
+				atLast++
+			} else {
+				last, atLast = e.Time, 1
+			}
+			w := stdout
+			if e.Stream == "stderr" {
+				w = stderr
+			}
+			_, werr := io.WriteString(w, e.Line)
+			return werr
+		})
+		if ctx.Err() != nil || errors.Is(err, client.ErrNotFound) {
+			return err
+		}
+		if err == nil || reached {
+			deadline = time.Time{} // a daemon answered: the wait for one starts again
+		}
+		if err == nil {
+			// The stream ended: the VM's run is over, or its daemon went.
+			v, ierr := c.Inspect(ctx, vm)
+			if ierr == nil && (v.State.Status == "exited" || v.State.Status == "dead") || errors.Is(ierr, client.ErrNotFound) {
+				return nil
+			}
+		} else {
+			var ce *client.Error
+			if errors.As(err, &ce) {
+				return err // the daemon's own answer: following again would get it again
+			}
+		}
+		if deadline.IsZero() {
+			deadline = time.Now().Add(daemonGiveUp)
+		} else if time.Now().After(deadline) {
+			return fmt.Errorf("following VM %s's output: no kiln daemon for %s: %w", vm, daemonGiveUp, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(daemonRetry):
+		}
+		if nc, cerr := connect(ctx, s.root); cerr == nil {
+			c = nc
+		}
+	}
 }
 
 // startWait bounds how long Start waits for the VM's program to start,

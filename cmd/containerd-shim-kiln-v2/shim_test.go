@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -192,6 +193,36 @@ func (e *shimEnv) killContainerd() {
 	_ = e.cmd.Process.Kill()
 	_ = e.cmd.Wait()
 	e.cmd = nil
+}
+
+// killKilnDaemon kills the kiln root's daemon with SIGKILL and waits for
+// it to be gone.
+func (e *shimEnv) killKilnDaemon() {
+	e.t.Helper()
+	b, err := os.ReadFile(filepath.Join(e.kilnRoot, "run", "kiln.pid"))
+	if err != nil {
+		e.t.Fatalf("the kiln daemon's pid: %v", err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		e.t.Fatalf("the kiln daemon's pid file holds %q", b)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		e.t.Fatalf("killing the kiln daemon (pid %d): %v", pid, err)
+	}
+	alive := func() bool { // a zombie is gone: its parent may never reap it
+		st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return false
+		}
+		_, rest, _ := strings.Cut(string(st), ") ")
+		return !strings.HasPrefix(rest, "Z")
+	}
+	for deadline := time.Now().Add(10 * time.Second); alive(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			e.t.Fatalf("the kiln daemon (pid %d) outlived SIGKILL", pid)
+		}
+	}
 }
 
 func (e *shimEnv) readLog() string {
@@ -411,6 +442,13 @@ func TestContainerd(t *testing.T) {
 
 	e.killContainerd()
 	e.startContainerd()
+	e.waitStatus("id2", "RUNNING", 5*time.Second)
+
+	// The kiln daemon dies: the VM runs on, and the shim, whose wait for
+	// the VM's end broke, waits again through a daemon it starts. The task
+	// is not reported ended, and its exit code is still the program's.
+	e.killKilnDaemon()
+	time.Sleep(2 * time.Second)
 	e.waitStatus("id2", "RUNNING", 5*time.Second)
 
 	e.ctr(0, "task", "kill", "-s", "SIGTERM", "id2")
