@@ -609,6 +609,13 @@ func TestContainerdPodNetwork(t *testing.T) {
 		t.Errorf("the VM did not reach the pod's gateway (a refusal from 10.219.0.1:1):\n%s", r)
 	}
 	e.waitNoShims()
+	// The task's removal gave the namespace back: no TAP, no redirect.
+	if out, err := exec.Command("ip", "-n", pod, "link", "show", "kiln0").CombinedOutput(); err == nil {
+		t.Errorf("the VM's TAP is left in the pod's namespace:\n%s", out)
+	}
+	if out, _ := exec.Command("tc", "-n", pod, "qdisc", "show", "dev", "eth0").Output(); strings.Contains(string(out), "ingress") {
+		t.Errorf("the redirect of the pod's eth0 is left:\n%s", out)
+	}
 }
 
 // TestContainerdImage: a task of an image containerd unpacked has its
