@@ -236,6 +236,16 @@ func (s *service) getTask(id string) (*kTask, error) {
 	return t, nil
 }
 
+// lookup finds task id and its process execID ("" for the main program).
+func (s *service) lookup(id, execID string) (*kTask, *proc, *kExec, error) {
+	t, err := s.getTask(id)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	p, e, err := t.process(execID)
+	return t, p, e, err
+}
+
 func (t *kTask) process(execID string) (*proc, *kExec, error) {
 	if execID == "" {
 		return t.init, nil, nil
@@ -727,11 +737,7 @@ func (s *service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*pty
 
 // Kill signals the task's program (through the daemon) or an exec.
 func (s *service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*ptypes.Empty, error) {
-	t, err := s.getTask(r.ID)
-	if err != nil {
-		return nil, err
-	}
-	p, e, err := t.process(r.ExecID)
+	t, p, e, err := s.lookup(r.ID, r.ExecID)
 	if err != nil {
 		return nil, err
 	}
@@ -826,11 +832,7 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 
 // State reports a process's status.
 func (s *service) State(ctx context.Context, r *taskAPI.StateRequest) (*taskAPI.StateResponse, error) {
-	t, err := s.getTask(r.ID)
-	if err != nil {
-		return nil, err
-	}
-	p, _, err := t.process(r.ExecID)
+	t, p, _, err := s.lookup(r.ID, r.ExecID)
 	if err != nil {
 		return nil, err
 	}
@@ -844,11 +846,7 @@ func (s *service) State(ctx context.Context, r *taskAPI.StateRequest) (*taskAPI.
 
 // Wait waits for a process to end.
 func (s *service) Wait(ctx context.Context, r *taskAPI.WaitRequest) (*taskAPI.WaitResponse, error) {
-	t, err := s.getTask(r.ID)
-	if err != nil {
-		return nil, err
-	}
-	p, _, err := t.process(r.ExecID)
+	_, p, _, err := s.lookup(r.ID, r.ExecID)
 	if err != nil {
 		return nil, err
 	}
@@ -875,11 +873,7 @@ func (s *service) Pids(ctx context.Context, r *taskAPI.PidsRequest) (*taskAPI.Pi
 
 // CloseIO closes an exec's stdin.
 func (s *service) CloseIO(ctx context.Context, r *taskAPI.CloseIORequest) (*ptypes.Empty, error) {
-	t, err := s.getTask(r.ID)
-	if err != nil {
-		return nil, err
-	}
-	p, _, err := t.process(r.ExecID)
+	_, p, _, err := s.lookup(r.ID, r.ExecID)
 	if err != nil {
 		return nil, err
 	}
@@ -898,11 +892,7 @@ func (s *service) CloseIO(ctx context.Context, r *taskAPI.CloseIORequest) (*ptyp
 
 // ResizePty resizes an exec's tty.
 func (s *service) ResizePty(ctx context.Context, r *taskAPI.ResizePtyRequest) (*ptypes.Empty, error) {
-	t, err := s.getTask(r.ID)
-	if err != nil {
-		return nil, err
-	}
-	_, e, err := t.process(r.ExecID)
+	_, _, e, err := s.lookup(r.ID, r.ExecID)
 	if err != nil {
 		return nil, err
 	}

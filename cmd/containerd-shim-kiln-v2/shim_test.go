@@ -69,27 +69,12 @@ func testKernel(t *testing.T) string {
 
 func build(t *testing.T, dir string) {
 	t.Helper()
-	for _, b := range []struct {
-		out, pkg string
-		static   bool
-	}{
-		{"kiln", "kiln.dev/kiln/cmd/kiln", false},
-		{"kiln-init", "kiln.dev/kiln/cmd/kiln-init", true},
-		{"containerd-shim-kiln-v2", "kiln.dev/kiln/cmd/containerd-shim-kiln-v2", false},
-		{"hello", "kiln.dev/kiln/examples/hello", true},
-	} {
-		args := []string{"build", "-o", filepath.Join(dir, b.out)}
-		if raceEnabled && !b.static {
-			args = append(args, "-race")
-		}
-		cmd := exec.Command("go", append(args, b.pkg)...)
-		cmd.Env = os.Environ()
-		if b.static {
-			cmd.Env = append(cmd.Env, "CGO_ENABLED=0")
-		}
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("building %s: %v\n%s", b.pkg, err, out)
-		}
+	if err := testenv.Build(dir, raceEnabled,
+		testenv.Binary{Out: "kiln", Pkg: "kiln.dev/kiln/cmd/kiln"},
+		testenv.Binary{Out: "kiln-init", Pkg: "kiln.dev/kiln/cmd/kiln-init", Static: true},
+		testenv.Binary{Out: "containerd-shim-kiln-v2", Pkg: "kiln.dev/kiln/cmd/containerd-shim-kiln-v2"},
+		testenv.Binary{Out: "hello", Pkg: "kiln.dev/kiln/examples/hello", Static: true}); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -54,29 +54,10 @@ func TestMain(m *testing.M) {
 }
 
 func buildBinaries(dir string) error {
-	builds := []struct {
-		out, pkg string
-		static   bool
-	}{
-		{"kiln", "kiln.dev/kiln/cmd/kiln", false},
-		{"kiln-init", "kiln.dev/kiln/cmd/kiln-init", true},
-		{"hello", "kiln.dev/kiln/examples/hello", true},
-	}
-	for _, b := range builds {
-		args := []string{"build", "-o", filepath.Join(dir, b.out)}
-		if raceEnabled && !b.static {
-			args = append(args, "-race")
-		}
-		cmd := exec.Command("go", append(args, b.pkg)...)
-		cmd.Env = os.Environ()
-		if b.static {
-			cmd.Env = append(cmd.Env, "CGO_ENABLED=0")
-		}
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("building %s: %v\n%s", b.pkg, err, out)
-		}
-	}
-	return nil
+	return testenv.Build(dir, raceEnabled,
+		testenv.Binary{Out: "kiln", Pkg: "kiln.dev/kiln/cmd/kiln"},
+		testenv.Binary{Out: "kiln-init", Pkg: "kiln.dev/kiln/cmd/kiln-init", Static: true},
+		testenv.Binary{Out: "hello", Pkg: "kiln.dev/kiln/examples/hello", Static: true})
 }
 
 // testKernel returns the guest kernel the tests boot: $KILN_TEST_KERNEL, or
