@@ -6,7 +6,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -29,11 +28,6 @@ import (
 	"kiln.dev/kiln/internal/kernel"
 	"kiln.dev/kiln/internal/testenv"
 )
-
-// firstLine, when above 0, makes TestContainerd also time that many runs
-// of `ctr run --rm` from its start to the program's first line, against
-// `kiln run --rm --rootfs` of the same program on the same daemon.
-var firstLine = flag.Int("firstline", 0, "also time this many runs of ctr run and of kiln run to the program's first line, and print both")
 
 // shimEnv is one test's containerd, with the kiln shim on its PATH and a
 // kiln root of its own.
@@ -455,10 +449,6 @@ func TestContainerd(t *testing.T) {
 		t.Errorf("the kiln root's vms/ holds %d entries (%v) after the tasks' deletion", len(ents), err)
 	}
 	e.waitNoShims()
-
-	if *firstLine > 0 {
-		e.timeFirstLine(*firstLine)
-	}
 }
 
 // TestContainerdRefusesTerminal checks that a task asking for a tty is
@@ -502,58 +492,6 @@ func (e *shimEnv) waitNoShims() {
 	if pids := e.shims(); len(pids) > 0 {
 		e.t.Errorf("shims %v still run after their tasks' deletion", pids)
 	}
-}
-
-// timeFirstLine times n runs each, from the command's start to the
-// program's first line on its stdout: ctr run --rm through the shim and
-// kiln run --rm --rootfs, and prints the medians and their ratio.
-func (e *shimEnv) timeFirstLine(n int) {
-	e.t.Helper()
-	var ctrTimes, kilnTimes []time.Duration
-	for i := 0; i < n; i++ {
-		ctrTimes = append(ctrTimes, e.firstLineOf("ctr", "--address", e.sock, "run", "--rm", runtimeFlag, "--rootfs", e.rootfs, fmt.Sprintf("bench%d", i), "/bin/hello"))
-		kilnTimes = append(kilnTimes, e.firstLineOf(filepath.Join(e.dir, "kiln"), "--root", e.kilnRoot, "run", "--rm", "--network", "none", "--kernel", e.kernel, "--rootfs", e.rootfs, "/bin/hello"))
-	}
-	e.waitNoShims()
-	c, k := median(ctrTimes), median(kilnTimes)
-	e.t.Logf("start to first line, median of %d: ctr run (shim) %v, kiln run %v, ratio %.2f", n, c.Round(time.Millisecond), k.Round(time.Millisecond), float64(c)/float64(k))
-	e.t.Logf("ctr run: %v", ctrTimes)
-	e.t.Logf("kiln run: %v", kilnTimes)
-}
-
-func (e *shimEnv) firstLineOf(name string, args ...string) time.Duration {
-	e.t.Helper()
-	cmd := exec.Command(name, args...)
-	cmd.Env = e.env()
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	start := time.Now()
-	if err := cmd.Start(); err != nil {
-		e.t.Fatal(err)
-	}
-	br := bufio.NewReader(out)
-	line, err := br.ReadString('\n')
-	took := time.Since(start)
-	if err != nil || !strings.HasPrefix(line, "hello from") {
-		e.t.Fatalf("%s %v: first line %q, %v", name, args, line, err)
-	}
-	_, _ = br.WriteTo(discard{})
-	if err := cmd.Wait(); err != nil {
-		e.t.Fatalf("%s %v: %v", name, args, err)
-	}
-	return took
-}
-
-type discard struct{}
-
-func (discard) Write(b []byte) (int, error) { return len(b), nil }
-
-func median(ds []time.Duration) time.Duration {
-	s := append([]time.Duration{}, ds...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	return s[len(s)/2]
 }
 
 // TestContainerdPodNetwork: a task whose spec names a network namespace
