@@ -413,7 +413,7 @@ func TestPublishBadValues(t *testing.T) {
 		{[]string{"-p", "1-3:1-2"}, `invalid port "1-3:1-2": host range 1-3 has 3 ports and guest range 1-2 has 2`},
 		{[]string{"-p", "8080:80", "-p", "8080:81"}, "tcp port 8080 on 0.0.0.0 is published twice"},
 		{[]string{"--network", "bridge0"}, `no such network: bridge0`},
-		{[]string{"--network", "bad/name"}, `invalid network "bad/name": use user, none or the name of a network`},
+		{[]string{"--network", "bad/name"}, `invalid network "bad/name": use user, none, ns:PATH (a network namespace) or the name of a network`},
 		{[]string{"--ip", "10.0.0.5"}, `invalid IP "10.0.0.5": --ip needs a bridge network`},
 		{[]string{"--network", "none", "-p", "80"}, `cannot publish 80: --network none gives the VM no network`},
 	} {
