@@ -33,7 +33,7 @@ func newDaemonCmd(g *globals) *cobra.Command {
 	var allow []int
 	var uids string
 	var memShare float64
-	var consoleMax, diskReserve string
+	var consoleMax, diskReserve, metricsAddr string
 	var templates bool
 	c := &cobra.Command{
 		Use:   "daemon",
@@ -58,7 +58,7 @@ func newDaemonCmd(g *globals) *cobra.Command {
 			return daemon.Run(ctx, daemon.Config{
 				Root: g.root, AllowUIDs: allow, Logger: log,
 				JailUIDs: uids, MemoryShare: memShare, ConsoleMaxSize: consoleMax, DiskReserve: diskReserve,
-				NoTemplates: !templatesOn(cmd, templates),
+				NoTemplates: !templatesOn(cmd, templates), MetricsAddr: metricsAddr,
 			}, ready)
 		},
 	}
@@ -67,6 +67,7 @@ func newDaemonCmd(g *globals) *cobra.Command {
 	c.Flags().Float64Var(&memShare, "memory-share", daemon.DefaultMemoryShare, "share of host memory the cgroups of running VMs may hold together; a VM that would pass it is refused")
 	c.Flags().StringVar(&consoleMax, "console-max-size", "", fmt.Sprintf("serial console kept on disk per VM, console.log and console.log.1 together (default $%s or 16m)", daemon.ConsoleMaxSizeEnv))
 	c.Flags().StringVar(&diskReserve, "disk-reserve", "", fmt.Sprintf("free space kept on kiln's filesystem: no VM disk or volume is made when less is free (default $%s or 1g)", disk.FreeReserveEnv))
+	c.Flags().StringVar(&metricsAddr, "metrics-addr", "", "also serve GET /metrics (Prometheus' text format) on this TCP address, e.g. 127.0.0.1:9323 (docker's); the API socket serves /metrics always")
 	c.Flags().BoolVar(&templates, "templates", true, fmt.Sprintf("start VMs (bare programs, full images) from a booted template, made once per kernel, kiln-init, QEMU, memory, CPUs and devices under <root>/templates, instead of booting their kernel; kiln run --cold opts one VM out; --templates=false or $%s=0 turns them off", daemon.TemplatesEnv))
 	return c
 }

@@ -22,6 +22,7 @@ import (
 	"kiln.dev/kiln/internal/disk"
 	"kiln.dev/kiln/internal/errdefs"
 	"kiln.dev/kiln/internal/jail"
+	"kiln.dev/kiln/internal/metrics"
 	"kiln.dev/kiln/internal/options"
 	"kiln.dev/kiln/internal/state"
 	"kiln.dev/kiln/internal/supervisor"
@@ -52,6 +53,11 @@ type Config struct {
 	// NoTemplates boots every VM: none starts from a booted template
 	// (--templates=false, $KILN_TEMPLATES=0).
 	NoTemplates bool
+	// MetricsAddr, when set, is a TCP address where the daemon serves
+	// GET /metrics (Prometheus' text format) to anyone who can reach it
+	// (--metrics-addr, docker's flag; its port is 9323); the API socket
+	// serves /metrics too.
+	MetricsAddr string
 }
 
 // TemplatesEnv, 0, turns templates off for a daemon started without
@@ -123,6 +129,8 @@ type Daemon struct {
 	rt  *vm.Factory
 	// conf is how VMs are confined, as the daemon resolved it.
 	conf vm.Confinement
+	// metrics are what /metrics serves.
+	metrics *metrics.Metrics
 	// monitor is the VM monitor's version, asked once.
 	monitorOnce sync.Once
 	monitor     string
@@ -130,6 +138,27 @@ type Daemon struct {
 	log         *slog.Logger
 	uid         int
 	lock        *os.File
+}
+
+// vmsByState counts the root's VMs by state, for the metrics.
+func (d *Daemon) vmsByState() map[string]int {
+	views, err := d.sup.List(context.Background())
+	if err != nil {
+		return nil
+	}
+	out := map[string]int{}
+	for _, v := range views {
+		out[v.Record.Status]++
+	}
+	return out
+}
+
+// metricsOnly is what the metrics address serves: GET /metrics, nothing
+// of the API.
+func (d *Daemon) metricsOnly() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", d.metrics.Handler())
+	return mux
 }
 
 // ErrRunning is returned when another daemon already serves the root.
@@ -144,6 +173,15 @@ func Run(ctx context.Context, cfg Config, ready func()) error {
 	conf, err := cfg.confinement()
 	if err != nil {
 		return err
+	}
+	var metricsLn net.Listener
+	if cfg.MetricsAddr != "" {
+		// First: a daemon that cannot serve what it was asked to makes
+		// nothing and does not start.
+		if metricsLn, err = net.Listen("tcp", cfg.MetricsAddr); err != nil {
+			return fmt.Errorf("--metrics-addr %s: %w", cfg.MetricsAddr, errdefs.Mark(err, errdefs.ErrInvalidArgument))
+		}
+		defer metricsLn.Close()
 	}
 	d := &Daemon{cfg: cfg, log: cfg.Logger, uid: os.Geteuid(), conf: conf}
 	if err := os.MkdirAll(cfg.Root, 0o711); err != nil {
@@ -170,11 +208,19 @@ func Run(ctx context.Context, cfg Config, ready func()) error {
 	}
 	d.rt = rt
 	d.sup = supervisor.New(rt, db, d.log)
+	d.metrics = metrics.New(d.vmsByState)
+	d.sup.SetObserver(d.metrics)
 	// Deferred after db.Close, so run before it: Close waits for the
 	// supervisor's goroutines, and none writes to the store after.
 	defer d.sup.Close()
 	if err := d.sup.Reconcile(ctx); err != nil {
 		return fmt.Errorf("reconciling state: %w", err)
+	}
+	if metricsLn != nil {
+		msrv := &http.Server{Handler: d.metricsOnly(), ReadHeaderTimeout: 10 * time.Second}
+		go func() { _ = msrv.Serve(metricsLn) }()
+		defer msrv.Close()
+		d.log.Info("serving metrics", "addr", metricsLn.Addr().String())
 	}
 	ln, err := listen(SocketPath(cfg.Root))
 	if err != nil {

@@ -19,6 +19,7 @@ import (
 	"kiln.dev/kiln/internal/buildinfo"
 	"kiln.dev/kiln/internal/cgroup"
 	"kiln.dev/kiln/internal/errdefs"
+	"kiln.dev/kiln/internal/metrics"
 	"kiln.dev/kiln/internal/options"
 	"kiln.dev/kiln/internal/state"
 	"kiln.dev/kiln/internal/supervisor"
@@ -29,6 +30,9 @@ import (
 const maxBody = 1 << 20
 
 func (d *Daemon) routes() http.Handler {
+	if d.metrics == nil { // a daemon made by a test, without Run
+		d.metrics = metrics.New(nil)
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/ping", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
@@ -54,10 +58,11 @@ func (d *Daemon) routes() http.Handler {
 	d.volumeRoutes(mux)
 	d.templateRoutes(mux)
 	d.checkpointRoutes(mux)
+	mux.Handle("GET /metrics", d.metrics.Handler())
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s (this daemon serves /%s/)", r.Method, r.URL.Path, api.Version))
 	})
-	return d.guard(mux)
+	return d.guard(d.metrics.Instrument(mux))
 }
 
 // statusOf maps kiln's sentinel errors to HTTP status codes, in one place.

@@ -69,6 +69,9 @@ type Supervisor struct {
 	// it is cancelled, by Close. The VMs themselves do not.
 	ctx    context.Context
 	cancel context.CancelFunc
+	// obs, when set (before any VM is created or reconciled), is told
+	// of every event and every guest's boot time: the daemon's metrics.
+	obs Observer
 	// gmu guards closing; tasks counts the goroutines started by spawn.
 	gmu     sync.Mutex
 	closing bool
@@ -229,9 +232,23 @@ func (s *Supervisor) Subscribe() (<-chan state.Event, func()) {
 }
 
 // event records an event and hands it to subscribers.
+// Observer is told what the supervisor sees happen, as it happens.
+type Observer interface {
+	// Event is a lifecycle event: its action and attributes, as stored.
+	Event(action, attrs string)
+	// Booted is a guest's uptime in seconds when its program started.
+	Booted(uptime float64)
+}
+
+// SetObserver sets the supervisor's observer; call it before Reconcile.
+func (s *Supervisor) SetObserver(o Observer) { s.obs = o }
+
 func (s *Supervisor) event(rec *state.VM, action string, attrs ...string) {
 	if s.ctx.Err() != nil {
 		return // closed: the store may be closed too
+	}
+	if s.obs != nil {
+		s.obs.Event(action, strings.Join(attrs, ","))
 	}
 	e, err := s.db.AddEvent(s.ctx, state.Event{VMID: rec.ID, Name: rec.Name, Action: action, Attrs: strings.Join(attrs, ",")})
 	if err != nil {
@@ -457,6 +474,9 @@ func (s *Supervisor) monitor(m *managed, machine *vm.VM, done chan struct{}) {
 			// Dial now: the first exec or stop need not wait for the hello.
 			s.spawn(func() { _, _ = machine.Agent() })
 			if up := machine.BootUptime(); up > 0 {
+				if s.obs != nil {
+					s.obs.Booted(up)
+				}
 				m.mu.Lock()
 				if m.runDone == done {
 					m.rec.BootUptime = up
