@@ -70,7 +70,7 @@ func newRootCmd() *cobra.Command {
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return fmt.Errorf("%w (see '%s --help')", err, c.CommandPath())
 	})
-	root.AddCommand(newRunCmd(g), newPortCmd(g), newDoctorCmd(g), newKernelCmd(g), newDaemonCmd(g))
+	root.AddCommand(newRunCmd(g), newCreateCmd(g), newPortCmd(g), newDoctorCmd(g), newKernelCmd(g), newDaemonCmd(g))
 	root.AddCommand(vmCommands(g)...)
 	root.AddCommand(newExecCmd(g), newCpCmd(g), newStatsCmd(g))
 	root.AddCommand(imageCommands(g)...)

@@ -72,6 +72,12 @@ after --time seconds. With -d the VM runs in the background.`,
 			return runRun(cmd, g, f, args)
 		},
 	}
+	f.register(c)
+	return c
+}
+
+// register adds run's flags (create's too) to c.
+func (f *runFlags) register(c *cobra.Command) {
 	c.Flags().SetInterspersed(false)
 	fl := c.Flags()
 	fl.StringVar(&f.name, "name", "", "name of the VM")
@@ -105,7 +111,65 @@ after --time seconds. With -d the VM runs in the background.`,
 	fl.StringArrayVarP(&f.volumes, "volume", "v", nil, "mount a named volume (NAME:/path[:ro], created when missing) or a host directory (/abs/dir:/path[:ro|rw])")
 	fl.StringArrayVar(&f.mounts, "mount", nil, "mount as docker's --mount: type=volume|bind|bake,src=...,dst=...[,readonly] (bake: a host directory copied in at create time, read-only)")
 	f.health.register(c)
+}
+
+func newCreateCmd(g *globals) *cobra.Command {
+	f := &runFlags{}
+	c := &cobra.Command{
+		Use:   "create [flags] IMAGE|PROGRAM [ARG...]",
+		Short: "Create a VM without starting it (kiln start [-a] starts it)",
+		Long: `Create a VM as kiln run would, pulling its image when missing, and print its
+ID; it does not start. kiln start starts it, kiln start -a stays with it as
+kiln run does. Takes run's flags.`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if f.detach {
+				return errdefs.Invalid("create does not start the VM: -d is for kiln run")
+			}
+			ctx := context.Background()
+			c, cfg, err := prepareCreate(ctx, cmd, g, f, args)
+			if err != nil {
+				return err
+			}
+			created, err := c.Create(ctx, cfg)
+			if err != nil {
+				return err
+			}
+			for _, w := range created.Warnings {
+				fmt.Fprintf(cmd.ErrOrStderr(), "kiln: warning: %s\n", w)
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), created.ID)
+			return nil
+		},
+	}
+	f.register(c)
+	_ = c.Flags().MarkHidden("detach")
 	return c
+}
+
+// prepareCreate turns run's command line into the daemon's create request,
+// pulling a missing image through the daemon first (progress on stderr),
+// and returns a client of the daemon.
+func prepareCreate(ctx context.Context, cmd *cobra.Command, g *globals, f *runFlags, args []string) (*client.Client, api.VMConfig, error) {
+	cfg, err := vmConfig(f, args)
+	if err != nil {
+		return nil, cfg, err
+	}
+	// A config the daemon would refuse is refused before any transfer.
+	if cfg.Image != "" && cfg.Pull != options.PullNever {
+		if err := daemon.CheckConfig(cfg); err != nil {
+			return nil, cfg, err
+		}
+	}
+	pulled, err := pullForRun(ctx, g, cfg.Image, cfg.Pull, cfg.Insecure, cmd.ErrOrStderr())
+	if err != nil {
+		return nil, cfg, err
+	}
+	if pulled {
+		cfg.Pull = options.PullMissing
+	}
+	c, err := connect(ctx, g, cmd.ErrOrStderr())
+	return c, cfg, err
 }
 
 // diskSize reads --disk-size: 0 when not given.
@@ -250,37 +314,17 @@ func vmConfig(f *runFlags, args []string) (api.VMConfig, error) {
 }
 
 func runRun(cmd *cobra.Command, g *globals, f *runFlags, args []string) error {
-	cfg, err := vmConfig(f, args)
-	if err != nil {
-		return err
-	}
-	// A config the daemon would refuse is refused before any transfer;
-	// then a missing image is pulled through the daemon with progress on
-	// stderr, before the VM is created.
-	if cfg.Image != "" && cfg.Pull != options.PullNever {
-		if err := daemon.CheckConfig(cfg); err != nil {
-			return err
-		}
-	}
-	pulled, err := pullForRun(context.Background(), g, cfg.Image, cfg.Pull, cfg.Insecure, cmd.ErrOrStderr())
-	if err != nil {
-		return err
-	}
-	if pulled {
-		cfg.Pull = options.PullMissing
-	}
 	stdout, stderr := cmd.OutOrStdout(), cmd.ErrOrStderr()
+	ctx := context.Background()
+	c, cfg, err := prepareCreate(ctx, cmd, g, f, args) // a pull may be Ctrl-C'd as usual
+	if err != nil {
+		return err
+	}
 	// Catch Ctrl-C and SIGTERM before anything starts, so that none is lost
 	// between boot and the handler.
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
-
-	ctx := context.Background()
-	c, err := connect(ctx, g, stderr)
-	if err != nil {
-		return err
-	}
 	created, err := c.Create(ctx, cfg)
 	if err != nil {
 		return err
@@ -296,13 +340,17 @@ func runRun(cmd *cobra.Command, g *globals, f *runFlags, args []string) error {
 		fmt.Fprintln(stdout, created.ID)
 		return nil
 	}
-	return attach(ctx, c, created.ID, f, sigs, stdout, stderr)
+	grace := time.Duration(f.stopTimeout) * time.Second
+	return attach(ctx, c, created.ID, &grace, true, time.Time{}, sigs, stdout, stderr)
 }
 
 // attach starts a created VM and stays with it: its output is printed as it
-// comes, Ctrl-C or SIGTERM stop it gracefully (twice: kill it), and kiln
-// exits with the program's exit code.
-func attach(ctx context.Context, c *client.Client, id string, f *runFlags, sigs <-chan os.Signal, stdout, stderr io.Writer) error {
+// comes, Ctrl-C or SIGTERM stop it gracefully, within grace (nil: the VM's
+// own; twice: kill it), and kiln exits with the program's exit code. With
+// removeOnFail a VM that cannot start is removed (kiln run leaves nothing
+// behind); kiln start -a keeps it. Output from before since (a stopped
+// VM's earlier runs) is not printed.
+func attach(ctx context.Context, c *client.Client, id string, grace *time.Duration, removeOnFail bool, since time.Time, sigs <-chan os.Signal, stdout, stderr io.Writer) error {
 	// The wait is in place before the VM starts, so its end is seen even
 	// when it is removed (--rm) the moment it ends.
 	type waited struct {
@@ -318,12 +366,18 @@ func attach(ctx context.Context, c *client.Client, id string, f *runFlags, sigs 
 	select {
 	case <-registered:
 	case w := <-waitc:
-		_ = c.Remove(ctx, id, client.RemoveOptions{Force: true, Volumes: true})
+		if removeOnFail {
+			_ = c.Remove(ctx, id, client.RemoveOptions{Force: true, Volumes: true})
+		}
 		return w.err
 	}
 	logsDone := make(chan error, 1)
 	go func() {
-		logsDone <- c.Logs(ctx, id, client.LogOptions{Follow: true, Tail: -1}, func(e api.LogEntry) error {
+		o := client.LogOptions{Follow: true, Tail: -1}
+		if !since.IsZero() {
+			o.Since = since.Format(time.RFC3339Nano)
+		}
+		logsDone <- c.Logs(ctx, id, o, func(e api.LogEntry) error {
 			w := stdout
 			if e.Stream == "stderr" {
 				w = stderr
@@ -333,12 +387,11 @@ func attach(ctx context.Context, c *client.Client, id string, f *runFlags, sigs 
 		})
 	}()
 	if err := c.Start(ctx, id); err != nil {
-		// A VM that could not start is not kept: `kiln run` leaves nothing
-		// behind when it fails.
-		_ = c.Remove(ctx, id, client.RemoveOptions{Force: true, Volumes: true})
+		if removeOnFail {
+			_ = c.Remove(ctx, id, client.RemoveOptions{Force: true, Volumes: true})
+		}
 		return err
 	}
-	grace := time.Duration(f.stopTimeout) * time.Second
 	go func() {
 		stopping := false
 		for sig := range sigs {
@@ -349,7 +402,7 @@ func attach(ctx context.Context, c *client.Client, id string, f *runFlags, sigs 
 			}
 			stopping = true
 			go func() {
-				if err := c.Stop(context.Background(), id, &grace); err != nil && !errors.Is(err, client.ErrNotFound) {
+				if err := c.Stop(context.Background(), id, grace); err != nil && !errors.Is(err, client.ErrNotFound) {
 					fmt.Fprintf(stderr, "kiln: stopping the VM: %v\n", err)
 				}
 			}()

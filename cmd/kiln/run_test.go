@@ -391,3 +391,44 @@ func TestRunRootDir(t *testing.T) {
 		t.Errorf("refused runs left VM directories: %v", d)
 	}
 }
+
+// TestCreateThenStartAttached: kiln create makes a VM without starting it
+// (ps: Created), kiln start -a runs it as kiln run would (its output, its
+// exit status) and keeps it, and a second start -a prints only that run's
+// output.
+func TestCreateThenStartAttached(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	r := e.kiln("create", "--name", "made", "--kernel", e.kernel, "-e", "GREETING=hi", e.hello(), "-env", "GREETING", "-exit", "4")
+	if r.code != 0 || len(strings.TrimSpace(r.stdout)) != 64 {
+		t.Fatalf("create: want a VM ID:\n%s", r)
+	}
+	if got := e.inspect("made", "{{.State.Status}}"); got != "created" {
+		t.Errorf("after create the VM is %q, want created", got)
+	}
+	for i := 0; i < 2; i++ {
+		r := e.kiln("start", "-a", "made")
+		if r.code != 4 || strings.Count(r.stdout, "hello from made") != 1 || !strings.Contains(r.stdout, "GREETING=hi\n") || !strings.Contains(r.stderr, "this line went to stderr") {
+			t.Errorf("start -a (run %d): want exit 4 and this run's output once:\n%s", i+1, r)
+		}
+	}
+	if got := e.inspect("made", "{{.State.Status}} {{.State.ExitCode}}"); got != "exited 4" {
+		t.Errorf("after start -a the VM is %q, want exited 4 (kept)", got)
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"create", "-d", e.hello()}, "-d is for kiln run"},
+		{[]string{"create", "--memory", "1q", e.hello()}, `"1q"`},
+		{[]string{"start", "-a", "made", "other"}, "start -a takes one VM"},
+		{[]string{"start", "-a", "no-such-vm"}, "no-such-vm"},
+	} {
+		if r := e.kiln(c.args...); r.code != 125 || !strings.Contains(r.stderr, c.want) {
+			t.Errorf("kiln %v: want exit 125 and %q:\n%s", c.args, c.want, r)
+		}
+	}
+	if d := e.vmDirs(); len(d) != 1 {
+		t.Errorf("want only the created VM's directory, got %v", d)
+	}
+}

@@ -384,10 +384,12 @@ func newStopCmd(g *globals) *cobra.Command {
 
 func newStartCmd(g *globals) *cobra.Command {
 	var checkpoint string
-	c := eachVM(g, "start [--checkpoint NAME] VM...", "Start stopped VMs (--checkpoint: resume one where its checkpoint saved it)", func(ctx context.Context, cl *client.Client, ref string) (string, error) {
+	var attachOut bool
+	c := eachVM(g, "start [-a] [--checkpoint NAME] VM...", "Start stopped VMs (-a: stay with one as kiln run does; --checkpoint: resume one where its checkpoint saved it)", func(ctx context.Context, cl *client.Client, ref string) (string, error) {
 		return ref, cl.StartFrom(ctx, ref, checkpoint)
 	})
 	c.Flags().StringVar(&checkpoint, "checkpoint", "", "resume the VM from this checkpoint (kiln checkpoint create) instead of booting it")
+	c.Flags().BoolVarP(&attachOut, "attach", "a", false, "print the VM's output as it runs and exit with its exit status; Ctrl-C stops it (one VM)")
 	run := c.RunE
 	c.RunE = func(cmd *cobra.Command, args []string) error {
 		if checkpoint != "" {
@@ -398,9 +400,36 @@ func newStartCmd(g *globals) *cobra.Command {
 				return err
 			}
 		}
+		if attachOut {
+			if len(args) != 1 || checkpoint != "" {
+				return errdefs.Invalid("start -a takes one VM, and no --checkpoint")
+			}
+			return startAttached(cmd, g, args[0])
+		}
 		return run(cmd, args)
 	}
 	return c
+}
+
+// startAttached is start -a: it starts a created or stopped VM and stays
+// with it as kiln run does; the VM is kept whatever happens.
+func startAttached(cmd *cobra.Command, g *globals, ref string) error {
+	ctx := context.Background()
+	c, err := connect(ctx, g, cmd.ErrOrStderr())
+	if err != nil {
+		return err
+	}
+	v, err := c.Inspect(ctx, ref)
+	if err != nil {
+		return err
+	}
+	if v.State.Running || v.State.Status == "starting" {
+		return fmt.Errorf("VM %s is %s: kiln logs -f %s follows it: %w", v.Name, v.State.Status, v.Name, errdefs.ErrConflict)
+	}
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	return attach(ctx, c, v.ID, nil, false, time.Now(), sigs, cmd.OutOrStdout(), cmd.ErrOrStderr())
 }
 
 func newRestartCmd(g *globals) *cobra.Command {
