@@ -203,6 +203,11 @@ func (c *Client) Kill(ctx context.Context, ref, signal string) error {
 	return c.call(ctx, http.MethodPost, vmPath(ref, "/kill"), url.Values{"signal": {signal}}, nil, nil)
 }
 
+// Rename gives a VM another name, as docker rename does.
+func (c *Client) Rename(ctx context.Context, ref, name string) error {
+	return c.call(ctx, http.MethodPost, vmPath(ref, "/rename"), url.Values{"name": {name}}, nil, nil)
+}
+
 // RemoveOptions are the choices of Remove.
 type RemoveOptions struct {
 	// Force kills a running VM first; without it a running VM is refused.

@@ -27,6 +27,23 @@ func vmCommands(g *globals) []*cobra.Command {
 	return []*cobra.Command{
 		newPsCmd(g), newInspectCmd(g), newLogsCmd(g), newStopCmd(g), newStartCmd(g),
 		newRestartCmd(g), newKillCmd(g), newRmCmd(g), newWaitCmd(g), newEventsCmd(g),
+		newRenameCmd(g),
+	}
+}
+
+func newRenameCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "rename VM NEW_NAME",
+		Short: "Rename a VM (its guest's hostname stays, as docker's does)",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := context.Background()
+			c, err := connect(ctx, g, cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			return c.Rename(ctx, args[0], args[1])
+		},
 	}
 }
 

@@ -45,6 +45,7 @@ func (d *Daemon) routes() http.Handler {
 	mux.HandleFunc("POST /v1/vms/{ref}/stop", d.handle(d.stop))
 	mux.HandleFunc("POST /v1/vms/{ref}/restart", d.handle(d.restart))
 	mux.HandleFunc("POST /v1/vms/{ref}/kill", d.handle(d.kill))
+	mux.HandleFunc("POST /v1/vms/{ref}/rename", d.handle(d.rename))
 	mux.HandleFunc("POST /v1/vms/{ref}/wait", d.handle(d.wait))
 	mux.HandleFunc("DELETE /v1/vms/{ref}", d.handle(d.remove))
 	mux.HandleFunc("GET /v1/vms/{ref}/logs", d.handle(d.logs))
@@ -260,6 +261,18 @@ func (d *Daemon) restart(w http.ResponseWriter, r *http.Request) error {
 		err = d.sup.Restart(r.Context(), r.PathValue("ref"), grace)
 	}
 	if err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (d *Daemon) rename(w http.ResponseWriter, r *http.Request) error {
+	name := r.URL.Query().Get("name")
+	if name == "" {
+		return errdefs.Invalid("rename: no new name (?name=)")
+	}
+	if err := d.sup.Rename(r.Context(), r.PathValue("ref"), name); err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)

@@ -246,6 +246,22 @@ func isHex(s string) bool {
 	return true
 }
 
+// RenameVM gives VM id the name name. A name in use is
+// errdefs.ErrConflict; an unknown id errdefs.ErrNotFound.
+func (s *Store) RenameVM(ctx context.Context, id, name string) error {
+	res, err := s.db.ExecContext(ctx, `UPDATE vms SET name=? WHERE id=?`, name, id)
+	if err != nil {
+		if strings.Contains(err.Error(), "UNIQUE constraint failed: vms.name") {
+			return fmt.Errorf("the name %q is already in use: %w", name, errdefs.ErrConflict)
+		}
+		return fmt.Errorf("renaming VM %s: %w", id, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("VM %s: %w", id, errdefs.ErrNotFound)
+	}
+	return nil
+}
+
 // NameInUse reports whether a VM has exactly this name (a name that is
 // also a prefix of some VM's ID is not in use for that).
 func (s *Store) NameInUse(ctx context.Context, name string) (bool, error) {

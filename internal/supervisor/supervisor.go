@@ -656,6 +656,44 @@ func (s *Supervisor) Kill(ctx context.Context, ref string, sig syscall.Signal) e
 	return nil
 }
 
+// EventRenamed is a rename; its attribute oldName is the name before.
+const EventRenamed = "rename"
+
+// Rename gives a VM, in whatever state, another name: in the store, in its
+// vm.json, and on its bridge network's name server.
+func (s *Supervisor) Rename(ctx context.Context, ref, name string) error {
+	if err := vm.ValidateName(name); err != nil {
+		return err
+	}
+	m, err := s.get(ctx, ref)
+	if err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.removed {
+		return fmt.Errorf("no such VM: %s: %w", ref, errdefs.ErrNotFound)
+	}
+	old := m.rec.Name
+	if old == name {
+		return nil
+	}
+	if err := s.db.RenameVM(ctx, m.id, name); err != nil {
+		return err
+	}
+	if err := s.rt.Rename(s.rt.VMDir(m.id), name); err != nil {
+		// The store and the directory must agree: put the old name back.
+		if rerr := s.db.RenameVM(context.WithoutCancel(ctx), m.id, old); rerr != nil {
+			s.log.Warn("renaming VM back", "vm", m.id, "err", rerr)
+		}
+		return err
+	}
+	m.rec.Name, m.spec.Name = name, name
+	s.event(m.rec, EventRenamed, "oldName="+old)
+	s.networkChanged(m.spec)
+	return nil
+}
+
 // RemoveOptions are the choices of Remove.
 type RemoveOptions struct {
 	// Force kills a running VM; without it a running VM is refused.

@@ -422,6 +422,27 @@ func (r *Factory) Load(dir string) (*VM, error) {
 	return rec.vm(r), nil
 }
 
+// Rename records name as the name of the VM whose directory is dir, in its
+// vm.json. The guest's hostname stays, as a container's does when docker
+// renames it; a VM loaded before goes on naming itself by the old name in
+// its messages.
+func (r *Factory) Rename(dir, name string) error {
+	p := filepath.Join(dir, specFile)
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return fmt.Errorf("reading VM record: %w", err)
+	}
+	var rec vmRecord
+	if err := json.Unmarshal(b, &rec); err != nil {
+		return fmt.Errorf("parsing VM record %s: %w", p, err)
+	}
+	rec.Spec.Name = name
+	if b, err = json.MarshalIndent(rec, "", "  "); err != nil {
+		return fmt.Errorf("encoding VM record: %w", err)
+	}
+	return atomicfile.WriteFile(p, b, 0o600)
+}
+
 // VMDir returns the directory of the VM with the given ID.
 func (r *Factory) VMDir(id string) string { return filepath.Join(r.vmsDir(), id) }
 
