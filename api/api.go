@@ -132,8 +132,10 @@ type CreateResponse struct {
 type VMState struct {
 	// Status is created, starting, running, stopping, restarting, exited
 	// or dead.
-	Status       string    `json:"status"`
-	Running      bool      `json:"running"`
+	Status  string `json:"status"`
+	Running bool   `json:"running"`
+	// Paused: running, its guest frozen (kiln pause); Running is true.
+	Paused       bool      `json:"paused"`
 	PID          int       `json:"pid"`
 	ExitCode     int       `json:"exitCode"`
 	Error        string    `json:"error,omitempty"`
@@ -244,6 +246,8 @@ type Info struct {
 	Accel   string `json:"accel"`
 	VMs     int    `json:"vms"`
 	Running int    `json:"running"`
+	// Paused VMs are not counted in Running.
+	Paused int `json:"paused"`
 	// Executable is the daemon's own binary; kiln-init is looked up
 	// beside it.
 	Executable string `json:"executable,omitempty"`

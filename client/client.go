@@ -203,6 +203,16 @@ func (c *Client) Kill(ctx context.Context, ref, signal string) error {
 	return c.call(ctx, http.MethodPost, vmPath(ref, "/kill"), url.Values{"signal": {signal}}, nil, nil)
 }
 
+// Pause freezes a running VM's guest; Unpause lets it run again.
+func (c *Client) Pause(ctx context.Context, ref string) error {
+	return c.call(ctx, http.MethodPost, vmPath(ref, "/pause"), nil, nil, nil)
+}
+
+// Unpause lets a paused VM's guest run again.
+func (c *Client) Unpause(ctx context.Context, ref string) error {
+	return c.call(ctx, http.MethodPost, vmPath(ref, "/unpause"), nil, nil, nil)
+}
+
 // Rename gives a VM another name, as docker rename does.
 func (c *Client) Rename(ctx context.Context, ref, name string) error {
 	return c.call(ctx, http.MethodPost, vmPath(ref, "/rename"), url.Values{"name": {name}}, nil, nil)

@@ -159,7 +159,7 @@ func newInfoCmd(g *globals) *cobra.Command {
 				templates = "on (VMs start from booted templates)"
 			}
 			tw := tabwriter.NewWriter(out, 0, 4, 1, ' ', 0)
-			fmt.Fprintf(tw, "VMs:\t%d\n Running:\t%d\n Stopped:\t%d\nImages:\t%d\n", info.VMs, info.Running, info.VMs-info.Running, info.Images)
+			fmt.Fprintf(tw, "VMs:\t%d\n Running:\t%d\n Paused:\t%d\n Stopped:\t%d\nImages:\t%d\n", info.VMs, info.Running, info.Paused, info.VMs-info.Running-info.Paused, info.Images)
 			ver := info.Commit
 			if ver == "" {
 				ver = "devel"

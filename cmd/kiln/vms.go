@@ -27,8 +27,20 @@ func vmCommands(g *globals) []*cobra.Command {
 	return []*cobra.Command{
 		newPsCmd(g), newInspectCmd(g), newLogsCmd(g), newStopCmd(g), newStartCmd(g),
 		newRestartCmd(g), newKillCmd(g), newRmCmd(g), newWaitCmd(g), newEventsCmd(g),
-		newRenameCmd(g),
+		newRenameCmd(g), newPauseCmd(g), newUnpauseCmd(g),
 	}
+}
+
+func newPauseCmd(g *globals) *cobra.Command {
+	return eachVM(g, "pause VM...", "Freeze running VMs' guests (vCPUs and clock stop; memory and devices stay)", func(ctx context.Context, cl *client.Client, ref string) (string, error) {
+		return ref, cl.Pause(ctx, ref)
+	})
+}
+
+func newUnpauseCmd(g *globals) *cobra.Command {
+	return eachVM(g, "unpause VM...", "Let paused VMs' guests run again", func(ctx context.Context, cl *client.Client, ref string) (string, error) {
+		return ref, cl.Unpause(ctx, ref)
+	})
 }
 
 func newRenameCmd(g *globals) *cobra.Command {
@@ -177,6 +189,8 @@ func statusText(v api.VM) string {
 			return fmt.Sprintf("Up %s (%s)", ago(s.StartedAt), healthWord(s.Health.Status))
 		}
 		return "Up " + ago(s.StartedAt)
+	case "paused":
+		return "Up " + ago(s.StartedAt) + " (Paused)"
 	case "stopping":
 		return "Stopping"
 	case "restarting":

@@ -35,8 +35,9 @@ func toAPI(v *supervisor.View) api.VM {
 		NetworkSettings: networkSettings(v),
 		Confinement:     confinementToAPI(v.Confinement),
 		State: api.VMState{
-			Status: r.Status, Running: r.Status == state.StatusRunning || r.Status == state.StatusStopping,
-			PID: r.PID, ExitCode: r.ExitCode, Error: r.Error, StartedAt: r.StartedAt, FinishedAt: r.FinishedAt,
+			Status: r.Status, Running: r.Status == state.StatusRunning || r.Status == state.StatusPaused || r.Status == state.StatusStopping,
+			Paused: r.Status == state.StatusPaused,
+			PID:    r.PID, ExitCode: r.ExitCode, Error: r.Error, StartedAt: r.StartedAt, FinishedAt: r.FinishedAt,
 			RestartCount: r.RestartCount, BootUptime: r.BootUptime,
 			OOMKilled: v.OOMKilled, Health: healthToAPI(v.Health),
 		},

@@ -46,6 +46,12 @@ func (d *Daemon) routes() http.Handler {
 	mux.HandleFunc("POST /v1/vms/{ref}/restart", d.handle(d.restart))
 	mux.HandleFunc("POST /v1/vms/{ref}/kill", d.handle(d.kill))
 	mux.HandleFunc("POST /v1/vms/{ref}/rename", d.handle(d.rename))
+	mux.HandleFunc("POST /v1/vms/{ref}/pause", d.handle(func(w http.ResponseWriter, r *http.Request) error {
+		return noContent(w, d.sup.Pause(r.Context(), r.PathValue("ref")))
+	}))
+	mux.HandleFunc("POST /v1/vms/{ref}/unpause", d.handle(func(w http.ResponseWriter, r *http.Request) error {
+		return noContent(w, d.sup.Unpause(r.Context(), r.PathValue("ref")))
+	}))
 	mux.HandleFunc("POST /v1/vms/{ref}/wait", d.handle(d.wait))
 	mux.HandleFunc("DELETE /v1/vms/{ref}", d.handle(d.remove))
 	mux.HandleFunc("GET /v1/vms/{ref}/logs", d.handle(d.logs))
@@ -176,8 +182,11 @@ func (d *Daemon) info(w http.ResponseWriter, r *http.Request) error {
 		info.HostMemory = int64(si.Totalram) * int64(si.Unit)
 	}
 	for _, v := range views {
-		if v.Record.Status == state.StatusRunning {
+		switch v.Record.Status {
+		case state.StatusRunning:
 			info.Running++
+		case state.StatusPaused:
+			info.Paused++
 		}
 	}
 	if c, err := d.rt.ChooseAccel(""); err == nil {
@@ -260,6 +269,15 @@ func (d *Daemon) restart(w http.ResponseWriter, r *http.Request) error {
 	if err == nil {
 		err = d.sup.Restart(r.Context(), r.PathValue("ref"), grace)
 	}
+	if err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// noContent answers 204 when err is nil, else returns err for handle.
+func noContent(w http.ResponseWriter, err error) error {
 	if err != nil {
 		return err
 	}

@@ -107,6 +107,8 @@ const (
 	StatusCreated    = "created"
 	StatusStarting   = "starting"
 	StatusRunning    = "running"
+	// StatusPaused: running, its guest frozen (kiln pause).
+	StatusPaused     = "paused"
 	StatusStopping   = "stopping"
 	StatusRestarting = "restarting"
 	StatusExited     = "exited"

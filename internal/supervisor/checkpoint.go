@@ -33,6 +33,10 @@ func (s *Supervisor) Checkpoint(ctx context.Context, ref, name string, leaveRunn
 		m.mu.Unlock()
 		return fmt.Errorf("VM %s is not running: only a running VM can be checkpointed: %w", m.rec.Name, errdefs.ErrConflict)
 	}
+	if m.rec.Status == state.StatusPaused {
+		m.mu.Unlock()
+		return fmt.Errorf("VM %s is paused: unpause it to checkpoint it (a checkpoint resumes the guest it saved): %w", m.rec.Name, errdefs.ErrConflict)
+	}
 	if err := m.machine.Checkpointable(); err != nil {
 		m.mu.Unlock()
 		return err

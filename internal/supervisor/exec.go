@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"kiln.dev/kiln/internal/errdefs"
+	"kiln.dev/kiln/internal/state"
 	"kiln.dev/kiln/internal/vm"
 )
 
@@ -17,10 +18,13 @@ func (s *Supervisor) Running(ctx context.Context, ref string) (*vm.VM, error) {
 		return nil, err
 	}
 	m.mu.Lock()
-	done, machine, name := m.runDone, m.machine, m.rec.Name
+	done, machine, name, paused := m.runDone, m.machine, m.rec.Name, m.rec.Status == state.StatusPaused
 	m.mu.Unlock()
 	if done == nil || machine == nil {
 		return nil, fmt.Errorf("VM %s is not running: %w", name, errdefs.ErrConflict)
+	}
+	if paused {
+		return nil, fmt.Errorf("VM %s is paused: unpause it first (kiln unpause %s): %w", name, name, errdefs.ErrConflict)
 	}
 	select {
 	case <-machine.Started():

@@ -9,6 +9,7 @@ import (
 
 	"kiln.dev/kiln/internal/agent"
 	"kiln.dev/kiln/internal/options"
+	"kiln.dev/kiln/internal/state"
 	"kiln.dev/kiln/internal/vm"
 )
 
@@ -139,6 +140,12 @@ func (s *Supervisor) runHealth(m *managed, machine *vm.VM, done chan struct{}) {
 		case <-s.ctx.Done():
 			return
 		case <-t.C:
+		}
+		m.mu.Lock()
+		paused := m.rec.Status == state.StatusPaused
+		m.mu.Unlock()
+		if paused {
+			continue // a frozen guest cannot answer: its checks wait, as docker's do
 		}
 		r := probe(machine, healthCommand(cfg.Test), timeout)
 		status, changed := hs.record(r, retries, time.Since(began) < time.Duration(cfg.StartPeriod))

@@ -587,6 +587,13 @@ func (s *Supervisor) Stop(ctx context.Context, ref string, grace time.Duration) 
 		m.logs.EndFollowers()
 	}
 	done, machine := m.runDone, m.machine
+	if done != nil && m.rec.Status == state.StatusPaused {
+		// The program gets its stop signal once its guest runs again.
+		if err := machine.Unpause(ctx); err != nil {
+			s.log.Warn("unpausing a VM to stop it", "vm", m.id, "err", err)
+		}
+		s.event(m.rec, EventUnpaused)
+	}
 	if done != nil {
 		m.rec.Status = state.StatusStopping
 	}
@@ -638,6 +645,17 @@ func (s *Supervisor) Kill(ctx context.Context, ref string, sig syscall.Signal) e
 		return err
 	}
 	done, machine, rec := m.runDone, m.machine, m.rec
+	if done != nil && sig != syscall.SIGKILL && m.rec.Status == state.StatusPaused {
+		// The guest's agent delivers the signal: it runs again first, as
+		// docker unpauses a container it signals.
+		if err := machine.Unpause(ctx); err != nil {
+			m.mu.Unlock()
+			return fmt.Errorf("unpausing VM %s to signal it: %w", rec.Name, err)
+		}
+		m.rec.Status = state.StatusRunning
+		s.save(m)
+		s.event(m.rec, EventUnpaused)
+	}
 	m.mu.Unlock()
 	if done == nil {
 		return fmt.Errorf("VM %s is not running: %w", rec.Name, errdefs.ErrConflict)
@@ -653,6 +671,56 @@ func (s *Supervisor) Kill(ctx context.Context, ref string, sig syscall.Signal) e
 		return fmt.Errorf("signalling VM %s: %w", rec.Name, err)
 	}
 	s.event(rec, EventKilled, "signal="+strconv.Itoa(int(sig)))
+	return nil
+}
+
+// Pause and unpause events.
+const (
+	EventPaused   = "pause"
+	EventUnpaused = "unpause"
+)
+
+// Pause freezes a running VM's guest (kiln pause): its vCPUs and clock
+// stop, its QEMU, memory and devices stay. A paused VM shows as paused;
+// stop and kill work on it (unpausing it first, but for SIGKILL), exec is
+// refused and health checks wait.
+func (s *Supervisor) Pause(ctx context.Context, ref string) error {
+	m, err := s.settled(ctx, ref)
+	if err != nil {
+		return err
+	}
+	defer m.mu.Unlock()
+	switch {
+	case m.runDone == nil || m.rec.Status != state.StatusRunning && m.rec.Status != state.StatusPaused:
+		return fmt.Errorf("VM %s is not running (%s): %w", m.rec.Name, m.rec.Status, errdefs.ErrConflict)
+	case m.rec.Status == state.StatusPaused:
+		return fmt.Errorf("VM %s is already paused: %w", m.rec.Name, errdefs.ErrConflict)
+	}
+	if err := m.machine.Pause(ctx); err != nil {
+		return fmt.Errorf("pausing VM %s: %w", m.rec.Name, err)
+	}
+	m.rec.Status = state.StatusPaused
+	s.save(m)
+	s.event(m.rec, EventPaused)
+	return nil
+}
+
+// Unpause lets a paused VM's guest run again.
+func (s *Supervisor) Unpause(ctx context.Context, ref string) error {
+	m, err := s.settled(ctx, ref)
+	if err != nil {
+		return err
+	}
+	defer m.mu.Unlock()
+	if m.runDone == nil || m.rec.Status != state.StatusPaused {
+		return fmt.Errorf("VM %s is not paused (%s): %w", m.rec.Name, m.rec.Status, errdefs.ErrConflict)
+	}
+	if err := m.machine.Unpause(ctx); err != nil {
+		return fmt.Errorf("unpausing VM %s: %w", m.rec.Name, err)
+	}
+	m.rec.Status = state.StatusRunning
+	s.save(m)
+	s.event(m.rec, EventUnpaused)
 	return nil
 }
 
@@ -945,7 +1013,7 @@ func (s *Supervisor) adopt(rec *state.VM) {
 		s.log.Warn("collecting logs", "vm", rec.ID, "err", err)
 		m.logs = closedCollector(machine.Dir)
 	}
-	wasRunning := rec.Status == state.StatusRunning || rec.Status == state.StatusStarting || rec.Status == state.StatusStopping
+	wasRunning := rec.Status == state.StatusRunning || rec.Status == state.StatusPaused || rec.Status == state.StatusStarting || rec.Status == state.StatusStopping
 	if err := machine.Attach(s.ctx); err == nil {
 		if err := s.acquireVolumes(m.id, &m.spec); err != nil {
 			s.log.Warn("a running VM shares a volume", "vm", rec.ID, "err", err)
@@ -953,6 +1021,11 @@ func (s *Supervisor) adopt(rec *state.VM) {
 		m.rec.Status, m.rec.PID = state.StatusRunning, machine.Info().PID
 		if rec.Status == state.StatusStopping {
 			m.rec.Desired = state.DesiredStopped
+		}
+		// A paused VM stays paused: its guest says so, whatever the
+		// record (a pause the last daemon died in the middle of).
+		if paused, err := machine.Paused(s.ctx); err == nil && paused && rec.Status != state.StatusStopping {
+			m.rec.Status = state.StatusPaused
 		}
 		// A checkpoint cut short by the last daemon's death left the guest
 		// paused and the VM meant to stop: it runs on, as a failed

@@ -93,7 +93,7 @@ func (s *Supervisor) acquireVolumes(id string, spec *vm.Spec) error {
 // before a restart policy starts another VM that might name one.
 func runningFirst(recs []*state.VM) {
 	running := func(r *state.VM) bool {
-		return r.Status == state.StatusRunning || r.Status == state.StatusStarting || r.Status == state.StatusStopping
+		return r.Status == state.StatusRunning || r.Status == state.StatusPaused || r.Status == state.StatusStarting || r.Status == state.StatusStopping
 	}
 	sort.SliceStable(recs, func(i, j int) bool { return running(recs[i]) && !running(recs[j]) })
 }

@@ -18,3 +18,15 @@ type Saver interface {
 	// Resume lets a guest paused by Save run again.
 	Resume(ctx context.Context) error
 }
+
+// Pauser is a VMM that can freeze its running guest, vCPUs and clock,
+// and let it run again (docker's pause and unpause). Backends that cannot
+// leave it unimplemented; the runtime finds it by type assertion.
+type Pauser interface {
+	// Pause freezes the guest; the monitor runs on.
+	Pause(ctx context.Context) error
+	// Resume lets a paused guest run again.
+	Resume(ctx context.Context) error
+	// Paused reports whether the guest is paused.
+	Paused(ctx context.Context) (bool, error)
+}

@@ -144,6 +144,30 @@ func (m *Machine) Resume(ctx context.Context) error {
 	return err
 }
 
+// Pause freezes the guest (QMP stop): its vCPUs stop, and with them the
+// guest's clock under TCG (QEMU's virtual clock); QEMU runs on.
+func (m *Machine) Pause(ctx context.Context) error {
+	_, err := m.qmp(ctx, "stop")
+	return err
+}
+
+// Paused reports whether the guest is paused (QMP query-status).
+func (m *Machine) Paused(ctx context.Context) (bool, error) {
+	raw, err := m.qmp(ctx, "query-status")
+	if err != nil {
+		return false, err
+	}
+	var r struct {
+		Return struct {
+			Status string `json:"status"`
+		} `json:"return"`
+	}
+	if err := json.Unmarshal(raw, &r); err != nil {
+		return false, fmt.Errorf("QMP query-status: %w", err)
+	}
+	return r.Return.Status == "paused", nil
+}
+
 // incomingTimeout bounds loading a saved guest.
 const incomingTimeout = 2 * time.Minute
 
