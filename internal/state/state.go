@@ -104,9 +104,9 @@ func (s *Store) Close() error { return s.db.Close() }
 
 // VM statuses.
 const (
-	StatusCreated    = "created"
-	StatusStarting   = "starting"
-	StatusRunning    = "running"
+	StatusCreated  = "created"
+	StatusStarting = "starting"
+	StatusRunning  = "running"
 	// StatusPaused: running, its guest frozen (kiln pause).
 	StatusPaused     = "paused"
 	StatusStopping   = "stopping"
