@@ -16,7 +16,8 @@
 // Limits, as kiln's API has them: the task's main program gets no stdin
 // and no tty (process.terminal is refused); its stdout and stderr reach
 // containerd as the VM's logs do, line by line. Execs get stdin, a tty and
-// resizes. Pause, resume, checkpoint and update are not implemented.
+// resizes. Pause and resume are kiln's; checkpoint and update are not
+// implemented.
 package main
 
 import (

@@ -141,6 +141,10 @@ func topic(e any) string {
 		return runtime.TaskExecAddedEventTopic
 	case *eventstypes.TaskExecStarted:
 		return runtime.TaskExecStartedEventTopic
+	case *eventstypes.TaskPaused:
+		return runtime.TaskPausedEventTopic
+	case *eventstypes.TaskResumed:
+		return runtime.TaskResumedEventTopic
 	}
 	return runtime.TaskUnknownTopic
 }
@@ -773,6 +777,14 @@ func (s *service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*ptypes.Emp
 		}
 		return nil, toGRPC(fmt.Errorf("signal %d to VM %s: %w", r.Signal, t.vm, err))
 	}
+	if r.Signal != uint32(syscall.SIGKILL) {
+		// kiln lets a paused VM run again to deliver a signal.
+		p.mu.Lock()
+		if p.status == task.Status_PAUSED {
+			p.status = task.Status_RUNNING
+		}
+		p.mu.Unlock()
+	}
 	return empty, nil
 }
 
@@ -984,14 +996,46 @@ func metrics(ctx context.Context, c *client.Client, v api.VM) (*cgstats.Metrics,
 
 func nonNeg(n int64) uint64 { return uint64(max(n, 0)) }
 
-// Pause is not implemented: kiln does not pause VMs.
+// Pause freezes the task's VM (kiln pause): its guest's vCPUs stop.
 func (s *service) Pause(ctx context.Context, r *taskAPI.PauseRequest) (*ptypes.Empty, error) {
-	return nil, errdefs.ToGRPCf(errdefs.ErrNotImplemented, "pause: kiln does not pause VMs")
+	return s.setPaused(ctx, r.ID, true)
 }
 
-// Resume is not implemented: kiln does not pause VMs.
+// Resume lets the task's paused VM run again (kiln unpause).
 func (s *service) Resume(ctx context.Context, r *taskAPI.ResumeRequest) (*ptypes.Empty, error) {
-	return nil, errdefs.ToGRPCf(errdefs.ErrNotImplemented, "resume: kiln does not pause VMs")
+	return s.setPaused(ctx, r.ID, false)
+}
+
+func (s *service) setPaused(ctx context.Context, id string, pause bool) (*ptypes.Empty, error) {
+	t, p, _, err := s.lookup(id, "")
+	if err != nil {
+		return nil, err
+	}
+	c, err := s.client(ctx)
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	from, to, call := task.Status_RUNNING, task.Status_PAUSED, c.Pause
+	if !pause {
+		from, to, call = task.Status_PAUSED, task.Status_RUNNING, c.Unpause
+	}
+	if st, _, _ := p.state(); st != from {
+		return nil, errdefs.ToGRPCf(errdefs.ErrFailedPrecondition, "task %q is %s, not %s", id, st, from)
+	}
+	if err := call(ctx, t.vm); err != nil {
+		return nil, toGRPC(err)
+	}
+	p.mu.Lock()
+	if p.status == from {
+		p.status = to
+	}
+	p.mu.Unlock()
+	if pause {
+		s.send(&eventstypes.TaskPaused{ContainerID: id})
+	} else {
+		s.send(&eventstypes.TaskResumed{ContainerID: id})
+	}
+	return empty, nil
 }
 
 // Checkpoint is not implemented: kiln's checkpoints are its own (kiln

@@ -419,6 +419,14 @@ func TestContainerd(t *testing.T) {
 		t.Errorf("ctr task metrics shows no memory usage:\n%s", r)
 	}
 
+	e.ctr(0, "task", "pause", "id2")
+	e.waitStatus("id2", "PAUSED", 5*time.Second)
+	if got := e.kiln("inspect", "--format", "{{.State.Status}}", "default-id2"); strings.TrimSpace(got.stdout) != "paused" {
+		t.Errorf("ctr task pause: the VM is %q, want paused", got.stdout)
+	}
+	e.ctr(0, "task", "resume", "id2")
+	e.waitStatus("id2", "RUNNING", 5*time.Second)
+
 	e.killContainerd()
 	e.startContainerd()
 	e.waitStatus("id2", "RUNNING", 5*time.Second)
