@@ -372,7 +372,7 @@ func attach(ctx context.Context, c *client.Client, id string, grace *time.Durati
 		return w.err
 	}
 	logsDone := make(chan error, 1)
-	go func() {
+	follow := func() {
 		o := client.LogOptions{Follow: true, Tail: -1}
 		if !since.IsZero() {
 			o.Since = since.Format(time.RFC3339Nano)
@@ -385,12 +385,23 @@ func attach(ctx context.Context, c *client.Client, id string, grace *time.Durati
 			_, err := io.WriteString(w, e.Line)
 			return err
 		})
-	}()
+	}
+	// A VM that never ran is followed from before its start (following it
+	// waits for its first run). A VM that ran before is followed once its
+	// new run is under way: following it earlier ends at once, its last
+	// run being over; lines of the new run from before the follow are
+	// those since, stored.
+	if since.IsZero() {
+		go follow()
+	}
 	if err := c.Start(ctx, id); err != nil {
 		if removeOnFail {
 			_ = c.Remove(ctx, id, client.RemoveOptions{Force: true, Volumes: true})
 		}
 		return err
+	}
+	if !since.IsZero() {
+		go follow()
 	}
 	go func() {
 		stopping := false
