@@ -30,6 +30,7 @@ func TestPauseFreezesTheGuest(t *testing.T) {
 	if r := e.kiln("pause", "frozen"); r.code != 0 {
 		t.Fatalf("pause:\n%s", r)
 	}
+	time.Sleep(time.Second) // lines written before the pause reach the log
 	atPause := ticks()
 	if got := e.inspect("frozen", "{{.State.Status}} {{.State.Running}} {{.State.Paused}}"); got != "paused true true" {
 		t.Errorf("inspect of a paused VM: %q", got)
