@@ -5,6 +5,8 @@ import (
 	"os"
 	"os/exec"
 	"time"
+
+	"kiln.dev/kiln/bench/internal/benchkit"
 )
 
 // runACPI times `kiln run --rm --cold` of a bare program with few volumes
@@ -21,7 +23,7 @@ func runACPI(n int, kiln, prog, kernel string) error {
 		return err
 	}
 	defer os.RemoveAll(root)
-	defer stopDaemon(root)
+	defer benchkit.StopDaemon(root)
 	vols := func(k int) []string {
 		var a []string
 		for i := range k {

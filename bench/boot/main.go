@@ -36,8 +36,9 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
+
+	"kiln.dev/kiln/bench/internal/benchkit"
 
 	"kiln.dev/kiln/internal/vmm"
 	"kiln.dev/kiln/internal/vmm/qemu"
@@ -93,7 +94,7 @@ func run(n int, kiln, prog, kernel string) error {
 		return err
 	}
 	defer os.RemoveAll(root)
-	defer stopDaemon(root)
+	defer benchkit.StopDaemon(root)
 
 	// One kiln run (kept) makes the initrd the raw runs boot: the same
 	// kiln-init, spec and program.
@@ -221,18 +222,6 @@ func rawArgs(dir, kernel, initrd, accel, cmdline string) []string {
 
 // kilnCmdline is the guest command line kiln gives its kernel under TCG.
 func kilnCmdline() string { return qemu.Cmdline(vmm.AccelTCG, false, qemu.TSCKHz()) }
-
-// stopDaemon ends the daemon that `kiln run` started for root.
-func stopDaemon(root string) {
-	b, err := os.ReadFile(filepath.Join(root, "run", "kiln.pid"))
-	if err != nil {
-		return
-	}
-	if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
-		syscall.Kill(pid, syscall.SIGTERM)
-	}
-}
-
 func uptimeFrom(path string) float64 {
 	f, err := os.Open(path)
 	if err != nil {
@@ -288,7 +277,7 @@ func runTemplate(n int, kiln, prog, kernel string, image bool) error {
 		return err
 	}
 	defer os.RemoveAll(root)
-	defer stopDaemon(root)
+	defer benchkit.StopDaemon(root)
 	what := []string{prog}
 	if image {
 		ref, err := loadBusybox(kiln, root)

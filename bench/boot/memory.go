@@ -13,6 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"kiln.dev/kiln/bench/internal/benchkit"
 )
 
 // runMemory is -memory: what an idle VM costs in memory under TCG, and
@@ -52,7 +54,7 @@ func runMemory(n int, tbList string, settle time.Duration, kiln, prog, kernel st
 		return err
 	}
 	defer os.RemoveAll(root)
-	defer stopDaemon(root)
+	defer benchkit.StopDaemon(root)
 	k := func(args ...string) ([]byte, error) {
 		out, err := exec.Command(kiln, append([]string{"--root", root}, args...)...).CombinedOutput()
 		if err != nil {

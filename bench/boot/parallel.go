@@ -6,6 +6,8 @@ import (
 	"os/exec"
 	"sync"
 	"time"
+
+	"kiln.dev/kiln/bench/internal/benchkit"
 )
 
 // runParallel times `kiln run --rm` of a program that exits at once, alone
@@ -22,7 +24,7 @@ func runParallel(n, p int, kiln, prog, kernel string, template bool) error {
 		return err
 	}
 	defer os.RemoveAll(root)
-	defer stopDaemon(root)
+	defer benchkit.StopDaemon(root)
 	args := []string{"--root", root, "run", "--rm", "--kernel", kernel}
 	how := "restored from a template"
 	if !template {

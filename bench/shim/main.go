@@ -21,6 +21,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"kiln.dev/kiln/bench/internal/benchkit"
 )
 
 func main() {
@@ -51,7 +53,7 @@ func run(n int, bin, kernel string) error {
 	defer os.RemoveAll(tmp)
 	kilnRoot, sock := filepath.Join(tmp, "kiln"), filepath.Join(tmp, "containerd.sock")
 	env := append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"), "KILN_ROOT="+kilnRoot, "KILN_KERNEL="+kernel)
-	defer stopDaemon(kilnRoot)
+	defer benchkit.StopDaemon(kilnRoot)
 
 	rootfs := filepath.Join(tmp, "rootfs")
 	if err := os.MkdirAll(filepath.Join(rootfs, "bin"), 0o755); err != nil {
@@ -149,15 +151,4 @@ func median(ds []time.Duration) time.Duration {
 	s := slices.Clone(ds)
 	slices.Sort(s)
 	return s[len(s)/2]
-}
-
-// stopDaemon ends the kiln daemon the runs started for root.
-func stopDaemon(root string) {
-	b, err := os.ReadFile(filepath.Join(root, "run", "kiln.pid"))
-	if err != nil {
-		return
-	}
-	if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 0 {
-		_ = syscall.Kill(pid, syscall.SIGTERM)
-	}
 }

@@ -24,8 +24,9 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
+
+	"kiln.dev/kiln/bench/internal/benchkit"
 
 	"golang.org/x/sys/unix"
 )
@@ -145,7 +146,7 @@ func run(mib int, kiln, kernel string) error {
 		return err
 	}
 	defer os.RemoveAll(root)
-	defer stopDaemon(root)
+	defer benchkit.StopDaemon(root)
 	kilnCmd := func(args ...string) ([]byte, error) {
 		cmd := exec.Command(kiln, append([]string{"--root", root}, args...)...)
 		return cmd.CombinedOutput()
@@ -275,23 +276,4 @@ func checkStatic(p string) error {
 		}
 	}
 	return nil
-}
-
-// stopDaemon ends the daemon the CLI started for root.
-func stopDaemon(root string) {
-	b, err := os.ReadFile(filepath.Join(root, "run", "kiln.pid"))
-	if err != nil {
-		return
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || pid <= 0 {
-		return
-	}
-	_ = syscall.Kill(pid, syscall.SIGTERM)
-	for i := 0; i < 100; i++ {
-		if syscall.Kill(pid, 0) != nil {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
