@@ -39,7 +39,6 @@ import (
 	"time"
 
 	"kiln.dev/kiln/bench/internal/benchkit"
-
 	"kiln.dev/kiln/internal/vmm"
 	"kiln.dev/kiln/internal/vmm/qemu"
 )
@@ -222,6 +221,7 @@ func rawArgs(dir, kernel, initrd, accel, cmdline string) []string {
 
 // kilnCmdline is the guest command line kiln gives its kernel under TCG.
 func kilnCmdline() string { return qemu.Cmdline(vmm.AccelTCG, false, qemu.TSCKHz()) }
+
 func uptimeFrom(path string) float64 {
 	f, err := os.Open(path)
 	if err != nil {
