@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"kiln.dev/kiln/internal/errdefs"
 )
@@ -99,6 +100,27 @@ func EnsureTAP(a *Attachment) error {
 		return privErr("bringing up TAP "+a.TAP, err)
 	}
 	return nil
+}
+
+// OpenTAP opens the persistent TAP device name, in this thread's network
+// namespace, for a VMM to inherit, as QEMU would open it itself: no packet
+// information, with virtio-net headers.
+func OpenTAP(name string) (*os.File, error) {
+	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("opening /dev/net/tun for TAP %s: %w", name, err)
+	}
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("TAP name %q: %w", name, err)
+	}
+	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
+	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("attaching to TAP %s: %w", name, err)
+	}
+	return os.NewFile(uintptr(fd), "tap-"+name), nil
 }
 
 // DeleteLink removes a link kiln made; a link that is already gone is not

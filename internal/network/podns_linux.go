@@ -190,21 +190,10 @@ func DisconnectNS(p *PodInterface) error {
 func OpenNSTAP(path string) (*os.File, error) {
 	var f *os.File
 	err := inNS(path, func() error {
-		fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
-		if err != nil {
-			return fmt.Errorf("opening /dev/net/tun: %w", err)
+		var err error
+		if f, err = OpenTAP(PodTAP); err != nil {
+			return fmt.Errorf("network namespace %s: %w", path, err)
 		}
-		ifr, err := unix.NewIfreq(PodTAP)
-		if err != nil {
-			unix.Close(fd)
-			return err
-		}
-		ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
-		if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
-			unix.Close(fd)
-			return fmt.Errorf("attaching to TAP %s in %s: %w", PodTAP, path, err)
-		}
-		f = os.NewFile(uintptr(fd), "tap-"+PodTAP)
 		return nil
 	})
 	return f, err

@@ -7,8 +7,6 @@ import (
 	"path/filepath"
 	"strings"
 
-	"golang.org/x/sys/unix"
-
 	"kiln.dev/kiln/internal/jail"
 	"kiln.dev/kiln/internal/network"
 	"kiln.dev/kiln/internal/vmm"
@@ -178,28 +176,11 @@ func grant(path string, c *vmm.Config, writable bool) error {
 	return nil
 }
 
-// openTAP opens the persistent TAP device of n for QEMU to inherit (in its
-// network namespace, when it has one), as
-// QEMU would open it itself: no packet information, with virtio-net
-// headers.
+// openTAP opens n's persistent TAP for QEMU to inherit (in its network
+// namespace, when it has one).
 func openTAP(n *vmm.NetConfig) (*os.File, error) {
 	if n.NetNS != "" {
 		return network.OpenNSTAP(n.NetNS)
 	}
-	name := n.TAP
-	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("opening /dev/net/tun for TAP %s: %w", name, err)
-	}
-	ifr, err := unix.NewIfreq(name)
-	if err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("TAP name %q: %w", name, err)
-	}
-	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
-	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("attaching to TAP %s: %w", name, err)
-	}
-	return os.NewFile(uintptr(fd), "tap-"+name), nil
+	return network.OpenTAP(n.TAP)
 }
