@@ -94,10 +94,7 @@ func printVersion(w io.Writer, v versionInfo) {
 		fmt.Fprintf(tw, " Committed:\t%s\n", c.BuiltAt)
 	}
 	if s := v.Server; s != nil {
-		ver := s.Commit
-		if ver == "" {
-			ver = "devel"
-		}
+		ver := buildinfo.VersionOf(s.Commit)
 		fmt.Fprintf(tw, "\nServer:\n Version:\t%s\n API version:\t%s\n Build:\t%s\n Go version:\t%s\n PID:\t%d\n Root:\t%s\n VM monitor:\t%s\n Default kernel:\t%s\n Accelerator:\t%s\n",
 			ver, s.Version, orNone(s.BuildID), orNone(s.GoVersion), s.PID, s.Root, orNone(s.Monitor), orNone(s.Kernel), orNone(s.Accel))
 	} else {
@@ -160,10 +157,7 @@ func newInfoCmd(g *globals) *cobra.Command {
 			}
 			tw := tabwriter.NewWriter(out, 0, 4, 1, ' ', 0)
 			fmt.Fprintf(tw, "VMs:\t%d\n Running:\t%d\n Paused:\t%d\n Stopped:\t%d\nImages:\t%d\n", info.VMs, info.Running, info.Paused, info.VMs-info.Running-info.Paused, info.Images)
-			ver := info.Commit
-			if ver == "" {
-				ver = "devel"
-			}
+			ver := buildinfo.VersionOf(info.Commit)
 			fmt.Fprintf(tw, "Server version:\t%s (API %s, build %s)\n", ver, info.Version, orNone(info.BuildID))
 			fmt.Fprintf(tw, "Root:\t%s (%s free)\n", info.Root, disk.HumanBytes(info.FreeBytes))
 			fmt.Fprintf(tw, "Accelerator:\t%s\nVM monitor:\t%s\nDefault kernel:\t%s\nTemplates:\t%s\n", orNone(info.Accel), orNone(info.Monitor), orNone(info.Kernel), templates)

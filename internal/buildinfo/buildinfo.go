@@ -88,9 +88,13 @@ func OfFile(path string) string {
 
 // Version is what a build calls itself: its commit, or "devel" when none
 // was recorded.
-func (i Info) Version() string {
-	if i.Commit != "" {
-		return strings.TrimSpace(i.Commit)
+func (i Info) Version() string { return VersionOf(i.Commit) }
+
+// VersionOf is the version of a build with this commit (as a daemon
+// reports it): the commit, or "devel" when none was recorded.
+func VersionOf(commit string) string {
+	if c := strings.TrimSpace(commit); c != "" {
+		return c
 	}
 	return "devel"
 }
