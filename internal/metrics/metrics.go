@@ -73,7 +73,7 @@ func (m *Metrics) Event(action, attrs string) {
 	switch action {
 	case "died":
 		if c, ok := a["exitCode"]; ok {
-			m.exits[c]++
+			m.exits[exitLabel(c)]++
 		}
 	case "started", "restarted":
 		from := "boot"
@@ -82,6 +82,17 @@ func (m *Metrics) Event(action, attrs string) {
 		}
 		m.starts[from]++
 	}
+}
+
+// exitLabel is the code label of an exit code. The code comes from the
+// guest (kiln-init's exit record), which may be hostile: anything but a
+// shell's 0-255 is "other", so that a guest cannot grow the family's
+// label values past 257.
+func exitLabel(code string) string {
+	if n, err := strconv.Atoi(code); err == nil && n >= 0 && n <= 255 {
+		return strconv.Itoa(n)
+	}
+	return "other"
 }
 
 // Booted records a guest's uptime, in seconds, when its program started.

@@ -65,6 +65,10 @@ func TestMetricsParseAndCount(t *testing.T) {
 	m.Event("died", "exitCode=3")
 	m.Event("died", "exitCode=3")
 	m.Event("died", "exitCode=0")
+	// A hostile guest's exit records: no new label value each.
+	m.Event("died", "exitCode=99999")
+	m.Event("died", "exitCode=-4")
+	m.Event("died", "exitCode=0003")
 	m.Event("health_status: healthy", "")
 	m.Booted(0.4)
 	m.Booted(1.2)
@@ -85,12 +89,13 @@ func TestMetricsParseAndCount(t *testing.T) {
 	}{
 		{"kiln_vms", []string{"state", "running"}, 2},
 		{"kiln_vms", []string{"state", `we"ird\`}, 1},
-		{"kiln_vm_events_total", []string{"event", "died"}, 3},
+		{"kiln_vm_events_total", []string{"event", "died"}, 6},
 		{"kiln_vm_events_total", []string{"event", "created"}, 1},
 		{"kiln_vm_starts_total", []string{"from", "boot"}, 1},
 		{"kiln_vm_starts_total", []string{"from", "template"}, 2},
-		{"kiln_vm_exits_total", []string{"code", "3"}, 2},
+		{"kiln_vm_exits_total", []string{"code", "3"}, 3},
 		{"kiln_vm_exits_total", []string{"code", "0"}, 1},
+		{"kiln_vm_exits_total", []string{"code", "other"}, 2},
 		{"kiln_vm_health_transitions_total", []string{"status", "healthy"}, 1},
 		{"kiln_api_requests_total", []string{"route", "GET /v1/vms/{ref}", "code", "404"}, 2},
 		{"kiln_api_requests_total", []string{"route", "GET /v1/ping", "code", "200"}, 1},
