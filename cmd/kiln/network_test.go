@@ -518,6 +518,29 @@ func TestNetworkNamespaceVMTakesOverThePodsInterface(t *testing.T) {
 	if r := e.kiln("rm", "-f", "podvm"); r.code != 0 {
 		t.Fatalf("rm -f podvm:\n%s", r)
 	}
+
+	// Attack: a guest on the pod's interface reaches what is on the link
+	// (a server on the gateway's side), but not the namespace's own stack
+	// (a server on an address the pod namespace holds): every frame from
+	// the VM leaves by the interface.
+	ipc("-n", pod, "addr", "add", "10.213.0.9/32", "dev", "lo")
+	serve := func(ns, addr string) {
+		t.Helper()
+		cmd := exec.Command("ip", "netns", "exec", ns, httpd(t), "-addr", addr)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	}
+	serve(e.ns, "10.213.0.1:8081")
+	serve(pod, "10.213.0.9:8081")
+	r := e.run("--rm", "--network", "ns:"+nsPath, e.hello(), "-get", "http://10.213.0.1:8081/", "-get", "http://10.213.0.9:8081/")
+	if !strings.Contains(r.stdout, "get http://10.213.0.1:8081/: hello from") {
+		t.Errorf("the guest did not reach the server on its link (the check's control):\n%s", r)
+	}
+	if !strings.Contains(r.stdout, "get http://10.213.0.9:8081/: error") {
+		t.Errorf("the guest reached a server of the pod namespace's own stack:\n%s", r)
+	}
 	if out, err := exec.Command("ip", "-n", pod, "link", "show", network.PodTAP).CombinedOutput(); err == nil {
 		t.Errorf("the VM's TAP is left in the namespace after rm:\n%s", out)
 	}
