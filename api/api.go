@@ -97,6 +97,9 @@ type VMConfig struct {
 	// none, kill, restart or stop.
 	Healthcheck     *HealthConfig `json:"healthcheck,omitempty"`
 	HealthOnFailure string        `json:"healthOnFailure,omitempty"`
+	// Labels are the user's metadata on the VM (docker's --label): kept
+	// with it, shown by inspect, matched by ps's label filter.
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 // PortMapping is a published port: HostIP:HostPort on the host reaches

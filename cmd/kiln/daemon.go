@@ -34,7 +34,7 @@ func newDaemonCmd(g *globals) *cobra.Command {
 	var uids string
 	var memShare float64
 	var consoleMax, diskReserve, metricsAddr string
-	var templates bool
+	var templates, dockerAPI bool
 	c := &cobra.Command{
 		Use:   "daemon",
 		Short: "Run the kiln daemon in the foreground (for systemd; the CLI starts one on demand)",
@@ -58,7 +58,7 @@ func newDaemonCmd(g *globals) *cobra.Command {
 			return daemon.Run(ctx, daemon.Config{
 				Root: g.root, AllowUIDs: allow, Logger: log,
 				JailUIDs: uids, MemoryShare: memShare, ConsoleMaxSize: consoleMax, DiskReserve: diskReserve,
-				NoTemplates: !templatesOn(cmd, templates), MetricsAddr: metricsAddr,
+				NoTemplates: !templatesOn(cmd, templates), MetricsAddr: metricsAddr, NoDockerAPI: !dockerAPI,
 			}, ready)
 		},
 	}
@@ -68,6 +68,7 @@ func newDaemonCmd(g *globals) *cobra.Command {
 	c.Flags().StringVar(&consoleMax, "console-max-size", "", fmt.Sprintf("serial console kept on disk per VM, console.log and console.log.1 together (default $%s or 16m)", daemon.ConsoleMaxSizeEnv))
 	c.Flags().StringVar(&diskReserve, "disk-reserve", "", fmt.Sprintf("free space kept on kiln's filesystem: no VM disk or volume is made when less is free (default $%s or 1g)", disk.FreeReserveEnv))
 	c.Flags().StringVar(&metricsAddr, "metrics-addr", "", "also serve GET /metrics (Prometheus' text format) on this TCP address, e.g. 127.0.0.1:9323 (docker's); the API socket serves /metrics always")
+	c.Flags().BoolVar(&dockerAPI, "docker-api", true, "serve the Docker Engine API (1.41) on <root>/run/docker.sock, so that DOCKER_HOST=unix://<root>/run/docker.sock points docker's CLI and SDKs at kiln")
 	c.Flags().BoolVar(&templates, "templates", true, fmt.Sprintf("start VMs (bare programs, full images) from a booted template, made once per kernel, kiln-init, QEMU, memory, CPUs and devices under <root>/templates, instead of booting their kernel; kiln run --cold opts one VM out; --templates=false or $%s=0 turns them off", daemon.TemplatesEnv))
 	return c
 }

@@ -19,7 +19,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"kiln.dev/kiln/client"
+	"kiln.dev/kiln/internal/buildinfo"
 	"kiln.dev/kiln/internal/disk"
+	"kiln.dev/kiln/internal/dockerapi"
 	"kiln.dev/kiln/internal/errdefs"
 	"kiln.dev/kiln/internal/jail"
 	"kiln.dev/kiln/internal/metrics"
@@ -53,6 +56,9 @@ type Config struct {
 	// NoTemplates boots every VM: none starts from a booted template
 	// (--templates=false, $KILN_TEMPLATES=0).
 	NoTemplates bool
+	// NoDockerAPI leaves the Docker Engine API unserved (--docker-api=false);
+	// by default it is served on DockerSocketPath.
+	NoDockerAPI bool
 	// MetricsAddr, when set, is a TCP address where the daemon serves
 	// GET /metrics (Prometheus' text format) to anyone who can reach it
 	// (--metrics-addr, docker's flag; its port is 9323); the API socket
@@ -121,6 +127,10 @@ func JailUIDs() (jail.Range, error) {
 
 // SocketPath returns the API socket of the kiln root.
 func SocketPath(root string) string { return filepath.Join(root, "run", "kiln.sock") }
+
+// DockerSocketPath returns the socket where the daemon of the kiln root
+// serves the Docker Engine API (DOCKER_HOST=unix://PATH).
+func DockerSocketPath(root string) string { return filepath.Join(root, "run", "docker.sock") }
 
 // Daemon serves one kiln root.
 type Daemon struct {
@@ -235,6 +245,14 @@ func Run(ctx context.Context, cfg Config, ready func()) error {
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
+	if !cfg.NoDockerAPI {
+		dsrv, err := d.serveDockerAPI(errc)
+		if err != nil {
+			_ = srv.Close()
+			return err
+		}
+		defer dsrv.Close()
+	}
 	d.log.Info("kiln daemon serving", "root", cfg.Root, "socket", SocketPath(cfg.Root), "pid", os.Getpid())
 	if ready != nil {
 		ready()
@@ -248,6 +266,35 @@ func Run(ctx context.Context, cfg Config, ready func()) error {
 	defer cancel()
 	_ = srv.Shutdown(sctx)
 	return nil
+}
+
+// serveDockerAPI serves the Docker Engine API on the root's docker.sock,
+// with the same permissions and peer check as kiln's socket. It is a
+// translator in front of kiln's own API, reached through the kiln socket.
+func (d *Daemon) serveDockerAPI(errc chan<- error) (*http.Server, error) {
+	ln, err := listen(DockerSocketPath(d.cfg.Root))
+	if err != nil {
+		return nil, err
+	}
+	b := buildinfo.Self()
+	host, _ := os.Hostname()
+	api := dockerapi.New(client.New(SocketPath(d.cfg.Root)), dockerapi.Info{
+		Version: b.Version(), Commit: b.Commit, GoVersion: b.GoVersion, Root: d.cfg.Root, Hostname: host,
+	}, d.log)
+	srv := &http.Server{
+		Handler:           d.guard(api.Handler()),
+		ReadHeaderTimeout: 10 * time.Second,
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			return context.WithValue(ctx, peerKey{}, peerUID(c))
+		},
+	}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("serving the Docker API: %w", err)
+		}
+	}()
+	d.log.Info("serving the Docker API", "socket", DockerSocketPath(d.cfg.Root))
+	return srv, nil
 }
 
 // listen makes the API socket, 0600 in a 0700 directory.

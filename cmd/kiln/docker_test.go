@@ -1,0 +1,288 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"kiln.dev/kiln/internal/daemon"
+)
+
+// dockerApplets are linked to busybox in the docker tests' image.
+var dockerApplets = []string{"sh", "cat", "echo", "sleep", "httpd", "hostname", "seq", "ls", "mkdir", "id", "true", "false"}
+
+// dockerEnv is a kiln root whose daemon serves the Docker API, and the
+// docker CLI found on this host pointed at it.
+type dockerEnv struct {
+	*env
+	docker string
+	config string
+}
+
+func newDockerEnv(t *testing.T) *dockerEnv {
+	t.Helper()
+	docker, err := exec.LookPath("docker")
+	if err != nil {
+		t.Skip("no docker CLI on this host: apt-get install docker.io (only its CLI is used; its daemon is not started)")
+	}
+	e := newEnv(t)
+	ok(t, "kernel import", e.kiln("kernel", "import", e.kernel))
+	ok(t, "daemon start", e.kiln("ps"))
+	return &dockerEnv{env: e, docker: docker, config: t.TempDir()}
+}
+
+// cli runs the docker CLI against the root's Docker API socket.
+func (d *dockerEnv) cli(stdin string, args ...string) result {
+	d.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, d.docker, args...)
+	cmd.Env = append(os.Environ(), "DOCKER_HOST=unix://"+daemon.DockerSocketPath(d.root),
+		"DOCKER_CONFIG="+d.config, "HOME="+d.home, "DOCKER_CLI_HINTS=false")
+	cmd.Stdin = strings.NewReader(stdin)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if ee, isExit := err.(*exec.ExitError); isExit {
+		code = ee.ExitCode()
+	} else if err != nil {
+		d.t.Fatalf("running docker %v: %v", args, err)
+	}
+	return result{code, out.String(), errb.String()}
+}
+
+func (d *dockerEnv) ok(args ...string) string {
+	d.t.Helper()
+	return strings.TrimSpace(ok(d.t, "docker "+strings.Join(args, " "), d.cli("", args...)).stdout)
+}
+
+// dockerTestImage is busybox with the applets the docker tests use, a
+// page for its httpd, and a label.
+func dockerTestImage(t *testing.T) v1.Image {
+	t.Helper()
+	bb, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		t.Skip("no /bin/busybox: run scripts/setup (apt-get install busybox-static)")
+	}
+	entries := []tarEntry{
+		dir("bin/", 0o755),
+		{name: "bin/busybox", body: bb, mode: 0o755},
+		dir("etc/", 0o755),
+		file("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n", 0o644),
+		file("etc/group", "root:x:0:\n", 0o644),
+		dir("www/", 0o755),
+		file("www/index.html", "hello from a kiln VM\n", 0o644),
+		dir("tmp/", 0o1777),
+	}
+	for _, a := range dockerApplets {
+		entries = append(entries, symlink("bin/"+a, "busybox"))
+	}
+	return testImage(t, func(c *v1.Config) {
+		c.Cmd = []string{"/bin/sh", "-c", "echo default-cmd"}
+		c.Labels = map[string]string{"org.example.from": "image"}
+		c.ExposedPorts = map[string]struct{}{"80/tcp": {}}
+	}, layerTar(t, entries...))
+}
+
+// TestDockerCLI drives a kiln root with the docker CLI through the Docker
+// API socket: pull from a loopback registry, run attached and detached,
+// ps, logs, exec (with stdin), cp, inspect templates, stop, rm, volumes,
+// and the fields kiln refuses.
+func TestDockerCLI(t *testing.T) {
+	t.Parallel()
+	d := newDockerEnv(t)
+	reg := newTestRegistry(t)
+	ref := reg.push(t, "kiln-test/box:1", dockerTestImage(t))
+
+	// docker login goes to the daemon, which keeps the credentials for its
+	// pulls; then docker pull shows the daemon's progress.
+	ok(t, "docker login", d.cli(regPass+"\n", "login", reg.host, "-u", regUser, "--password-stdin"))
+	pull := ok(t, "docker pull", d.cli("", "pull", ref))
+	if !strings.Contains(pull.stdout, "Digest: sha256:") || !strings.Contains(pull.stdout, "Downloaded newer image for "+ref) {
+		t.Errorf("docker pull printed no digest or status:\n%s", pull)
+	}
+	if out := d.ok("images", "--format", "{{.Repository}}:{{.Tag}}"); !strings.Contains(out, ref) {
+		t.Errorf("docker images does not list %s:\n%s", ref, out)
+	}
+
+	// docker run --rm: output on the right streams, the exit code, no VM
+	// left.
+	r := d.cli("", "run", "--rm", ref, "sh", "-c", "echo to-out; echo to-err >&2; exit 3")
+	if r.code != 3 || r.stdout != "to-out\n" || !strings.Contains(r.stderr, "to-err") {
+		t.Errorf("docker run --rm: want exit 3, to-out on stdout, to-err on stderr:\n%s", r)
+	}
+	if out := d.ok("ps", "-aq"); out != "" {
+		t.Errorf("docker run --rm left containers: %q", out)
+	}
+	// The image's own command, and an env var.
+	if r := d.cli("", "run", "--rm", "-e", "GREETING=hi", ref, "sh", "-c", "echo $GREETING"); r.code != 0 || r.stdout != "hi\n" {
+		t.Errorf("docker run -e: want hi:\n%s", r)
+	}
+
+	// docker run -d -p: the port answers; ps, labels and inspect show it.
+	id := d.ok("run", "-d", "--name", "web", "--label", "tier=front", "-p", "127.0.0.1::80", "-v", "webdata:/data",
+		"--restart", "unless-stopped", ref, "httpd", "-f", "-p", "80", "-h", "/www")
+	if len(id) != 64 {
+		t.Fatalf("docker run -d printed %q, want a 64-digit ID", id)
+	}
+	t.Cleanup(func() { d.cli("", "rm", "-f", "web") })
+	port := d.ok("inspect", "-f", `{{(index (index .NetworkSettings.Ports "80/tcp") 0).HostPort}}`, "web")
+	body := fetchBody(t, "http://127.0.0.1:"+port+"/")
+	if body != "hello from a kiln VM\n" {
+		t.Errorf("GET of the published port: got %q", body)
+	}
+	if out := d.ok("ps", "--filter", "label=tier=front", "--format", "{{.Names}} {{.State}} {{.Ports}}"); !strings.HasPrefix(out, "web running 127.0.0.1:"+port+"->80/tcp") {
+		t.Errorf("docker ps --filter label: got %q", out)
+	}
+	if out := d.ok("ps", "--filter", "label=tier=back", "-q"); out != "" {
+		t.Errorf("docker ps --filter label=tier=back lists %q", out)
+	}
+	for tmpl, want := range map[string]string{
+		"{{.State.Running}}":                 "true",
+		"{{.Config.Labels.tier}}":            "front",
+		"{{.HostConfig.RestartPolicy.Name}}": "unless-stopped",
+		"{{(index .Mounts 0).Name}}":         "webdata",
+		"{{.Name}}":                          "/web",
+	} {
+		if got := d.ok("inspect", "-f", tmpl, "web"); got != want {
+			t.Errorf("docker inspect -f %s: got %q, want %q", tmpl, got, want)
+		}
+	}
+
+	// exec: output and exit code; stdin; a terminal through a pty.
+	if r := d.cli("", "exec", "web", "sh", "-c", "echo in-vm; exit 4"); r.code != 4 || r.stdout != "in-vm\n" {
+		t.Errorf("docker exec: want exit 4 and in-vm:\n%s", r)
+	}
+	if r := d.cli("piped through\n", "exec", "-i", "web", "cat"); r.code != 0 || r.stdout != "piped through\n" {
+		t.Errorf("docker exec -i cat: want the input back:\n%s", r)
+	}
+	t.Run("exec-it", func(t *testing.T) { d.execTTY(t) })
+
+	// cp both ways.
+	src := filepath.Join(t.TempDir(), "note.txt")
+	if err := os.WriteFile(src, []byte("copied in\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d.ok("cp", src, "web:/data/note.txt")
+	if r := d.cli("", "exec", "web", "cat", "/data/note.txt"); r.stdout != "copied in\n" {
+		t.Errorf("docker cp into the VM: cat shows %q", r.stdout)
+	}
+	back := filepath.Join(t.TempDir(), "back.txt")
+	d.ok("cp", "web:/data/note.txt", back)
+	if b, err := os.ReadFile(back); err != nil || string(b) != "copied in\n" {
+		t.Errorf("docker cp out of the VM: %q, %v", b, err)
+	}
+
+	// logs of a VM that printed and ended.
+	d.ok("run", "--name", "counter", ref, "sh", "-c", "seq 1 3; echo oops >&2")
+	if r := d.cli("", "logs", "counter"); r.stdout != "1\n2\n3\n" || r.stderr != "oops\n" {
+		t.Errorf("docker logs: want 1 2 3 on stdout and oops on stderr:\n%s", r)
+	}
+	if r := d.cli("", "logs", "--tail", "1", "counter"); r.stdout != "" || r.stderr != "oops\n" {
+		t.Errorf("docker logs --tail 1: want only oops:\n%s", r)
+	}
+	if got := d.ok("inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", "counter"); got != "exited 0" {
+		t.Errorf("inspect of the ended VM: %q", got)
+	}
+	d.ok("rm", "counter")
+
+	// stop and rm -v.
+	d.ok("stop", "-t", "2", "web")
+	if got := d.ok("inspect", "-f", "{{.State.Status}}", "web"); got != "exited" {
+		t.Errorf("after docker stop: status %q", got)
+	}
+	d.ok("rm", "-v", "web")
+	if r := d.cli("", "inspect", "web"); r.code == 0 || !strings.Contains(r.stderr, "No such") {
+		t.Errorf("docker inspect after rm: want no such container:\n%s", r)
+	}
+
+	// Volumes.
+	d.ok("volume", "create", "vol1")
+	if out := d.ok("volume", "ls", "--format", "{{.Name}} {{.Driver}}"); !strings.Contains(out, "vol1 local") || !strings.Contains(out, "webdata local") {
+		t.Errorf("docker volume ls: %q", out)
+	}
+	d.ok("volume", "rm", "vol1", "webdata")
+	if out := d.ok("volume", "ls", "-q"); out != "" {
+		t.Errorf("volumes left after rm: %q", out)
+	}
+
+	// Refused: one line naming the field, docker's exit code for a daemon
+	// error, nothing made.
+	for _, args := range [][]string{
+		{"run", "--rm", "--privileged", ref, "true"},
+		{"run", "--rm", "--network", "host", ref, "true"},
+		{"run", "--rm", "--pid", "host", ref, "true"},
+		{"run", "--rm", "--device", "/dev/null", ref, "true"},
+		{"run", "--rm", "-t", ref, "true"},
+	} {
+		r := d.cli("", args...)
+		if r.code != 125 || !strings.Contains(r.stderr, "Error response from daemon") || !strings.Contains(r.stderr, "refused") && !strings.Contains(r.stderr, "not supported") {
+			t.Errorf("docker %v: want exit 125 with the daemon's refusal:\n%s", args, r)
+		}
+	}
+	if out := d.ok("ps", "-aq"); out != "" {
+		t.Errorf("refused runs left containers: %q", out)
+	}
+	if r := d.cli("", "run", "--rm", "no-such/image:1"); r.code != 125 {
+		t.Errorf("docker run of an image no registry has: want 125:\n%s", r)
+	}
+}
+
+// execTTY runs docker exec -it on a pseudo-terminal: the shell's prompt,
+// a command's output, and its exit code.
+func (d *dockerEnv) execTTY(t *testing.T) {
+	m, s := openPTY(t)
+	cmd := exec.Command(d.docker, "exec", "-it", "web", "sh")
+	cmd.Env = append(os.Environ(), "DOCKER_HOST=unix://"+daemon.DockerSocketPath(d.root), "DOCKER_CONFIG="+d.config)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = s, s, s
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	pr := newPTYReader(m)
+	io.WriteString(m, "echo tty-$((6*7)); test -t 0 && echo is-a-tty\n")
+	pr.await(t, "tty-42")
+	pr.await(t, "is-a-tty")
+	io.WriteString(m, "exit 6\n")
+	select {
+	case err := <-done:
+		if ee, isExit := err.(*exec.ExitError); !isExit || ee.ExitCode() != 6 {
+			t.Errorf("docker exec -it sh: want exit 6, got %v", err)
+		}
+	case <-time.After(time.Minute):
+		cmd.Process.Kill()
+		t.Fatal("docker exec -it did not end after exit")
+	}
+}
+
+// fetchBody GETs url until it answers (a VM's server may still be
+// starting), bounded, and returns the body.
+func fetchBody(t *testing.T, url string) string {
+	t.Helper()
+	var last error
+	for i := 0; i < 100; i++ {
+		resp, err := http.Get(url)
+		if err == nil {
+			b, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err == nil {
+				return string(b)
+			}
+		}
+		last = err
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Fatalf("GET %s: %v", url, last)
+	return ""
+}
