@@ -12,6 +12,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+	dockerclient "github.com/docker/docker/client"
+	errdefsDocker "github.com/docker/docker/errdefs"
+	"github.com/docker/docker/pkg/stdcopy"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"kiln.dev/kiln/internal/daemon"
@@ -285,4 +290,82 @@ func fetchBody(t *testing.T, url string) string {
 	}
 	t.Fatalf("GET %s: %v", url, last)
 	return ""
+}
+
+// TestDockerGoSDK drives the Docker API socket with docker's own Go
+// client, as programs written for docker do: create, start, wait, logs
+// (demultiplexed), inspect and remove; and a refused field comes back in
+// docker's error shape.
+func TestDockerGoSDK(t *testing.T) {
+	t.Parallel()
+	d := newDockerEnv(t)
+	d.loadImage("kiln-test/box:sdk", dockerTestImage(t))
+	cli, err := dockerclient.NewClientWithOpts(dockerclient.WithHost("unix://"+daemon.DockerSocketPath(d.root)), dockerclient.WithAPIVersionNegotiation())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if _, err := cli.Ping(ctx); err != nil {
+		t.Fatal(err)
+	}
+	created, err := cli.ContainerCreate(ctx, &container.Config{
+		Image: "kiln-test/box:sdk", Cmd: []string{"sh", "-c", "echo sdk-out; echo sdk-err >&2; exit 9"},
+		Labels: map[string]string{"by": "sdk"},
+	}, &container.HostConfig{}, nil, nil, "sdk")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := cli.ClientVersion(); v != "1.41" {
+		t.Errorf("negotiated API version %s, want 1.41", v)
+	}
+	waitC, errC := cli.ContainerWait(ctx, created.ID, container.WaitConditionNextExit)
+	if err := cli.ContainerStart(ctx, created.ID, container.StartOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case w := <-waitC:
+		if w.StatusCode != 9 {
+			t.Errorf("wait: exit %d, want 9", w.StatusCode)
+		}
+	case err := <-errC:
+		t.Fatal(err)
+	}
+	rc, err := cli.ContainerLogs(ctx, created.ID, container.LogsOptions{ShowStdout: true, ShowStderr: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	if _, err := stdcopy.StdCopy(&stdout, &stderr, rc); err != nil {
+		t.Fatal(err)
+	}
+	rc.Close()
+	if stdout.String() != "sdk-out\n" || stderr.String() != "sdk-err\n" {
+		t.Errorf("logs: stdout %q, stderr %q", stdout.String(), stderr.String())
+	}
+	info, err := cli.ContainerInspect(ctx, "sdk")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Status != "exited" || info.State.ExitCode != 9 || info.Config.Labels["by"] != "sdk" || info.Name != "/sdk" {
+		t.Errorf("inspect: status %s, exit %d, labels %v, name %s", info.State.Status, info.State.ExitCode, info.Config.Labels, info.Name)
+	}
+	list, err := cli.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", "by=sdk"))})
+	if err != nil || len(list) != 1 || list[0].ID != created.ID {
+		t.Errorf("list by label: %v, %v", list, err)
+	}
+	if err := cli.ContainerRemove(ctx, created.ID, container.RemoveOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.ContainerInspect(ctx, created.ID); !errdefsDocker.IsNotFound(err) {
+		t.Errorf("inspect after remove: %v, want not found", err)
+	}
+	_, err = cli.ContainerCreate(ctx, &container.Config{Image: "kiln-test/box:sdk"}, &container.HostConfig{Privileged: true}, nil, nil, "")
+	if !errdefsDocker.IsInvalidParameter(err) || !strings.Contains(err.Error(), "Privileged") {
+		t.Errorf("create with Privileged: %v, want an invalid-parameter error naming it", err)
+	}
+	if list, _ := cli.ContainerList(ctx, container.ListOptions{All: true}); len(list) != 0 {
+		t.Errorf("containers left: %v", list)
+	}
 }
