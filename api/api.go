@@ -88,6 +88,10 @@ type VMConfig struct {
 	// IP is the address asked for on a bridge network; "" takes the next
 	// free one.
 	IP string `json:"ip,omitempty"`
+	// NetworkAliases are more names the VM has on its bridge network's
+	// DNS besides its own (docker's --network-alias; compose's service
+	// names).
+	NetworkAliases []string `json:"networkAliases,omitempty"`
 	// Ports are the ports to publish; a HostPort of 0 asks for an
 	// ephemeral port, picked at each start.
 	Ports []PortMapping `json:"ports,omitempty"`

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -23,7 +24,7 @@ import (
 )
 
 // dockerApplets are linked to busybox in the docker tests' image.
-var dockerApplets = []string{"sh", "cat", "echo", "sleep", "httpd", "hostname", "seq", "ls", "mkdir", "id", "true", "false"}
+var dockerApplets = []string{"sh", "cat", "echo", "sleep", "httpd", "hostname", "seq", "ls", "mkdir", "id", "true", "false", "wget"}
 
 // dockerEnv is a kiln root whose daemon serves the Docker API, and the
 // docker CLI found on this host pointed at it.
@@ -367,5 +368,93 @@ func TestDockerGoSDK(t *testing.T) {
 	}
 	if list, _ := cli.ContainerList(ctx, container.ListOptions{All: true}); len(list) != 0 {
 		t.Errorf("containers left: %v", list)
+	}
+}
+
+// TestDockerCompose brings a two-service project up and down with
+// docker-compose 1.29 (Debian's) through the Docker API socket, in a
+// network namespace of the test's: compose's network becomes a kiln
+// bridge network, its volume a kiln volume, its services VMs that reach
+// each other by service name; down -v leaves none of them.
+func TestDockerCompose(t *testing.T) {
+	t.Parallel()
+	compose, err := exec.LookPath("docker-compose")
+	if err != nil {
+		t.Skip("no docker-compose on this host: run scripts/setup (apt-get install docker-compose)")
+	}
+	e := newNetEnv(t)
+	ok(t, "kernel import", e.kiln("kernel", "import", e.kernel))
+	e.loadImage("kiln-test/box:compose", dockerTestImage(t))
+	dir := t.TempDir()
+	yml := `version: "3.8"
+services:
+  web:
+    image: kiln-test/box:compose
+    command: httpd -f -p 80 -h /www
+    ports: ["127.0.0.1:18191:80"]
+    labels: {tier: front}
+  client:
+    image: kiln-test/box:compose
+    command: sh -c 'echo client up; exec sleep 100000'
+    depends_on: [web]
+    environment:
+      - GREETING=${GREETING}
+    volumes: ["data:/data"]
+volumes:
+  data: {}
+`
+	if err := os.WriteFile(filepath.Join(dir, "docker-compose.yml"), []byte(yml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	dc := func(args ...string) result {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, compose, append([]string{"-p", "kt"}, args...)...)
+		cmd.Dir = dir
+		cmd.Env = append(os.Environ(), "DOCKER_HOST=unix://"+daemon.DockerSocketPath(e.root),
+			"DOCKER_CONFIG="+e.home, "HOME="+e.home, "GREETING=from-compose")
+		var out, errb bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &errb
+		err := cmd.Run()
+		code := 0
+		if ee, isExit := err.(*exec.ExitError); isExit {
+			code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatalf("docker-compose %v: %v", args, err)
+		}
+		return result{code, out.String(), errb.String()}
+	}
+	t.Cleanup(func() { dc("down", "-v", "-t", "1") })
+	ok(t, "docker-compose up -d", dc("up", "-d"))
+	ps := ok(t, "docker-compose ps", dc("ps"))
+	for _, want := range []string{"kt_web_1", "kt_client_1"} {
+		if !regexp.MustCompile(want + `\s.*Up`).MatchString(ps.stdout) {
+			t.Errorf("docker-compose ps: no %s up:\n%s", want, ps.stdout)
+		}
+	}
+	// The service answers on its published port, and by its service name
+	// from the other service.
+	if out, err := e.helper("get", "http://127.0.0.1:18191/"); err != nil || out != "hello from a kiln VM\n" {
+		t.Errorf("GET of web's published port: %q, %v", out, err)
+	}
+	if r := dc("exec", "-T", "client", "wget", "-qO-", "http://web/"); r.code != 0 || r.stdout != "hello from a kiln VM\n" {
+		t.Errorf("client reaching web by its service name:\n%s", r)
+	}
+	if r := dc("exec", "-T", "client", "sh", "-c", "echo $GREETING"); r.stdout != "from-compose\n" {
+		t.Errorf("interpolated environment: %q", r.stdout)
+	}
+	if r := ok(t, "up -d again", dc("up", "-d")); !strings.Contains(r.stderr, "is up-to-date") {
+		t.Errorf("a second up -d recreated something:\n%s", r)
+	}
+	ok(t, "docker-compose down -v", dc("down", "-v", "-t", "1"))
+	if r := e.kiln("ps", "-a", "-q"); strings.TrimSpace(r.stdout) != "" {
+		t.Errorf("VMs left after down: %q", r.stdout)
+	}
+	if r := e.kiln("network", "ls"); strings.Contains(r.stdout, "kt_default") {
+		t.Errorf("network left after down:\n%s", r.stdout)
+	}
+	if r := e.kiln("volume", "ls"); strings.Contains(r.stdout, "kt_data") {
+		t.Errorf("volume left after down -v:\n%s", r.stdout)
 	}
 }

@@ -50,6 +50,7 @@ type runFlags struct {
 	publish     []string
 	network     string
 	ip          string
+	aliases     []string
 	volumes     []string
 	mounts      []string
 	health      healthFlags
@@ -108,6 +109,7 @@ func (f *runFlags) register(c *cobra.Command) {
 	fl.StringArrayVarP(&f.publish, "publish", "p", nil, "publish a VM port on the host: [ip:][hostPort[-end]]:guestPort[-end][/tcp|/udp] (no host port: an ephemeral one, see kiln port)")
 	fl.StringVar(&f.network, "network", network.ModeUser, "network: user (QEMU user-mode, NAT, published ports forwarded by QEMU), none (loopback only), or a bridge network's name (kiln network create)")
 	fl.StringVar(&f.ip, "ip", "", "the VM's IPv4 address on its bridge network (default: the next free one)")
+	fl.StringSliceVar(&f.aliases, "network-alias", nil, "another name the VM has on its bridge network's DNS (repeatable)")
 	fl.StringArrayVarP(&f.volumes, "volume", "v", nil, "mount a named volume (NAME:/path[:ro], created when missing) or a host directory (/abs/dir:/path[:ro|rw])")
 	fl.StringArrayVar(&f.mounts, "mount", nil, "mount as docker's --mount: type=volume|bind|bake,src=...,dst=...[,readonly] (bake: a host directory copied in at create time, read-only)")
 	f.health.register(c)
@@ -195,19 +197,20 @@ func diskSize(s string) (int, error) {
 // line knows (a flag's spelling, a file to read).
 func vmConfig(f *runFlags, args []string) (api.VMConfig, error) {
 	c := api.VMConfig{
-		Name:        f.name,
-		Cmd:         args[1:],
-		WorkingDir:  f.workdir,
-		User:        f.user,
-		CPUs:        f.cpus,
-		Accel:       f.accel,
-		BootTimeout: api.Duration(f.bootTimeout),
-		Unconfined:  f.unconfined,
-		Cold:        f.cold,
-		ExtraHosts:  f.addHosts,
-		AutoRemove:  f.rm,
-		StopTimeout: f.stopTimeout,
-		IP:          f.ip,
+		Name:           f.name,
+		Cmd:            args[1:],
+		WorkingDir:     f.workdir,
+		User:           f.user,
+		CPUs:           f.cpus,
+		Accel:          f.accel,
+		BootTimeout:    api.Duration(f.bootTimeout),
+		Unconfined:     f.unconfined,
+		Cold:           f.cold,
+		ExtraHosts:     f.addHosts,
+		AutoRemove:     f.rm,
+		StopTimeout:    f.stopTimeout,
+		IP:             f.ip,
+		NetworkAliases: f.aliases,
 	}
 	if f.rootfs {
 		if f.mode != "" {

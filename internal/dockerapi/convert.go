@@ -214,6 +214,11 @@ func toVMConfig(name string, req container.CreateRequest) (api.VMConfig, []strin
 			if ep.IPAMConfig != nil && ep.IPAMConfig.IPv4Address != "" {
 				c.IP = ep.IPAMConfig.IPv4Address
 			}
+			for _, a := range ep.Aliases {
+				if a != name && !slices.Contains(c.NetworkAliases, a) {
+					c.NetworkAliases = append(c.NetworkAliases, a)
+				}
+			}
 		}
 	}
 	// Ports: published ones, and with PublishAllPorts every exposed port on
@@ -487,14 +492,18 @@ func networkName(v api.VM) string {
 // endpoint is a VM's place on its network, as docker's inspect shows it.
 func endpoint(v api.VM) *network.EndpointSettings {
 	ep := &network.EndpointSettings{NetworkID: networkID(networkName(v))}
+	if v.Config.Network != "" && v.Config.Network != "user" && v.Config.Network != "none" {
+		// On a bridge network the VM is known by its name, its aliases
+		// and, as docker lists them, its short ID.
+		ep.Aliases = append(append([]string{v.Name}, v.Config.NetworkAliases...), v.ID[:12])
+		ep.DNSNames = append([]string{v.Name}, v.Config.NetworkAliases...)
+	}
 	if ns := v.NetworkSettings; ns != nil {
 		ep.IPAddress = ns.IPAddress
 		ep.IPPrefixLen = ns.PrefixLen
 		ep.Gateway = ns.Gateway
 		ep.MacAddress = ns.MACAddress
 		ep.EndpointID = v.ID
-		ep.Aliases = []string{v.Name}
-		ep.DNSNames = []string{v.Name, v.ID[:12]}
 	}
 	return ep
 }

@@ -72,8 +72,10 @@ func toNetwork(n api.Network) network.Inspect {
 		IPAM:       network.IPAM{Driver: "default", Config: []network.IPAMConfig{{Subnet: n.Subnet, Gateway: n.Gateway}}},
 		Internal:   !n.Egress,
 		Containers: map[string]network.EndpointResource{},
-		Options:    map[string]string{"com.docker.network.bridge.name": n.Bridge},
-		Labels:     map[string]string{},
+		// Only the options a user can give are shown: clients (compose)
+		// compare them with what they asked for.
+		Options: map[string]string{},
+		Labels:  map[string]string{},
 	}
 	if n.IsolateVMs {
 		out.Options["com.docker.network.bridge.enable_icc"] = "false"

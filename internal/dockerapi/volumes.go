@@ -47,12 +47,17 @@ func noSuchVolume(name string, err error) error {
 }
 
 func toVolume(v api.Volume) *volume.Volume {
-	return &volume.Volume{
+	out := &volume.Volume{
 		Name: v.Name, Driver: "local", Mountpoint: v.Path, CreatedAt: dockerTime(v.Created),
 		Labels: map[string]string{}, Scope: "local",
-		Options:   map[string]string{"size": options.FormatMiB(v.SizeMiB)},
 		UsageData: &volume.UsageData{Size: v.UsedBytes, RefCount: int64(len(v.UsedBy))},
 	}
+	// Options are what a user asked for, which clients (compose) compare
+	// with their own: a size only when it is not the default.
+	if v.SizeMiB != options.DefaultDiskMiB {
+		out.Options = map[string]string{"size": options.FormatMiB(v.SizeMiB)}
+	}
+	return out
 }
 
 func (s *Server) listVolumes(w http.ResponseWriter, r *http.Request) error {

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"golang.org/x/net/dns/dnsmessage"
+
+	"kiln.dev/kiln/internal/errdefs"
 )
 
 // DNSZone is what the name server on one bridge's gateway answers: A
@@ -569,4 +571,30 @@ func hostResolvers() []string {
 		}
 	}
 	return out
+}
+
+// ValidateDNSName checks a name a VM is given on its network's DNS (an
+// alias): dot-separated labels of letters, digits, '-' and '_', each 1 to
+// 63 long and not starting with '-', 253 at most in all.
+func ValidateDNSName(name string) error {
+	bad := func(why string) error {
+		return errdefs.Invalid(fmt.Sprintf("invalid network alias %q: %s (want labels of letters, digits, '-' and '_', like web or db.internal)", name, why))
+	}
+	if name == "" || len(name) > 253 {
+		return bad("want 1 to 253 characters")
+	}
+	for _, l := range strings.Split(name, ".") {
+		if l == "" || len(l) > 63 {
+			return bad("each dot-separated label is 1 to 63 characters")
+		}
+		if l[0] == '-' {
+			return bad("a label may not start with '-'")
+		}
+		for _, c := range l {
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+				return bad(fmt.Sprintf("%q is not allowed", c))
+			}
+		}
+	}
+	return nil
 }

@@ -1,17 +1,21 @@
 package network
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
 	"os"
 	goruntime "runtime"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/net/dns/dnsmessage"
+
+	"kiln.dev/kiln/internal/errdefs"
 )
 
 func query(t *testing.T, name string, typ dnsmessage.Type) []byte {
@@ -576,6 +580,20 @@ func dnsRateLimits(t *testing.T) {
 		if _, err := other.Read(buf); err != nil {
 			t.Errorf("query %d of another source during the flood: %v", i, err)
 			return
+		}
+	}
+}
+
+func TestValidateDNSName(t *testing.T) {
+	for _, ok := range []string{"web", "db.internal", "my_service-1", strings.Repeat("a", 63)} {
+		if err := ValidateDNSName(ok); err != nil {
+			t.Errorf("ValidateDNSName(%q): %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"", "-web", "a..b", "we b", "web/x", strings.Repeat("a", 64), strings.Repeat("a.", 127) + "ab"} {
+		err := ValidateDNSName(bad)
+		if !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), "network alias") {
+			t.Errorf("ValidateDNSName(%q) = %v, want an invalid-argument error naming the alias", bad, err)
 		}
 	}
 }

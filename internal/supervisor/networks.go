@@ -276,6 +276,7 @@ func (s *Supervisor) syncNetworks() error {
 		}
 		m.mu.Lock()
 		name, removed, running := m.rec.Name, m.removed, m.runDone != nil && m.machine != nil
+		aliases := m.spec.NetworkAliases
 		starting := m.starting != nil
 		var ports []network.PortMapping
 		if running {
@@ -295,6 +296,12 @@ func (s *Supervisor) syncNetworks() error {
 		}
 		if z := zones[l.Network]; z != nil {
 			z.Records[strings.ToLower(name)] = l.IP
+			for _, a := range aliases {
+				// A VM's own name wins over another's alias.
+				if _, taken := z.Records[strings.ToLower(a)]; !taken {
+					z.Records[strings.ToLower(a)] = l.IP
+				}
+			}
 		}
 		for _, p := range ports {
 			fw.DNATs = append(fw.DNATs, network.DNAT{Protocol: p.Protocol, HostIP: p.HostIP, HostPort: p.HostPort, VMIP: l.IP, GuestPort: p.GuestPort})

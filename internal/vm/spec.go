@@ -230,6 +230,14 @@ func (s *Spec) Validate(h HostLimits) error {
 			return err
 		}
 	}
+	if len(s.NetworkAliases) > 0 && !network.IsBridge(mode) {
+		return errdefs.Invalid(fmt.Sprintf("network alias %s needs a bridge network (--network NAME): only those have kiln's DNS", s.NetworkAliases[0]))
+	}
+	for _, a := range s.NetworkAliases {
+		if err := network.ValidateDNSName(a); err != nil {
+			return err
+		}
+	}
 	return options.ValidateRlimits(s.Ulimits)
 }
 
