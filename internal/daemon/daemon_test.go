@@ -353,6 +353,7 @@ func fullConfig(t *testing.T) api.VMConfig {
 		Healthcheck: &api.HealthConfig{Test: []string{"CMD-SHELL", "true"}, Interval: api.Duration(time.Second),
 			Timeout: api.Duration(2 * time.Second), StartPeriod: api.Duration(3 * time.Second), Retries: 4},
 		HealthOnFailure: options.OnFailureKill,
+		Labels:          map[string]string{"tier": "front", "com.example.owner": "ops"},
 	}
 	v := reflect.ValueOf(c)
 	for i := range v.NumField() {
