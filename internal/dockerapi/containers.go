@@ -126,17 +126,18 @@ func (s *Server) listContainers(w http.ResponseWriter, r *http.Request) error {
 	if err := args.Validate(map[string]bool{"id": true, "name": true, "label": true, "status": true, "ancestor": true, "exited": true, "network": true, "volume": true, "health": true}); err != nil {
 		return refuse("%v", err)
 	}
-	vms, err := s.kiln.List(r.Context())
-	if err != nil {
-		return err
-	}
-	all := boolParam(r, "all")
 	limit := -1
 	if l := q.Get("limit"); l != "" {
 		if limit, err = strconv.Atoi(l); err != nil {
 			return refuse("invalid limit %q: want a number", l)
 		}
 	}
+	// The request is judged whole before the daemon is asked.
+	vms, err := s.kiln.List(r.Context())
+	if err != nil {
+		return err
+	}
+	all := boolParam(r, "all")
 	imgs := map[string]*api.Image{}
 	now := time.Now()
 	out := []container.Summary{}
