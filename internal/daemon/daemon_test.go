@@ -5,21 +5,28 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
 
 	"kiln.dev/kiln/api"
+	"kiln.dev/kiln/client"
+	"kiln.dev/kiln/internal/dockerapi"
 	"kiln.dev/kiln/internal/errdefs"
 	"kiln.dev/kiln/internal/network"
 	"kiln.dev/kiln/internal/options"
 	"kiln.dev/kiln/internal/state"
 	"kiln.dev/kiln/internal/supervisor"
+	"kiln.dev/kiln/internal/unixsock"
 	"kiln.dev/kiln/internal/vm"
 	"kiln.dev/kiln/internal/vmm"
 )
@@ -248,6 +255,123 @@ func TestGuardNoUIDRootDaemon(t *testing.T) {
 	code, _, called := guarded(t, 0, nil, "")
 	if code != http.StatusForbidden || called {
 		t.Fatalf("regression: daemon.go guard: a request with no peer uid is treated as uid 0, so a daemon running as root lets it through (status %d, handler called %v); latent: ConnContext always sets peerKey today", code, called)
+	}
+}
+
+// The Docker API is served behind guard as kiln's own API is
+// (serveDockerAPI): a browser's request, or one from a uid the daemon
+// does not serve, is refused before the translator reads it, whatever it
+// asks; a create the translator would refuse with 400 is a 403 here.
+func TestGuardDockerAPI(t *testing.T) {
+	d := &Daemon{uid: 1000, cfg: Config{AllowUIDs: []int{2000}}, log: slog.New(slog.DiscardHandler)}
+	h := d.guard(dockerapi.New(client.New(filepath.Join(t.TempDir(), "kiln.sock")), dockerapi.Info{Version: "x"}, nil).Handler())
+	const privileged = `{"Image":"alpine","HostConfig":{"Privileged":true}}`
+	tests := []struct {
+		name, method, target, body, origin string
+		uid                                *int
+		wantCode                           int
+		wantMsg                            string
+	}{
+		{name: "own uid", method: "GET", target: "/v1.41/_ping", uid: ptr(1000), wantCode: http.StatusOK},
+		{name: "allowed uid", method: "GET", target: "/_ping", uid: ptr(2000), wantCode: http.StatusOK},
+		{name: "own uid, refused by the translator", method: "POST", target: "/v1.41/containers/create", body: privileged, uid: ptr(1000), wantCode: http.StatusBadRequest, wantMsg: "Privileged"},
+		{name: "origin", method: "GET", target: "/v1.41/_ping", origin: "http://evil.example", uid: ptr(1000), wantCode: http.StatusForbidden, wantMsg: "Origin"},
+		{name: "origin create", method: "POST", target: "/v1.41/containers/create", body: `{"Image":"alpine"}`, origin: "null", uid: ptr(1000), wantCode: http.StatusForbidden, wantMsg: "Origin"},
+		{name: "other uid", method: "GET", target: "/_ping", uid: ptr(3000), wantCode: http.StatusForbidden, wantMsg: "uid 3000"},
+		{name: "other uid create", method: "POST", target: "/v1.41/containers/create", body: privileged, uid: ptr(3000), wantCode: http.StatusForbidden, wantMsg: "uid 3000"},
+		{name: "root is another uid", method: "GET", target: "/v1.41/containers/json", uid: ptr(0), wantCode: http.StatusForbidden, wantMsg: "uid 0"},
+		{name: "no peer uid", method: "GET", target: "/_ping", wantCode: http.StatusForbidden, wantMsg: "uid -1"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req := httptest.NewRequest(tt.method, tt.target, strings.NewReader(tt.body))
+			if tt.uid != nil {
+				req = req.WithContext(context.WithValue(req.Context(), peerKey{}, *tt.uid))
+			}
+			if tt.origin != "" {
+				req.Header.Set("Origin", tt.origin)
+			}
+			w := httptest.NewRecorder()
+			h.ServeHTTP(w, req)
+			if w.Code != tt.wantCode {
+				t.Fatalf("status %d (%s), want %d", w.Code, w.Body, tt.wantCode)
+			}
+			if tt.wantCode == http.StatusOK {
+				if w.Body.String() != "OK" || w.Header().Get("Api-Version") != "1.41" {
+					t.Errorf("ping answered %q, Api-Version %q", w.Body, w.Header().Get("Api-Version"))
+				}
+				return
+			}
+			var e api.Error
+			if err := json.Unmarshal(w.Body.Bytes(), &e); err != nil {
+				t.Fatalf("error body %q: %v", w.Body, err)
+			}
+			if !strings.Contains(e.Message, tt.wantMsg) {
+				t.Errorf("message %q does not contain %q", e.Message, tt.wantMsg)
+			}
+			if tt.wantCode == http.StatusForbidden && w.Header().Get("Api-Version") != "" {
+				t.Errorf("a refused request reached the Docker API (Api-Version %q)", w.Header().Get("Api-Version"))
+			}
+		})
+	}
+}
+
+// serveDockerAPI puts its socket behind guard with the peer's uid from
+// the connection: the test's own uid is served, a request with an Origin
+// header is refused.
+func TestServeDockerAPIGuarded(t *testing.T) {
+	root := t.TempDir()
+	d := &Daemon{uid: os.Getuid(), cfg: Config{Root: root}, log: slog.New(slog.DiscardHandler)}
+	errc := make(chan error, 1)
+	srv, err := d.serveDockerAPI(errc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = srv.Close() })
+	fi, err := os.Stat(DockerSocketPath(root))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if perm := fi.Mode().Perm(); perm != 0o600 {
+		t.Errorf("docker.sock mode %o, want 600", perm)
+	}
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var c net.Conn
+		err := unixsock.WithPath(DockerSocketPath(root), func(p string) error {
+			var d net.Dialer
+			var err error
+			c, err = d.DialContext(ctx, "unix", p)
+			return err
+		})
+		return c, err
+	}}}
+	t.Cleanup(hc.CloseIdleConnections)
+	get := func(origin string) (int, string) {
+		req, err := http.NewRequest(http.MethodGet, "http://docker/v1.41/_ping", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if origin != "" {
+			req.Header.Set("Origin", origin)
+		}
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := get(""); code != http.StatusOK || body != "OK" {
+		t.Errorf("own uid: %d %q, want 200 OK", code, body)
+	}
+	if code, body := get("http://evil.example"); code != http.StatusForbidden || !strings.Contains(body, "Origin") {
+		t.Errorf("with Origin: %d %q, want 403", code, body)
+	}
+	select {
+	case err := <-errc:
+		t.Errorf("serving: %v", err)
+	default:
 	}
 }
 
