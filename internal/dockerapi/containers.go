@@ -155,7 +155,7 @@ func (s *Server) listContainers(w http.ResponseWriter, r *http.Request) error {
 		sm := container.Summary{
 			ID: v.ID, Names: []string{"/" + v.Name}, Image: v.Config.Image, ImageID: v.ImageID,
 			Command: strings.Join(command(v, img), " "), Created: v.Created.Unix(),
-			Ports: summaryPorts(v), Labels: labelsOrEmpty(v.Config.Labels),
+			Ports: summaryPorts(v), Labels: labelsOf(v, img),
 			State: container.ContainerState(st), Status: statusLine(v.State, now),
 			NetworkSettings: &container.NetworkSettingsSummary{Networks: map[string]*network.EndpointSettings{networkName(v): endpoint(v)}},
 			Mounts:          mountPoints(v, nil),
@@ -171,6 +171,21 @@ func (s *Server) listContainers(w http.ResponseWriter, r *http.Request) error {
 	}
 	writeJSON(w, http.StatusOK, out)
 	return nil
+}
+
+// labelsOf is a VM's labels as docker shows a container's: its image's,
+// with its own over them.
+func labelsOf(v api.VM, img *api.Image) map[string]string {
+	out := map[string]string{}
+	if img != nil {
+		for k, val := range img.Config.Labels {
+			out[k] = val
+		}
+	}
+	for k, val := range v.Config.Labels {
+		out[k] = val
+	}
+	return out
 }
 
 func labelsOrEmpty(l map[string]string) map[string]string {
@@ -191,7 +206,7 @@ func matchContainer(args filters.Args, v api.VM, img *api.Image, st string) bool
 	if args.Contains("status") && !args.ExactMatch("status", st) {
 		return false
 	}
-	if !args.MatchKVList("label", v.Config.Labels) {
+	if !args.MatchKVList("label", labelsOf(v, img)) {
 		return false
 	}
 	if args.Contains("exited") && (st != "exited" || !args.ExactMatch("exited", strconv.Itoa(v.State.ExitCode))) {

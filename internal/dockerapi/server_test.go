@@ -329,6 +329,7 @@ func TestListContainers(t *testing.T) {
 		{"label key=value", filter(`{"label":["tier=front"]}`), []string{"/web"}},
 		{"label key", filter(`{"label":["tier"]}`), []string{"/web"}},
 		{"label other value", filter(`{"label":["tier=back"]}`), []string{}},
+		{"label from the image", filter(`{"label":["maintainer=kiln"]}`), []string{"/web"}},
 		{"label, docker's newer filter shape", filter(`{"label":{"tier=front":true}}`), []string{"/web"}},
 		{"status exited", filter(`{"status":["exited"]}`), []string{"/db"}},
 		{"status running", filter(`{"status":["running"]}`), []string{"/web"}},
@@ -368,7 +369,8 @@ func TestListContainers(t *testing.T) {
 		if want := []container.Port{{IP: "0.0.0.0", PrivatePort: 80, PublicPort: 40001, Type: "tcp"}}; !reflect.DeepEqual(web.Ports, want) {
 			t.Errorf("web: Ports %+v, want %+v", web.Ports, want)
 		}
-		if want := map[string]string{"tier": "front"}; !reflect.DeepEqual(web.Labels, want) {
+		// The image's labels under the VM's own, as docker merges them.
+		if want := map[string]string{"tier": "front", "maintainer": "kiln"}; !reflect.DeepEqual(web.Labels, want) {
 			t.Errorf("web: Labels %v, want %v", web.Labels, want)
 		}
 		if web.HostConfig.NetworkMode != "bridge" || web.NetworkSettings == nil || web.NetworkSettings.Networks["bridge"] == nil {
