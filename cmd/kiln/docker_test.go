@@ -153,6 +153,26 @@ func TestDockerCLI(t *testing.T) {
 	if out := d.ok("ps", "--filter", "label=tier=back", "-q"); out != "" {
 		t.Errorf("docker ps --filter label=tier=back lists %q", out)
 	}
+	// kiln's own CLI sees the docker-made VM and its labels.
+	if r := ok(t, "kiln ps --filter label", d.kiln("ps", "-q", "--filter", "label=tier=front")); strings.TrimSpace(r.stdout) != id[:12] {
+		t.Errorf("kiln ps --filter label=tier=front: %q, want %s", r.stdout, id[:12])
+	}
+	// kiln create --label and --label-file, shown by both inspects.
+	lf := filepath.Join(t.TempDir(), "labels")
+	if err := os.WriteFile(lf, []byte("# team\nteam=ops\ntier=file\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ok(t, "kiln create --label", d.kiln("create", "--name", "labelled", "--pull", "never", "--label-file", lf, "-l", "tier=flag", ref, "true"))
+	if got := strings.TrimSpace(ok(t, "kiln inspect", d.kiln("inspect", "--format", "{{.Config.Labels.team}} {{.Config.Labels.tier}}", "labelled")).stdout); got != "ops flag" {
+		t.Errorf("kiln inspect labels: %q, want ops flag (a --label over the file's)", got)
+	}
+	if got := d.ok("inspect", "-f", "{{.Config.Labels.team}}", "labelled"); got != "ops" {
+		t.Errorf("docker inspect of a kiln-made VM's label: %q", got)
+	}
+	if r := d.kiln("create", "--pull", "never", "--label", "bad key=1", ref, "true"); r.code != 125 || !strings.Contains(r.stderr, "invalid label") {
+		t.Errorf("kiln create with a bad label: want 125 naming it:\n%s", r)
+	}
+	ok(t, "kiln rm", d.kiln("rm", "labelled"))
 	for tmpl, want := range map[string]string{
 		"{{.State.Running}}":                 "true",
 		"{{.Config.Labels.tier}}":            "front",

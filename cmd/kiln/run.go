@@ -29,6 +29,8 @@ type runFlags struct {
 	cpus        int
 	env         []string
 	envFiles    []string
+	labels      []string
+	labelFiles  []string
 	workdir     string
 	entrypoint  string
 	user        string
@@ -88,6 +90,8 @@ func (f *runFlags) register(c *cobra.Command) {
 	fl.IntVar(&f.cpus, "cpus", 1, "number of virtual CPUs")
 	fl.StringArrayVarP(&f.env, "env", "e", nil, "set an environment variable (KEY=VALUE, or KEY to pass the host's)")
 	fl.StringArrayVar(&f.envFiles, "env-file", nil, "read environment variables from a file")
+	fl.StringArrayVarP(&f.labels, "label", "l", nil, "set a label on the VM, KEY=VALUE (repeatable)")
+	fl.StringArrayVar(&f.labelFiles, "label-file", nil, "read labels from a file, a KEY=VALUE per line")
 	fl.StringVarP(&f.workdir, "workdir", "w", "", "working directory of the program in the guest")
 	fl.StringVar(&f.entrypoint, "entrypoint", "", "run this guest path instead of the program (the program is at /usr/local/bin/<name>)")
 	fl.StringVarP(&f.user, "user", "u", "", "uid[:gid] to run the program as")
@@ -255,6 +259,22 @@ func vmConfig(f *runFlags, args []string) (api.VMConfig, error) {
 	if f.entrypoint != "" {
 		c.Entrypoint = []string{f.entrypoint}
 	}
+	for _, name := range f.labelFiles {
+		fh, err := os.Open(name)
+		if err != nil {
+			return c, fmt.Errorf("reading label file: %w", err)
+		}
+		c.Labels, err = options.ParseLabelFile(c.Labels, fh, name)
+		fh.Close()
+		if err != nil {
+			return c, err
+		}
+	}
+	labels, err := options.ParseLabels(c.Labels, f.labels)
+	if err != nil {
+		return c, err
+	}
+	c.Labels = labels
 	for _, name := range f.envFiles {
 		fh, err := os.Open(name)
 		if err != nil {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -111,9 +112,12 @@ func newPsCmd(g *globals) *cobra.Command {
 	c.Flags().BoolVarP(&all, "all", "a", false, "show every VM, not only running ones")
 	c.Flags().BoolVarP(&quiet, "quiet", "q", false, "only print IDs")
 	c.Flags().StringVar(&format, "format", "", "output format: table, json, or a Go template like '{{.Name}} {{.State}}'")
-	c.Flags().StringArrayVarP(&filters, "filter", "f", nil, "filter: state=running|exited|…, name=NAME, id=PREFIX")
+	c.Flags().StringArrayVarP(&filters, "filter", "f", nil, "filter, as docker's: state=running|exited|…, name=NAME, id=PREFIX, label=KEY[=VALUE], ancestor=IMAGE, exited=CODE, health=healthy|unhealthy|starting|none, network=NAME, volume=NAME|PATH")
 	return c
 }
+
+// psFilterKeys are the keys ps's --filter knows, as docker's.
+var psFilterKeys = []string{"state", "status", "name", "id", "label", "ancestor", "exited", "health", "network", "volume"}
 
 // parseFilters parses --filter key=value; several values of one key match
 // any of them, several keys must all match, as docker's.
@@ -121,8 +125,13 @@ func parseFilters(fs []string) (func(api.VM) bool, error) {
 	want := map[string][]string{}
 	for _, f := range fs {
 		k, v, ok := strings.Cut(f, "=")
-		if !ok || (k != "state" && k != "status" && k != "name" && k != "id") {
-			return nil, fmt.Errorf("invalid filter %q: use state=STATE, name=NAME or id=PREFIX", f)
+		if !ok || !slices.Contains(psFilterKeys, k) {
+			return nil, errdefs.Invalid(fmt.Sprintf("invalid filter %q: use KEY=VALUE with KEY one of %s", f, strings.Join(psFilterKeys, ", ")))
+		}
+		if k == "exited" {
+			if _, err := strconv.Atoi(v); err != nil {
+				return nil, errdefs.Invalid(fmt.Sprintf("invalid filter %q: exited takes an exit code", f))
+			}
 		}
 		if k == "status" {
 			k = "state"
@@ -133,14 +142,7 @@ func parseFilters(fs []string) (func(api.VM) bool, error) {
 		for k, vals := range want {
 			ok := false
 			for _, val := range vals {
-				switch k {
-				case "state":
-					ok = ok || v.State.Status == val
-				case "name":
-					ok = ok || strings.Contains(v.Name, val)
-				case "id":
-					ok = ok || strings.HasPrefix(v.ID, val)
-				}
+				ok = ok || matchFilter(v, k, val)
 			}
 			if !ok {
 				return false
@@ -148,6 +150,46 @@ func parseFilters(fs []string) (func(api.VM) bool, error) {
 		}
 		return true
 	}, nil
+}
+
+// matchFilter is one --filter KEY=VAL against a VM.
+func matchFilter(v api.VM, k, val string) bool {
+	switch k {
+	case "state":
+		return v.State.Status == val || val == "paused" && v.State.Paused
+	case "name":
+		return strings.Contains(v.Name, val)
+	case "id":
+		return strings.HasPrefix(v.ID, val)
+	case "label":
+		lk, lv, hasValue := strings.Cut(val, "=")
+		got, ok := v.Config.Labels[lk]
+		return ok && (!hasValue || got == lv)
+	case "ancestor":
+		return v.Config.Image == val || v.ImageID == val || strings.HasPrefix(v.ImageID, "sha256:"+val) ||
+			!strings.Contains(val, ":") && v.Config.Image == val+":latest"
+	case "exited":
+		return v.State.Status == "exited" && strconv.Itoa(v.State.ExitCode) == val
+	case "health":
+		h := "none"
+		if v.State.Health != nil {
+			h = v.State.Health.Status
+		}
+		return h == val
+	case "network":
+		n := v.Config.Network
+		if n == "" {
+			n = "user"
+		}
+		return n == val
+	case "volume":
+		for _, m := range v.Config.Mounts {
+			if m.Type == "volume" && m.Source == val || m.Target == val {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func rowOf(v api.VM) psRow {
