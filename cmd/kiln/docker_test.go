@@ -477,4 +477,32 @@ volumes:
 	if r := e.kiln("volume", "ls"); strings.Contains(r.stdout, "kt_data") {
 		t.Errorf("volume left after down -v:\n%s", r.stdout)
 	}
+
+	// The docker CLI's network verbs on the same root: a network with a
+	// subnet picked for it, a VM on it known by an alias, removal.
+	docker, err := exec.LookPath("docker")
+	if err != nil {
+		t.Log("no docker CLI on this host: its network verbs are not tried (apt-get install docker.io)")
+		return
+	}
+	d := &dockerEnv{env: e.env, docker: docker, config: e.home}
+	d.ok("network", "create", "kn")
+	if out := d.ok("network", "ls", "--format", "{{.Name}}"); !strings.Contains(out, "kn") || !strings.Contains(out, "bridge") || !strings.Contains(out, "none") {
+		t.Errorf("docker network ls: %q", out)
+	}
+	if sub := d.ok("network", "inspect", "-f", "{{(index .IPAM.Config 0).Subnet}}", "kn"); !strings.HasPrefix(sub, "10.89.") {
+		t.Errorf("docker network create picked subnet %q, want one of 10.89.0.0/16", sub)
+	}
+	d.ok("run", "-d", "--name", "srv", "--network", "kn", "--network-alias", "svc", "kiln-test/box:compose", "httpd", "-f", "-p", "80", "-h", "/www")
+	if r := d.cli("", "run", "--rm", "--network", "kn", "kiln-test/box:compose", "wget", "-qO-", "http://svc/"); r.code != 0 || r.stdout != "hello from a kiln VM\n" {
+		t.Errorf("a VM reaching another by its network alias:\n%s", r)
+	}
+	if r := d.cli("", "network", "rm", "kn"); r.code == 0 {
+		t.Errorf("docker network rm of a network with a VM on it succeeded:\n%s", r)
+	}
+	d.ok("rm", "-f", "srv")
+	d.ok("network", "rm", "kn")
+	if r := e.kiln("network", "ls"); strings.Contains(r.stdout, "kn ") {
+		t.Errorf("network left after docker network rm:\n%s", r.stdout)
+	}
 }
