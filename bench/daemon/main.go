@@ -15,7 +15,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -23,6 +22,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"kiln.dev/kiln/bench/internal/benchkit"
 	"kiln.dev/kiln/internal/vmm"
 	"kiln.dev/kiln/internal/vmm/qemu"
 )
@@ -99,14 +99,14 @@ func run(vms, n int, kiln, prog, kernel string) error {
 	rss, pss := memOf(pid)
 
 	fmt.Printf("with %d VMs running (TCG, 128 MiB each):\n", vms)
-	fmt.Printf("  kiln ps:                %6.1f ms median of %d (CLI process, start to exit)\n", ms(median(ps)), n)
-	fmt.Printf("  kiln inspect (one VM): %6.1f ms median of %d\n", ms(median(inspect)), n)
-	fmt.Printf("  kiln --help (baseline): %6.1f ms median of %d: the CLI process alone\n", ms(median(version)), n)
+	fmt.Printf("  kiln ps:                %6.1f ms median of %d (CLI process, start to exit)\n", ms(benchkit.Median(ps)), n)
+	fmt.Printf("  kiln inspect (one VM): %6.1f ms median of %d\n", ms(benchkit.Median(inspect)), n)
+	fmt.Printf("  kiln --help (baseline): %6.1f ms median of %d: the CLI process alone\n", ms(benchkit.Median(version)), n)
 	fmt.Printf("  daemon memory:          RSS %.1f MiB, PSS %.1f MiB\n", rss, pss)
 	fmt.Printf("time to the program's first line (idle host, median of 3):\n")
-	fmt.Printf("  kiln run -d returned -> first line: %6.0f ms\n", ms(median(startKiln)))
-	fmt.Printf("  raw QEMU started     -> first line: %6.0f ms\n", ms(median(startRaw)))
-	fmt.Printf("  ratio:                              %6.3f\n", float64(median(startKiln))/float64(median(startRaw)))
+	fmt.Printf("  kiln run -d returned -> first line: %6.0f ms\n", ms(benchkit.Median(startKiln)))
+	fmt.Printf("  raw QEMU started     -> first line: %6.0f ms\n", ms(benchkit.Median(startRaw)))
+	fmt.Printf("  ratio:                              %6.3f\n", float64(benchkit.Median(startKiln))/float64(benchkit.Median(startRaw)))
 	return nil
 }
 
@@ -201,12 +201,6 @@ func timeN(n int, fn func() error) []time.Duration {
 		out = append(out, time.Since(t))
 	}
 	return out
-}
-
-func median(d []time.Duration) time.Duration {
-	s := append([]time.Duration{}, d...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	return s[len(s)/2]
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

@@ -89,12 +89,7 @@ func run(n int, bin, kernel string) error {
 	env = append(env, "PATH="+bin+":"+os.Getenv("PATH"))
 	dockerEnv := append(slices.Clone(env), "DOCKER_HOST=unix://"+daemon.DockerSocketPath(root),
 		"DOCKER_CONFIG="+dockerConfig, "DOCKER_CLI_HINTS=false")
-	defer func() {
-		benchkit.StopDaemon(root)
-		if pids := qemuUnder(root); len(pids) > 0 {
-			fmt.Fprintf(os.Stderr, "bench/docker: QEMU processes left under %s: %v\n", root, pids)
-		}
-	}()
+	defer benchkit.StopDaemon(root)
 
 	kilnCmd := func(args ...string) error {
 		argv := append([]string{kiln, "--root", root}, args...)
@@ -146,7 +141,7 @@ func run(n int, bin, kernel string) error {
 	if r := runCmd(env, []string{kiln, "--root", root, "ps", "-a", "-q"}); r.err != nil || r.code != 0 || strings.TrimSpace(r.stdout) != "" {
 		return fmt.Errorf("after the runs, kiln ps -a -q: exit %d (%v): %q %s", r.code, r.err, r.stdout, r.stderr)
 	}
-	d, k := median(ds), median(ks)
+	d, k := benchkit.Median(ds), benchkit.Median(ks)
 	fmt.Printf("median of %d:\n", n)
 	fmt.Printf("  docker run --rm through docker.sock:  %5d ms\n", d.Milliseconds())
 	fmt.Printf("  kiln run --rm --pull never:           %5d ms\n", k.Milliseconds())
@@ -242,28 +237,4 @@ func timed(env, argv []string) (time.Duration, error) {
 		return 0, fmt.Errorf("%s: exit %d (%v), stdout %q: %s", strings.Join(argv, " "), r.code, r.err, r.stdout, r.stderr)
 	}
 	return took, nil
-}
-
-// qemuUnder lists the QEMU processes of VMs of root.
-func qemuUnder(root string) []string {
-	var pids []string
-	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-	for _, p := range procs {
-		b, err := os.ReadFile(p)
-		if err != nil || !bytes.Contains(b, []byte("qemu-system")) {
-			continue
-		}
-		env, _ := os.ReadFile(filepath.Join(filepath.Dir(p), "environ"))
-		if !bytes.Contains(b, []byte(root+"/")) && !bytes.Contains(append([]byte{0}, env...), []byte("\x00KILN_ROOT="+root+"\x00")) {
-			continue
-		}
-		pids = append(pids, strings.TrimPrefix(filepath.Dir(p), "/proc/"))
-	}
-	return pids
-}
-
-func median(ds []time.Duration) time.Duration {
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	return s[len(s)/2]
 }

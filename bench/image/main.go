@@ -37,7 +37,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strings"
 	"time"
 
@@ -50,6 +49,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"kiln.dev/kiln/api"
+	"kiln.dev/kiln/bench/internal/benchkit"
 	"kiln.dev/kiln/internal/image"
 	"kiln.dev/kiln/internal/image/layerpack"
 	"kiln.dev/kiln/internal/options"
@@ -144,12 +144,12 @@ func run(n int, rootfs, initBin, kernel string) error {
 			}
 		}
 		os.RemoveAll(root)
-		ma, mb := median(a), median(b)
+		ma, mb := benchkit.Median(a), benchkit.Median(b)
 		create := "n/a"
 		if len(cCreate) > 0 {
-			create = ms(median(cCreate))
+			create = ms(benchkit.Median(cCreate))
 		}
-		fmt.Printf("%-20s %8s %8s %8s %6.2f %12s %14s %9.1fM\n", im.name, secs(ma), secs(median(aBuild)), secs(mb), float64(ma)/float64(mb), ms(median(cFS)), create, float64(size)/(1<<20))
+		fmt.Printf("%-20s %8s %8s %8s %6.2f %12s %14s %9.1fM\n", im.name, secs(ma), secs(benchkit.Median(aBuild)), secs(mb), float64(ma)/float64(mb), ms(benchkit.Median(cFS)), create, float64(size)/(1<<20))
 	}
 	fmt.Println("goals: a/b ≤ 0.5; c < 100 ms. a = kiln pull + rootfs build (fresh store); b = skopeo copy → umoci unpack → mkfs.ext4 -d; medians of", n)
 	return nil
@@ -372,15 +372,6 @@ func imageOf(layers ...[]byte) (v1.Image, error) {
 	cf.OS, cf.Architecture = "linux", "amd64"
 	cf.Config.Cmd = []string{"/bin/sh"}
 	return mutate.ConfigFile(img, cf)
-}
-
-func median(ds []time.Duration) time.Duration {
-	if len(ds) == 0 {
-		return 0
-	}
-	s := append([]time.Duration(nil), ds...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	return s[len(s)/2]
 }
 
 func secs(d time.Duration) string { return fmt.Sprintf("%.2fs", d.Seconds()) }

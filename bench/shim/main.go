@@ -16,7 +16,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -113,7 +112,7 @@ func run(n int, bin, kernel string) error {
 		}
 		viaKiln = append(viaKiln, d)
 	}
-	c, k := median(viaCtr), median(viaKiln)
+	c, k := benchkit.Median(viaCtr), benchkit.Median(viaKiln)
 	fmt.Printf("start to the program's first line, median of %d:\n", n)
 	fmt.Printf("  ctr run --rm through kiln's shim:  %5d ms\n", c.Milliseconds())
 	fmt.Printf("  kiln run --rm --rootfs:            %5d ms\n", k.Milliseconds())
@@ -145,10 +144,4 @@ func firstLine(env, argv []string) (time.Duration, error) {
 		return 0, fmt.Errorf("%s: first line %q (%v), exit %v: %s", strings.Join(argv, " "), line, rerr, werr, stderr.String())
 	}
 	return took, nil
-}
-
-func median(ds []time.Duration) time.Duration {
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	return s[len(s)/2]
 }

@@ -49,11 +49,20 @@ func newDockerEnv(t *testing.T) *dockerEnv {
 // cli runs the docker CLI against the root's Docker API socket.
 func (d *dockerEnv) cli(stdin string, args ...string) result {
 	d.t.Helper()
+	return runDockerTool(d.t, d.root, d.config, d.home, "", stdin, d.docker, args...)
+}
+
+// runDockerTool runs a docker client (the CLI, docker-compose) in dir
+// against root's Docker API socket, with its own configuration and home,
+// to its end (bounded).
+func runDockerTool(t *testing.T, root, config, home, dir, stdin, tool string, args ...string) result {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, d.docker, args...)
-	cmd.Env = append(os.Environ(), "DOCKER_HOST=unix://"+daemon.DockerSocketPath(d.root),
-		"DOCKER_CONFIG="+d.config, "HOME="+d.home, "DOCKER_CLI_HINTS=false")
+	cmd := exec.CommandContext(ctx, tool, args...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "DOCKER_HOST=unix://"+daemon.DockerSocketPath(root),
+		"DOCKER_CONFIG="+config, "HOME="+home, "DOCKER_CLI_HINTS=false", "GREETING=from-compose")
 	cmd.Stdin = strings.NewReader(stdin)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
@@ -62,7 +71,7 @@ func (d *dockerEnv) cli(stdin string, args ...string) result {
 	if ee, isExit := err.(*exec.ExitError); isExit {
 		code = ee.ExitCode()
 	} else if err != nil {
-		d.t.Fatalf("running docker %v: %v", args, err)
+		t.Fatalf("running %s %v: %v", tool, args, err)
 	}
 	return result{code, out.String(), errb.String()}
 }
@@ -76,23 +85,14 @@ func (d *dockerEnv) ok(args ...string) string {
 // page for its httpd, and a label.
 func dockerTestImage(t *testing.T) v1.Image {
 	t.Helper()
-	bb, err := os.ReadFile("/bin/busybox")
-	if err != nil {
-		t.Skip("no /bin/busybox: run scripts/setup (apt-get install busybox-static)")
-	}
-	entries := []tarEntry{
-		dir("bin/", 0o755),
-		{name: "bin/busybox", body: bb, mode: 0o755},
+	entries := append(busyboxBin(t, dockerApplets),
 		dir("etc/", 0o755),
 		file("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n", 0o644),
 		file("etc/group", "root:x:0:\n", 0o644),
 		dir("www/", 0o755),
 		file("www/index.html", "hello from a kiln VM\n", 0o644),
 		dir("tmp/", 0o1777),
-	}
-	for _, a := range dockerApplets {
-		entries = append(entries, symlink("bin/"+a, "busybox"))
-	}
+	)
 	return testImage(t, func(c *v1.Config) {
 		c.Cmd = []string{"/bin/sh", "-c", "echo default-cmd"}
 		c.Labels = map[string]string{"org.example.from": "image"}
@@ -428,22 +428,7 @@ volumes:
 	}
 	dc := func(args ...string) result {
 		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, compose, append([]string{"-p", "kt"}, args...)...)
-		cmd.Dir = dir
-		cmd.Env = append(os.Environ(), "DOCKER_HOST=unix://"+daemon.DockerSocketPath(e.root),
-			"DOCKER_CONFIG="+e.home, "HOME="+e.home, "GREETING=from-compose")
-		var out, errb bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, &errb
-		err := cmd.Run()
-		code := 0
-		if ee, isExit := err.(*exec.ExitError); isExit {
-			code = ee.ExitCode()
-		} else if err != nil {
-			t.Fatalf("docker-compose %v: %v", args, err)
-		}
-		return result{code, out.String(), errb.String()}
+		return runDockerTool(t, e.root, e.home, e.home, dir, "", compose, append([]string{"-p", "kt"}, args...)...)
 	}
 	t.Cleanup(func() { dc("down", "-v", "-t", "1") })
 	ok(t, "docker-compose up -d", dc("up", "-d"))

@@ -112,25 +112,31 @@ var busyboxApplets = []string{"sh", "ls", "stat", "cat", "readlink", "id", "pwd"
 // (1000:1001) who is also in group "extra" (2000).
 func userlandLayer(t testing.TB) []byte {
 	t.Helper()
-	bb, err := os.ReadFile("/bin/busybox")
-	if err != nil {
-		t.Skip("no /bin/busybox: run scripts/setup (apt-get install busybox-static)")
-	}
-	entries := []tarEntry{
-		dir("bin/", 0o755),
-		{name: "bin/busybox", body: bb, mode: 0o755},
+	entries := append(busyboxBin(t, busyboxApplets),
 		dir("etc/", 0o755),
 		file("etc/passwd", "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001:app:/home/app:/bin/sh\n", 0o644),
 		file("etc/group", "root:x:0:\nappgrp:x:1001:\nextra:x:2000:app\n", 0o644),
 		dir("root/", 0o700),
 		dir("tmp/", 0o1777),
 		dir("home/", 0o755),
-		{name: "home/app/", typ: tar.TypeDir, mode: 0o755, uid: 1000, gid: 1001},
+		tarEntry{name: "home/app/", typ: tar.TypeDir, mode: 0o755, uid: 1000, gid: 1001},
+	)
+	return layerTar(t, entries...)
+}
+
+// busyboxBin is /bin of a test image: the host's static busybox and the
+// applets linked to it. The test skips on a host without one.
+func busyboxBin(t testing.TB, applets []string) []tarEntry {
+	t.Helper()
+	bb, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		t.Skip("no /bin/busybox: run scripts/setup (apt-get install busybox-static)")
 	}
-	for _, a := range busyboxApplets {
+	entries := []tarEntry{dir("bin/", 0o755), {name: "bin/busybox", body: bb, mode: 0o755}}
+	for _, a := range applets {
 		entries = append(entries, symlink("bin/"+a, "busybox"))
 	}
-	return layerTar(t, entries...)
+	return entries
 }
 
 // testImage builds a linux/amd64 image from uncompressed layer tars.

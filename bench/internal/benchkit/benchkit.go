@@ -4,6 +4,7 @@ package benchkit
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -28,4 +29,14 @@ func StopDaemon(root string) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// Median is the middle of ds (the upper one of an even count); 0 for none.
+func Median(ds []time.Duration) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[len(s)/2]
 }
