@@ -352,7 +352,7 @@ func TestBridgeBadInputAndParallelLeases(t *testing.T) {
 		{[]string{"network", "create", "x", "--subnet", "10.96.0.0/24"}, "subnet 10.96.0.0/24 overlaps network small (10.96.0.0/29)"},
 		{[]string{"network", "create", "x", "--subnet", "10.95.0.0/16"}, "subnet 10.95.0.0/16 overlaps the host's route 10.95.0.0/24 dev kt-a"},
 		{[]string{"network", "create", "x", "--subnet", "10.97.0.9/24"}, `invalid subnet "10.97.0.9/24": host bits set`},
-		{[]string{"network", "create", "x"}, "--subnet is required"},
+		{[]string{"network", "create", "x", "--gateway", "10.97.0.1"}, "network x: a gateway (10.97.0.1) needs its subnet"},
 		{[]string{"network", "create", "none", "--subnet", "10.97.0.0/24"}, `invalid network name "none": reserved`},
 		{[]string{"network", "create", "small", "--subnet", "10.97.0.0/24"}, `a network named "small" already exists`},
 		{[]string{"network", "create", "x", "--subnet", "10.97.0.0/24", "--gateway", "10.98.0.1"}, "invalid gateway 10.98.0.1: not a host address of subnet 10.97.0.0/24"},
@@ -370,6 +370,15 @@ func TestBridgeBadInputAndParallelLeases(t *testing.T) {
 	if r := okr(t, "network ls", e.kiln("network", "ls", "-q")); r.stdout != "small\n" {
 		t.Errorf("networks after the refused creates:\n%s", r)
 	}
+	// Without --subnet, the first free /24s of 10.89.0.0/16.
+	for i, name := range []string{"auto0", "auto1"} {
+		okr(t, "network create "+name, e.kiln("network", "create", name))
+		want := fmt.Sprintf("10.89.%d.0/24", i)
+		if r := okr(t, "network inspect", e.kiln("network", "inspect", "--format", "{{.Subnet}}", name)); strings.TrimSpace(r.stdout) != want {
+			t.Errorf("network %s got subnet %q, want %s", name, strings.TrimSpace(r.stdout), want)
+		}
+	}
+	okr(t, "network rm", e.kiln("network", "rm", "auto0", "auto1"))
 
 	// A /29 holds 5 VMs besides its gateway: 5 parallel creates get 5
 	// different addresses.

@@ -23,14 +23,11 @@ func newNetworkCmd(g *globals) *cobra.Command {
 func newNetworkCreateCmd(g *globals) *cobra.Command {
 	var req api.NetworkCreate
 	c := &cobra.Command{
-		Use:   "create NAME --subnet CIDR [--gateway IP] [--egress] [--isolate-vms]",
+		Use:   "create NAME [--subnet CIDR [--gateway IP]] [--egress] [--isolate-vms]",
 		Short: "Create a bridge network: VMs on it reach only its gateway unless --egress",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			req.Name = args[0]
-			if req.Subnet == "" {
-				return fmt.Errorf("network %s: --subnet is required (e.g. --subnet 10.99.0.0/24)", req.Name)
-			}
 			ctx := cmd.Context()
 			cl, err := connect(ctx, g, cmd.ErrOrStderr())
 			if err != nil {
@@ -45,7 +42,7 @@ func newNetworkCreateCmd(g *globals) *cobra.Command {
 		},
 	}
 	fl := c.Flags()
-	fl.StringVar(&req.Subnet, "subnet", "", "IPv4 subnet of the network, e.g. 10.99.0.0/24 (must not overlap another network or a route of the host)")
+	fl.StringVar(&req.Subnet, "subnet", "", "IPv4 subnet of the network, e.g. 10.99.0.0/24 (must not overlap another network or a route of the host); default: the first free /24 of 10.89.0.0/16")
 	fl.StringVar(&req.Gateway, "gateway", "", "the bridge's address in the subnet (default: its first address)")
 	fl.BoolVar(&req.Egress, "egress", false, "let VMs reach addresses beyond the network (masqueraded)")
 	fl.BoolVar(&req.IsolateVMs, "isolate-vms", false, "stop the network's VMs reaching each other")

@@ -159,8 +159,7 @@ func (s *Server) listNetworks(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// createNetwork makes a kiln bridge network. docker picks a subnet when
-// none is given; so does this, the first free /24 of 10.89.0.0/16.
+// createNetwork makes a kiln bridge network.
 func (s *Server) createNetwork(w http.ResponseWriter, r *http.Request) error {
 	var req network.CreateRequest
 	if err := decodeBody(w, r, &req); err != nil {
@@ -194,27 +193,11 @@ func (s *Server) createNetwork(w http.ResponseWriter, r *http.Request) error {
 			nc.Subnet, nc.Gateway = c.Subnet, c.Gateway
 		}
 	}
-	if nc.Subnet != "" {
-		n, err := s.kiln.CreateNetwork(r.Context(), nc)
-		if err != nil {
-			return err
-		}
-		writeJSON(w, http.StatusCreated, network.CreateResponse{ID: networkID(n.Name)})
-		return nil
+	// Without a subnet the daemon picks one, as docker's does.
+	n, err := s.kiln.CreateNetwork(r.Context(), nc)
+	if err != nil {
+		return err
 	}
-	var lastErr error
-	for i := 0; i < 256; i++ {
-		nc.Subnet = fmt.Sprintf("10.89.%d.0/24", i)
-		n, err := s.kiln.CreateNetwork(r.Context(), nc)
-		if err == nil {
-			writeJSON(w, http.StatusCreated, network.CreateResponse{ID: networkID(n.Name)})
-			return nil
-		}
-		lastErr = err
-		// Only an overlap moves on to the next subnet.
-		if !strings.Contains(err.Error(), "overlap") {
-			return err
-		}
-	}
-	return fmt.Errorf("no free subnet in 10.89.0.0/16 for network %s (give one with --subnet): %v: %w", req.Name, lastErr, errdefs.ErrUnavailable)
+	writeJSON(w, http.StatusCreated, network.CreateResponse{ID: networkID(n.Name)})
+	return nil
 }

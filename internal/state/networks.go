@@ -95,7 +95,7 @@ func (s *Store) InsertNetwork(ctx context.Context, n *Network) error {
 			return fmt.Errorf("a network named %q already exists: %w", n.Name, errdefs.ErrConflict)
 		}
 		if o.Subnet.Overlaps(n.Subnet) {
-			return fmt.Errorf("subnet %s overlaps network %s (%s): %w", n.Subnet, o.Name, o.Subnet, errdefs.ErrConflict)
+			return errdefs.Mark(fmt.Errorf("subnet %s overlaps network %s (%s): %w", n.Subnet, o.Name, o.Subnet, errdefs.ErrConflict), ErrSubnetOverlap)
 		}
 	}
 	_, err = tx.ExecContext(ctx, `INSERT INTO networks (`+networkColumns+`) VALUES (?,?,?,?,?,?,?)`,
@@ -307,3 +307,7 @@ func (s *Store) ReleaseOrphanLeases(ctx context.Context) (int, error) {
 	n, _ := res.RowsAffected()
 	return int(n), nil
 }
+
+// ErrSubnetOverlap marks a refusal of a network whose subnet overlaps
+// another's (or a route of the host): one picking a subnet tries the next.
+var ErrSubnetOverlap = errors.New("subnet overlaps")

@@ -45,10 +45,35 @@ type NetworkRequest struct {
 	IsolateVMs bool
 }
 
+// AutoSubnets is where a network asked for without a subnet gets one, as
+// docker picks one: the first /24 in it that overlaps no other network
+// and no route of the host.
+var AutoSubnets = netip.MustParsePrefix("10.89.0.0/16")
+
 // CreateNetwork records a bridge network and makes its bridge. A subnet
-// that overlaps another network or a route of the host is refused; on any
-// error nothing is left.
-func (s *Supervisor) CreateNetwork(ctx context.Context, r NetworkRequest) (v *NetworkView, err error) {
+// that overlaps another network or a route of the host is refused; none
+// takes a free /24 of AutoSubnets. On any error nothing is left.
+func (s *Supervisor) CreateNetwork(ctx context.Context, r NetworkRequest) (*NetworkView, error) {
+	if r.Subnet != "" {
+		return s.createNetwork(ctx, r)
+	}
+	if r.Gateway != "" {
+		return nil, errdefs.Invalid(fmt.Sprintf("network %s: a gateway (%s) needs its subnet", r.Name, r.Gateway))
+	}
+	base := AutoSubnets.Addr().As4()
+	for i := 0; i < 1<<(24-AutoSubnets.Bits()); i++ {
+		a := base
+		a[2] += byte(i)
+		r.Subnet = netip.PrefixFrom(netip.AddrFrom4(a), 24).String()
+		v, err := s.createNetwork(ctx, r)
+		if !errors.Is(err, state.ErrSubnetOverlap) {
+			return v, err
+		}
+	}
+	return nil, fmt.Errorf("network %s: every /24 of %s overlaps another network or a route of the host: give a subnet: %w", r.Name, AutoSubnets, errdefs.ErrConflict)
+}
+
+func (s *Supervisor) createNetwork(ctx context.Context, r NetworkRequest) (v *NetworkView, err error) {
 	if err := network.ValidateNetworkName(r.Name); err != nil {
 		return nil, err
 	}
@@ -61,7 +86,7 @@ func (s *Supervisor) CreateNetwork(ctx context.Context, r NetworkRequest) (v *Ne
 		return nil, err
 	}
 	if route != "" {
-		return nil, fmt.Errorf("subnet %s overlaps the host's route %s: pick another subnet: %w", subnet, route, errdefs.ErrConflict)
+		return nil, errdefs.Mark(fmt.Errorf("subnet %s overlaps the host's route %s: pick another subnet: %w", subnet, route, errdefs.ErrConflict), state.ErrSubnetOverlap)
 	}
 	n := &state.Network{Name: r.Name, Subnet: subnet, Gateway: gw, Bridge: network.BridgeName(r.Name), Egress: r.Egress, IsolateVMs: r.IsolateVMs, Created: time.Now().UTC()}
 	if err := s.db.InsertNetwork(ctx, n); err != nil {
