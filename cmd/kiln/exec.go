@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"kiln.dev/kiln/api"
+	"kiln.dev/kiln/client"
 	"kiln.dev/kiln/internal/errdefs"
 )
 
@@ -43,62 +44,7 @@ size follows the window).`,
 				return err
 			}
 			cfg := api.ExecConfig{Cmd: args[1:], Env: expandEnv(env), User: user, WorkingDir: workdir, Tty: tty, Stdin: interactive}
-			in, _ := cmd.InOrStdin().(*os.File)
-			var restore func()
-			if tty {
-				if in == nil || !isTerminal(in) {
-					return errdefs.Invalid("-t needs stdin to be a terminal")
-				}
-				cfg.Rows, cfg.Cols = termSize(in)
-			}
-			s, err := cl.Exec(ctx, args[0], cfg)
-			if err != nil {
-				return err
-			}
-			defer s.Close()
-			if tty {
-				if restore, err = makeRaw(in); err != nil {
-					return err
-				}
-				defer restore()
-				winch := make(chan os.Signal, 1)
-				signal.Notify(winch, syscall.SIGWINCH)
-				defer signal.Stop(winch)
-				go func() {
-					for range winch {
-						r, c := termSize(in)
-						_ = s.Resize(r, c)
-					}
-				}()
-			}
-			// Signals to kiln exec are the command's, as docker run's
-			// --sig-proxy (with a tty, ^C travels as a byte instead).
-			sigs := make(chan os.Signal, 4)
-			signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2)
-			defer signal.Stop(sigs)
-			go func() {
-				for sg := range sigs {
-					_ = s.Signal(int(sg.(syscall.Signal)))
-				}
-			}()
-			var stdin io.Reader
-			if interactive {
-				stdin = cmd.InOrStdin()
-			}
-			e, err := s.Stream(stdin, cmd.OutOrStdout(), cmd.ErrOrStderr())
-			if restore != nil {
-				restore()
-			}
-			if err != nil {
-				return err
-			}
-			if e.Error != "" {
-				fmt.Fprintf(cmd.ErrOrStderr(), "kiln: exec: %s\n", e.Error)
-			}
-			if e.ExitCode != 0 {
-				return &exitCode{code: e.ExitCode}
-			}
-			return nil
+			return runExec(cmd, cl, args[0], cfg)
 		},
 	}
 	c.Flags().SetInterspersed(false)
@@ -176,4 +122,69 @@ func splitVMPath(arg string) (vm, p string, ok bool) {
 		return "", arg, false
 	}
 	return arg[:i], arg[i+1:], true
+}
+
+// runExec runs cfg in the VM and stays with it as kiln exec does: the
+// local terminal raw with -t (its size following the window), signals
+// passed on, stdin with -i; it returns the command's exit code as an
+// *exitCode.
+func runExec(cmd *cobra.Command, cl *client.Client, vm string, cfg api.ExecConfig) error {
+	ctx := cmd.Context()
+	in, _ := cmd.InOrStdin().(*os.File)
+	var restore func()
+	var err error
+	if cfg.Tty {
+		if in == nil || !isTerminal(in) {
+			return errdefs.Invalid("-t needs stdin to be a terminal")
+		}
+		cfg.Rows, cfg.Cols = termSize(in)
+	}
+	s, err := cl.Exec(ctx, vm, cfg)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	if cfg.Tty {
+		if restore, err = makeRaw(in); err != nil {
+			return err
+		}
+		defer restore()
+		winch := make(chan os.Signal, 1)
+		signal.Notify(winch, syscall.SIGWINCH)
+		defer signal.Stop(winch)
+		go func() {
+			for range winch {
+				r, c := termSize(in)
+				_ = s.Resize(r, c)
+			}
+		}()
+	}
+	// Signals to kiln exec are the command's, as docker run's
+	// --sig-proxy (with a tty, ^C travels as a byte instead).
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2)
+	defer signal.Stop(sigs)
+	go func() {
+		for sg := range sigs {
+			_ = s.Signal(int(sg.(syscall.Signal)))
+		}
+	}()
+	var stdin io.Reader
+	if cfg.Stdin {
+		stdin = cmd.InOrStdin()
+	}
+	e, err := s.Stream(stdin, cmd.OutOrStdout(), cmd.ErrOrStderr())
+	if restore != nil {
+		restore()
+	}
+	if err != nil {
+		return err
+	}
+	if e.Error != "" {
+		fmt.Fprintf(cmd.ErrOrStderr(), "kiln: exec: %s\n", e.Error)
+	}
+	if e.ExitCode != 0 {
+		return &exitCode{code: e.ExitCode}
+	}
+	return nil
 }

@@ -74,7 +74,7 @@ func newRootCmd() *cobra.Command {
 	root.AddCommand(vmCommands(g)...)
 	root.AddCommand(newExecCmd(g), newCpCmd(g), newStatsCmd(g))
 	root.AddCommand(imageCommands(g)...)
-	root.AddCommand(newNetworkCmd(g), newTemplateCmd(g), newVersionCmd(g), newInfoCmd(g))
+	root.AddCommand(newNetworkCmd(g), newTemplateCmd(g), newVersionCmd(g), newInfoCmd(g), newComposeCmd(g))
 	root.AddCommand(volumeCommands(g))
 	root.AddCommand(checkpointCommands(g))
 	return root
@@ -98,7 +98,7 @@ func main() {
 
 func execute(args []string, stdout, stderr io.Writer) int {
 	cmd := newRootCmd()
-	cmd.SetArgs(args)
+	cmd.SetArgs(composeFileFlags(args))
 	cmd.SetOut(stdout)
 	cmd.SetErr(stderr)
 	err := cmd.Execute()
