@@ -61,3 +61,67 @@ func TestPsFilters(t *testing.T) {
 		}
 	}
 }
+
+func TestFormatTemplates(t *testing.T) {
+	rows := []psRow{{ID: "aaa", Name: "web", State: "running"}, {ID: "bbb", Name: "database", State: "exited"}}
+	for _, tt := range []struct{ format, want string }{
+		{"{{.Name}} {{upper .State}}", "web RUNNING\ndatabase EXITED\n"},
+		{"{{json .Name}}", "\"web\"\n\"database\"\n"},
+		{`{{join (split .Name "a") "-"}}`, "web\nd-t-b-se\n"},
+		{"{{title .State}}", "Running\nExited\n"},
+		{"table {{.Name}}\\t{{.State}}", "NAME       STATE\nweb        running\ndatabase   exited\n"},
+	} {
+		var b strings.Builder
+		if err := execTemplate(&b, tt.format, rows); err != nil {
+			t.Fatalf("%q: %v", tt.format, err)
+		}
+		if b.String() != tt.want {
+			t.Errorf("--format %q:\n got %q\nwant %q", tt.format, b.String(), tt.want)
+		}
+	}
+	for _, bad := range []string{"{{.Name", "table"} {
+		if err := execTemplate(&strings.Builder{}, bad, rows); !errors.Is(err, errdefs.ErrInvalidArgument) {
+			t.Errorf("--format %q: %v, want an invalid-argument error", bad, err)
+		}
+	}
+}
+
+func TestEventFilters(t *testing.T) {
+	vms := map[string]api.VM{
+		"aaaa": {ID: "aaaa", Name: "web", Config: api.VMConfig{Image: "app:1", Labels: map[string]string{"tier": "front"}}},
+		"bbbb": {ID: "bbbb", Name: "job", Config: api.VMConfig{Program: "/bin/job"}},
+	}
+	lookups := 0
+	lookup := func(id string) api.VM { lookups++; return vms[id] }
+	events := []api.Event{{ID: "aaaa", Name: "web", Action: "started"}, {ID: "bbbb", Name: "job", Action: "died"}, {ID: "aaaa", Name: "web", Action: "died"}}
+	for _, tt := range []struct {
+		filters []string
+		want    int
+	}{
+		{nil, 3},
+		{[]string{"event=died"}, 2},
+		{[]string{"vm=web"}, 2},
+		{[]string{"container=bbb"}, 1},
+		{[]string{"label=tier=front", "event=died"}, 1},
+		{[]string{"image=app:1"}, 2},
+		{[]string{"type=vm"}, 3},
+		{[]string{"type=image"}, 0},
+	} {
+		match, err := parseEventFilters(tt.filters, lookup)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, e := range events {
+			if match(e) {
+				n++
+			}
+		}
+		if n != tt.want {
+			t.Errorf("--filter %q matched %d events, want %d", tt.filters, n, tt.want)
+		}
+	}
+	if _, err := parseEventFilters([]string{"colour=red"}, lookup); !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), "colour=red") {
+		t.Errorf("bad filter: %v", err)
+	}
+}

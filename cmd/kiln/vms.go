@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -297,18 +298,68 @@ func printRows(w io.Writer, rows []psRow, quiet bool, format string) error {
 	return tw.Flush()
 }
 
+// templateFuncs are docker's --format functions.
+var templateFuncs = template.FuncMap{
+	"json":  func(v any) (string, error) { b, err := json.Marshal(v); return string(b), err },
+	"upper": strings.ToUpper,
+	"lower": strings.ToLower,
+	"title": func(s string) string {
+		if s == "" {
+			return s
+		}
+		return strings.ToUpper(s[:1]) + s[1:]
+	},
+	"join":  func(list []string, sep string) string { return strings.Join(list, sep) },
+	"split": strings.Split,
+	"truncate": func(s string, n int) string {
+		if len(s) <= n {
+			return s
+		}
+		return s[:n]
+	},
+	"pad": func(s string, left, right int) string {
+		return strings.Repeat(" ", left) + s + strings.Repeat(" ", right)
+	},
+}
+
+// tableField finds the fields a "table" template prints, for its header.
+var tableField = regexp.MustCompile(`\{\{-?\s*\.(\w+)[^}]*\}\}`)
+
+// execTemplate prints each item through a Go template, with docker's
+// functions. "table TEMPLATE" prints a header of the fields' names in
+// capitals and aligns the columns, as docker's --format "table …".
 func execTemplate[T any](w io.Writer, format string, items []T) error {
-	tmpl, err := template.New("format").Funcs(template.FuncMap{
-		"json": func(v any) (string, error) { b, err := json.Marshal(v); return string(b), err },
-	}).Parse(format)
+	table := false
+	if rest, ok := strings.CutPrefix(format, "table"); ok && (rest == "" || rest[0] == ' ' || rest[0] == '\t') {
+		table, format = true, strings.TrimSpace(rest)
+		if format == "" {
+			return errdefs.Invalid("invalid --format \"table\": give the columns, e.g. 'table {{.Name}}\\t{{.State}}'")
+		}
+	}
+	format = strings.ReplaceAll(format, `\t`, "\t")
+	format = strings.ReplaceAll(format, `\n`, "\n")
+	tmpl, err := template.New("format").Funcs(templateFuncs).Parse(format)
 	if err != nil {
-		return fmt.Errorf("invalid --format template %q: %w", format, err)
+		return errdefs.Invalid(fmt.Sprintf("invalid --format template %q: %v", format, err))
+	}
+	out := w
+	var tw *tabwriter.Writer
+	if table {
+		tw = tabwriter.NewWriter(w, 0, 4, 3, ' ', 0)
+		out = tw
+		header := tableField.ReplaceAllStringFunc(format, func(m string) string {
+			return strings.ToUpper(tableField.FindStringSubmatch(m)[1])
+		})
+		fmt.Fprintln(out, header)
 	}
 	for _, it := range items {
-		if err := tmpl.Execute(w, it); err != nil {
+		if err := tmpl.Execute(out, it); err != nil {
 			return fmt.Errorf("applying --format template: %w", err)
 		}
-		fmt.Fprintln(w)
+		fmt.Fprintln(out)
+	}
+	if tw != nil {
+		return tw.Flush()
 	}
 	return nil
 }
@@ -540,21 +591,91 @@ func newWaitCmd(g *globals) *cobra.Command {
 	})
 }
 
+// eventFilterKeys are the keys events' --filter knows, as docker's (a VM
+// is docker's container).
+var eventFilterKeys = []string{"type", "event", "vm", "container", "label", "image"}
+
+// parseEventFilters parses events' --filter KEY=VALUE; labels and images
+// are looked up (once per VM) with lookup.
+func parseEventFilters(fs []string, lookup func(id string) api.VM) (func(api.Event) bool, error) {
+	want := map[string][]string{}
+	for _, f := range fs {
+		k, v, ok := strings.Cut(f, "=")
+		if !ok || !slices.Contains(eventFilterKeys, k) {
+			return nil, errdefs.Invalid(fmt.Sprintf("invalid filter %q: use KEY=VALUE with KEY one of %s", f, strings.Join(eventFilterKeys, ", ")))
+		}
+		if k == "container" {
+			k = "vm"
+		}
+		want[k] = append(want[k], v)
+	}
+	return func(e api.Event) bool {
+		for k, vals := range want {
+			ok := false
+			for _, val := range vals {
+				switch k {
+				case "type":
+					ok = ok || val == "vm" || val == "container"
+				case "event":
+					ok = ok || e.Action == val
+				case "vm":
+					ok = ok || e.Name == val || strings.HasPrefix(e.ID, val)
+				case "label":
+					ok = ok || matchFilter(lookup(e.ID), "label", val)
+				case "image":
+					ok = ok || matchFilter(lookup(e.ID), "ancestor", val)
+				}
+			}
+			if !ok {
+				return false
+			}
+		}
+		return true
+	}, nil
+}
+
 func newEventsCmd(g *globals) *cobra.Command {
 	var since, until, format string
+	var filters []string
 	c := &cobra.Command{
-		Use:   "events [--since T] [--until T]",
+		Use:   "events [--since T] [--until T] [--filter KEY=VALUE]",
 		Short: "Stream VM events: created, started, died, restarted, stopped, killed, removed, checkpoint, template_fallback",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			cl, err := connect(ctx, g, cmd.ErrOrStderr())
+			var cl *client.Client
+			// What a VM was when last seen: a removed VM's events keep
+			// matching its labels.
+			seen := map[string]api.VM{}
+			lookup := func(id string) api.VM {
+				if v, ok := seen[id]; ok {
+					return v
+				}
+				v, err := cl.Inspect(ctx, id)
+				if err != nil {
+					v = api.VM{ID: id}
+				}
+				seen[id] = v
+				return v
+			}
+			match, err := parseEventFilters(filters, lookup)
 			if err != nil {
 				return err
 			}
+			if cl, err = connect(ctx, g, cmd.ErrOrStderr()); err != nil {
+				return err
+			}
+			if vms, err := cl.List(ctx); err == nil {
+				for _, v := range vms {
+					seen[v.ID] = v
+				}
+			}
 			out := cmd.OutOrStdout()
 			err = cl.Events(ctx, since, until, func(e api.Event) error {
+				if !match(e) {
+					return nil
+				}
 				if format == "json" {
 					return json.NewEncoder(out).Encode(e)
 				}
@@ -578,5 +699,6 @@ func newEventsCmd(g *globals) *cobra.Command {
 	c.Flags().StringVar(&since, "since", "", "show events since a time (RFC 3339, Unix seconds) or a duration ago (10m)")
 	c.Flags().StringVar(&until, "until", "", "stop at this time (then exit)")
 	c.Flags().StringVar(&format, "format", "", "json: one JSON object per event")
+	c.Flags().StringArrayVarP(&filters, "filter", "f", nil, "filter, as docker's: event=ACTION, vm=NAME|ID, label=KEY[=VALUE], image=IMAGE, type=vm")
 	return c
 }
