@@ -361,3 +361,41 @@ type LoginRequest struct {
 	Username string `json:"username"`
 	Password string `json:"password"`
 }
+
+// DiskUsage answers GET /v1/system/df: what the root's objects take on
+// the host's disk (allocated blocks: disks are sparse).
+type DiskUsage struct {
+	Images  []ImageUsage  `json:"images"`
+	VMs     []VMUsage     `json:"vms"`
+	Volumes []VolumeUsage `json:"volumes"`
+	// RootfsBytes are the images' root filesystems made for VMs (packed
+	// from their layers), CacheBytes the initramfs cache, TemplateBytes
+	// the booted templates: all made again when needed.
+	RootfsBytes   int64 `json:"rootfsBytes"`
+	CacheBytes    int64 `json:"cacheBytes"`
+	TemplateBytes int64 `json:"templateBytes"`
+}
+
+// ImageUsage is an image's size and how many VMs run it.
+type ImageUsage struct {
+	ID       string   `json:"id"`
+	RepoTags []string `json:"repoTags,omitempty"`
+	Size     int64    `json:"size"`
+	VMs      int      `json:"vms"`
+}
+
+// VMUsage is what a VM's directory (its writable disk, logs, console)
+// takes.
+type VMUsage struct {
+	ID        string `json:"id"`
+	Name      string `json:"name"`
+	Status    string `json:"status"`
+	SizeBytes int64  `json:"sizeBytes"`
+}
+
+// VolumeUsage is what a volume takes and how many VMs name it.
+type VolumeUsage struct {
+	Name      string `json:"name"`
+	SizeBytes int64  `json:"sizeBytes"`
+	VMs       int    `json:"vms"`
+}

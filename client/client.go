@@ -390,3 +390,11 @@ func (c *Client) Images(ctx context.Context) ([]api.Image, error) {
 func (c *Client) Login(ctx context.Context, registry, username, password string) error {
 	return c.call(ctx, http.MethodPost, "/auth", nil, api.LoginRequest{Registry: registry, Username: username, Password: password}, nil)
 }
+
+// DiskUsage returns what the root's images, VMs, volumes and caches take
+// on disk.
+func (c *Client) DiskUsage(ctx context.Context) (api.DiskUsage, error) {
+	var u api.DiskUsage
+	err := c.call(ctx, http.MethodGet, "/system/df", nil, nil, &u)
+	return u, err
+}

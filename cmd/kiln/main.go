@@ -74,7 +74,7 @@ func newRootCmd() *cobra.Command {
 	root.AddCommand(vmCommands(g)...)
 	root.AddCommand(newExecCmd(g), newCpCmd(g), newStatsCmd(g))
 	root.AddCommand(imageCommands(g)...)
-	root.AddCommand(newNetworkCmd(g), newTemplateCmd(g), newVersionCmd(g), newInfoCmd(g), newComposeCmd(g))
+	root.AddCommand(newNetworkCmd(g), newTemplateCmd(g), newVersionCmd(g), newInfoCmd(g), newComposeCmd(g), newSystemCmd(g))
 	root.AddCommand(volumeCommands(g))
 	root.AddCommand(checkpointCommands(g))
 	return root

@@ -65,6 +65,7 @@ func (d *Daemon) routes() http.Handler {
 	d.volumeRoutes(mux)
 	d.templateRoutes(mux)
 	d.checkpointRoutes(mux)
+	d.systemRoutes(mux)
 	mux.Handle("GET /metrics", d.metrics.Handler())
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s (this daemon serves /%s/)", r.Method, r.URL.Path, api.Version))

@@ -6,9 +6,11 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -132,4 +134,25 @@ func FindTool(tool, pkg string) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("%s not found (install the Debian package %s): %w", tool, pkg, errdefs.ErrUnavailable)
+}
+
+// DirUsage returns the bytes a directory tree takes on its filesystem
+// (allocated blocks, so sparse files count what they hold), not following
+// symbolic links; what cannot be read counts as nothing.
+func DirUsage(dir string) int64 {
+	var n int64
+	_ = filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return nil
+		}
+		info, err := d.Info()
+		if err != nil {
+			return nil
+		}
+		if st, ok := info.Sys().(*syscall.Stat_t); ok {
+			n += st.Blocks * 512
+		}
+		return nil
+	})
+	return n
 }

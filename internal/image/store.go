@@ -20,6 +20,7 @@ import (
 
 	"kiln.dev/kiln/api"
 	"kiln.dev/kiln/internal/atomicfile"
+	"kiln.dev/kiln/internal/disk"
 )
 
 // Store is the content-addressed image store under <root>/images. It is
@@ -460,3 +461,7 @@ func hexOf(digest string) string {
 	}
 	return h
 }
+
+// RootfsBytes is what the root filesystems made from images for VMs take
+// on disk (they are made again when needed).
+func (s *Store) RootfsBytes() int64 { return disk.DirUsage(s.rootfsDir()) }

@@ -527,3 +527,9 @@ func (r *Factory) SweepCgroups() int { return r.confine.sweepCgroups() }
 // Reap ends the monitor of a VM no record knows (id, in the VM directory
 // dir) through the backend, and returns its PID if one was running.
 func (r *Factory) Reap(dir, id string) (int, error) { return r.backend.Reap(dir, id) }
+
+// CacheBytes is what the factory's caches take on disk: the initramfs
+// cache and the booted templates, both made again when needed.
+func (r *Factory) CacheBytes() (cache, templates int64) {
+	return disk.DirUsage(r.cacheDir()), disk.DirUsage(filepath.Join(r.root, templatesDir))
+}
