@@ -185,6 +185,11 @@ func TestDockerCLI(t *testing.T) {
 		}
 	}
 
+	// docker system df counts the running VM and its image.
+	if out := d.ok("system", "df", "--format", "{{.Type}} {{.TotalCount}} {{.Active}}"); !strings.Contains(out, "Images 1 1") || !strings.Contains(out, "Containers 1 1") {
+		t.Errorf("docker system df:\n%s", out)
+	}
+
 	// exec: output and exit code; stdin; a terminal through a pty.
 	if r := d.cli("", "exec", "web", "sh", "-c", "echo in-vm; exit 4"); r.code != 4 || r.stdout != "in-vm\n" {
 		t.Errorf("docker exec: want exit 4 and in-vm:\n%s", r)

@@ -7,7 +7,10 @@ import (
 	"time"
 
 	"github.com/docker/docker/api/types"
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/api/types/system"
+	"github.com/docker/docker/api/types/volume"
 	"golang.org/x/sys/unix"
 )
 
@@ -26,6 +29,42 @@ func (s *Server) systemRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("HEAD /_ping", ping)
 	mux.HandleFunc("GET /version", s.handle(s.version))
 	mux.HandleFunc("GET /info", s.handle(s.systemInfo))
+	mux.HandleFunc("GET /system/df", s.handle(s.diskUsage))
+}
+
+// diskUsage is docker system df: kiln's figures in docker's shape, the
+// images' root filesystems and caches as its layers.
+func (s *Server) diskUsage(w http.ResponseWriter, r *http.Request) error {
+	u, err := s.kiln.DiskUsage(r.Context())
+	if err != nil {
+		return err
+	}
+	vms, err := s.kiln.List(r.Context())
+	if err != nil {
+		return err
+	}
+	sizes := map[string]int64{}
+	for _, v := range u.VMs {
+		sizes[v.ID] = v.SizeBytes
+	}
+	out := types.DiskUsage{LayersSize: u.RootfsBytes + u.CacheBytes + u.TemplateBytes,
+		Images: []*image.Summary{}, Containers: []*container.Summary{}, Volumes: []*volume.Volume{}}
+	for _, i := range u.Images {
+		out.Images = append(out.Images, &image.Summary{ID: i.ID, RepoTags: orEmpty(i.RepoTags), RepoDigests: []string{},
+			Size: i.Size, SharedSize: -1, Containers: int64(i.VMs), Labels: map[string]string{}})
+	}
+	now := time.Now()
+	for _, v := range vms {
+		out.Containers = append(out.Containers, &container.Summary{ID: v.ID, Names: []string{"/" + v.Name}, Image: v.Config.Image,
+			ImageID: v.ImageID, Created: v.Created.Unix(), State: container.ContainerState(stateOf(v.State)),
+			Status: statusLine(v.State, now), SizeRw: sizes[v.ID], Labels: labelsOrEmpty(v.Config.Labels), Ports: []container.Port{}, Mounts: []container.MountPoint{}})
+	}
+	for _, v := range u.Volumes {
+		out.Volumes = append(out.Volumes, &volume.Volume{Name: v.Name, Driver: "local", Scope: "local", Labels: map[string]string{},
+			Options: map[string]string{}, UsageData: &volume.UsageData{Size: v.SizeBytes, RefCount: int64(v.VMs)}})
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
 }
 
 func kernelRelease() string {
