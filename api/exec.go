@@ -76,3 +76,22 @@ type Stats struct {
 	Uptime    float64    `json:"uptime"`
 	Processes int        `json:"processes"`
 }
+
+// Top answers GET /v1/vms/{ref}/top: the guest's processes, by PID.
+type Top struct {
+	Processes []Process `json:"processes"`
+	// Truncated: the guest has more processes than one answer holds.
+	Truncated bool `json:"truncated,omitempty"`
+}
+
+// Process is one of a guest's processes. Cmd has its control characters
+// replaced by '?': it is the guest's to choose.
+type Process struct {
+	PID        int     `json:"pid"`
+	PPID       int     `json:"ppid"`
+	UID        uint32  `json:"uid"`
+	State      string  `json:"state"`
+	CPUSeconds float64 `json:"cpuSeconds"`
+	RSSBytes   uint64  `json:"rssBytes"`
+	Cmd        string  `json:"cmd"`
+}

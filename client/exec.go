@@ -167,3 +167,10 @@ func (c *Client) Stats(ctx context.Context, ref string) (api.Stats, error) {
 	err := c.call(ctx, http.MethodGet, vmPath(ref, "/stats"), nil, nil, &s)
 	return s, err
 }
+
+// Top lists a running VM's processes.
+func (c *Client) Top(ctx context.Context, ref string) (api.Top, error) {
+	var t api.Top
+	err := c.call(ctx, http.MethodGet, vmPath(ref, "/top"), nil, nil, &t)
+	return t, err
+}

@@ -126,6 +126,9 @@ func (s *server) open(ch *agent.Channel, payload []byte) {
 	case agent.OpStats:
 		st := guestStats()
 		_ = ch.SendJSON(agent.FrameReply, agent.Reply{Stats: &st})
+	case agent.OpTop:
+		procs, truncated := guestTop("/proc", topBudget)
+		_ = ch.SendJSON(agent.FrameReply, agent.Reply{Processes: procs, Truncated: truncated})
 	case agent.OpSetTime:
 		_ = ch.SendJSON(agent.FrameReply, setTime(req.TimeNanos))
 	case agent.OpSpec:

@@ -185,6 +185,10 @@ func TestDockerCLI(t *testing.T) {
 		}
 	}
 
+	// docker top lists the guest's processes.
+	if out := d.ok("top", "web"); !strings.Contains(out, "httpd -f -p 80") || !strings.Contains(out, "PID") {
+		t.Errorf("docker top:\n%s", out)
+	}
 	// docker system df counts the running VM and its image.
 	if out := d.ok("system", "df", "--format", "{{.Type}} {{.TotalCount}} {{.Active}}"); !strings.Contains(out, "Images 1 1") || !strings.Contains(out, "Containers 1 1") {
 		t.Errorf("docker system df:\n%s", out)

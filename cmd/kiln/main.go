@@ -72,7 +72,7 @@ func newRootCmd() *cobra.Command {
 	})
 	root.AddCommand(newRunCmd(g), newCreateCmd(g), newPortCmd(g), newDoctorCmd(g), newKernelCmd(g), newDaemonCmd(g))
 	root.AddCommand(vmCommands(g)...)
-	root.AddCommand(newExecCmd(g), newCpCmd(g), newStatsCmd(g))
+	root.AddCommand(newExecCmd(g), newCpCmd(g), newStatsCmd(g), newTopCmd(g))
 	root.AddCommand(imageCommands(g)...)
 	root.AddCommand(newNetworkCmd(g), newTemplateCmd(g), newVersionCmd(g), newInfoCmd(g), newComposeCmd(g), newSystemCmd(g))
 	root.AddCommand(volumeCommands(g))

@@ -22,6 +22,9 @@ const (
 	// kiln-init then goes on as after a cold boot. A guest that already
 	// has its spec refuses it.
 	OpSpec = "spec"
+	// OpTop lists the guest's processes in the Reply (Processes), as
+	// many as fit in one frame (Truncated when some did not).
+	OpTop = "top"
 )
 
 // Hello is the first frame both ways.
@@ -89,7 +92,30 @@ type Reply struct {
 	ExitCode int    `json:"exitCode,omitempty"`
 	PID      int    `json:"pid,omitempty"`
 	Stats    *Stats `json:"stats,omitempty"`
+	// Processes and Truncated answer OpTop.
+	Processes []Process `json:"processes,omitempty"`
+	Truncated bool      `json:"truncated,omitempty"`
 }
+
+// Process is one of the guest's processes, as its /proc shows it. It
+// comes from the guest: a host prints it only sanitized.
+type Process struct {
+	PID  int    `json:"pid"`
+	PPID int    `json:"ppid"`
+	UID  uint32 `json:"uid"`
+	// State is the kernel's one-letter state (R, S, D, Z, ...).
+	State string `json:"state"`
+	// CPUSeconds is the user and system time it used.
+	CPUSeconds float64 `json:"cpuSeconds"`
+	// RSSBytes is its resident memory.
+	RSSBytes uint64 `json:"rssBytes"`
+	// Cmd is its command line, arguments joined by spaces ([comm] for a
+	// kernel thread), at most MaxCmd bytes.
+	Cmd string `json:"cmd"`
+}
+
+// MaxCmd bounds a Process's Cmd.
+const MaxCmd = 200
 
 // Control is a request on an open exec channel: a window size (Rows and
 // Cols both set) or a signal to the command.

@@ -603,3 +603,20 @@ func TestCheckConfig(t *testing.T) {
 		}
 	}
 }
+
+func TestPrintable(t *testing.T) {
+	for in, want := range map[string]string{
+		"sleep 100":          "sleep 100",
+		"x\x1b[2J\x07y":      "x?[2J?y",
+		"tab\there\nnewline": "tab?here?newline",
+		"bad\xffutf8":        "bad?utf8",
+		"héllo":              "héllo",
+	} {
+		if got := printable(in, 100); got != want {
+			t.Errorf("printable(%q) = %q, want %q", in, got, want)
+		}
+	}
+	if got := printable("abcdef", 3); got != "abc" {
+		t.Errorf("printable bounded to 3: %q", got)
+	}
+}

@@ -8,7 +8,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"kiln.dev/kiln/api"
 	"kiln.dev/kiln/internal/agent"
@@ -235,4 +238,41 @@ func (d *Daemon) stats(w http.ResponseWriter, r *http.Request) error {
 	}
 	writeJSON(w, http.StatusOK, api.Stats{MemTotal: st.MemTotal, MemAvailable: st.MemAvailable, Load: st.Load, Uptime: st.Uptime, Processes: st.Processes})
 	return nil
+}
+
+// top lists a running VM's processes, from its guest agent. The guest
+// chooses what its processes are called: control characters (a
+// terminal's escape sequences) are replaced before anyone prints them.
+func (d *Daemon) top(w http.ResponseWriter, r *http.Request) error {
+	v, err := d.sup.Running(r.Context(), r.PathValue("ref"))
+	if err != nil {
+		return err
+	}
+	procs, truncated, err := v.Top()
+	if err != nil {
+		return errdefs.Mark(err, errdefs.ErrConflict)
+	}
+	out := api.Top{Processes: []api.Process{}, Truncated: truncated}
+	for _, p := range procs {
+		out.Processes = append(out.Processes, api.Process{
+			PID: p.PID, PPID: p.PPID, UID: p.UID, State: printable(p.State, 4), CPUSeconds: p.CPUSeconds,
+			RSSBytes: p.RSSBytes, Cmd: printable(p.Cmd, agent.MaxCmd),
+		})
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+// printable is s, at most max bytes, with control characters and
+// invalid UTF-8 replaced by '?'.
+func printable(s string, max int) string {
+	if len(s) > max {
+		s = s[:max]
+	}
+	return strings.Map(func(r rune) rune {
+		if r == utf8.RuneError || unicode.IsControl(r) {
+			return '?'
+		}
+		return r
+	}, s)
 }

@@ -60,6 +60,7 @@ func (d *Daemon) routes() http.Handler {
 	mux.HandleFunc("GET /v1/vms/{ref}/archive", d.handle(d.archiveGet))
 	mux.HandleFunc("PUT /v1/vms/{ref}/archive", d.handle(d.archivePut))
 	mux.HandleFunc("GET /v1/vms/{ref}/stats", d.handle(d.stats))
+	mux.HandleFunc("GET /v1/vms/{ref}/top", d.handle(d.top))
 	d.imageRoutes(mux)
 	d.networkRoutes(mux)
 	d.volumeRoutes(mux)

@@ -52,6 +52,7 @@ func (s *Server) containerRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("HEAD /containers/{id}/archive", s.handle(s.archiveHead))
 	mux.HandleFunc("PUT /containers/{id}/archive", s.handle(s.archivePut))
 	mux.HandleFunc("GET /containers/{id}/stats", s.handle(s.containerStats))
+	mux.HandleFunc("GET /containers/{id}/top", s.handle(s.containerTop))
 }
 
 func noContent(w http.ResponseWriter, err error) error {
@@ -767,4 +768,26 @@ func (s *Server) waitStarted(ctx context.Context, id string, prev time.Time) boo
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// containerTop is docker top: the guest's processes, from kiln-init's
+// reading of the guest's /proc (ps_args has no ps to go to and is
+// ignored).
+func (s *Server) containerTop(w http.ResponseWriter, r *http.Request) error {
+	id := r.PathValue("id")
+	t, err := s.kiln.Top(r.Context(), id)
+	if err != nil {
+		return noSuchContainer(id, err)
+	}
+	out := container.TopResponse{Titles: []string{"UID", "PID", "PPID", "STAT", "TIME", "RSS", "CMD"}, Processes: [][]string{}}
+	for _, p := range t.Processes {
+		d := time.Duration(p.CPUSeconds * float64(time.Second))
+		out.Processes = append(out.Processes, []string{
+			strconv.FormatUint(uint64(p.UID), 10), strconv.Itoa(p.PID), strconv.Itoa(p.PPID), p.State,
+			fmt.Sprintf("%02d:%02d:%02d", int(d.Hours()), int(d.Minutes())%60, int(d.Seconds())%60),
+			strconv.FormatUint(p.RSSBytes/1024, 10) + "K", p.Cmd,
+		})
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
 }

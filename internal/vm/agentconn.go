@@ -93,6 +93,16 @@ func (vm *VM) Stats() (*agent.Stats, error) {
 	return r.Stats, nil
 }
 
+// Top asks the guest for its processes (as many as fit in one frame;
+// truncated says some did not). What it answers is the guest's word.
+func (vm *VM) Top() ([]agent.Process, bool, error) {
+	r, err := vm.agentDo(agent.OpenRequest{Op: agent.OpTop})
+	if err != nil {
+		return nil, false, err
+	}
+	return r.Processes, r.Truncated, nil
+}
+
 // ExecError is a command the guest could not run; Code is docker's exit
 // code for it (126 not executable, 127 not found, 125 otherwise).
 type ExecError struct {
