@@ -26,9 +26,6 @@
 package main
 
 import (
-	"archive/tar"
-	"bytes"
-	"compress/gzip"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -46,12 +43,6 @@ import (
 	"strings"
 	"syscall"
 	"time"
-
-	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/layout"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"kiln.dev/kiln/bench/internal/benchkit"
 )
@@ -152,8 +143,7 @@ func run(ctx context.Context, n int, bin, kernel string) (err error) {
 	if _, err := os.Stat(kiln); err != nil {
 		return fmt.Errorf("%w (make build)", err)
 	}
-	bb, err := os.ReadFile("/bin/busybox")
-	if err != nil {
+	if _, err := os.Stat("/bin/busybox"); err != nil {
 		return fmt.Errorf("%w: run scripts/setup (apt-get install busybox-static)", err)
 	}
 	nsenter, err := exec.LookPath("nsenter")
@@ -212,7 +202,7 @@ func run(ctx context.Context, n int, bin, kernel string) (err error) {
 		return err
 	}
 	oci := filepath.Join(tmp, "oci")
-	if err := writeImage(oci, bb); err != nil {
+	if err := benchkit.WriteBusyboxImage(oci, imageRef, []string{"sh", "httpd", "wget", "echo"}, map[string]string{"www/index.html": webIndex}); err != nil {
 		return err
 	}
 	if _, err := b.k("load", "oci:"+oci); err != nil {
@@ -430,7 +420,7 @@ func (b *bench) removeAll() {
 		if b.daemonInNetns() != nil {
 			return // no daemon (any more): nothing to remove through it
 		}
-		runCmd(ctx, b.env, append([]string{b.kiln, "--root", b.root}, args...))
+		benchkit.Run(ctx, b.env, append([]string{b.kiln, "--root", b.root}, args...))
 	}
 }
 
@@ -446,102 +436,12 @@ func (b *bench) compose(args ...string) (string, error) {
 
 // cmd runs argv; anything but exit 0 is an error with its output.
 func (b *bench) cmd(argv []string) (string, error) {
-	r := runCmd(b.ctx, b.env, argv)
-	if r.err != nil {
-		return r.stdout, fmt.Errorf("%s: %w:\n%s%s", strings.Join(argv, " "), r.err, r.stdout, r.stderr)
+	r := benchkit.Run(b.ctx, b.env, argv)
+	if r.Err != nil {
+		return r.Stdout, fmt.Errorf("%s: %w:\n%s%s", strings.Join(argv, " "), r.Err, r.Stdout, r.Stderr)
 	}
-	if r.code != 0 {
-		return r.stdout, fmt.Errorf("%s: exit %d:\n%s%s", strings.Join(argv, " "), r.code, r.stdout, r.stderr)
+	if r.Code != 0 {
+		return r.Stdout, fmt.Errorf("%s: exit %d:\n%s%s", strings.Join(argv, " "), r.Code, r.Stdout, r.Stderr)
 	}
-	return r.stdout, nil
-}
-
-type result struct {
-	code           int
-	stdout, stderr string
-	err            error
-}
-
-// runCmd runs argv to its end, for at most 3 minutes.
-func runCmd(ctx context.Context, env, argv []string) result {
-	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
-	cmd.Env = env
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	code := 0
-	var ee *exec.ExitError
-	switch {
-	case ctx.Err() != nil: // interrupted, or over its time
-		err = fmt.Errorf("%w (%v)", ctx.Err(), err)
-	case errors.As(err, &ee):
-		code, err = ee.ExitCode(), nil
-	}
-	return result{code, out.String(), errb.String(), err}
-}
-
-// writeImage writes, as an OCI layout at dir, an image of one layer:
-// busybox (bb) at /bin/busybox with sh, httpd, wget and echo linked to
-// it, and a page at /www/index.html.
-func writeImage(dir string, bb []byte) error {
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	mtime := time.Unix(1700000000, 0)
-	type entry struct {
-		h    tar.Header
-		body []byte
-	}
-	entries := []entry{
-		{h: tar.Header{Typeflag: tar.TypeDir, Name: "bin/", Mode: 0o755}},
-		{h: tar.Header{Typeflag: tar.TypeReg, Name: "bin/busybox", Mode: 0o755}, body: bb},
-		{h: tar.Header{Typeflag: tar.TypeDir, Name: "www/", Mode: 0o755}},
-		{h: tar.Header{Typeflag: tar.TypeReg, Name: "www/index.html", Mode: 0o644}, body: []byte(webIndex)},
-		{h: tar.Header{Typeflag: tar.TypeDir, Name: "tmp/", Mode: 0o1777}},
-	}
-	for _, applet := range []string{"sh", "httpd", "wget", "echo"} {
-		entries = append(entries, entry{h: tar.Header{Typeflag: tar.TypeSymlink, Name: "bin/" + applet, Linkname: "busybox", Mode: 0o777}})
-	}
-	for _, e := range entries {
-		h := e.h
-		h.ModTime, h.Format, h.Size = mtime, tar.FormatPAX, int64(len(e.body))
-		if err := tw.WriteHeader(&h); err != nil {
-			return err
-		}
-		if _, err := tw.Write(e.body); err != nil {
-			return err
-		}
-	}
-	if err := tw.Close(); err != nil {
-		return err
-	}
-	layerBytes := buf.Bytes()
-	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
-		return io.NopCloser(bytes.NewReader(layerBytes)), nil
-	}, tarball.WithCompressionLevel(gzip.BestSpeed))
-	if err != nil {
-		return err
-	}
-	img, err := mutate.AppendLayers(empty.Image, layer)
-	if err != nil {
-		return err
-	}
-	cf, err := img.ConfigFile()
-	if err != nil {
-		return err
-	}
-	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture = "linux", "amd64"
-	cf.Created = v1.Time{Time: mtime.UTC()}
-	cf.Config.Env = []string{"PATH=/bin"}
-	cf.Config.Cmd = []string{"/bin/sh"}
-	if img, err = mutate.ConfigFile(img, cf); err != nil {
-		return err
-	}
-	p, err := layout.Write(dir, empty.Index)
-	if err != nil {
-		return err
-	}
-	return p.AppendImage(img, layout.WithAnnotations(map[string]string{"io.containerd.image.name": imageRef}))
+	return r.Stdout, nil
 }

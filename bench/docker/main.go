@@ -11,26 +11,16 @@
 package main
 
 import (
-	"archive/tar"
-	"bytes"
-	"compress/gzip"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"time"
-
-	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/layout"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"kiln.dev/kiln/bench/internal/benchkit"
 	"kiln.dev/kiln/internal/daemon"
@@ -66,8 +56,7 @@ func run(n int, bin, kernel string) error {
 	if _, err := os.Stat(kiln); err != nil {
 		return fmt.Errorf("%w (make build)", err)
 	}
-	bb, err := os.ReadFile("/bin/busybox")
-	if err != nil {
+	if _, err := os.Stat("/bin/busybox"); err != nil {
 		return fmt.Errorf("%w: run scripts/setup (apt-get install busybox-static)", err)
 	}
 
@@ -93,8 +82,8 @@ func run(n int, bin, kernel string) error {
 
 	kilnCmd := func(args ...string) error {
 		argv := append([]string{kiln, "--root", root}, args...)
-		if r := runCmd(env, argv); r.err != nil || r.code != 0 {
-			return fmt.Errorf("%s: exit %d (%v): %s%s", strings.Join(argv, " "), r.code, r.err, r.stdout, r.stderr)
+		if r := benchkit.Run(context.Background(), env, argv); r.Err != nil || r.Code != 0 {
+			return fmt.Errorf("%s: exit %d (%v): %s%s", strings.Join(argv, " "), r.Code, r.Err, r.Stdout, r.Stderr)
 		}
 		return nil
 	}
@@ -106,7 +95,7 @@ func run(n int, bin, kernel string) error {
 		return err
 	}
 	oci := filepath.Join(tmp, "oci")
-	if err := writeImage(oci, bb); err != nil {
+	if err := benchkit.WriteBusyboxImage(oci, imageRef, []string{"sh", "echo"}, nil); err != nil {
 		return err
 	}
 	if err := kilnCmd("load", "oci:"+oci); err != nil {
@@ -138,8 +127,8 @@ func run(n int, bin, kernel string) error {
 		ds, ks = append(ds, d), append(ks, k)
 		fmt.Printf("  %3d   %12d ms   %10d ms\n", i, d.Milliseconds(), k.Milliseconds())
 	}
-	if r := runCmd(env, []string{kiln, "--root", root, "ps", "-a", "-q"}); r.err != nil || r.code != 0 || strings.TrimSpace(r.stdout) != "" {
-		return fmt.Errorf("after the runs, kiln ps -a -q: exit %d (%v): %q %s", r.code, r.err, r.stdout, r.stderr)
+	if r := benchkit.Run(context.Background(), env, []string{kiln, "--root", root, "ps", "-a", "-q"}); r.Err != nil || r.Code != 0 || strings.TrimSpace(r.Stdout) != "" {
+		return fmt.Errorf("after the runs, kiln ps -a -q: exit %d (%v): %q %s", r.Code, r.Err, r.Stdout, r.Stderr)
 	}
 	d, k := benchkit.Median(ds), benchkit.Median(ks)
 	fmt.Printf("median of %d:\n", n)
@@ -149,92 +138,14 @@ func run(n int, bin, kernel string) error {
 	return nil
 }
 
-// writeImage writes, as an OCI layout at dir, an image of one layer:
-// busybox (bb) at /bin/busybox with sh and echo linked to it.
-func writeImage(dir string, bb []byte) error {
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	mtime := time.Unix(1700000000, 0)
-	for _, h := range []*tar.Header{
-		{Typeflag: tar.TypeDir, Name: "bin/", Mode: 0o755},
-		{Typeflag: tar.TypeReg, Name: "bin/busybox", Mode: 0o755, Size: int64(len(bb))},
-		{Typeflag: tar.TypeSymlink, Name: "bin/sh", Linkname: "busybox", Mode: 0o777},
-		{Typeflag: tar.TypeSymlink, Name: "bin/echo", Linkname: "busybox", Mode: 0o777},
-	} {
-		h.ModTime, h.Format = mtime, tar.FormatPAX
-		if err := tw.WriteHeader(h); err != nil {
-			return err
-		}
-		if h.Typeflag == tar.TypeReg {
-			if _, err := tw.Write(bb); err != nil {
-				return err
-			}
-		}
-	}
-	if err := tw.Close(); err != nil {
-		return err
-	}
-	layerBytes := buf.Bytes()
-	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
-		return io.NopCloser(bytes.NewReader(layerBytes)), nil
-	}, tarball.WithCompressionLevel(gzip.BestSpeed))
-	if err != nil {
-		return err
-	}
-	img, err := mutate.AppendLayers(empty.Image, layer)
-	if err != nil {
-		return err
-	}
-	cf, err := img.ConfigFile()
-	if err != nil {
-		return err
-	}
-	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture = "linux", "amd64"
-	cf.Created = v1.Time{Time: mtime.UTC()}
-	cf.Config.Env = []string{"PATH=/bin"}
-	cf.Config.Cmd = []string{"/bin/sh"}
-	if img, err = mutate.ConfigFile(img, cf); err != nil {
-		return err
-	}
-	p, err := layout.Write(dir, empty.Index)
-	if err != nil {
-		return err
-	}
-	return p.AppendImage(img, layout.WithAnnotations(map[string]string{"io.containerd.image.name": imageRef}))
-}
-
-type result struct {
-	code           int
-	stdout, stderr string
-	err            error
-}
-
-// runCmd runs argv to its end, for at most 3 minutes.
-func runCmd(env, argv []string) result {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
-	cmd.Env = env
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	code := 0
-	var ee *exec.ExitError
-	if errors.As(err, &ee) && ctx.Err() == nil {
-		code, err = ee.ExitCode(), nil
-	}
-	return result{code, out.String(), errb.String(), err}
-}
-
 // timed runs argv and returns the time from its start to its exit; it
 // must print exactly "hi" and exit 0.
 func timed(env, argv []string) (time.Duration, error) {
 	start := time.Now()
-	r := runCmd(env, argv)
+	r := benchkit.Run(context.Background(), env, argv)
 	took := time.Since(start)
-	if r.err != nil || r.code != 0 || r.stdout != "hi\n" {
-		return 0, fmt.Errorf("%s: exit %d (%v), stdout %q: %s", strings.Join(argv, " "), r.code, r.err, r.stdout, r.stderr)
+	if r.Err != nil || r.Code != 0 || r.Stdout != "hi\n" {
+		return 0, fmt.Errorf("%s: exit %d (%v), stdout %q: %s", strings.Join(argv, " "), r.Code, r.Err, r.Stdout, r.Stderr)
 	}
 	return took, nil
 }
