@@ -399,3 +399,17 @@ type VolumeUsage struct {
 	SizeBytes int64  `json:"sizeBytes"`
 	VMs       int    `json:"vms"`
 }
+
+// VMUpdate asks for a VM's new restart policy (applied at once) and
+// memory and CPUs (from its next start); absent fields stay.
+type VMUpdate struct {
+	Restart   *RestartPolicy `json:"restart,omitempty"`
+	MemoryMiB *int           `json:"memoryMiB,omitempty"`
+	CPUs      *int           `json:"cpus,omitempty"`
+}
+
+// UpdateResponse answers an update: warnings say what waits for the VM's
+// next start.
+type UpdateResponse struct {
+	Warnings []string `json:"warnings,omitempty"`
+}

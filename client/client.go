@@ -398,3 +398,11 @@ func (c *Client) DiskUsage(ctx context.Context) (api.DiskUsage, error) {
 	err := c.call(ctx, http.MethodGet, "/system/df", nil, nil, &u)
 	return u, err
 }
+
+// Update changes a VM's restart policy (at once) and its memory and CPUs
+// (from its next start), and returns the daemon's warnings.
+func (c *Client) Update(ctx context.Context, ref string, u api.VMUpdate) ([]string, error) {
+	var r api.UpdateResponse
+	err := c.call(ctx, http.MethodPost, vmPath(ref, "/update"), nil, u, &r)
+	return r.Warnings, err
+}

@@ -185,6 +185,11 @@ func TestDockerCLI(t *testing.T) {
 		}
 	}
 
+	// docker update: the restart policy at once.
+	d.ok("update", "--restart", "on-failure:3", "web")
+	if got := d.ok("inspect", "-f", "{{.HostConfig.RestartPolicy.Name}}:{{.HostConfig.RestartPolicy.MaximumRetryCount}}", "web"); got != "on-failure:3" {
+		t.Errorf("after docker update --restart: %q", got)
+	}
 	// docker top lists the guest's processes.
 	if out := d.ok("top", "web"); !strings.Contains(out, "httpd -f -p 80") || !strings.Contains(out, "PID") {
 		t.Errorf("docker top:\n%s", out)

@@ -29,7 +29,7 @@ func vmCommands(g *globals) []*cobra.Command {
 	return []*cobra.Command{
 		newPsCmd(g), newInspectCmd(g), newLogsCmd(g), newStopCmd(g), newStartCmd(g),
 		newRestartCmd(g), newKillCmd(g), newRmCmd(g), newWaitCmd(g), newEventsCmd(g),
-		newRenameCmd(g), newPauseCmd(g), newUnpauseCmd(g),
+		newRenameCmd(g), newPauseCmd(g), newUnpauseCmd(g), newUpdateCmd(g),
 	}
 }
 

@@ -46,6 +46,7 @@ func (d *Daemon) routes() http.Handler {
 	mux.HandleFunc("POST /v1/vms/{ref}/restart", d.handle(d.restart))
 	mux.HandleFunc("POST /v1/vms/{ref}/kill", d.handle(d.kill))
 	mux.HandleFunc("POST /v1/vms/{ref}/rename", d.handle(d.rename))
+	mux.HandleFunc("POST /v1/vms/{ref}/update", d.handle(d.update))
 	mux.HandleFunc("POST /v1/vms/{ref}/pause", d.handle(func(w http.ResponseWriter, r *http.Request) error {
 		return noContent(w, d.sup.Pause(r.Context(), r.PathValue("ref")))
 	}))
@@ -526,4 +527,20 @@ func (d *Daemon) events(w http.ResponseWriter, r *http.Request) error {
 			return nil
 		}
 	}
+}
+
+func (d *Daemon) update(w http.ResponseWriter, r *http.Request) error {
+	var u api.VMUpdate
+	if err := decode(w, r, &u); err != nil {
+		return err
+	}
+	if u.Restart == nil && u.MemoryMiB == nil && u.CPUs == nil {
+		return errdefs.Invalid("nothing to update: give a restart policy, memory or CPUs")
+	}
+	warnings, err := d.sup.Update(r.Context(), r.PathValue("ref"), vm.Resources{Restart: u.Restart, MemoryMiB: u.MemoryMiB, CPUs: u.CPUs})
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, api.UpdateResponse{Warnings: warnings})
+	return nil
 }

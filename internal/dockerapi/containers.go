@@ -21,6 +21,7 @@ import (
 	"kiln.dev/kiln/api"
 	"kiln.dev/kiln/client"
 	"kiln.dev/kiln/internal/errdefs"
+	"kiln.dev/kiln/internal/options"
 )
 
 func (s *Server) containerRoutes(mux *http.ServeMux) {
@@ -53,6 +54,7 @@ func (s *Server) containerRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("PUT /containers/{id}/archive", s.handle(s.archivePut))
 	mux.HandleFunc("GET /containers/{id}/stats", s.handle(s.containerStats))
 	mux.HandleFunc("GET /containers/{id}/top", s.handle(s.containerTop))
+	mux.HandleFunc("POST /containers/{id}/update", s.handle(s.updateContainer))
 }
 
 func noContent(w http.ResponseWriter, err error) error {
@@ -789,5 +791,50 @@ func (s *Server) containerTop(w http.ResponseWriter, r *http.Request) error {
 		})
 	}
 	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+// updateContainer is docker update: the restart policy at once, memory
+// and CPUs from the VM's next start (the daemon's warning says so for a
+// running one).
+func (s *Server) updateContainer(w http.ResponseWriter, r *http.Request) error {
+	var uc container.UpdateConfig
+	if err := decodeBody(w, r, &uc); err != nil {
+		return err
+	}
+	var u api.VMUpdate
+	var warnings []string
+	if n := string(uc.RestartPolicy.Name); n != "" {
+		spec := n
+		if n == "on-failure" && uc.RestartPolicy.MaximumRetryCount > 0 {
+			spec += ":" + strconv.Itoa(uc.RestartPolicy.MaximumRetryCount)
+		}
+		p, err := options.ParseRestartPolicy(spec)
+		if err != nil {
+			return err
+		}
+		rp := api.RestartPolicy(p)
+		u.Restart = &rp
+	}
+	if uc.Memory > 0 {
+		mib := int((uc.Memory + (1<<20 - 1)) >> 20)
+		u.MemoryMiB = &mib
+	}
+	if uc.NanoCPUs > 0 {
+		n := int((uc.NanoCPUs + 1e9 - 1) / 1e9)
+		u.CPUs = &n
+	}
+	if uc.CPUShares > 0 || uc.CPUQuota > 0 || uc.MemoryReservation > 0 || uc.MemorySwap != 0 || uc.PidsLimit != nil || uc.BlkioWeight > 0 {
+		warnings = append(warnings, "only the restart policy, Memory and NanoCpus are updated; other resources are ignored")
+	}
+	if u.Restart == nil && u.MemoryMiB == nil && u.CPUs == nil {
+		writeJSON(w, http.StatusOK, container.UpdateResponse{Warnings: append(warnings, "nothing kiln can update was given")})
+		return nil
+	}
+	ws, err := s.kiln.Update(r.Context(), r.PathValue("id"), u)
+	if err != nil {
+		return noSuchContainer(r.PathValue("id"), err)
+	}
+	writeJSON(w, http.StatusOK, container.UpdateResponse{Warnings: append(warnings, ws...)})
 	return nil
 }

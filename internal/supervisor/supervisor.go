@@ -124,6 +124,9 @@ type managed struct {
 	// checkpointed: the current run is being ended by a checkpoint, which
 	// the monitor records as a clean stop.
 	checkpointed bool
+	// reload: vm.json changed (kiln update) since machine was loaded; the
+	// next start loads the VM again.
+	reload bool
 }
 
 // settle locks m.mu once no start of the VM is under way; it fails, with
@@ -411,6 +414,14 @@ func (s *Supervisor) StartFrom(ctx context.Context, ref, checkpoint string) erro
 // starting. It lets go of m.mu while the monitor comes up (the VM is
 // starting meanwhile), and holds it again when it returns.
 func (s *Supervisor) startLocked(m *managed, action, checkpoint string) error {
+	if m.reload {
+		// Resources changed by an update apply from this start on.
+		if v, err := s.rt.Load(s.rt.VMDir(m.id)); err != nil {
+			s.log.Warn("loading an updated VM again; it starts as it was", "vm", m.id, "err", err)
+		} else {
+			m.machine, m.reload = v, false
+		}
+	}
 	err := s.acquireVolumes(m.id, &m.spec)
 	if err == nil {
 		starting, machine := make(chan struct{}), m.machine
@@ -760,6 +771,43 @@ func (s *Supervisor) Rename(ctx context.Context, ref, name string) error {
 	s.event(m.rec, EventRenamed, "oldName="+old)
 	s.networkChanged(m.spec)
 	return nil
+}
+
+// EventUpdated is the event of a VM whose resources kiln update changed.
+const EventUpdated = "update"
+
+// Update changes a VM's restart policy (at once) and its memory and CPUs
+// (from its next start; a running VM's warning says so), recorded in its
+// vm.json. Values a create would refuse are refused, changing nothing.
+func (s *Supervisor) Update(ctx context.Context, ref string, u vm.Resources) (warnings []string, err error) {
+	m, err := s.settled(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	defer m.mu.Unlock()
+	if m.removed {
+		return nil, fmt.Errorf("no such VM: %s: %w", ref, errdefs.ErrNotFound)
+	}
+	spec, err := s.rt.Update(s.rt.VMDir(m.id), u)
+	if err != nil {
+		return nil, err
+	}
+	resized := spec.MemoryMiB != m.spec.MemoryMiB || spec.CPUs != m.spec.CPUs
+	m.spec.Restart, m.spec.MemoryMiB, m.spec.CPUs = spec.Restart, spec.MemoryMiB, spec.CPUs
+	m.opts.Restart = options.RestartPolicy(spec.Restart)
+	var attrs []string
+	if resized {
+		m.reload = true
+		attrs = append(attrs, fmt.Sprintf("memoryMiB=%d", spec.MemoryMiB), fmt.Sprintf("cpus=%d", spec.CPUs))
+		if m.runDone != nil {
+			warnings = append(warnings, fmt.Sprintf("VM %s is running: its memory (%s) and CPUs (%d) apply from its next start", m.rec.Name, options.FormatMiB(spec.MemoryMiB), spec.CPUs))
+		}
+	}
+	if u.Restart != nil {
+		attrs = append(attrs, "restart="+m.opts.Restart.String())
+	}
+	s.event(m.rec, EventUpdated, attrs...)
+	return warnings, nil
 }
 
 // RemoveOptions are the choices of Remove.

@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"kiln.dev/kiln/api"
 	"kiln.dev/kiln/internal/agent"
 	"kiln.dev/kiln/internal/atomicfile"
 	"kiln.dev/kiln/internal/disk"
@@ -427,6 +428,51 @@ func (r *Factory) Load(dir string) (*VM, error) {
 // renames it; a VM loaded before goes on naming itself by the old name in
 // its messages.
 func (r *Factory) Rename(dir, name string) error {
+	return r.rewrite(dir, func(rec *vmRecord) error {
+		rec.Spec.Name = name
+		return nil
+	})
+}
+
+// Resources are what `kiln update` may change of a VM; nil leaves a
+// field as it is.
+type Resources struct {
+	Restart   *api.RestartPolicy
+	MemoryMiB *int
+	CPUs      *int
+}
+
+// Update records new resources of the VM whose directory is dir in its
+// vm.json, after checking them as a create would. A VM loaded before
+// keeps its own; the next Load has the new ones (the supervisor loads the
+// VM again before its next start).
+func (r *Factory) Update(dir string, u Resources) (Spec, error) {
+	var out Spec
+	err := r.rewrite(dir, func(rec *vmRecord) error {
+		s := rec.Spec
+		if u.Restart != nil {
+			s.Restart = *u.Restart
+		}
+		if u.MemoryMiB != nil {
+			s.MemoryMiB = *u.MemoryMiB
+		}
+		if u.CPUs != nil {
+			s.CPUs = *u.CPUs
+		}
+		if err := s.ValidateResources(ThisHost()); err != nil {
+			return err
+		}
+		rec.Spec = s
+		rec.Config.MemoryMiB, rec.Config.CPUs = s.MemoryMiB, s.CPUs
+		out = s
+		return nil
+	})
+	return out, err
+}
+
+// rewrite changes the vm.json of the VM whose directory is dir through
+// fn, atomically.
+func (r *Factory) rewrite(dir string, fn func(*vmRecord) error) error {
 	p := filepath.Join(dir, specFile)
 	b, err := os.ReadFile(p)
 	if err != nil {
@@ -436,7 +482,9 @@ func (r *Factory) Rename(dir, name string) error {
 	if err := json.Unmarshal(b, &rec); err != nil {
 		return fmt.Errorf("parsing VM record %s: %w", p, err)
 	}
-	rec.Spec.Name = name
+	if err := fn(&rec); err != nil {
+		return err
+	}
 	if b, err = json.MarshalIndent(rec, "", "  "); err != nil {
 		return fmt.Errorf("encoding VM record: %w", err)
 	}

@@ -178,11 +178,8 @@ func (s *Spec) Validate(h HostLimits) error {
 	if err := s.validateImage(); err != nil {
 		return err
 	}
-	if mem := cmp.Or(s.MemoryMiB, options.DefaultMemoryMiB); mem < options.MinMemoryMiB || mem > h.MemoryMiB {
-		return errdefs.Invalid(fmt.Sprintf("invalid memory %s: allowed %dm to %dm (this host's memory)", options.FormatMiB(mem), options.MinMemoryMiB, h.MemoryMiB))
-	}
-	if cpus := cmp.Or(s.CPUs, 1); cpus < 1 || cpus > h.CPUs {
-		return errdefs.Invalid(fmt.Sprintf("invalid cpus %d: allowed 1 to %d (this host's CPUs)", cpus, h.CPUs))
+	if err := s.ValidateResources(h); err != nil {
+		return err
 	}
 	for _, e := range s.Env {
 		k, _, ok := strings.Cut(e, "=")
@@ -239,6 +236,18 @@ func (s *Spec) Validate(h HostLimits) error {
 		}
 	}
 	return options.ValidateRlimits(s.Ulimits)
+}
+
+// ValidateResources checks the memory, CPUs and restart policy against
+// the host: what `kiln update` may change.
+func (s *Spec) ValidateResources(h HostLimits) error {
+	if mem := cmp.Or(s.MemoryMiB, options.DefaultMemoryMiB); mem < options.MinMemoryMiB || mem > h.MemoryMiB {
+		return errdefs.Invalid(fmt.Sprintf("invalid memory %s: allowed %dm to %dm (this host's memory)", options.FormatMiB(mem), options.MinMemoryMiB, h.MemoryMiB))
+	}
+	if cpus := cmp.Or(s.CPUs, 1); cpus < 1 || cpus > h.CPUs {
+		return errdefs.Invalid(fmt.Sprintf("invalid cpus %d: allowed 1 to %d (this host's CPUs)", cpus, h.CPUs))
+	}
+	return options.RestartPolicy(s.Restart).Validate()
 }
 
 // validateImage checks the image fields.
