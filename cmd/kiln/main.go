@@ -74,9 +74,10 @@ func newRootCmd() *cobra.Command {
 	root.AddCommand(vmCommands(g)...)
 	root.AddCommand(newExecCmd(g), newCpCmd(g), newStatsCmd(g), newTopCmd(g))
 	root.AddCommand(imageCommands(g)...)
-	root.AddCommand(newNetworkCmd(g), newTemplateCmd(g), newVersionCmd(g), newInfoCmd(g), newComposeCmd(g), newSystemCmd(g))
+	root.AddCommand(newNetworkCmd(g), newTemplateCmd(g), newVersionCmd(g), newInfoCmd(g), newComposeCmd(g), newSystemCmd(g), newAttachCmd(g))
 	root.AddCommand(volumeCommands(g))
 	root.AddCommand(checkpointCommands(g))
+	addCompletions(root, g)
 	return root
 }
 
