@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -116,6 +117,15 @@ func TestDockerCLI(t *testing.T) {
 	pull := ok(t, "docker pull", d.cli("", "pull", ref))
 	if !strings.Contains(pull.stdout, "Digest: sha256:") || !strings.Contains(pull.stdout, "Downloaded newer image for "+ref) {
 		t.Errorf("docker pull printed no digest or status:\n%s", pull)
+	}
+	// The daemon's metrics count the pull and its bytes.
+	sock := daemon.SocketPath(d.root)
+	unixHTTP := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}}
+	fams := scrape(t, unixHTTP, "http://kiln/metrics")
+	if n, b := metricValue(fams, "kiln_image_pulls_total", "result", "ok"), metricValue(fams, "kiln_image_pull_bytes_total"); n != 1 || b < 500<<10 {
+		t.Errorf("after one pull: kiln_image_pulls_total{ok} = %v, kiln_image_pull_bytes_total = %v (want 1, and the busybox layer's size)", n, b)
 	}
 	if out := d.ok("images", "--format", "{{.Repository}}:{{.Tag}}"); !strings.Contains(out, ref) {
 		t.Errorf("docker images does not list %s:\n%s", ref, out)

@@ -103,6 +103,24 @@ func TestMetrics(t *testing.T) {
 	if h := fams["kiln_vm_boot_seconds"]; h == nil || h.Metric[0].GetHistogram().GetSampleCount() != 2 || h.Metric[0].GetHistogram().GetSampleSum() <= 0 {
 		t.Errorf("kiln_vm_boot_seconds: want two boots observed: %v", h)
 	}
+	// A running VM: its QEMU's CPU time and PSS, and its guest's memory.
+	ok(t, "run -d", e.run("-d", "--name", "idle", "--memory", "128m", e.hello(), "-sleep", "1h"))
+	e.awaitLog("idle", "hello", 1)
+	fams = scrape(t, unix, "http://kiln/metrics")
+	if v := metricValue(fams, "kiln_vm_host_pss_bytes", "vm", "idle"); v < 8<<20 || v > 1<<30 {
+		t.Errorf("kiln_vm_host_pss_bytes{vm=idle} = %v, want a QEMU's (tens of MiB)", v)
+	}
+	if v := metricValue(fams, "kiln_vm_host_cpu_seconds_total", "vm", "idle"); v <= 0 {
+		t.Errorf("kiln_vm_host_cpu_seconds_total{vm=idle} = %v, want above 0 (it booted)", v)
+	}
+	total, used := metricValue(fams, "kiln_vm_guest_memory_bytes", "vm", "idle", "kind", "total"), metricValue(fams, "kiln_vm_guest_memory_bytes", "vm", "idle", "kind", "used")
+	if total < 64<<20 || total > 128<<20 || used <= 0 || used >= total {
+		t.Errorf("kiln_vm_guest_memory_bytes{vm=idle}: total %v, used %v; want a 128 MiB guest's", total, used)
+	}
+	if metricValue(fams, "kiln_vm_host_pss_bytes", "vm", "three") != -1 {
+		t.Error("an exited VM has a PSS sample")
+	}
+	ok(t, "rm", e.kiln("rm", "-f", "idle"))
 
 	// --metrics-addr: the daemon again, serving /metrics on loopback too.
 	e.stopDaemon()

@@ -14,6 +14,8 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -219,6 +221,7 @@ func Run(ctx context.Context, cfg Config, ready func()) error {
 	d.rt = rt
 	d.sup = supervisor.New(rt, db, d.log)
 	d.metrics = metrics.New(d.vmsByState)
+	d.metrics.SetVMs(d.sampleVMs)
 	d.sup.SetObserver(d.metrics)
 	// Deferred after db.Close, so run before it: Close waits for the
 	// supervisor's goroutines, and none writes to the store after.
@@ -362,4 +365,80 @@ func (d *Daemon) guard(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// sampleVMs reads each running VM for a metrics scrape: its QEMU's CPU
+// time and PSS from the host's /proc, and its guest's memory from the
+// guest agent, for which the scrape waits at most a second.
+func (d *Daemon) sampleVMs() []metrics.VMSample {
+	views, err := d.sup.List(context.Background())
+	if err != nil {
+		return nil
+	}
+	var out []metrics.VMSample
+	var ids []string
+	for _, v := range views {
+		if (v.Record.Status != state.StatusRunning && v.Record.Status != state.StatusPaused) || v.Record.PID <= 0 {
+			continue
+		}
+		s := metrics.VMSample{Name: v.Record.Name}
+		s.HostCPUSeconds, s.HostPSSBytes = procUsage(v.Record.PID)
+		out = append(out, s)
+		ids = append(ids, v.Record.ID)
+	}
+	type guest struct {
+		i           int
+		ok          bool
+		total, used uint64
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	results := make(chan guest, len(ids))
+	for i, id := range ids {
+		go func() {
+			g := guest{i: i}
+			if m, err := d.sup.Running(ctx, id); err == nil {
+				if st, err := m.Stats(); err == nil && st.MemAvailable <= st.MemTotal {
+					g.ok, g.total, g.used = true, st.MemTotal, st.MemTotal-st.MemAvailable
+				}
+			}
+			results <- g
+		}()
+	}
+	for range ids {
+		select {
+		case g := <-results:
+			if g.ok {
+				out[g.i].Guest, out[g.i].GuestMemTotal, out[g.i].GuestMemUsed = true, g.total, g.used
+			}
+		case <-ctx.Done():
+			return out
+		}
+	}
+	return out
+}
+
+// procUsage is a process's CPU time (user and system) and proportional
+// set size, from /proc; zero where it cannot be read.
+func procUsage(pid int) (cpuSeconds float64, pss uint64) {
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
+		s := string(b)
+		if i := strings.LastIndexByte(s, ')'); i > 0 {
+			f := strings.Fields(s[i+1:])
+			if len(f) > 12 {
+				u, _ := strconv.ParseUint(f[11], 10, 64)
+				k, _ := strconv.ParseUint(f[12], 10, 64)
+				cpuSeconds = float64(u+k) / 100 // USER_HZ
+			}
+		}
+	}
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid)); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if rest, ok := strings.CutPrefix(l, "Pss:"); ok {
+				kb, _ := strconv.ParseUint(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+				pss = kb << 10
+			}
+		}
+	}
+	return cpuSeconds, pss
 }

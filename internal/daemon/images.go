@@ -86,8 +86,21 @@ type progressStream struct {
 	d *Daemon
 	w http.ResponseWriter
 
-	mu sync.Mutex // guards s; the store reports from its transfer goroutines
+	mu sync.Mutex // guards s and got; the store reports from its transfer goroutines
 	s  *streamer  // nil until the first message
+	// got are the bytes of each blob transferred, for the metrics.
+	got map[string]int64
+}
+
+// transferred is the bytes of the blobs a pull transferred.
+func (p *progressStream) transferred() int64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var n int64
+	for _, b := range p.got {
+		n += b
+	}
+	return n
 }
 
 func (p *progressStream) send(m api.JSONMessage) {
@@ -117,6 +130,14 @@ func (p *progressStream) report(r image.Progress) {
 	}
 	if r.Digest != "" {
 		m.ID = shortDigest(r.Digest)
+		if complete && !r.Cached {
+			p.mu.Lock()
+			if p.got == nil {
+				p.got = map[string]int64{}
+			}
+			p.got[r.Digest] = r.Total
+			p.mu.Unlock()
+		}
 	}
 	p.send(m)
 }
@@ -168,9 +189,11 @@ func (d *Daemon) pullImage(w http.ResponseWriter, r *http.Request) error {
 	opts.Progress = p.report
 	img, err := s.Pull(r.Context(), req.Ref, opts)
 	if err != nil {
+		d.metrics.Pulled("error", p.transferred())
 		p.fail(err)
 		return nil
 	}
+	d.metrics.Pulled("ok", p.transferred())
 	aux, err := json.Marshal(*img)
 	if err != nil {
 		p.fail(err)

@@ -38,7 +38,40 @@ type Metrics struct {
 	exits    map[string]float64    // exit code
 	health   map[string]float64    // healthy, unhealthy, starting
 	requests map[[3]string]float64 // method, route, code
+	pulls    map[string]float64    // ok, error
+	pullB    float64               // bytes pulled
 	boot     histogram
+
+	// perVM samples each running VM at a scrape (SetVMs).
+	perVM func() []VMSample
+}
+
+// VMSample is what a scrape reads of one running VM: its QEMU process on
+// the host, and its guest's own view of its memory (Guest false when the
+// guest did not answer in time).
+type VMSample struct {
+	Name           string
+	HostCPUSeconds float64
+	HostPSSBytes   uint64
+	Guest          bool
+	GuestMemTotal  uint64
+	GuestMemUsed   uint64
+}
+
+// SetVMs sets how a scrape samples the running VMs.
+func (m *Metrics) SetVMs(f func() []VMSample) {
+	m.mu.Lock()
+	m.perVM = f
+	m.mu.Unlock()
+}
+
+// Pulled records an image pull that ended ("ok" or "error") and the
+// bytes it transferred.
+func (m *Metrics) Pulled(result string, bytes int64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.pulls[result]++
+	m.pullB += float64(bytes)
 }
 
 type histogram struct {
@@ -50,7 +83,7 @@ type histogram struct {
 // New returns empty metrics; vms counts the VMs by state when scraped.
 func New(vms func() map[string]int) *Metrics {
 	return &Metrics{vms: vms, events: map[string]float64{}, starts: map[string]float64{}, exits: map[string]float64{},
-		health: map[string]float64{}, requests: map[[3]string]float64{}, boot: histogram{counts: make([]uint64, len(bootBuckets))}}
+		health: map[string]float64{}, requests: map[[3]string]float64{}, pulls: map[string]float64{}, boot: histogram{counts: make([]uint64, len(bootBuckets))}}
 }
 
 // Event records one of the supervisor's lifecycle events: its action
@@ -177,6 +210,13 @@ func (m *Metrics) Write(w io.Writer) error {
 	if m.vms != nil {
 		states = m.vms()
 	}
+	m.mu.Lock()
+	perVM := m.perVM
+	m.mu.Unlock()
+	var vms []VMSample
+	if perVM != nil {
+		vms = perVM()
+	}
 	bw := bufio.NewWriter(w)
 	family(bw, "kiln_vms", "gauge", "VMs by state (created, running, exited, …).")
 	for _, st := range sortedKeys(states) {
@@ -208,6 +248,27 @@ func (m *Metrics) Write(w io.Writer) error {
 	sample(bw, "kiln_vm_boot_seconds_bucket", float64(m.boot.n), "le", "+Inf")
 	sample(bw, "kiln_vm_boot_seconds_sum", m.boot.sum)
 	sample(bw, "kiln_vm_boot_seconds_count", float64(m.boot.n))
+	family(bw, "kiln_vm_host_cpu_seconds_total", "counter", "CPU time the running VM's QEMU used on the host, by VM name.")
+	for _, v := range vms {
+		sample(bw, "kiln_vm_host_cpu_seconds_total", v.HostCPUSeconds, "vm", v.Name)
+	}
+	family(bw, "kiln_vm_host_pss_bytes", "gauge", "Proportional set size of the running VM's QEMU on the host, by VM name.")
+	for _, v := range vms {
+		sample(bw, "kiln_vm_host_pss_bytes", float64(v.HostPSSBytes), "vm", v.Name)
+	}
+	family(bw, "kiln_vm_guest_memory_bytes", "gauge", "The guest's memory as its kernel counts it, by VM name and kind (total, used: total less available).")
+	for _, v := range vms {
+		if v.Guest {
+			sample(bw, "kiln_vm_guest_memory_bytes", float64(v.GuestMemTotal), "vm", v.Name, "kind", "total")
+			sample(bw, "kiln_vm_guest_memory_bytes", float64(v.GuestMemUsed), "vm", v.Name, "kind", "used")
+		}
+	}
+	family(bw, "kiln_image_pulls_total", "counter", "Image pulls ended, by result (ok, error).")
+	for _, k := range []string{"ok", "error"} {
+		sample(bw, "kiln_image_pulls_total", m.pulls[k], "result", k)
+	}
+	family(bw, "kiln_image_pull_bytes_total", "counter", "Bytes of blobs image pulls transferred (blobs already stored are not counted).")
+	sample(bw, "kiln_image_pull_bytes_total", m.pullB)
 	family(bw, "kiln_api_requests_total", "counter", "API requests answered, by method, route and status code.")
 	keys := make([][3]string, 0, len(m.requests))
 	for k := range m.requests {

@@ -115,3 +115,36 @@ func TestMetricsParseAndCount(t *testing.T) {
 		}
 	}
 }
+
+func TestPerVMAndPullMetrics(t *testing.T) {
+	m := New(nil)
+	m.SetVMs(func() []VMSample {
+		return []VMSample{
+			{Name: "web", HostCPUSeconds: 1.5, HostPSSBytes: 40 << 20, Guest: true, GuestMemTotal: 128 << 20, GuestMemUsed: 30 << 20},
+			{Name: `we"ird`, HostCPUSeconds: 0.25, HostPSSBytes: 1 << 20},
+		}
+	})
+	m.Pulled("ok", 1000)
+	m.Pulled("ok", 500)
+	m.Pulled("error", 7)
+	fams := parse(t, m)
+	for _, c := range []struct {
+		name   string
+		labels []string
+		want   float64
+	}{
+		{"kiln_vm_host_cpu_seconds_total", []string{"vm", "web"}, 1.5},
+		{"kiln_vm_host_pss_bytes", []string{"vm", "web"}, 40 << 20},
+		{"kiln_vm_guest_memory_bytes", []string{"vm", "web", "kind", "used"}, 30 << 20},
+		{"kiln_vm_guest_memory_bytes", []string{"vm", "web", "kind", "total"}, 128 << 20},
+		{"kiln_vm_host_pss_bytes", []string{"vm", `we"ird`}, 1 << 20},
+		{"kiln_vm_guest_memory_bytes", []string{"vm", `we"ird`}, -1}, // its guest did not answer
+		{"kiln_image_pulls_total", []string{"result", "ok"}, 2},
+		{"kiln_image_pulls_total", []string{"result", "error"}, 1},
+		{"kiln_image_pull_bytes_total", nil, 1507},
+	} {
+		if got := value(fams, c.name, c.labels...); got != c.want {
+			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
+		}
+	}
+}
