@@ -31,6 +31,8 @@ type Volume struct {
 	Anonymous bool `json:"anonymous,omitempty"`
 	// Path is the disk image on the host.
 	Path string `json:"path"`
+	// Labels are the user's metadata.
+	Labels map[string]string `json:"labels,omitempty"`
 	// UsedBy are the names of the VMs that refer to the volume, running
 	// or not; while there are any it cannot be removed.
 	UsedBy []string `json:"usedBy,omitempty"`
@@ -44,6 +46,9 @@ type VolumeCreateRequest struct {
 	// SizeMiB is the volume's size; 0 means 10 GiB. The disk image is
 	// sparse: it takes only what the guest writes.
 	SizeMiB int `json:"sizeMiB,omitempty"`
+	// Labels are the user's metadata, shown by inspect, matched by ls's
+	// label filter.
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 // VolumePruneResponse answers a prune.

@@ -10,8 +10,13 @@ import (
 
 // CreateVolume makes a named volume of sizeMiB (0: 10 GiB, sparse).
 func (c *Client) CreateVolume(ctx context.Context, name string, sizeMiB int) (api.Volume, error) {
+	return c.CreateVolumeWith(ctx, api.VolumeCreateRequest{Name: name, SizeMiB: sizeMiB})
+}
+
+// CreateVolumeWith makes a named volume as req asks (size, labels).
+func (c *Client) CreateVolumeWith(ctx context.Context, req api.VolumeCreateRequest) (api.Volume, error) {
 	var v api.Volume
-	err := c.call(ctx, http.MethodPost, "/volumes", nil, api.VolumeCreateRequest{Name: name, SizeMiB: sizeMiB}, &v)
+	err := c.call(ctx, http.MethodPost, "/volumes", nil, req, &v)
 	return v, err
 }
 

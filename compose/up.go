@@ -339,7 +339,11 @@ func (r *Runner) ensureVolumes(ctx context.Context, p *Project) error {
 			}
 			size = n
 		}
-		if _, err := r.Kiln.CreateVolume(ctx, name, size); err != nil {
+		labels := map[string]string{LabelProject: p.Name, "com.docker.compose.volume": key}
+		for k, val := range v.Labels {
+			labels[k] = val
+		}
+		if _, err := r.Kiln.CreateVolumeWith(ctx, api.VolumeCreateRequest{Name: name, SizeMiB: size, Labels: labels}); err != nil {
 			return fmt.Errorf("volume %s: %w", key, err)
 		}
 		r.say("Volume %s  Created", name)

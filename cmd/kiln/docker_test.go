@@ -257,7 +257,16 @@ func TestDockerCLI(t *testing.T) {
 	}
 
 	// Volumes.
-	d.ok("volume", "create", "vol1")
+	d.ok("volume", "create", "--label", "team=db", "vol1")
+	if got := d.ok("volume", "inspect", "-f", "{{.Labels.team}}", "vol1"); got != "db" {
+		t.Errorf("docker volume inspect of a labelled volume: %q", got)
+	}
+	if got := d.ok("volume", "ls", "-q", "--filter", "label=team=db"); got != "vol1" {
+		t.Errorf("docker volume ls --filter label=team=db: %q", got)
+	}
+	if got := strings.TrimSpace(ok(t, "kiln volume ls", d.kiln("volume", "ls", "-q", "--filter", "label=team", "--filter", "dangling=true")).stdout); got != "vol1" {
+		t.Errorf("kiln volume ls --filter label=team --filter dangling=true: %q", got)
+	}
 	if out := d.ok("volume", "ls", "--format", "{{.Name}} {{.Driver}}"); !strings.Contains(out, "vol1 local") || !strings.Contains(out, "webdata local") {
 		t.Errorf("docker volume ls: %q", out)
 	}

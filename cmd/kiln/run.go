@@ -259,18 +259,7 @@ func vmConfig(f *runFlags, args []string) (api.VMConfig, error) {
 	if f.entrypoint != "" {
 		c.Entrypoint = []string{f.entrypoint}
 	}
-	for _, name := range f.labelFiles {
-		fh, err := os.Open(name)
-		if err != nil {
-			return c, fmt.Errorf("reading label file: %w", err)
-		}
-		c.Labels, err = options.ParseLabelFile(c.Labels, fh, name)
-		fh.Close()
-		if err != nil {
-			return c, err
-		}
-	}
-	labels, err := options.ParseLabels(c.Labels, f.labels)
+	labels, err := readLabels(f.labels, f.labelFiles)
 	if err != nil {
 		return c, err
 	}

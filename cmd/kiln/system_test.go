@@ -17,7 +17,13 @@ func TestSystemDfAndPrune(t *testing.T) {
 	e := newEnv(t)
 	e.loadImage("kiln-test/box:sys", dockerTestImage(t))
 	ok(t, "create", e.kiln("create", "--kernel", e.kernel, "--pull", "never", "--name", "idle", "-v", "data:/data", "kiln-test/box:sys", "true"))
-	ok(t, "volume create", e.kiln("volume", "create", "lone"))
+	ok(t, "volume create", e.kiln("volume", "create", "-l", "keep=no", "lone"))
+	if got := strings.TrimSpace(ok(t, "volume inspect", e.kiln("volume", "inspect", "--format", "{{.Labels.keep}}", "lone")).stdout); got != "no" {
+		t.Errorf("kiln volume inspect of a labelled volume: %q", got)
+	}
+	if r := e.kiln("volume", "ls", "--filter", "colour=red"); r.code != 125 || !strings.Contains(r.stderr, "colour=red") {
+		t.Errorf("volume ls with a bad filter: want 125 naming it:\n%s", r)
+	}
 
 	df := ok(t, "system df", e.kiln("system", "df"))
 	for _, want := range []string{`Images\s+1\s+1\s`, `VMs\s+1\s+0\s`, `Local Volumes\s+2\s+1\s`} {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"text/tabwriter"
 
@@ -26,8 +27,9 @@ func volumeCommands(g *globals) *cobra.Command {
 
 func newVolumeCreateCmd(g *globals) *cobra.Command {
 	var size string
+	var labels, labelFiles []string
 	c := &cobra.Command{
-		Use:   "create [--size SIZE] NAME",
+		Use:   "create [--size SIZE] [--label K=V] NAME",
 		Short: "Create a named volume (a sparse ext4 disk image under the kiln root)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -41,12 +43,16 @@ func newVolumeCreateCmd(g *globals) *cobra.Command {
 			if err := options.ValidateVolumeName(args[0]); err != nil {
 				return err
 			}
+			lm, err := readLabels(labels, labelFiles)
+			if err != nil {
+				return err
+			}
 			ctx := cmd.Context()
 			cl, err := connect(ctx, g, cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
-			v, err := cl.CreateVolume(ctx, args[0], mib)
+			v, err := cl.CreateVolumeWith(ctx, api.VolumeCreateRequest{Name: args[0], SizeMiB: mib, Labels: lm})
 			if err != nil {
 				return err
 			}
@@ -55,25 +61,55 @@ func newVolumeCreateCmd(g *globals) *cobra.Command {
 		},
 	}
 	c.Flags().StringVar(&size, "size", "", "size of the volume, e.g. 1g or 512m (default 10g; the disk image is sparse)")
+	c.Flags().StringArrayVarP(&labels, "label", "l", nil, "set a label, KEY=VALUE (repeatable)")
+	c.Flags().StringArrayVar(&labelFiles, "label-file", nil, "read labels from a file, a KEY=VALUE per line")
 	return c
+}
+
+// readLabels reads --label-file files, then --label values over them.
+func readLabels(labels, files []string) (map[string]string, error) {
+	var out map[string]string
+	for _, name := range files {
+		f, err := os.Open(name)
+		if err != nil {
+			return nil, fmt.Errorf("reading label file: %w", err)
+		}
+		out, err = options.ParseLabelFile(out, f, name)
+		f.Close()
+		if err != nil {
+			return nil, err
+		}
+	}
+	return options.ParseLabels(out, labels)
 }
 
 func newVolumeLsCmd(g *globals) *cobra.Command {
 	var quiet bool
+	var filters []string
 	c := &cobra.Command{
-		Use:     "ls [-q]",
+		Use:     "ls [-q] [--filter KEY=VALUE]",
 		Aliases: []string{"list"},
 		Short:   "List named volumes",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			match, err := parseVolumeFilters(filters)
+			if err != nil {
+				return err
+			}
 			ctx := cmd.Context()
 			cl, err := connect(ctx, g, cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
-			vs, err := cl.Volumes(ctx)
+			all, err := cl.Volumes(ctx)
 			if err != nil {
 				return err
+			}
+			var vs []api.Volume
+			for _, v := range all {
+				if match(v) {
+					vs = append(vs, v)
+				}
 			}
 			out := cmd.OutOrStdout()
 			if quiet {
@@ -87,7 +123,42 @@ func newVolumeLsCmd(g *globals) *cobra.Command {
 		},
 	}
 	c.Flags().BoolVarP(&quiet, "quiet", "q", false, "print volume names only")
+	c.Flags().StringArrayVarP(&filters, "filter", "f", nil, "filter, as docker's: name=NAME, label=KEY[=VALUE], dangling=true|false")
 	return c
+}
+
+// parseVolumeFilters parses volume ls's --filter KEY=VALUE; values of one
+// key match any, keys all.
+func parseVolumeFilters(fs []string) (func(api.Volume) bool, error) {
+	want := map[string][]string{}
+	for _, f := range fs {
+		k, v, ok := strings.Cut(f, "=")
+		if !ok || k != "name" && k != "label" && k != "dangling" || k == "dangling" && v != "true" && v != "false" {
+			return nil, errdefs.Invalid(fmt.Sprintf("invalid filter %q: use name=NAME, label=KEY[=VALUE] or dangling=true|false", f))
+		}
+		want[k] = append(want[k], v)
+	}
+	return func(vol api.Volume) bool {
+		for k, vals := range want {
+			ok := false
+			for _, val := range vals {
+				switch k {
+				case "name":
+					ok = ok || strings.Contains(vol.Name, val)
+				case "label":
+					lk, lv, hasValue := strings.Cut(val, "=")
+					got, has := vol.Labels[lk]
+					ok = ok || has && (!hasValue || got == lv)
+				case "dangling":
+					ok = ok || (len(vol.UsedBy) == 0) == (val == "true")
+				}
+			}
+			if !ok {
+				return false
+			}
+		}
+		return true
+	}, nil
 }
 
 func writeVolumeTable(w io.Writer, vs []api.Volume) {

@@ -20,7 +20,7 @@ func (d *Daemon) volumeRoutes(mux *http.ServeMux) {
 
 func volumeToAPI(u *supervisor.VolumeUsage) api.Volume {
 	return api.Volume{Name: u.Name, SizeMiB: u.SizeMiB, Created: u.Created, UsedBytes: u.UsedBytes(),
-		Path: u.Disk(), UsedBy: u.UsedBy, AttachedTo: u.AttachedTo, Anonymous: u.Anonymous}
+		Path: u.Disk(), UsedBy: u.UsedBy, AttachedTo: u.AttachedTo, Anonymous: u.Anonymous, Labels: u.Labels}
 }
 
 func (d *Daemon) createVolume(w http.ResponseWriter, r *http.Request) error {
@@ -28,7 +28,7 @@ func (d *Daemon) createVolume(w http.ResponseWriter, r *http.Request) error {
 	if err := decode(w, r, &req); err != nil {
 		return err
 	}
-	u, err := d.sup.CreateVolume(r.Context(), req.Name, req.SizeMiB)
+	u, err := d.sup.CreateVolume(r.Context(), req.Name, req.SizeMiB, req.Labels)
 	if err != nil {
 		return err
 	}

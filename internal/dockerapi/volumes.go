@@ -49,7 +49,7 @@ func noSuchVolume(name string, err error) error {
 func toVolume(v api.Volume) *volume.Volume {
 	out := &volume.Volume{
 		Name: v.Name, Driver: "local", Mountpoint: v.Path, CreatedAt: dockerTime(v.Created),
-		Labels: map[string]string{}, Scope: "local",
+		Labels: labelsOrEmpty(v.Labels), Scope: "local",
 		UsageData: &volume.UsageData{Size: v.UsedBytes, RefCount: int64(len(v.UsedBy))},
 	}
 	// Options are what a user asked for, which clients (compose) compare
@@ -65,7 +65,7 @@ func (s *Server) listVolumes(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return refuse("invalid filters %q: %v", r.URL.Query().Get("filters"), err)
 	}
-	if err := args.Validate(map[string]bool{"name": true, "dangling": true, "driver": true}); err != nil {
+	if err := args.Validate(map[string]bool{"name": true, "dangling": true, "driver": true, "label": true}); err != nil {
 		return refuse("%v", err)
 	}
 	vols, err := s.kiln.Volumes(r.Context())
@@ -90,6 +90,9 @@ func (s *Server) listVolumes(w http.ResponseWriter, r *http.Request) error {
 			}
 		}
 		if args.Contains("driver") && !args.ExactMatch("driver", "local") {
+			continue
+		}
+		if !args.MatchKVList("label", v.Labels) {
 			continue
 		}
 		out.Volumes = append(out.Volumes, toVolume(v))
@@ -128,7 +131,7 @@ func (s *Server) createVolume(w http.ResponseWriter, r *http.Request) error {
 		writeJSON(w, http.StatusCreated, toVolume(v))
 		return nil
 	}
-	v, err := s.kiln.CreateVolume(r.Context(), name, size)
+	v, err := s.kiln.CreateVolumeWith(r.Context(), api.VolumeCreateRequest{Name: name, SizeMiB: size, Labels: o.Labels})
 	if err != nil {
 		return err
 	}

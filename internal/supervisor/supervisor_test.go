@@ -383,7 +383,7 @@ func TestFakeVolumeReservedDuringCreate(t *testing.T) {
 		}
 	}
 	d := newFakeDaemon(t, &vmmtest.Backend{})
-	if _, err := d.sup.CreateVolume(context.Background(), "data", 0); err != nil {
+	if _, err := d.sup.CreateVolume(context.Background(), "data", 0, nil); err != nil {
 		t.Fatal(err)
 	}
 	release := d.sup.reserveVolumes("maker", []string{"data"})

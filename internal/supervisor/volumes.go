@@ -174,12 +174,12 @@ func (s *Supervisor) usage(v *volume.Volume, users map[string][]string) *VolumeU
 
 // CreateVolume makes a named volume. One that exists is given back, as
 // docker does, unless sizeMiB asks for another size (a conflict).
-func (s *Supervisor) CreateVolume(ctx context.Context, name string, sizeMiB int) (*VolumeUsage, error) {
+func (s *Supervisor) CreateVolume(ctx context.Context, name string, sizeMiB int, labels map[string]string) (*VolumeUsage, error) {
 	st, err := s.rt.Volumes()
 	if err != nil {
 		return nil, err
 	}
-	v, err := st.Create(ctx, name, sizeMiB)
+	v, err := st.Create(ctx, name, sizeMiB, labels)
 	if errors.Is(err, errdefs.ErrConflict) {
 		// As docker: creating a volume that exists gives it back, unless
 		// it was asked for with another size.

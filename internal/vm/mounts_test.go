@@ -45,7 +45,7 @@ func TestDiscardRemovesOnlyTheVolumesMadeForTheVM(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := store.Create(ctx, "old", volume.MinSizeMiB); err != nil {
+	if _, err := store.Create(ctx, "old", volume.MinSizeMiB, nil); err != nil {
 		t.Fatal(err)
 	}
 	p := &mountPlan{store: store}
@@ -129,7 +129,7 @@ func TestPlanFailureUndoesItsVolumes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := store.Create(context.Background(), "old", volume.MinSizeMiB); err != nil {
+	if _, err := store.Create(context.Background(), "old", volume.MinSizeMiB, nil); err != nil {
 		t.Fatal(err)
 	}
 	s := Spec{VMConfig: api.VMConfig{Mounts: []options.Mount{

@@ -122,7 +122,7 @@ func (p *mountPlan) volume(ctx context.Context, m options.Mount) (*volume.Volume
 	if !errors.Is(err, errdefs.ErrNotFound) {
 		return v, err
 	}
-	v, err = p.store.Create(ctx, name, 0)
+	v, err = p.store.Create(ctx, name, 0, nil)
 	if errors.Is(err, errdefs.ErrConflict) {
 		return p.store.Get(name) // made meanwhile by another VM's creation
 	}

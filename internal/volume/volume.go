@@ -60,6 +60,8 @@ type Volume struct {
 	// Anonymous: made for one VM by `-v /path` (its name is random); it
 	// goes with that VM on `kiln rm -v` and with a `--rm` VM.
 	Anonymous bool `json:"anonymous,omitempty"`
+	// Labels are the user's metadata (docker's volume create --label).
+	Labels map[string]string `json:"labels,omitempty"`
 	// Dir is the volume's directory on the host (not stored).
 	Dir string `json:"-"`
 }
@@ -95,10 +97,11 @@ func Open(root string) (*Store, error) {
 // Dir returns the directory holding the volumes.
 func (s *Store) Dir() string { return s.dir }
 
-// Create makes a volume of sizeMiB (0: DefaultSizeMiB). It returns an
-// error wrapping errdefs.ErrConflict when one of that name exists.
-func (s *Store) Create(ctx context.Context, name string, sizeMiB int) (*Volume, error) {
-	return s.create(ctx, &Volume{Name: name, SizeMiB: sizeMiB})
+// Create makes a volume of sizeMiB (0: DefaultSizeMiB) with labels. It
+// returns an error wrapping errdefs.ErrConflict when one of that name
+// exists.
+func (s *Store) Create(ctx context.Context, name string, sizeMiB int, labels map[string]string) (*Volume, error) {
+	return s.create(ctx, &Volume{Name: name, SizeMiB: sizeMiB, Labels: labels})
 }
 
 // CreateAnonymous makes a volume of the default size with a random name

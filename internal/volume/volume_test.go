@@ -29,7 +29,7 @@ func TestStore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v, err := s.Create(ctx, "pgdata", 64)
+	v, err := s.Create(ctx, "pgdata", 64, map[string]string{"team": "db"})
 	if err != nil {
 		t.Fatalf("Create: %v", err)
 	}
@@ -45,16 +45,16 @@ func TestStore(t *testing.T) {
 			t.Errorf("not the ext4 kiln made:\n%s", out)
 		}
 	}
-	if _, err := s.Create(ctx, "pgdata", 0); !errors.Is(err, errdefs.ErrConflict) {
+	if _, err := s.Create(ctx, "pgdata", 0, nil); !errors.Is(err, errdefs.ErrConflict) {
 		t.Errorf("second Create: %v, want a conflict", err)
 	}
 	for _, bad := range []string{"a/b", "", ".x", "-x", "a b", strings.Repeat("a", 64)} {
-		if _, err := s.Create(ctx, bad, 0); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		if _, err := s.Create(ctx, bad, 0, nil); !errors.Is(err, errdefs.ErrInvalidArgument) {
 			t.Errorf("Create(%q): %v, want invalid", bad, err)
 		}
 	}
 	for _, mib := range []int{1, 15, MaxSizeMiB + 1} {
-		if _, err := s.Create(ctx, "sized", mib); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		if _, err := s.Create(ctx, "sized", mib, nil); !errors.Is(err, errdefs.ErrInvalidArgument) {
 			t.Errorf("Create size %d: %v, want invalid", mib, err)
 		}
 	}
@@ -63,10 +63,10 @@ func TestStore(t *testing.T) {
 		t.Fatal(err)
 	}
 	got, err := s.Get("pgdata")
-	if err != nil || got.SizeMiB != 64 || got.Created.IsZero() || got.Dir != filepath.Join(root, "volumes", "pgdata") {
+	if err != nil || got.SizeMiB != 64 || got.Created.IsZero() || got.Dir != filepath.Join(root, "volumes", "pgdata") || got.Labels["team"] != "db" {
 		t.Errorf("Get: %+v, %v", got, err)
 	}
-	if _, err := s.Create(ctx, "another", 16); err != nil {
+	if _, err := s.Create(ctx, "another", 16, nil); err != nil {
 		t.Fatal(err)
 	}
 	list, err := s.List()
@@ -104,7 +104,7 @@ func TestCreateRace(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, errs[i] = s.Create(context.Background(), "same", 16)
+			_, errs[i] = s.Create(context.Background(), "same", 16, nil)
 		}()
 	}
 	wg.Wait()
@@ -144,7 +144,7 @@ func TestTornRecordHidesNoOtherVolume(t *testing.T) {
 	}
 	ctx := context.Background()
 	for _, n := range []string{"a", "b", "c"} {
-		if _, err := s.Create(ctx, n, MinSizeMiB); err != nil {
+		if _, err := s.Create(ctx, n, MinSizeMiB, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
