@@ -15,18 +15,21 @@ type NetworkCreate struct {
 	Egress bool `json:"egress,omitempty"`
 	// IsolateVMs stops the network's VMs reaching each other.
 	IsolateVMs bool `json:"isolateVMs,omitempty"`
+	// Labels are the user's metadata.
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 // Network is a bridge network as inspect shows it.
 type Network struct {
-	Name       string      `json:"name"`
-	Subnet     string      `json:"subnet"`
-	Gateway    string      `json:"gateway"`
-	Bridge     string      `json:"bridge"`
-	Egress     bool        `json:"egress"`
-	IsolateVMs bool        `json:"isolateVMs"`
-	Created    time.Time   `json:"created"`
-	VMs        []NetworkVM `json:"vms"`
+	Name       string            `json:"name"`
+	Subnet     string            `json:"subnet"`
+	Gateway    string            `json:"gateway"`
+	Bridge     string            `json:"bridge"`
+	Egress     bool              `json:"egress"`
+	IsolateVMs bool              `json:"isolateVMs"`
+	Created    time.Time         `json:"created"`
+	VMs        []NetworkVM       `json:"vms"`
+	Labels     map[string]string `json:"labels,omitempty"`
 }
 
 // NetworkVM is a VM on a network and its address.

@@ -300,7 +300,11 @@ func (r *Runner) ensureNetworks(ctx context.Context, p *Project) error {
 		if nc.External {
 			return fmt.Errorf("external network %s does not exist (kiln network create %s): %w", name, name, errdefs.ErrNotFound)
 		}
-		req := api.NetworkCreate{Name: name, Egress: !nc.Internal}
+		labels := map[string]string{LabelProject: p.Name, "com.docker.compose.network": key}
+		for k, val := range nc.Labels {
+			labels[k] = val
+		}
+		req := api.NetworkCreate{Name: name, Egress: !nc.Internal, Labels: labels}
 		if len(nc.Ipam.Config) == 1 {
 			req.Subnet, req.Gateway = nc.Ipam.Config[0].Subnet, nc.Ipam.Config[0].Gateway
 		}

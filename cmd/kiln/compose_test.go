@@ -93,6 +93,13 @@ func TestCompose(t *testing.T) {
 	if !strings.Contains(ps.stdout, "kc-web-1") || strings.Count(ps.stdout, "(healthy)") != 2 {
 		t.Errorf("compose ps: want both healthy:\n%s", ps.stdout)
 	}
+	// Its network and volume carry compose's labels too.
+	if r := ok(t, "network ls", e.kiln("network", "ls", "-q", "--filter", "label=com.docker.compose.project=kc")); strings.TrimSpace(r.stdout) != "kc_default" {
+		t.Errorf("kiln network ls --filter label=com.docker.compose.project=kc: %q", r.stdout)
+	}
+	if r := ok(t, "volume ls", e.kiln("volume", "ls", "-q", "--filter", "label=com.docker.compose.volume=data")); strings.TrimSpace(r.stdout) != "kc_data" {
+		t.Errorf("kiln volume ls --filter label=com.docker.compose.volume=data: %q", r.stdout)
+	}
 	// kiln ps finds them by compose's labels.
 	if r := ok(t, "ps --filter label", e.kiln("ps", "-q", "--filter", "label=com.docker.compose.project=kc")); len(strings.Fields(r.stdout)) != 2 {
 		t.Errorf("kiln ps --filter label=com.docker.compose.project=kc: %q", r.stdout)

@@ -504,7 +504,13 @@ volumes:
 		return
 	}
 	d := &dockerEnv{env: e.env, docker: docker, config: e.home}
-	d.ok("network", "create", "kn")
+	d.ok("network", "create", "--label", "team=net", "kn")
+	if got, id := d.ok("network", "ls", "-q", "--filter", "label=team=net"), d.ok("network", "inspect", "-f", "{{.Id}}", "kn"); len(id) < 12 || got != id[:12] {
+		t.Errorf("docker network ls --filter label=team=net: %q", got)
+	}
+	if got := strings.TrimSpace(ok(t, "kiln network ls", e.kiln("network", "ls", "-q", "--filter", "label=team")).stdout); got != "kn" {
+		t.Errorf("kiln network ls --filter label=team: %q", got)
+	}
 	if out := d.ok("network", "ls", "--format", "{{.Name}}"); !strings.Contains(out, "kn") || !strings.Contains(out, "bridge") || !strings.Contains(out, "none") {
 		t.Errorf("docker network ls: %q", out)
 	}

@@ -21,7 +21,7 @@ func (d *Daemon) createNetwork(w http.ResponseWriter, r *http.Request) error {
 	if err := decode(w, r, &c); err != nil {
 		return err
 	}
-	v, err := d.sup.CreateNetwork(r.Context(), supervisor.NetworkRequest{Name: c.Name, Subnet: c.Subnet, Gateway: c.Gateway, Egress: c.Egress, IsolateVMs: c.IsolateVMs})
+	v, err := d.sup.CreateNetwork(r.Context(), supervisor.NetworkRequest{Name: c.Name, Subnet: c.Subnet, Gateway: c.Gateway, Egress: c.Egress, IsolateVMs: c.IsolateVMs, Labels: c.Labels})
 	if err != nil {
 		return err
 	}
@@ -62,7 +62,7 @@ func (d *Daemon) removeNetwork(w http.ResponseWriter, r *http.Request) error {
 func networkToAPI(v *supervisor.NetworkView) api.Network {
 	out := api.Network{
 		Name: v.Name, Subnet: v.Subnet.String(), Gateway: v.Gateway.String(), Bridge: v.Bridge,
-		Egress: v.Egress, IsolateVMs: v.IsolateVMs, Created: v.Created, VMs: []api.NetworkVM{},
+		Egress: v.Egress, IsolateVMs: v.IsolateVMs, Created: v.Created, VMs: []api.NetworkVM{}, Labels: v.Labels,
 	}
 	for _, n := range v.VMs {
 		out.VMs = append(out.VMs, api.NetworkVM{ID: n.ID, Name: n.Name, IP: n.IP})

@@ -75,7 +75,7 @@ func toNetwork(n api.Network) network.Inspect {
 		// Only the options a user can give are shown: clients (compose)
 		// compare them with what they asked for.
 		Options: map[string]string{},
-		Labels:  map[string]string{},
+		Labels:  labelsOrEmpty(n.Labels),
 	}
 	if n.IsolateVMs {
 		out.Options["com.docker.network.bridge.enable_icc"] = "false"
@@ -177,7 +177,7 @@ func (s *Server) createNetwork(w http.ResponseWriter, r *http.Request) error {
 	if req.EnableIPv6 != nil && *req.EnableIPv6 {
 		return refuse("EnableIPv6 is not supported: kiln's bridge networks are IPv4")
 	}
-	nc := api.NetworkCreate{Name: req.Name, Egress: !req.Internal}
+	nc := api.NetworkCreate{Name: req.Name, Egress: !req.Internal, Labels: req.Labels}
 	if v := req.Options["com.docker.network.bridge.enable_icc"]; v == "false" {
 		nc.IsolateVMs = true
 	}

@@ -3,6 +3,7 @@ package state
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -23,7 +24,8 @@ CREATE TABLE IF NOT EXISTS networks (
 	bridge   TEXT NOT NULL UNIQUE,
 	egress   INTEGER NOT NULL DEFAULT 0,
 	isolate  INTEGER NOT NULL DEFAULT 0,
-	created  INTEGER NOT NULL
+	created  INTEGER NOT NULL,
+	labels   TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE IF NOT EXISTS leases (
 	network  TEXT NOT NULL REFERENCES networks(name),
@@ -48,6 +50,35 @@ type Network struct {
 	// IsolateVMs stops VMs of the network reaching each other.
 	IsolateVMs bool
 	Created    time.Time
+	// Labels are the user's metadata (docker's network create --label).
+	Labels map[string]string
+}
+
+// addNetworkLabels gives a database made before networks had labels
+// their column.
+func addNetworkLabels(db *sql.DB) error {
+	rows, err := db.Query(`PRAGMA table_info(networks)`)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var cid, notnull, pk int
+		var name, typ string
+		var dflt sql.NullString
+		if err := rows.Scan(&cid, &name, &typ, &notnull, &dflt, &pk); err != nil {
+			return err
+		}
+		if name == "labels" {
+			return nil
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	rows.Close()
+	_, err = db.Exec(`ALTER TABLE networks ADD COLUMN labels TEXT NOT NULL DEFAULT '{}'`)
+	return err
 }
 
 // Lease is an address of a network held by a VM.
@@ -57,16 +88,22 @@ type Lease struct {
 	VMID    string
 }
 
-const networkColumns = `name, subnet, gateway, bridge, egress, isolate, created`
+const networkColumns = `name, subnet, gateway, bridge, egress, isolate, created, labels`
 
 func scanNetwork(r scanner) (*Network, error) {
 	var n Network
 	var subnet, gw string
 	var created int64
-	if err := r.Scan(&n.Name, &subnet, &gw, &n.Bridge, &n.Egress, &n.IsolateVMs, &created); err != nil {
+	var labels string
+	if err := r.Scan(&n.Name, &subnet, &gw, &n.Bridge, &n.Egress, &n.IsolateVMs, &created, &labels); err != nil {
 		return nil, err
 	}
 	var err error
+	if labels != "" && labels != "{}" {
+		if err := json.Unmarshal([]byte(labels), &n.Labels); err != nil {
+			return nil, fmt.Errorf("network %s: stored labels: %w", n.Name, err)
+		}
+	}
 	if n.Subnet, err = netip.ParsePrefix(subnet); err != nil {
 		return nil, fmt.Errorf("network %s: stored subnet %q: %w", n.Name, subnet, err)
 	}
@@ -98,8 +135,14 @@ func (s *Store) InsertNetwork(ctx context.Context, n *Network) error {
 			return errdefs.Mark(fmt.Errorf("subnet %s overlaps network %s (%s): %w", n.Subnet, o.Name, o.Subnet, errdefs.ErrConflict), ErrSubnetOverlap)
 		}
 	}
-	_, err = tx.ExecContext(ctx, `INSERT INTO networks (`+networkColumns+`) VALUES (?,?,?,?,?,?,?)`,
-		n.Name, n.Subnet.String(), n.Gateway.String(), n.Bridge, n.Egress, n.IsolateVMs, unixNano(n.Created))
+	labels := []byte("{}")
+	if len(n.Labels) > 0 {
+		if labels, err = json.Marshal(n.Labels); err != nil {
+			return fmt.Errorf("network %s: encoding labels: %w", n.Name, err)
+		}
+	}
+	_, err = tx.ExecContext(ctx, `INSERT INTO networks (`+networkColumns+`) VALUES (?,?,?,?,?,?,?,?)`,
+		n.Name, n.Subnet.String(), n.Gateway.String(), n.Bridge, n.Egress, n.IsolateVMs, unixNano(n.Created), string(labels))
 	if err != nil {
 		if strings.Contains(err.Error(), "UNIQUE constraint failed") {
 			return fmt.Errorf("network %s: name or bridge %s already in use: %w", n.Name, n.Bridge, errdefs.ErrConflict)

@@ -2,9 +2,11 @@ package state
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"net/netip"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -118,5 +120,59 @@ func TestLeaseParallelNeverShares(t *testing.T) {
 	wg.Wait()
 	if len(seen) != 40 {
 		t.Errorf("%d distinct addresses for 40 leases", len(seen))
+	}
+}
+
+func TestNetworkLabels(t *testing.T) {
+	s, _ := openTest(t)
+	ctx := context.Background()
+	n := testNetwork("lab", "10.97.0.0/24")
+	n.Labels = map[string]string{"com.docker.compose.project": "p", "tier": "front"}
+	if err := s.InsertNetwork(ctx, n); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.InsertNetwork(ctx, testNetwork("plain", "10.96.0.0/24")); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.GetNetwork(ctx, "lab")
+	if err != nil || got.Labels["tier"] != "front" || got.Labels["com.docker.compose.project"] != "p" {
+		t.Errorf("GetNetwork(lab) = %+v, %v", got, err)
+	}
+	if got, err := s.GetNetwork(ctx, "plain"); err != nil || len(got.Labels) != 0 {
+		t.Errorf("GetNetwork(plain) = %+v, %v", got, err)
+	}
+}
+
+// TestNetworkLabelsMigration: a database made before networks had labels
+// gets the column, and its networks stay readable, with none.
+func TestNetworkLabelsMigration(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.db")
+	old, err := sql.Open("sqlite", "file:"+path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := old.Exec(`CREATE TABLE networks (name TEXT PRIMARY KEY, subnet TEXT NOT NULL UNIQUE, gateway TEXT NOT NULL,
+		bridge TEXT NOT NULL UNIQUE, egress INTEGER NOT NULL DEFAULT 0, isolate INTEGER NOT NULL DEFAULT 0, created INTEGER NOT NULL);
+		INSERT INTO networks VALUES ('before', '10.95.0.0/24', '10.95.0.1', 'kb-before', 1, 0, 1700000000000000000);`); err != nil {
+		t.Fatal(err)
+	}
+	old.Close()
+	s, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	n, err := s.GetNetwork(ctx, "before")
+	if err != nil || n.Subnet.String() != "10.95.0.0/24" || !n.Egress || len(n.Labels) != 0 {
+		t.Errorf("a network from before labels: %+v, %v", n, err)
+	}
+	l := testNetwork("after", "10.94.0.0/24")
+	l.Labels = map[string]string{"k": "v"}
+	if err := s.InsertNetwork(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.GetNetwork(ctx, "after"); err != nil || n.Labels["k"] != "v" {
+		t.Errorf("a network made after the migration: %+v, %v", n, err)
 	}
 }

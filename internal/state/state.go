@@ -82,6 +82,10 @@ func Open(path string) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("preparing state database %s: %w", path, err)
 	}
+	if err := addNetworkLabels(db); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("preparing state database %s: %w", path, err)
+	}
 	return &Store{db: db}, nil
 }
 

@@ -43,6 +43,7 @@ type NetworkRequest struct {
 	Gateway    string
 	Egress     bool
 	IsolateVMs bool
+	Labels     map[string]string
 }
 
 // AutoSubnets is where a network asked for without a subnet gets one, as
@@ -88,7 +89,7 @@ func (s *Supervisor) createNetwork(ctx context.Context, r NetworkRequest) (v *Ne
 	if route != "" {
 		return nil, errdefs.Mark(fmt.Errorf("subnet %s overlaps the host's route %s: pick another subnet: %w", subnet, route, errdefs.ErrConflict), state.ErrSubnetOverlap)
 	}
-	n := &state.Network{Name: r.Name, Subnet: subnet, Gateway: gw, Bridge: network.BridgeName(r.Name), Egress: r.Egress, IsolateVMs: r.IsolateVMs, Created: time.Now().UTC()}
+	n := &state.Network{Name: r.Name, Subnet: subnet, Gateway: gw, Bridge: network.BridgeName(r.Name), Egress: r.Egress, IsolateVMs: r.IsolateVMs, Created: time.Now().UTC(), Labels: r.Labels}
 	if err := s.db.InsertNetwork(ctx, n); err != nil {
 		return nil, err
 	}
