@@ -233,6 +233,16 @@ func TestDockerCLI(t *testing.T) {
 		t.Errorf("docker cp out of the VM: %q, %v", b, err)
 	}
 
+	// logs -f follows a VM until its program ends.
+	d.ok("run", "-d", "--name", "slow", ref, "sh", "-c", "for i in 1 2 3; do echo line $i; sleep 1; done")
+	if r := d.cli("", "logs", "-f", "slow"); r.code != 0 || r.stdout != "line 1\nline 2\nline 3\n" {
+		t.Errorf("docker logs -f of a VM printing for 3 s: want its three lines:\n%s", r)
+	}
+	if got := d.ok("inspect", "-f", "{{.State.ExitCode}}", "slow"); got != "0" {
+		t.Errorf("inspect -f {{.State.ExitCode}}: %q", got)
+	}
+	d.ok("rm", "slow")
+
 	// logs of a VM that printed and ended.
 	d.ok("run", "--name", "counter", ref, "sh", "-c", "seq 1 3; echo oops >&2")
 	if r := d.cli("", "logs", "counter"); r.stdout != "1\n2\n3\n" || r.stderr != "oops\n" {
