@@ -46,6 +46,13 @@ type ErrorDetail struct {
 	Message string `json:"message"`
 }
 
+// TagRequest points the tag Dst at the stored image Src (tag, digest or
+// ID).
+type TagRequest struct {
+	Src string `json:"src"`
+	Dst string `json:"dst"`
+}
+
 // ImageDeleted is one thing an image removal did, as docker reports it:
 // a tag removed (Untagged, fully qualified) or an image deleted (Deleted,
 // its ID).

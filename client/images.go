@@ -175,3 +175,11 @@ func (c *Client) PruneImages(ctx context.Context) (int64, error) {
 func (c *Client) Logout(ctx context.Context, registry string) error {
 	return c.call(ctx, http.MethodDelete, "/auth", url.Values{"registry": {registry}}, nil, nil)
 }
+
+// TagImage points the tag dst at the stored image src (tag, digest or
+// ID), as docker tag, and returns the image.
+func (c *Client) TagImage(ctx context.Context, src, dst string) (api.Image, error) {
+	var img api.Image
+	err := c.call(ctx, http.MethodPost, "/images/tag", nil, api.TagRequest{Src: src, Dst: dst}, &img)
+	return img, err
+}

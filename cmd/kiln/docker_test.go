@@ -131,6 +131,17 @@ func TestDockerCLI(t *testing.T) {
 		t.Errorf("docker images does not list %s:\n%s", ref, out)
 	}
 
+	// docker tag and kiln tag give the image more names.
+	d.ok("tag", ref, "kiln-test/renamed:2")
+	ok(t, "kiln tag", d.kiln("tag", "kiln-test/renamed:2", "kiln-test/again"))
+	if out := d.ok("images", "--format", "{{.Repository}}:{{.Tag}}"); !strings.Contains(out, "kiln-test/renamed:2") || !strings.Contains(out, "kiln-test/again:latest") {
+		t.Errorf("docker images after the tags:\n%s", out)
+	}
+	if r := d.kiln("tag", "no-such/image:1", "x:1"); r.code != 125 {
+		t.Errorf("kiln tag of a missing image: want 125:\n%s", r)
+	}
+	d.ok("rmi", "kiln-test/renamed:2", "kiln-test/again")
+
 	// docker run --rm: output on the right streams, the exit code, no VM
 	// left.
 	r := d.cli("", "run", "--rm", ref, "sh", "-c", "echo to-out; echo to-err >&2; exit 3")

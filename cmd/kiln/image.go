@@ -35,10 +35,28 @@ func imageCommands(g *globals) []*cobra.Command {
 	ls.Use, ls.Aliases = "ls [flags]", []string{"list"}
 	rm := newRmiCmd(g)
 	rm.Use = "rm [-f] IMAGE..."
-	group.AddCommand(ls, rm, newPullCmd(g), newPushCmd(g), newLoadCmd(g), newImagePruneCmd(g), newImageInspectCmd(g))
+	group.AddCommand(ls, rm, newPullCmd(g), newPushCmd(g), newLoadCmd(g), newImagePruneCmd(g), newImageInspectCmd(g), newTagCmd(g))
 	return []*cobra.Command{
-		newPullCmd(g), newImagesCmd(g), newRmiCmd(g), newLoadCmd(g), newPushCmd(g),
+		newPullCmd(g), newImagesCmd(g), newRmiCmd(g), newLoadCmd(g), newPushCmd(g), newTagCmd(g),
 		newLoginCmd(g), newLogoutCmd(g), group,
+	}
+}
+
+// newTagCmd is docker tag: another name for a stored image.
+func newTagCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "tag IMAGE TAG",
+		Short: "Give a stored image another tag (a tag that named another image moves)",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			cl, err := connect(ctx, g, cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			_, err = cl.TagImage(ctx, args[0], args[1])
+			return err
+		},
 	}
 }
 

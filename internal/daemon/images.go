@@ -25,6 +25,7 @@ func (d *Daemon) imageRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /v1/images/load", d.handle(d.loadImages))
 	mux.HandleFunc("POST /v1/images/prune", d.handle(d.pruneImages))
 	mux.HandleFunc("DELETE /v1/images", d.handle(d.removeImage))
+	mux.HandleFunc("POST /v1/images/tag", d.handle(d.tagImage))
 	mux.HandleFunc("POST /v1/auth", d.handle(d.login))
 	mux.HandleFunc("DELETE /v1/auth", d.handle(d.logout))
 }
@@ -281,6 +282,26 @@ func (d *Daemon) removeImage(w http.ResponseWriter, r *http.Request) error {
 		out = append(out, api.ImageDeleted{Deleted: res.Deleted})
 	}
 	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+func (d *Daemon) tagImage(w http.ResponseWriter, r *http.Request) error {
+	var req api.TagRequest
+	if err := decode(w, r, &req); err != nil {
+		return err
+	}
+	if req.Src == "" || req.Dst == "" {
+		return errdefs.Invalid("tag needs an image (src) and a tag (dst)")
+	}
+	s, err := d.rt.Images()
+	if err != nil {
+		return err
+	}
+	img, err := s.Tag(req.Src, req.Dst)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusCreated, imagesToAPI([]*image.Image{img})[0])
 	return nil
 }
 

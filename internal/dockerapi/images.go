@@ -43,8 +43,10 @@ func (s *Server) imageRoutes(mux *http.ServeMux) {
 			return nil
 		case strings.HasSuffix(rest, "/push"):
 			return s.pushImage(w, r, strings.TrimSuffix(rest, "/push"))
+		case strings.HasSuffix(rest, "/tag"):
+			return s.tagImage(w, r, strings.TrimSuffix(rest, "/tag"))
 		}
-		return fmt.Errorf("POST /images/%s is not served by kiln's Docker API (kiln has no image tag or build yet): %w", rest, errNotImplemented)
+		return fmt.Errorf("POST /images/%s is not served by kiln's Docker API (kiln has no image build yet): %w", rest, errNotImplemented)
 	}))
 	mux.HandleFunc("DELETE /images/{name...}", s.handle(s.removeImage))
 	mux.HandleFunc("POST /auth", s.handle(s.login))
@@ -237,6 +239,23 @@ func (s *Server) removeImage(w http.ResponseWriter, r *http.Request) error {
 		resp = append(resp, image.DeleteResponse{Untagged: d.Untagged, Deleted: d.Deleted})
 	}
 	writeJSON(w, http.StatusOK, resp)
+	return nil
+}
+
+// tagImage is docker tag: POST /images/NAME/tag?repo=REPO&tag=TAG.
+func (s *Server) tagImage(w http.ResponseWriter, r *http.Request, name string) error {
+	repo, tag := r.URL.Query().Get("repo"), r.URL.Query().Get("tag")
+	if repo == "" {
+		return refuse("no repository given: repo is required")
+	}
+	dst := repo
+	if tag != "" {
+		dst += ":" + tag
+	}
+	if _, err := s.kiln.TagImage(r.Context(), name, dst); err != nil {
+		return noSuchImage(name, err)
+	}
+	w.WriteHeader(http.StatusCreated)
 	return nil
 }
 

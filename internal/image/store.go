@@ -465,3 +465,27 @@ func hexOf(digest string) string {
 // RootfsBytes is what the root filesystems made from images for VMs take
 // on disk (they are made again when needed).
 func (s *Store) RootfsBytes() int64 { return disk.DirUsage(s.rootfsDir()) }
+
+// Tag points the tag dst ("app:v2"; no tag means latest) at the image src
+// names (tag, digest or ID), as docker tag: a tag that named another
+// image moves.
+func (s *Store) Tag(src, dst string) (*Image, error) {
+	t, err := name.NewTag(dst)
+	if err != nil {
+		return nil, fmt.Errorf("invalid tag %q: %v: %w", dst, err, ErrInvalidArgument)
+	}
+	var out *Image
+	err = s.updateIndex(func(idx *index) error {
+		r, err := idx.resolve(src)
+		if err != nil {
+			return err
+		}
+		idx.Tags[t.Name()] = r.ID
+		out = idx.toImage(r)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("tagging image %q as %s: %w", src, dst, err)
+	}
+	return out, nil
+}

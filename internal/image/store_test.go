@@ -224,3 +224,32 @@ func TestTar2sqfsArgs(t *testing.T) {
 		t.Errorf("tar2sqfsArgs =\n%s\nwant\n%s", got, want)
 	}
 }
+
+func TestTag(t *testing.T) {
+	imgA := testImage(t, nil, layerTar(t, entry{name: "a", body: "a"}))
+	imgB := testImage(t, nil, layerTar(t, entry{name: "b", body: "b"}))
+	s := newStore(t, nil)
+	if _, err := s.Load(ctx(t), writeDockerArchive(t, map[string]v1.Image{"local/a:v1": imgA, "local/b:v1": imgB})); err != nil {
+		t.Fatal(err)
+	}
+	a, err := s.Tag("local/a:v1", "local/renamed")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Get("local/renamed:latest"); err != nil || got.ID != a.ID || len(got.RepoTags) != 2 {
+		t.Errorf("the new tag: %+v, %v", got, err)
+	}
+	// A tag that named another image moves.
+	if _, err := s.Tag("local/b:v1", "local/renamed"); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.Get("local/renamed"); got == nil || got.ID == a.ID {
+		t.Errorf("local/renamed after moving it: %+v", got)
+	}
+	if _, err := s.Tag("local/none:v1", "local/x"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("tagging a missing image: %v, want ErrNotFound", err)
+	}
+	if _, err := s.Tag("local/a:v1", "Bad Tag!"); !errors.Is(err, ErrInvalidArgument) || !strings.Contains(err.Error(), "Bad Tag!") {
+		t.Errorf("an invalid tag: %v, want an invalid-argument error naming it", err)
+	}
+}
