@@ -141,7 +141,7 @@ func netArgs(n *vmm.NetConfig) []string {
 // a writable one (a VM's own disk) too, with the guest's flushes honoured
 // (cache=writeback is QEMU's safe default, unlike cache=unsafe).
 func driveArgs(d vmm.Drive) []string {
-	opts := "file=" + escapeOpt(d.Path) + ",if=none,id=" + d.ID + ",format=raw"
+	opts := "file=" + optValue(d.Path) + ",if=none,id=" + d.ID + ",format=raw"
 	if d.ReadOnly {
 		opts += ",readonly=on"
 	}
@@ -156,10 +156,6 @@ func driveArgs(d vmm.Drive) []string {
 	}
 	return []string{"-drive", opts, "-device", dev}
 }
-
-// escapeOpt escapes a value inside a QEMU option list, where a comma
-// separates options and ",," stands for a literal comma.
-func escapeOpt(s string) string { return strings.ReplaceAll(s, ",", ",,") }
 
 // optValue escapes a value inside a QEMU option list, where a comma
 // separates options and ",," stands for a literal comma.
