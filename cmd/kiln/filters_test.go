@@ -4,6 +4,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"kiln.dev/kiln/api"
 	"kiln.dev/kiln/internal/errdefs"
@@ -14,7 +15,10 @@ func TestPsFilters(t *testing.T) {
 		Config: api.VMConfig{Image: "app:latest", Network: "backend", Labels: map[string]string{"tier": "front", "team": ""},
 			Mounts: []api.Mount{{Type: "volume", Source: "data", Target: "/var/lib/app"}}}}
 	job := api.VM{ID: "bbbb2222", Name: "job", State: api.VMState{Status: "exited", ExitCode: 3},
-		Config: api.VMConfig{Program: "/usr/local/bin/job"}}
+		Config: api.VMConfig{Program: "/usr/local/bin/job"}, Created: time.Unix(2000, 0)}
+	web.Created = time.Unix(1000, 0)
+	web.Config.Ports = []api.PortMapping{{HostPort: 8080, GuestPort: 80, Protocol: "tcp"}}
+	web.ExposedPorts = []string{"80/tcp", "9000/udp"}
 	tests := []struct {
 		filters []string
 		want    []string
@@ -38,15 +42,26 @@ func TestPsFilters(t *testing.T) {
 		// Values of one key: any; keys: all.
 		{[]string{"name=web", "name=job"}, []string{"web", "job"}},
 		{[]string{"label=tier", "status=exited"}, nil},
+		{[]string{"publish=80"}, []string{"web"}},
+		{[]string{"publish=80/udp"}, nil},
+		{[]string{"publish=9000/udp"}, nil}, // exposed, not published
+		{[]string{"expose=9000/udp"}, []string{"web"}},
+		{[]string{"expose=70-90"}, []string{"web"}},
+		{[]string{"before=job"}, []string{"web"}},
+		{[]string{"since=web"}, []string{"job"}},
+		{[]string{"since=aaaa"}, []string{"job"}},
 	}
 	for _, tt := range tests {
-		match, err := parseFilters(tt.filters)
+		f, err := parseFilters(tt.filters)
 		if err != nil {
 			t.Fatalf("parseFilters(%q): %v", tt.filters, err)
 		}
+		if err := f.Resolve([]api.VM{web, job}); err != nil {
+			t.Fatalf("Resolve(%q): %v", tt.filters, err)
+		}
 		var got []string
 		for _, v := range []api.VM{web, job} {
-			if match(v) {
+			if f.Match(v) {
 				got = append(got, v.Name)
 			}
 		}
@@ -54,7 +69,7 @@ func TestPsFilters(t *testing.T) {
 			t.Errorf("--filter %q matched %v, want %v", tt.filters, got, tt.want)
 		}
 	}
-	for _, bad := range []string{"bogus=1", "label", "exited=x"} {
+	for _, bad := range []string{"bogus=1", "label", "exited=x", "publish=http", "expose=90-80", "publish=80/sctp", "before="} {
 		_, err := parseFilters([]string{bad})
 		if !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), bad) {
 			t.Errorf("parseFilters(%q) = %v, want an invalid-argument error naming it", bad, err)
@@ -123,5 +138,15 @@ func TestEventFilters(t *testing.T) {
 	}
 	if _, err := parseEventFilters([]string{"colour=red"}, lookup); !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), "colour=red") {
 		t.Errorf("bad filter: %v", err)
+	}
+}
+
+func TestPsFilterNamesAMissingVM(t *testing.T) {
+	f, err := parseFilters([]string{"before=nosuch"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Resolve([]api.VM{{ID: "aaaa", Name: "web"}}); !errors.Is(err, errdefs.ErrNotFound) || !strings.Contains(err.Error(), "nosuch") {
+		t.Errorf("before= a missing VM: %v, want not found naming it", err)
 	}
 }

@@ -84,7 +84,7 @@ func newPsCmd(g *globals) *cobra.Command {
 		Short:   "List VMs (running ones; -a for all)",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			match, err := parseFilters(filters)
+			filter, err := parseFilters(filters)
 			if err != nil {
 				return err
 			}
@@ -97,12 +97,15 @@ func newPsCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if err := filter.Resolve(vms); err != nil {
+				return err
+			}
 			var rows []psRow
 			for _, v := range vms {
 				if !all && !v.State.Running && len(filters) == 0 {
 					continue
 				}
-				if !match(v) {
+				if !filter.Match(v) {
 					continue
 				}
 				rows = append(rows, rowOf(v))
@@ -113,44 +116,110 @@ func newPsCmd(g *globals) *cobra.Command {
 	c.Flags().BoolVarP(&all, "all", "a", false, "show every VM, not only running ones")
 	c.Flags().BoolVarP(&quiet, "quiet", "q", false, "only print IDs")
 	c.Flags().StringVar(&format, "format", "", "output format: table, json, or a Go template like '{{.Name}} {{.State}}'")
-	c.Flags().StringArrayVarP(&filters, "filter", "f", nil, "filter, as docker's: state=running|exited|…, name=NAME, id=PREFIX, label=KEY[=VALUE], ancestor=IMAGE, exited=CODE, health=healthy|unhealthy|starting|none, network=NAME, volume=NAME|PATH")
+	c.Flags().StringArrayVarP(&filters, "filter", "f", nil, "filter, as docker's: state=running|exited|…, name=NAME, id=PREFIX, label=KEY[=VALUE], ancestor=IMAGE, exited=CODE, health=healthy|unhealthy|starting|none, network=NAME, volume=NAME|PATH, publish=PORT[/PROTO], expose=PORT[-PORT][/PROTO], before=VM, since=VM")
 	return c
 }
 
 // psFilterKeys are the keys ps's --filter knows, as docker's.
-var psFilterKeys = []string{"state", "status", "name", "id", "label", "ancestor", "exited", "health", "network", "volume"}
+var psFilterKeys = []string{"state", "status", "name", "id", "label", "ancestor", "exited", "health", "network", "volume", "publish", "expose", "before", "since"}
 
-// parseFilters parses --filter key=value; several values of one key match
-// any of them, several keys must all match, as docker's.
-func parseFilters(fs []string) (func(api.VM) bool, error) {
-	want := map[string][]string{}
-	for _, f := range fs {
-		k, v, ok := strings.Cut(f, "=")
+// psFilter is ps's --filter: several values of one key match any of
+// them, several keys must all match, as docker's. before and since name
+// VMs, which Resolve looks up among all.
+type psFilter struct {
+	want map[string][]string
+	// before and since are the creation times of the VMs they name.
+	before, since []time.Time
+}
+
+// parseFilters checks --filter KEY=VALUE values.
+func parseFilters(fs []string) (*psFilter, error) {
+	f := &psFilter{want: map[string][]string{}}
+	for _, kv := range fs {
+		k, v, ok := strings.Cut(kv, "=")
 		if !ok || !slices.Contains(psFilterKeys, k) {
-			return nil, errdefs.Invalid(fmt.Sprintf("invalid filter %q: use KEY=VALUE with KEY one of %s", f, strings.Join(psFilterKeys, ", ")))
+			return nil, errdefs.Invalid(fmt.Sprintf("invalid filter %q: use KEY=VALUE with KEY one of %s", kv, strings.Join(psFilterKeys, ", ")))
 		}
-		if k == "exited" {
+		switch k {
+		case "exited":
 			if _, err := strconv.Atoi(v); err != nil {
-				return nil, errdefs.Invalid(fmt.Sprintf("invalid filter %q: exited takes an exit code", f))
+				return nil, errdefs.Invalid(fmt.Sprintf("invalid filter %q: exited takes an exit code", kv))
 			}
-		}
-		if k == "status" {
+		case "publish", "expose":
+			if _, _, _, err := parsePortFilter(v); err != nil {
+				return nil, errdefs.Invalid(fmt.Sprintf("invalid filter %q: want PORT[-PORT][/tcp|/udp]", kv))
+			}
+		case "before", "since":
+			if v == "" {
+				return nil, errdefs.Invalid(fmt.Sprintf("invalid filter %q: name a VM", kv))
+			}
+		case "status":
 			k = "state"
 		}
-		want[k] = append(want[k], v)
+		f.want[k] = append(f.want[k], v)
 	}
-	return func(v api.VM) bool {
-		for k, vals := range want {
-			ok := false
-			for _, val := range vals {
-				ok = ok || matchFilter(v, k, val)
+	return f, nil
+}
+
+// Resolve looks up the VMs before and since name among all.
+func (f *psFilter) Resolve(all []api.VM) error {
+	for _, k := range []string{"before", "since"} {
+		for _, ref := range f.want[k] {
+			i := slices.IndexFunc(all, func(v api.VM) bool { return v.Name == ref || strings.HasPrefix(v.ID, ref) })
+			if i < 0 {
+				return fmt.Errorf("filter %s=%s: no such VM: %s: %w", k, ref, ref, errdefs.ErrNotFound)
 			}
-			if !ok {
-				return false
+			if k == "before" {
+				f.before = append(f.before, all[i].Created)
+			} else {
+				f.since = append(f.since, all[i].Created)
 			}
 		}
-		return true
-	}, nil
+	}
+	return nil
+}
+
+// Match tells whether v passes the filter.
+func (f *psFilter) Match(v api.VM) bool {
+	for k, vals := range f.want {
+		ok := false
+		for i, val := range vals {
+			switch k {
+			case "before":
+				ok = ok || i < len(f.before) && v.Created.Before(f.before[i])
+			case "since":
+				ok = ok || i < len(f.since) && v.Created.After(f.since[i])
+			default:
+				ok = ok || matchFilter(v, k, val)
+			}
+		}
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// parsePortFilter reads PORT[-PORT][/PROTO] (tcp by default).
+func parsePortFilter(s string) (lo, hi int, proto string, err error) {
+	ports, proto, _ := strings.Cut(s, "/")
+	if proto == "" {
+		proto = "tcp"
+	}
+	if proto != "tcp" && proto != "udp" {
+		return 0, 0, "", fmt.Errorf("protocol %q", proto)
+	}
+	a, b, isRange := strings.Cut(ports, "-")
+	if lo, err = strconv.Atoi(a); err != nil || lo < 1 || lo > 65535 {
+		return 0, 0, "", fmt.Errorf("port %q", a)
+	}
+	hi = lo
+	if isRange {
+		if hi, err = strconv.Atoi(b); err != nil || hi < lo || hi > 65535 {
+			return 0, 0, "", fmt.Errorf("port %q", b)
+		}
+	}
+	return lo, hi, proto, nil
 }
 
 // matchFilter is one --filter KEY=VAL against a VM.
@@ -187,6 +256,32 @@ func matchFilter(v api.VM, k, val string) bool {
 		for _, m := range v.Config.Mounts {
 			if m.Type == "volume" && m.Source == val || m.Target == val {
 				return true
+			}
+		}
+	case "publish", "expose":
+		lo, hi, proto, err := parsePortFilter(val)
+		if err != nil {
+			return false
+		}
+		in := func(port int, p string) bool {
+			if p == "" {
+				p = "tcp"
+			}
+			return port >= lo && port <= hi && p == proto
+		}
+		// publish: a guest port the VM publishes; expose: one its image
+		// exposes, or it publishes (docker counts both as exposed).
+		for _, p := range v.Config.Ports {
+			if in(p.GuestPort, p.Protocol) {
+				return true
+			}
+		}
+		if k == "expose" {
+			for _, e := range v.ExposedPorts {
+				ps, p, _ := strings.Cut(e, "/")
+				if n, err := strconv.Atoi(ps); err == nil && in(n, p) {
+					return true
+				}
 			}
 		}
 	}
