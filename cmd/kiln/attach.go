@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/signal"
 	"syscall"
@@ -60,14 +59,7 @@ func newAttachCmd(g *globals) *cobra.Command {
 				}()
 			}
 			stdout, stderr := cmd.OutOrStdout(), cmd.ErrOrStderr()
-			err = cl.Logs(ctx, v.ID, client.LogOptions{Follow: true, Tail: -1, Since: since.Format(time.RFC3339Nano)}, func(e api.LogEntry) error {
-				w := stdout
-				if e.Stream == "stderr" {
-					w = stderr
-				}
-				_, err := io.WriteString(w, e.Line)
-				return err
-			})
+			err = cl.Logs(ctx, v.ID, client.LogOptions{Follow: true, Tail: -1, Since: since.Format(time.RFC3339Nano)}, printEntry(stdout, stderr, false))
 			if err != nil && !errors.Is(err, errdefs.ErrNotFound) {
 				return err
 			}

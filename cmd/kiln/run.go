@@ -389,14 +389,7 @@ func attach(ctx context.Context, c *client.Client, id string, grace *time.Durati
 		if !since.IsZero() {
 			o.Since = since.Format(time.RFC3339Nano)
 		}
-		logsDone <- c.Logs(ctx, id, o, func(e api.LogEntry) error {
-			w := stdout
-			if e.Stream == "stderr" {
-				w = stderr
-			}
-			_, err := io.WriteString(w, e.Line)
-			return err
-		})
+		logsDone <- c.Logs(ctx, id, o, printEntry(stdout, stderr, false))
 	}
 	// A VM that never ran is followed from before its start (following it
 	// waits for its first run). A VM that ran before is followed once its

@@ -528,17 +528,7 @@ func newLogsCmd(g *globals) *cobra.Command {
 				return err
 			}
 			stdout, stderr := cmd.OutOrStdout(), cmd.ErrOrStderr()
-			err = cl.Logs(ctx, args[0], o, func(e api.LogEntry) error {
-				w := stdout
-				if e.Stream == "stderr" {
-					w = stderr
-				}
-				if timestamps && !e.Time.IsZero() {
-					fmt.Fprintf(w, "%s ", e.Time.Format(time.RFC3339Nano))
-				}
-				_, err := io.WriteString(w, e.Line)
-				return err
-			})
+			err = cl.Logs(ctx, args[0], o, printEntry(stdout, stderr, timestamps))
 			if ctx.Err() != nil {
 				return nil
 			}
@@ -727,6 +717,22 @@ func parseEventFilters(fs []string, lookup func(id string) api.VM) (func(api.Eve
 		}
 		return true
 	}, nil
+}
+
+// printEntry writes each log entry to stdout or stderr, as its stream
+// says, after its time when timestamps.
+func printEntry(stdout, stderr io.Writer, timestamps bool) func(api.LogEntry) error {
+	return func(e api.LogEntry) error {
+		w := stdout
+		if e.Stream == "stderr" {
+			w = stderr
+		}
+		if timestamps && !e.Time.IsZero() {
+			fmt.Fprintf(w, "%s ", e.Time.Format(time.RFC3339Nano))
+		}
+		_, err := io.WriteString(w, e.Line)
+		return err
+	}
 }
 
 func newEventsCmd(g *globals) *cobra.Command {
