@@ -64,9 +64,7 @@ When the two builds differ it warns: restart the daemon to run this build.`,
 			}
 			out := cmd.OutOrStdout()
 			if format == "json" {
-				enc := json.NewEncoder(out)
-				enc.SetIndent("", "  ")
-				if err := enc.Encode(v); err != nil {
+				if err := printJSON(out, v); err != nil {
 					return err
 				}
 			} else {
@@ -126,6 +124,13 @@ func buildMismatch(mine string, info api.Info, root string) string {
 	return ""
 }
 
+// printJSON writes v as indented JSON: what --format json prints.
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
 func newInfoCmd(g *globals) *cobra.Command {
 	var format string
 	c := &cobra.Command{
@@ -147,9 +152,7 @@ func newInfoCmd(g *globals) *cobra.Command {
 			}
 			out := cmd.OutOrStdout()
 			if format == "json" {
-				enc := json.NewEncoder(out)
-				enc.SetIndent("", "  ")
-				return enc.Encode(info)
+				return printJSON(out, info)
 			}
 			templates := "off (every VM boots its kernel)"
 			if info.Templates {
