@@ -3,6 +3,7 @@ package dockerapi
 import (
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -557,12 +558,8 @@ func (s *Server) waitContainer(w http.ResponseWriter, r *http.Request) error {
 			}
 		}
 	}
-	_ = writeJSONBody(w, out)
+	_ = json.NewEncoder(w).Encode(out)
 	return nil
-}
-
-func writeJSONBody(w io.Writer, v any) error {
-	return jsonEncoder(w).Encode(v)
 }
 
 // Stream kinds of docker's multiplexed framing.

@@ -2,7 +2,6 @@ package dockerapi
 
 import (
 	"bufio"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -54,5 +53,3 @@ func hijack(w http.ResponseWriter, r *http.Request, multiplexed bool) (*hijacked
 	}
 	return &hijacked{Conn: conn, r: buf.Reader}, nil
 }
-
-func jsonEncoder(w io.Writer) *json.Encoder { return json.NewEncoder(w) }
