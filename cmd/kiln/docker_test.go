@@ -50,20 +50,21 @@ func newDockerEnv(t *testing.T) *dockerEnv {
 // cli runs the docker CLI against the root's Docker API socket.
 func (d *dockerEnv) cli(stdin string, args ...string) result {
 	d.t.Helper()
-	return runDockerTool(d.t, d.root, d.config, d.home, "", stdin, d.docker, args...)
+	return runDockerTool(d.t, d.root, d.config, d.home, "", nil, stdin, d.docker, args...)
 }
 
 // runDockerTool runs a docker client (the CLI, docker-compose) in dir
 // against root's Docker API socket, with its own configuration and home,
-// to its end (bounded).
-func runDockerTool(t *testing.T, root, config, home, dir, stdin, tool string, args ...string) result {
+// to its end (bounded), with env added to its environment.
+func runDockerTool(t *testing.T, root, config, home, dir string, env []string, stdin, tool string, args ...string) result {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, tool, args...)
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "DOCKER_HOST=unix://"+daemon.DockerSocketPath(root),
-		"DOCKER_CONFIG="+config, "HOME="+home, "DOCKER_CLI_HINTS=false", "GREETING=from-compose")
+		"DOCKER_CONFIG="+config, "HOME="+home, "DOCKER_CLI_HINTS=false")
+	cmd.Env = append(cmd.Env, env...)
 	cmd.Stdin = strings.NewReader(stdin)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
@@ -482,7 +483,7 @@ volumes:
 	}
 	dc := func(args ...string) result {
 		t.Helper()
-		return runDockerTool(t, e.root, e.home, e.home, dir, "", compose, append([]string{"-p", "kt"}, args...)...)
+		return runDockerTool(t, e.root, e.home, e.home, dir, []string{"GREETING=from-compose"}, "", compose, append([]string{"-p", "kt"}, args...)...)
 	}
 	t.Cleanup(func() { dc("down", "-v", "-t", "1") })
 	ok(t, "docker-compose up -d", dc("up", "-d"))
